@@ -1,0 +1,49 @@
+"""Charge a multi-call API job exactly once.
+
+The first call with a job id charges the account, follow-ups with the same id
+ride free for a window, a failed job is refunded, old jobs expire. See
+https://jobcredits-plugin.readthedocs.io/ for the guide.
+
+This module imports no web framework and no database driver: those live in
+the adapters (``jobcredits_plugin.flask``, ...) and the stores, imported only
+when used.
+"""
+
+from ._decorator import charges_credit, current_charge, header
+from ._errors import (
+    InsufficientCredits,
+    InvalidAccount,
+    InvalidArgument,
+    InvalidJobId,
+    JobCreditsError,
+    JobExhausted,
+    JobInProgress,
+    MissingJobId,
+    NotAuthenticated,
+    StoreUnavailable,
+)
+from ._ledger import Ledger
+from ._records import Charge, JobRecord
+from ._version import __version__
+from .hookspecs import hookimpl
+
+__all__ = [
+    "Charge",
+    "InsufficientCredits",
+    "InvalidAccount",
+    "InvalidArgument",
+    "InvalidJobId",
+    "JobCreditsError",
+    "JobExhausted",
+    "JobInProgress",
+    "JobRecord",
+    "Ledger",
+    "MissingJobId",
+    "NotAuthenticated",
+    "StoreUnavailable",
+    "__version__",
+    "charges_credit",
+    "current_charge",
+    "header",
+    "hookimpl",
+]

@@ -1,0 +1,318 @@
+"""Wrapping a callable so that each call is charged per job.
+
+The web adapters are built from the same three steps this module exposes
+privately (:func:`begin`, :func:`finish` and their async twins): find the
+account and the job id, charge, run, then confirm or refund. Keeping those
+steps here is what keeps the adapters thin and every framework's behaviour the
+same.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast
+
+from ._errors import InvalidArgument, MissingJobId, NotAuthenticated, StoreUnavailable
+from ._ledger import Ledger
+from ._records import Charge
+
+__all__ = ["charges_credit", "current_charge", "header"]
+
+log = logging.getLogger("jobcredits_plugin")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+OnMissing = Literal["charge", "reject"]
+
+_current: ContextVar[Charge | None] = ContextVar("jobcredits_current_charge", default=None)
+
+
+def current_charge() -> Charge | None:
+    """The :class:`Charge` of the call being handled, or None outside one (or
+    when the store was down and the call was let through with ``fail_open``)."""
+    return _current.get()
+
+
+def _resolve(value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    return value(*args, **kwargs) if callable(value) else value
+
+
+def new_job_id() -> str:
+    """A fresh job id for a call that sent none (``on_missing="charge"``)."""
+    return str(uuid.uuid4())
+
+
+def _check_on_missing(on_missing: str) -> None:
+    if on_missing not in ("charge", "reject"):
+        raise InvalidArgument(f'on_missing must be "charge" or "reject", not {on_missing!r}')
+
+
+def identify(
+    account: Any, job_id: Any, on_missing: str
+) -> tuple[str, str, bool]:
+    """Turn what the app's callables returned into (account, job_id, minted),
+    raising the error the caller must see when either is missing. ``minted``
+    is True when the job id was generated here."""
+    if account is None:
+        raise NotAuthenticated("no account for this call: it must be authenticated")
+    if job_id is None or job_id == "":
+        if on_missing == "reject":
+            raise MissingJobId("this endpoint needs a job id")
+        return account, new_job_id(), True
+    return account, job_id, False
+
+
+def begin(
+    ledger: Ledger,
+    account: Any,
+    job_id: str,
+    *,
+    scope: str,
+    cost: Any,
+    tier: Any,
+    backend: Any,
+    fail_open: bool,
+) -> Charge | None:
+    """Charge one call; None when the store is down and ``fail_open`` lets the
+    call through uncharged."""
+    try:
+        return ledger.charge(account, job_id, scope=scope, cost=cost, tier=tier, backend=backend)
+    except StoreUnavailable as exc:
+        if not fail_open:
+            raise
+        log.warning(
+            "jobcredits store unavailable (%s); fail_open lets job %r of account %r through "
+            "UNCHARGED",
+            exc,
+            job_id,
+            account,
+        )
+        return None
+
+
+async def abegin(
+    ledger: Ledger,
+    account: Any,
+    job_id: str,
+    *,
+    scope: str,
+    cost: Any,
+    tier: Any,
+    backend: Any,
+    fail_open: bool,
+) -> Charge | None:
+    """Async twin of :func:`begin`."""
+    try:
+        return await ledger.acharge(
+            account, job_id, scope=scope, cost=cost, tier=tier, backend=backend
+        )
+    except StoreUnavailable as exc:
+        if not fail_open:
+            raise
+        log.warning(
+            "jobcredits store unavailable (%s); fail_open lets job %r of account %r through "
+            "UNCHARGED",
+            exc,
+            job_id,
+            account,
+        )
+        return None
+
+
+def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | None:
+    """Confirm (``ok``) or refund the charging call; follow-ups need neither.
+
+    Never raises: the handler's answer is already decided. If the store fails
+    here, the charge stays ``pending`` and the lease settles it later (a refund:
+    the client is never charged for a call whose outcome was not recorded).
+    Returns True when the charge was refunded, False when confirmed, None when
+    there was nothing to do or the store failed.
+    """
+    if charge is None or not charge.charged:
+        return None
+    r = charge.record
+    try:
+        if ok:
+            ledger.confirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            return False
+        return ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id) or None
+    except StoreUnavailable as exc:
+        log.error(
+            "jobcredits could not %s job %r (%s); its lease will settle it",
+            "confirm" if ok else "refund",
+            r.job_id,
+            exc,
+        )
+        return None
+
+
+async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | None:
+    """Async twin of :func:`finish`."""
+    if charge is None or not charge.charged:
+        return None
+    r = charge.record
+    try:
+        if ok:
+            await ledger.aconfirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            return False
+        refunded = await ledger.arefund(
+            r.account, r.job_id, scope=r.scope, charge_id=r.charge_id
+        )
+        return refunded or None
+    except StoreUnavailable as exc:
+        log.error(
+            "jobcredits could not %s job %r (%s); its lease will settle it",
+            "confirm" if ok else "refund",
+            r.job_id,
+            exc,
+        )
+        return None
+
+
+def charges_credit(
+    ledger: Ledger,
+    *,
+    account: Callable[..., str | None],
+    job_id: Callable[..., str | None],
+    scope: str = "default",
+    cost: int | Callable[..., int] = 1,
+    tier: str | None | Callable[..., str | None] = None,
+    backend: str | None | Callable[..., str | None] = None,
+    on_missing: OnMissing = "charge",
+    fail_open: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Charge every call of the decorated function per job.
+
+    ``account`` and ``job_id`` are callables that receive the decorated
+    function's own arguments and return the account (None: not authenticated,
+    :class:`NotAuthenticated`) and the job id (None or empty: see
+    ``on_missing``). ``cost``, ``tier`` and ``backend`` are values, or
+    callables of the same arguments.
+
+    Each call is charged (or reuses its job's charge), runs, and then its
+    charge is confirmed if it returned, or refunded if it raised (any
+    exception, cancellation included). Inside the call,
+    :func:`current_charge` returns the :class:`Charge`.
+
+    ``on_missing="charge"`` (the default) charges a call without a job id as a
+    job of its own under a fresh id; ``"reject"`` raises :class:`MissingJobId`.
+    ``fail_open=True`` lets calls through *uncharged* while the store is
+    unavailable (logged); by default they get :class:`StoreUnavailable`.
+    Works on sync and async functions alike.
+    """
+    if not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"charges_credit needs a Ledger, not {type(ledger).__name__}")
+    if not callable(account) or not callable(job_id):
+        raise InvalidArgument("charges_credit: account and job_id must be callables")
+    _check_on_missing(on_missing)
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            acct, jid, _ = identify(
+                account(*args, **kwargs), job_id(*args, **kwargs), on_missing
+            )
+            return {
+                "account": acct,
+                "job_id": jid,
+                "scope": scope,
+                "cost": _resolve(cost, args, kwargs),
+                "tier": _resolve(tier, args, kwargs),
+                "backend": _resolve(backend, args, kwargs),
+                "fail_open": fail_open,
+            }
+
+        if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[..., Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                params = prepare(args, kwargs)
+                acct, jid = params.pop("account"), params.pop("job_id")
+                charge = await abegin(ledger, acct, jid, **params)
+                token = _current.set(charge)
+                try:
+                    result = await afn(*args, **kwargs)
+                except BaseException:
+                    await afinish(ledger, charge, ok=False)
+                    raise
+                finally:
+                    _current.reset(token)
+                await afinish(ledger, charge, ok=True)
+                return result
+
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            params = prepare(args, kwargs)
+            acct, jid = params.pop("account"), params.pop("job_id")
+            charge = begin(ledger, acct, jid, **params)
+            token = _current.set(charge)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                finish(ledger, charge, ok=False)
+                raise
+            finally:
+                _current.reset(token)
+            finish(ledger, charge, ok=True)
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+def header(name: str) -> Callable[..., str | None]:
+    """A callable that reads header ``name`` from a request, for the ``account=``
+    or ``job_id=`` of a decorator.
+
+    It understands a Flask/Werkzeug, Django or Starlette request (anything
+    with a case-insensitive ``.headers``), a Django ``request.META``, a WSGI
+    environ and an ASGI scope, taken from the first positional argument (or a
+    ``request`` keyword). Returns None when the header is absent or blank.
+
+    Reading the *account* from a header trusts whoever set it: do that only
+    behind a proxy that authenticates the caller and overwrites the header.
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in " :\r\n"):
+        raise InvalidArgument(f"header name must be a non-empty token, not {name!r}")
+    lower = name.lower()
+    raw = lower.encode("latin-1")
+    meta_key = "HTTP_" + name.upper().replace("-", "_")
+    if meta_key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        meta_key = meta_key[5:]
+
+    def read(*args: Any, **kwargs: Any) -> str | None:
+        request = args[0] if args else kwargs.get("request")
+        value: Any = None
+        if isinstance(request, Mapping):
+            if "type" in request and "headers" in request:  # ASGI scope
+                for k, v in request["headers"]:
+                    if k.lower() == raw:
+                        value = v.decode("latin-1")
+                        break
+            else:  # WSGI environ
+                value = request.get(meta_key)
+        elif request is not None:
+            headers = getattr(request, "headers", None)
+            if headers is not None and hasattr(headers, "get"):
+                value = headers.get(name)
+            else:
+                meta = getattr(request, "META", None)
+                if isinstance(meta, Mapping):
+                    value = meta.get(meta_key)
+        if value is None:
+            return None
+        value = str(value).strip()
+        return value or None
+
+    read.__name__ = f"header_{lower.replace('-', '_')}"
+    read.__qualname__ = read.__name__
+    return read

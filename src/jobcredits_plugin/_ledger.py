@@ -1,0 +1,464 @@
+"""The ledger: validation, policy and hooks around one atomic store operation.
+
+The ledger itself holds no job state. Each public method checks its input
+(before any store is touched, so bad input records nothing), reads the clock
+once, makes exactly one atomic store call, and then fires the hooks for the
+events that call reports as committed. Since only the caller whose store
+operation made a change receives its event, every hook fires exactly once per
+change, however many threads, processes or hosts share the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import pluggy
+
+from . import hookspecs
+from ._errors import (
+    InsufficientCredits,
+    InvalidArgument,
+    JobExhausted,
+    JobInProgress,
+    StoreUnavailable,
+)
+from ._records import Charge, JobRecord
+from ._validation import (
+    check_account,
+    check_amount,
+    check_charge_id,
+    check_cost,
+    check_job_id,
+    check_label,
+    check_max_uses,
+    check_positive_seconds,
+    check_scope,
+    compile_job_id_pattern,
+)
+from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
+from .stores import from_url as store_from_url
+from .stores._base import Key
+
+__all__ = ["Ledger"]
+
+log = logging.getLogger("jobcredits_plugin")
+
+T = TypeVar("T")
+
+#: Errors from a store that mean "could not reach it", in case a store lets
+#: one through unwrapped: they must still become a bounded 503, not a 500.
+_UNREACHABLE = (OSError, ConnectionError, TimeoutError)
+
+
+def _new_charge_id() -> str:
+    # 64 random bits: a charge id only has to differ from the other charges of
+    # the same job key, and short ids keep the memory store lean.
+    return secrets.token_hex(8)
+
+
+class Ledger:
+    """Charges a job once, lets its follow-up calls through free, refunds
+    failures and expires old jobs.
+
+    :param store: where jobs live; ``None`` means a new :class:`MemoryStore`.
+    :param ttl: seconds a charged job's follow-ups ride free, counted from the
+        charge and never extended.
+    :param lease: seconds a first call may run before it is presumed dead, its
+        charge refunded and taken over by the next call. Must outlast the
+        slowest handler.
+    :param balances: debit a per-account balance at each charge and answer
+        :class:`InsufficientCredits` when it is short.
+    :param max_uses: calls one job may serve, the charging call included
+        (``None``: unlimited within the window).
+    :param job_id_pattern: a regular expression job ids must match in full,
+        instead of ``[A-Za-z0-9._:-]+``; the 128-character limit stays.
+    :param clock: returns the time in seconds; the one time source for every
+        store (tests pass :class:`jobcredits_plugin.testing.FakeClock`).
+    :param plugins: plugin objects to register (see :mod:`~jobcredits_plugin.hookspecs`).
+    :param entry_points: also load the plugins installed packages declare in
+        the ``jobcredits_plugin`` entry point group. Off by default: installed
+        code should not start seeing billing events without the app asking.
+    """
+
+    def __init__(
+        self,
+        store: BaseStore | None = None,
+        *,
+        ttl: float = 3600.0,
+        lease: float = 60.0,
+        balances: bool = False,
+        max_uses: int | None = None,
+        job_id_pattern: str | Any | None = None,
+        clock: Callable[[], float] = time.time,
+        plugins: Iterable[object] = (),
+        entry_points: bool = False,
+    ) -> None:
+        self._ttl = check_positive_seconds("ttl", ttl)
+        self._lease = check_positive_seconds("lease", lease)
+        self._max_uses = check_max_uses(max_uses)
+        self._pattern = compile_job_id_pattern(job_id_pattern)
+        if not callable(clock):
+            raise InvalidArgument("clock must be a callable returning seconds")
+        if store is None:
+            store = MemoryStore()
+        for method in ("claim", "confirm", "refund", "lookup", "prune", "snapshot"):
+            if not callable(getattr(store, method, None)):
+                raise InvalidArgument(f"store {store!r} has no {method}() method")
+        self._store = store
+        self._balances = bool(balances)
+        self._clock = clock
+        self._closed = False
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        for plugin in plugins:
+            self.register(plugin)
+        if entry_points:
+            self._pm.load_setuptools_entrypoints("jobcredits_plugin")
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Ledger:
+        """A ledger on the store a URL names: ``memory://``, ``sqlite:///jobs.db``
+        (relative), ``sqlite:////var/lib/app/jobs.db`` (absolute). Store options
+        go in the query string (``?timeout=2``); ``kwargs`` are the ledger's."""
+        return cls(store_from_url(url), **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"Ledger(store={self._store!r}, ttl={self._ttl}, lease={self._lease}, "
+            f"balances={self._balances}, max_uses={self._max_uses})"
+        )
+
+    # -- configuration, read-only ------------------------------------------------
+
+    @property
+    def store(self) -> BaseStore:
+        return self._store
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    @property
+    def lease(self) -> float:
+        return self._lease
+
+    @property
+    def balances(self) -> bool:
+        return self._balances
+
+    @property
+    def max_uses(self) -> int | None:
+        return self._max_uses
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager:
+        """This ledger's own pluggy manager (never shared with another ledger)."""
+        return self._pm
+
+    # -- plugins -----------------------------------------------------------------
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register a plugin object whose ``@hookimpl`` methods get this ledger's
+        events. Returns the name it was registered under (None if it was
+        blocked)."""
+        return self._pm.register(plugin, name)
+
+    def unregister(self, plugin: object) -> None:
+        """Stop sending events to a plugin registered earlier."""
+        self._pm.unregister(plugin)
+
+    def check_pending(self) -> None:
+        """Raise :class:`pluggy.PluginValidationError` if a registered plugin
+        implements a hook this version does not know (usually a typo), unless
+        it marked it ``optionalhook=True``. Call it in your tests."""
+        self._pm.check_pending()
+
+    def _fire(self, events: Iterable[Event]) -> None:
+        """Call each hook implementation for each committed event, isolating
+        them: pluggy would stop at the first implementation that raises, and a
+        metrics bug must not hide the event from the audit log plugin."""
+        hook = self._pm.hook
+        for event in events:
+            caller = getattr(hook, "on_" + event.kind)
+            impls = caller.get_hookimpls()
+            if not impls:
+                continue
+            kwargs = {"record": event.record}
+            for impl in reversed(impls):  # pluggy's own order: LIFO, tryfirst first
+                if impl.hookwrapper or impl.wrapper:
+                    continue  # notifications have no result to wrap
+                try:
+                    impl.function(*[kwargs[name] for name in impl.argnames])
+                except Exception:
+                    log.exception(
+                        "jobcredits hook %s of plugin %r raised; the %s stays committed",
+                        caller.name,
+                        impl.plugin_name,
+                        event.kind,
+                    )
+
+    # -- validation ----------------------------------------------------------------
+
+    def _key(self, account: Any, job_id: Any, scope: Any) -> Key:
+        return (check_account(account), check_scope(scope), check_job_id(job_id, self._pattern))
+
+    def _claim_request(
+        self,
+        account: Any,
+        job_id: Any,
+        scope: Any,
+        cost: Any,
+        tier: Any,
+        backend: Any,
+    ) -> ClaimRequest:
+        key = self._key(account, job_id, scope)
+        return ClaimRequest(
+            account=key[0],
+            scope=key[1],
+            job_id=key[2],
+            charge_id=_new_charge_id(),
+            cost=check_cost(cost),
+            tier=check_label("tier", tier),
+            backend=check_label("backend", backend),
+            now=self._clock(),
+            ttl=self._ttl,
+            lease=self._lease,
+            max_uses=self._max_uses,
+            balances=self._balances,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("this ledger is closed")
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        try:
+            return fn(*args)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
+
+    async def _acall(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        self._check_open()
+        try:
+            return await fn(*args)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
+
+    def _settle_claim(self, req: ClaimRequest, result: ClaimResult) -> Charge:
+        """Fire the hooks of a committed claim, then turn its status into a
+        Charge or the error the caller must see."""
+        self._fire(result.events)
+        status = result.status
+        if status == "charged" or status == "reused":
+            assert result.record is not None
+            return Charge(status, result.record, result.balance)
+        if status == "in_progress":
+            raise JobInProgress(
+                f"job {req.job_id!r} is still running its first call; retry later",
+                retry_after=result.retry_after,
+            )
+        if status == "exhausted":
+            raise JobExhausted(
+                f"job {req.job_id!r} has served its {self._max_uses} calls; start a new job",
+                max_uses=self._max_uses,
+            )
+        raise InsufficientCredits(
+            f"account balance {result.balance} is below the cost {req.cost} of a new job",
+            balance=result.balance,
+            cost=req.cost,
+        )
+
+    # -- the operations --------------------------------------------------------------
+
+    def charge(
+        self,
+        account: str,
+        job_id: str,
+        *,
+        scope: str = "default",
+        cost: int = 1,
+        tier: str | None = None,
+        backend: str | None = None,
+    ) -> Charge:
+        """Account for one call of a job: charge it if it is the job's first
+        call, reuse the charge if not.
+
+        :raises JobInProgress: the first call is still running (409).
+        :raises JobExhausted: the job has served ``max_uses`` calls (409).
+        :raises InsufficientCredits: balances are on and too low (402).
+        :raises InvalidJobId, InvalidAccount, InvalidArgument: bad input (400).
+        :raises StoreUnavailable: the store could not be reached (503).
+        """
+        req = self._claim_request(account, job_id, scope, cost, tier, backend)
+        return self._settle_claim(req, self._call(self._store.claim, req))
+
+    def confirm(
+        self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
+    ) -> JobRecord | None:
+        """Mark the job's first call as done: ``pending`` becomes ``charged``.
+
+        Returns the record, or None when there is no such job or its live
+        charge is not ``charge_id`` (it was refunded and taken over).
+        """
+        key = self._key(account, job_id, scope)
+        cid = check_charge_id(charge_id)
+        return self._call(self._store.confirm, key, cid, self._clock())
+
+    def refund(
+        self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
+    ) -> bool:
+        """Give the job's charge back; the next call with its id is charged anew.
+
+        Idempotent: returns True only for the call that did the refund.
+        """
+        key = self._key(account, job_id, scope)
+        cid = check_charge_id(charge_id)
+        event = self._call(self._store.refund, key, cid, self._clock())
+        if event is None:
+            return False
+        self._fire((event,))
+        return True
+
+    def lookup(self, account: str, job_id: str, *, scope: str = "default") -> JobRecord | None:
+        """The job's live record, or None (never a refunded or expired one)."""
+        key = self._key(account, job_id, scope)
+        return self._call(self._store.lookup, key, self._clock())
+
+    def prune(self, *, limit: int | None = None) -> list[JobRecord]:
+        """Remove expired jobs (``on_expire``) and refund first calls whose lease
+        ran out (``on_refund``); returns the records removed.
+
+        Safe to run from several processes at once: each record is settled by
+        exactly one of them.
+        """
+        events = self._call(self._store.prune, self._clock(), limit)
+        self._fire(events)
+        return [e.record for e in events]
+
+    def snapshot(self) -> list[JobRecord]:
+        """Every live job, oldest charge first. Reads the whole store: for
+        operators, not for the request path."""
+        return self._call(self._store.snapshot, self._clock())
+
+    def grant(self, account: str, amount: int) -> int:
+        """Add ``amount`` credits (negative to take some away; a balance never
+        goes below zero). Stored even while balances are off, so balances can
+        be loaded before they are switched on. Returns the new balance."""
+        return self._call(self._store.grant, check_account(account), check_amount(amount))
+
+    def balance(self, account: str) -> int | None:
+        """The account's credits, or None when balances are off."""
+        account = check_account(account)
+        if not self._balances:
+            return None
+        return self._call(self._store.balance, account)
+
+    def close(self) -> None:
+        """Release the store's connections. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- async twins -------------------------------------------------------------------
+
+    async def acharge(
+        self,
+        account: str,
+        job_id: str,
+        *,
+        scope: str = "default",
+        cost: int = 1,
+        tier: str | None = None,
+        backend: str | None = None,
+    ) -> Charge:
+        """Async twin of :meth:`charge`; never blocks the event loop."""
+        req = self._claim_request(account, job_id, scope, cost, tier, backend)
+        return self._settle_claim(req, await self._acall(self._store.aclaim, req))
+
+    async def aconfirm(
+        self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
+    ) -> JobRecord | None:
+        """Async twin of :meth:`confirm`."""
+        key = self._key(account, job_id, scope)
+        cid = check_charge_id(charge_id)
+        return await self._acall(self._store.aconfirm, key, cid, self._clock())
+
+    async def arefund(
+        self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
+    ) -> bool:
+        """Async twin of :meth:`refund`."""
+        key = self._key(account, job_id, scope)
+        cid = check_charge_id(charge_id)
+        event = await self._acall(self._store.arefund, key, cid, self._clock())
+        if event is None:
+            return False
+        self._fire((event,))
+        return True
+
+    async def alookup(
+        self, account: str, job_id: str, *, scope: str = "default"
+    ) -> JobRecord | None:
+        """Async twin of :meth:`lookup`."""
+        key = self._key(account, job_id, scope)
+        return await self._acall(self._store.alookup, key, self._clock())
+
+    async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
+        """Async twin of :meth:`prune`."""
+        events = await self._acall(self._store.aprune, self._clock(), limit)
+        self._fire(events)
+        return [e.record for e in events]
+
+    async def asnapshot(self) -> list[JobRecord]:
+        """Async twin of :meth:`snapshot`."""
+        return await self._acall(self._store.asnapshot, self._clock())
+
+    async def agrant(self, account: str, amount: int) -> int:
+        """Async twin of :meth:`grant`."""
+        return await self._acall(
+            self._store.agrant, check_account(account), check_amount(amount)
+        )
+
+    async def abalance(self, account: str) -> int | None:
+        """Async twin of :meth:`balance`."""
+        account = check_account(account)
+        if not self._balances:
+            return None
+        return await self._acall(self._store.abalance, account)
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        if not self._closed:
+            self._closed = True
+            await self._store.aclose()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,145 @@
+"""Input checks that run before anything touches a store.
+
+Ids arrive from HTTP headers, so they are hostile until proven otherwise: a
+check here is what keeps a megabyte header, a control character in a log line
+or a wildcard in a Redis key from ever reaching storage. Every function either
+returns the value unchanged or raises; none of them coerces, because a billing
+key that was silently rewritten is a key that can collide.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ._errors import InvalidAccount, InvalidArgument, InvalidJobId
+
+JOB_ID_MAX = 128
+SCOPE_MAX = 64
+ACCOUNT_MAX = 256
+LABEL_MAX = 64
+
+#: The default character set of job ids and scopes: a UUID, a ULID or a
+#: ``namespace:counter`` id all fit, and none of these characters needs quoting
+#: in a header, a URL, a log line or a storage key.
+DEFAULT_JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+")
+_SCOPE_PATTERN = DEFAULT_JOB_ID_PATTERN
+# C0 and C1 control characters, DEL, and the Unicode line/paragraph separators
+# that some log viewers treat as newlines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def compile_job_id_pattern(pattern: str | re.Pattern[str] | None) -> re.Pattern[str]:
+    """Turn ``Ledger(job_id_pattern=...)`` into a compiled pattern.
+
+    The pattern must match the *whole* id (``fullmatch``); the 128-character
+    limit applies whatever the pattern says.
+    """
+    if pattern is None:
+        return DEFAULT_JOB_ID_PATTERN
+    if isinstance(pattern, re.Pattern):
+        return pattern
+    if isinstance(pattern, str):
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise InvalidArgument(f"job_id_pattern is not a valid regular expression: {exc}") from exc
+    raise InvalidArgument(
+        f"job_id_pattern must be a string, a compiled pattern or None, not {type(pattern).__name__}"
+    )
+
+
+def _preview(value: str) -> str:
+    shown = value[:40] + ("…" if len(value) > 40 else "")
+    return repr(shown)
+
+
+def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN) -> str:
+    if not isinstance(job_id, str):
+        raise InvalidJobId(f"job id must be a string, not {type(job_id).__name__}")
+    if not job_id:
+        raise InvalidJobId("job id must not be empty")
+    if len(job_id) > JOB_ID_MAX:
+        raise InvalidJobId(f"job id is {len(job_id)} characters long; at most {JOB_ID_MAX} allowed")
+    if pattern.fullmatch(job_id) is None:
+        raise InvalidJobId(
+            f"job id {_preview(job_id)} has characters outside the allowed pattern "
+            f"{pattern.pattern!r}"
+        )
+    return job_id
+
+
+def check_scope(scope: Any) -> str:
+    if not isinstance(scope, str):
+        raise InvalidJobId(f"scope must be a string, not {type(scope).__name__}")
+    if not scope or len(scope) > SCOPE_MAX or _SCOPE_PATTERN.fullmatch(scope) is None:
+        raise InvalidJobId(
+            f"scope {_preview(scope)} must be 1-{SCOPE_MAX} characters of [A-Za-z0-9._:-]"
+        )
+    return scope
+
+
+def check_account(account: Any) -> str:
+    if not isinstance(account, str):
+        raise InvalidAccount(f"account must be a string, not {type(account).__name__}")
+    if not account:
+        raise InvalidAccount("account must not be empty")
+    if len(account) > ACCOUNT_MAX:
+        raise InvalidAccount(
+            f"account is {len(account)} characters long; at most {ACCOUNT_MAX} allowed"
+        )
+    if _CONTROL.search(account) is not None:
+        raise InvalidAccount("account must not contain control characters")
+    return account
+
+
+def check_cost(cost: Any) -> int:
+    # bool is an int subclass; ``cost=True`` is a bug, not a price.
+    if not isinstance(cost, int) or isinstance(cost, bool):
+        raise InvalidArgument(f"cost must be an int, not {type(cost).__name__}")
+    if cost < 0:
+        raise InvalidArgument(f"cost must be >= 0, not {cost}")
+    return cost
+
+
+def check_amount(amount: Any) -> int:
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidArgument(f"amount must be an int, not {type(amount).__name__}")
+    return amount
+
+
+def check_label(name: str, value: Any) -> str | None:
+    """Check ``tier`` or ``backend``: None, or a short printable string."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string or None, not {type(value).__name__}")
+    if not value or len(value) > LABEL_MAX:
+        raise InvalidArgument(f"{name} must be 1-{LABEL_MAX} characters long")
+    if _CONTROL.search(value) is not None:
+        raise InvalidArgument(f"{name} must not contain control characters")
+    return value
+
+
+def check_charge_id(charge_id: Any) -> str | None:
+    if charge_id is None:
+        return None
+    if not isinstance(charge_id, str) or not charge_id or len(charge_id) > 64:
+        raise InvalidArgument("charge_id must be None or a non-empty string of at most 64 chars")
+    return charge_id
+
+
+def check_positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise InvalidArgument(f"{name} must be a positive, finite number of seconds, not {value}")
+    return float(value)
+
+
+def check_max_uses(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"max_uses must be None or an int >= 1, not {value!r}")
+    return value

@@ -1,0 +1,341 @@
+"""The store protocol and the one set of rules every store applies.
+
+A store's job is atomicity, not policy. Each ledger operation becomes exactly
+one atomic store operation; inside it the store reads the job's current record
+(and the account's balance), asks the pure ``plan_*`` functions below what the
+semantics of DESIGN §2 say must happen, writes that, and reports what it did as
+a list of :class:`Event`. Because the decision is made inside the atomic step
+and the events come out of it, the caller that gets an event is the only caller
+that will ever get it: that is what lets the ledger fire each hook exactly once
+across threads, processes and hosts.
+
+Keeping the rules in one pure module means the memory and SQLite stores cannot
+drift apart; stores that must decide on the server (a Lua script, a SQL
+statement) are tested against the same store suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import attrs
+
+from .._records import CHARGED, PENDING, REFUNDED, JobRecord
+
+__all__ = [
+    "AsyncStore",
+    "BaseStore",
+    "ClaimRequest",
+    "ClaimResult",
+    "Event",
+    "EventKind",
+    "Key",
+    "Store",
+    "plan_claim",
+    "plan_confirm",
+    "plan_refund",
+    "plan_settle",
+]
+
+Key = tuple[str, str, str]
+EventKind = Literal["charge", "reuse", "refund", "expire"]
+ClaimStatus = Literal["charged", "reused", "in_progress", "exhausted", "insufficient"]
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One committed change, reported by the store to the one caller that made it."""
+
+    kind: EventKind
+    record: JobRecord
+
+
+@attrs.frozen(slots=True)
+class ClaimRequest:
+    """Everything a store needs to decide one call, policy included.
+
+    The ledger passes its policy (ttl, lease, max_uses, balances) with every
+    call so that stores hold data only and two ledgers with different policies
+    can share one store.
+    """
+
+    account: str
+    scope: str
+    job_id: str
+    charge_id: str
+    cost: int
+    tier: str | None
+    backend: str | None
+    now: float
+    ttl: float
+    lease: float
+    max_uses: int | None
+    balances: bool
+
+    @property
+    def key(self) -> Key:
+        return (self.account, self.scope, self.job_id)
+
+
+@attrs.frozen(slots=True)
+class ClaimResult:
+    """The outcome of one claim, as committed.
+
+    ``record`` is the job's record after the call (for ``in_progress`` and
+    ``exhausted``, the record that blocked it; for ``insufficient``, ``None``).
+    ``balance`` is the account's balance after the call when balances are on.
+    ``events`` lists every committed change in order; a claim that settles a
+    stale or expired record reports that settlement before its own charge.
+    """
+
+    status: ClaimStatus
+    record: JobRecord | None
+    balance: int | None = None
+    events: tuple[Event, ...] = ()
+    retry_after: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class ClaimPlan:
+    """What a store must write to carry out a claim (see :func:`plan_claim`)."""
+
+    result: ClaimResult
+    #: The record to store under the key, or None to leave the key as it is
+    #: (``delete`` says whether the old record must go).
+    write: JobRecord | None
+    delete: bool
+    #: Credits to add to the account's balance (negative for a debit).
+    balance_delta: int
+
+
+def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> ClaimPlan:
+    """Decide one call of ``Ledger.charge`` against the key's current record.
+
+    ``balance`` is the account's current balance (only read when
+    ``req.balances``). This function is the table of DESIGN §2, row by row.
+    """
+    now = req.now
+    events: list[Event] = []
+    delta = 0
+    settled = False
+    if existing is not None:
+        if existing.state == PENDING:
+            if now < existing.lease_until:
+                # The first call is still running: the client must wait.
+                return ClaimPlan(
+                    ClaimResult(
+                        "in_progress",
+                        existing,
+                        balance if req.balances else None,
+                        retry_after=existing.lease_until - now,
+                    ),
+                    write=None,
+                    delete=False,
+                    balance_delta=0,
+                )
+            # The worker died or overran its lease: refund its charge, then
+            # this call takes the job over as a new charge.
+            events.append(Event("refund", attrs.evolve(existing, state=REFUNDED)))
+            delta += existing.debited
+            settled = True
+        elif existing.state == CHARGED and now < existing.expires_at:
+            if req.max_uses is not None and existing.uses >= req.max_uses:
+                return ClaimPlan(
+                    ClaimResult("exhausted", existing, balance if req.balances else None),
+                    write=None,
+                    delete=False,
+                    balance_delta=0,
+                )
+            reused = attrs.evolve(existing, uses=existing.uses + 1)
+            return ClaimPlan(
+                ClaimResult(
+                    "reused", reused, balance if req.balances else None, (Event("reuse", reused),)
+                ),
+                write=reused,
+                delete=False,
+                balance_delta=0,
+            )
+        elif existing.state == CHARGED:
+            events.append(Event("expire", existing))
+            settled = True
+        else:  # a refunded record left behind counts as absent
+            settled = True
+
+    available = balance + delta
+    debit = 0
+    if req.balances:
+        if available < req.cost:
+            return ClaimPlan(
+                ClaimResult("insufficient", None, available, tuple(events)),
+                write=None,
+                delete=settled,
+                balance_delta=delta,
+            )
+        debit = req.cost
+    record = JobRecord(
+        account=req.account,
+        scope=req.scope,
+        job_id=req.job_id,
+        charge_id=req.charge_id,
+        state=PENDING,
+        cost=req.cost,
+        tier=req.tier,
+        backend=req.backend,
+        charged_at=now,
+        expires_at=now + req.ttl,
+        uses=1,
+        lease_until=now + req.lease,
+        debited=debit,
+    )
+    events.append(Event("charge", record))
+    return ClaimPlan(
+        ClaimResult(
+            "charged", record, available - debit if req.balances else None, tuple(events)
+        ),
+        write=record,
+        delete=False,
+        balance_delta=delta - debit,
+    )
+
+
+def plan_confirm(
+    existing: JobRecord | None, charge_id: str | None, now: float
+) -> tuple[JobRecord | None, bool]:
+    """Decide ``confirm``: returns (the record to report, whether to write it).
+
+    A pending charge is confirmed even after its lease ran out, as long as no
+    other call took it over: the work was done, so the charge stands.
+    """
+    if existing is None or (charge_id is not None and existing.charge_id != charge_id):
+        return None, False
+    if existing.state == PENDING:
+        return attrs.evolve(existing, state=CHARGED), True
+    if existing.is_live(now):
+        return existing, False
+    return None, False
+
+
+def plan_refund(existing: JobRecord | None, charge_id: str | None, now: float) -> Event | None:
+    """Decide ``refund``: the refund event to commit (delete the record, give
+    ``debited`` back), or None when there is nothing this call may refund."""
+    if existing is None or (charge_id is not None and existing.charge_id != charge_id):
+        return None
+    if not existing.is_live(now):
+        return None
+    return Event("refund", attrs.evolve(existing, state=REFUNDED))
+
+
+def plan_settle(existing: JobRecord, now: float) -> Event | None:
+    """Decide what ``prune`` does with one record: expire it, refund a stale
+    pending charge, or leave it (None)."""
+    if existing.state == PENDING:
+        if now >= existing.lease_until:
+            return Event("refund", attrs.evolve(existing, state=REFUNDED))
+        return None
+    if existing.state == REFUNDED:  # stores delete these at once; never report twice
+        return None
+    if now >= existing.expires_at:
+        return Event("expire", existing)
+    return None
+
+
+def deadline(record: JobRecord) -> float:
+    """When the record next needs attention: its lease end while pending, its
+    expiry once charged. Stores index this one number for pruning."""
+    return record.lease_until if record.state == PENDING else record.expires_at
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the ledger needs from a store. Each method is one atomic operation."""
+
+    def claim(self, req: ClaimRequest) -> ClaimResult: ...
+    def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None: ...
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None: ...
+    def lookup(self, key: Key, now: float) -> JobRecord | None: ...
+    def prune(self, now: float, limit: int | None = None) -> list[Event]: ...
+    def snapshot(self, now: float) -> list[JobRecord]: ...
+    def grant(self, account: str, amount: int) -> int: ...
+    def balance(self, account: str) -> int: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The async twin of :class:`Store`: the same operations, awaitable."""
+
+    async def aclaim(self, req: ClaimRequest) -> ClaimResult: ...
+    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None: ...
+    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None: ...
+    async def alookup(self, key: Key, now: float) -> JobRecord | None: ...
+    async def aprune(self, now: float, limit: int | None = None) -> list[Event]: ...
+    async def asnapshot(self, now: float) -> list[JobRecord]: ...
+    async def agrant(self, account: str, amount: int) -> int: ...
+    async def abalance(self, account: str) -> int: ...
+    async def aclose(self) -> None: ...
+
+
+class BaseStore:
+    """Shared plumbing: async twins that run the blocking operation in a worker
+    thread, so that a store built on a blocking driver never stalls the event
+    loop. Stores whose operations never block (memory) or that have a native
+    async driver override these."""
+
+    #: The URL scheme(s) of this store, for error messages and ``from_url``.
+    schemes: Sequence[str] = ()
+
+    def claim(self, req: ClaimRequest) -> ClaimResult:
+        raise NotImplementedError
+
+    def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        raise NotImplementedError
+
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        raise NotImplementedError
+
+    def lookup(self, key: Key, now: float) -> JobRecord | None:
+        raise NotImplementedError
+
+    def prune(self, now: float, limit: int | None = None) -> list[Event]:
+        raise NotImplementedError
+
+    def snapshot(self, now: float) -> list[JobRecord]:
+        raise NotImplementedError
+
+    def grant(self, account: str, amount: int) -> int:
+        raise NotImplementedError
+
+    def balance(self, account: str) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+    async def aclaim(self, req: ClaimRequest) -> ClaimResult:
+        return await asyncio.to_thread(self.claim, req)
+
+    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        return await asyncio.to_thread(self.confirm, key, charge_id, now)
+
+    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        return await asyncio.to_thread(self.refund, key, charge_id, now)
+
+    async def alookup(self, key: Key, now: float) -> JobRecord | None:
+        return await asyncio.to_thread(self.lookup, key, now)
+
+    async def aprune(self, now: float, limit: int | None = None) -> list[Event]:
+        return await asyncio.to_thread(self.prune, now, limit)
+
+    async def asnapshot(self, now: float) -> list[JobRecord]:
+        return await asyncio.to_thread(self.snapshot, now)
+
+    async def agrant(self, account: str, amount: int) -> int:
+        return await asyncio.to_thread(self.grant, account, amount)
+
+    async def abalance(self, account: str) -> int:
+        return await asyncio.to_thread(self.balance, account)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)

@@ -1,0 +1,368 @@
+"""A durable store in one SQLite file, shared by every process on the host.
+
+Atomicity comes from ``BEGIN IMMEDIATE``: the transaction takes the file's
+write lock before it reads, so the read-decide-write of a claim cannot
+interleave with another writer's, in this process or any other. WAL mode lets
+readers (``lookup``, ``snapshot``) run beside that writer, and the busy timeout
+turns lock waits into a bounded wait followed by :class:`StoreUnavailable`
+rather than an error on the first contention or a hang.
+
+Each thread gets its own connection (sqlite3 connections are not meant to be
+shared across threads mid-transaction), and a process that forks gets fresh
+ones: a connection inherited across ``fork()`` must never be used.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from .._errors import InvalidArgument, StoreUnavailable
+from .._records import JobRecord
+from ._base import (
+    BaseStore,
+    ClaimRequest,
+    ClaimResult,
+    Event,
+    Key,
+    deadline,
+    plan_claim,
+    plan_confirm,
+    plan_refund,
+    plan_settle,
+)
+
+__all__ = ["SQLiteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobcredits_jobs (
+    account     TEXT    NOT NULL,
+    scope       TEXT    NOT NULL,
+    job_id      TEXT    NOT NULL,
+    charge_id   TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    cost        INTEGER NOT NULL,
+    tier        TEXT,
+    backend     TEXT,
+    charged_at  REAL    NOT NULL,
+    expires_at  REAL    NOT NULL,
+    lease_until REAL    NOT NULL,
+    uses        INTEGER NOT NULL,
+    debited     INTEGER NOT NULL,
+    deadline    REAL    NOT NULL,
+    PRIMARY KEY (account, scope, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobcredits_jobs_deadline ON jobcredits_jobs (deadline);
+CREATE TABLE IF NOT EXISTS jobcredits_balances (
+    account TEXT    NOT NULL PRIMARY KEY,
+    credits INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobcredits_meta (
+    name  TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "account, scope, job_id, charge_id, state, cost, tier, backend, "
+    "charged_at, expires_at, lease_until, uses, debited"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM jobcredits_jobs"  # noqa: S608 (constant)
+_WHERE_KEY = " WHERE account = ? AND scope = ? AND job_id = ?"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO jobcredits_jobs ({_COLUMNS}, deadline) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DELETE = "DELETE FROM jobcredits_jobs" + _WHERE_KEY
+# Upsert without RETURNING, which older SQLite builds (before 3.35) lack; the
+# raw amount is bound twice because excluded.credits would be the clamped one.
+_CREDIT = (
+    "INSERT INTO jobcredits_balances (account, credits) VALUES (?, MAX(0, ?)) "
+    "ON CONFLICT (account) DO UPDATE SET credits = MAX(0, credits + ?)"
+)
+_BALANCE = "SELECT credits FROM jobcredits_balances WHERE account = ?"
+
+# SQLite error messages that mean "could not get to the data right now", as
+# opposed to a bug in the SQL: these become StoreUnavailable.
+_TRANSIENT = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
+    return JobRecord(
+        account=row[0],
+        scope=row[1],
+        job_id=row[2],
+        charge_id=row[3],
+        state=row[4],
+        cost=row[5],
+        tier=row[6],
+        backend=row[7],
+        charged_at=row[8],
+        expires_at=row[9],
+        lease_until=row[10],
+        uses=row[11],
+        debited=row[12],
+    )
+
+
+def _record_params(r: JobRecord) -> tuple[Any, ...]:
+    return (
+        r.account,
+        r.scope,
+        r.job_id,
+        r.charge_id,
+        r.state,
+        r.cost,
+        r.tier,
+        r.backend,
+        r.charged_at,
+        r.expires_at,
+        r.lease_until,
+        r.uses,
+        r.debited,
+        deadline(r),
+    )
+
+
+class SQLiteStore(BaseStore):
+    """Jobs and balances in a SQLite file; survives restarts, shared by processes.
+
+    :param path: the database file (created if missing), or ``":memory:"`` for
+        a private in-memory database (one connection, this process only).
+    :param timeout: seconds to wait for another writer's lock before giving up
+        with :class:`StoreUnavailable`. Every write holds the lock for one
+        short transaction, so a wait this long means the file is stuck.
+    :param synchronous: SQLite's ``synchronous`` pragma. ``"NORMAL"`` (the
+        default) is durable across process crashes in WAL mode; a power cut
+        may lose the last transactions. ``"FULL"`` survives that too, slower.
+    :param prune_batch: how many records one transaction of :meth:`prune`
+        settles, so that pruning a large backlog never holds the write lock
+        for long.
+    """
+
+    schemes = ("sqlite",)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "jobcredits.db",
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        prune_batch: int = 500,
+    ) -> None:
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise InvalidArgument(
+                f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
+            )
+        if not timeout > 0:
+            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
+        self.path = os.fspath(path)
+        self.timeout = float(timeout)
+        self.synchronous = synchronous.upper()
+        self.prune_batch = int(prune_batch)
+        self._memory = self.path == ":memory:"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        # One connection shared by all threads, used under _guard, for
+        # ":memory:" (each connection would otherwise see its own database).
+        self._shared: sqlite3.Connection | None = None
+        # Serialises use of the shared ":memory:" connection; a no-op otherwise,
+        # where SQLite's own file lock does the serialising.
+        self._serial: AbstractContextManager[Any] = (
+            threading.RLock() if self._memory else nullcontext()
+        )
+        self._closed = False
+        # Create the schema now, so a bad path fails at construction.
+        with self._transaction():
+            pass
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- connections -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._memory:
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise StoreUnavailable(f"SQLite store: directory {str(parent)!r} does not exist")
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # only so close() may run from any thread
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if not self._memory:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO jobcredits_meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+        with self._guard:
+            self._all.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailable(f"SQLite store {self.path!r} is closed")
+        if self._memory:
+            if self._shared is None:
+                self._shared = self._connect()
+            return self._shared
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn = conn
+            local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error.
+
+        SQLite's own errors (locked past the busy timeout, disk full, I/O)
+        surface as :class:`StoreUnavailable`: the transaction did not commit.
+        """
+        with self._serial:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except _TRANSIENT as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the failed COMMIT may already have rolled back
+                if isinstance(exc, _TRANSIENT):
+                    raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+                raise
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._serial:
+                return self._conn().execute(sql, params).fetchall()
+        except _TRANSIENT as exc:
+            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+
+    # -- helpers inside a transaction ------------------------------------------
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, key: Key) -> JobRecord | None:
+        row = conn.execute(_SELECT + _WHERE_KEY, key).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    @staticmethod
+    def _balance(conn: sqlite3.Connection, account: str) -> int:
+        row = conn.execute(_BALANCE, (account,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @classmethod
+    def _credit(cls, conn: sqlite3.Connection, account: str, amount: int) -> int:
+        conn.execute(_CREDIT, (account, amount, amount))
+        return cls._balance(conn, account)
+
+    # -- the store protocol ----------------------------------------------------
+
+    def claim(self, req: ClaimRequest) -> ClaimResult:
+        key = req.key
+        with self._transaction() as conn:
+            existing = self._get(conn, key)
+            balance = self._balance(conn, req.account) if req.balances else 0
+            plan = plan_claim(existing, balance, req)
+            if plan.write is not None:
+                conn.execute(_UPSERT, _record_params(plan.write))
+            elif plan.delete:
+                conn.execute(_DELETE, key)
+            if plan.balance_delta:
+                self._credit(conn, req.account, plan.balance_delta)
+        return plan.result
+
+    def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        with self._transaction() as conn:
+            record, write = plan_confirm(self._get(conn, key), charge_id, now)
+            if write and record is not None:
+                conn.execute(_UPSERT, _record_params(record))
+        return record
+
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        with self._transaction() as conn:
+            existing = self._get(conn, key)
+            event = plan_refund(existing, charge_id, now)
+            if event is not None and existing is not None:
+                conn.execute(_DELETE, key)
+                if existing.debited:
+                    self._credit(conn, existing.account, existing.debited)
+        return event
+
+    def lookup(self, key: Key, now: float) -> JobRecord | None:
+        rows = self._read(_SELECT + _WHERE_KEY, key)
+        if not rows:
+            return None
+        record = _row_to_record(rows[0])
+        return record if record.is_live(now) else None
+
+    def prune(self, now: float, limit: int | None = None) -> list[Event]:
+        events: list[Event] = []
+        while limit is None or len(events) < limit:
+            batch = self.prune_batch if limit is None else min(self.prune_batch, limit - len(events))
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    _SELECT + " WHERE deadline <= ? ORDER BY deadline LIMIT ?", (now, batch)
+                ).fetchall()
+                found = 0
+                for row in rows:
+                    record = _row_to_record(row)
+                    event = plan_settle(record, now)
+                    if event is None:  # not due after all (cannot happen: the
+                        continue  # deadline column is what plan_settle checks)
+                    found += 1
+                    conn.execute(_DELETE, record.key)
+                    if event.kind == "refund" and record.debited:
+                        self._credit(conn, record.account, record.debited)
+                    events.append(event)
+            if len(rows) < batch or found == 0:
+                break
+        return events
+
+    def snapshot(self, now: float) -> list[JobRecord]:
+        rows = self._read(_SELECT + " ORDER BY charged_at, account, scope, job_id")
+        return [r for r in map(_row_to_record, rows) if r.is_live(now)]
+
+    def grant(self, account: str, amount: int) -> int:
+        with self._transaction() as conn:
+            return self._credit(conn, account, amount)
+
+    def balance(self, account: str) -> int:
+        rows = self._read(_BALANCE, (account,))
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        """Close every connection this store opened, in every thread."""
+        with self._guard:
+            self._closed = True
+            conns, self._all = self._all, []
+            self._shared = None
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
