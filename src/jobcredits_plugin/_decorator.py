@@ -53,9 +53,7 @@ def _check_on_missing(on_missing: str) -> None:
         raise InvalidArgument(f'on_missing must be "charge" or "reject", not {on_missing!r}')
 
 
-def identify(
-    account: Any, job_id: Any, on_missing: str
-) -> tuple[str, str, bool]:
+def identify(account: Any, job_id: Any, on_missing: str) -> tuple[str, str, bool]:
     """Turn what the app's callables returned into (account, job_id, minted),
     raising the error the caller must see when either is missing. ``minted``
     is True when the job id was generated here."""
@@ -161,9 +159,7 @@ async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | Non
         if ok:
             await ledger.aconfirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
             return False
-        refunded = await ledger.arefund(
-            r.account, r.job_id, scope=r.scope, charge_id=r.charge_id
-        )
+        refunded = await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
         return refunded or None
     except StoreUnavailable as exc:
         log.error(
@@ -182,8 +178,8 @@ def charges_credit(
     job_id: Callable[..., str | None],
     scope: str = "default",
     cost: int | Callable[..., int] = 1,
-    tier: str | None | Callable[..., str | None] = None,
-    backend: str | None | Callable[..., str | None] = None,
+    tier: str | Callable[..., str | None] | None = None,
+    backend: str | Callable[..., str | None] | None = None,
     on_missing: OnMissing = "charge",
     fail_open: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -214,9 +210,7 @@ def charges_credit(
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-            acct, jid, _ = identify(
-                account(*args, **kwargs), job_id(*args, **kwargs), on_missing
-            )
+            acct, jid, _ = identify(account(*args, **kwargs), job_id(*args, **kwargs), on_missing)
             return {
                 "account": acct,
                 "job_id": jid,

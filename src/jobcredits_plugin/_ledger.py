@@ -435,9 +435,7 @@ class Ledger:
 
     async def agrant(self, account: str, amount: int) -> int:
         """Async twin of :meth:`grant`."""
-        return await self._acall(
-            self._store.agrant, check_account(account), check_amount(amount)
-        )
+        return await self._acall(self._store.agrant, check_account(account), check_amount(amount))
 
     async def abalance(self, account: str) -> int | None:
         """Async twin of :meth:`balance`."""

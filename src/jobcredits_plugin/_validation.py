@@ -43,7 +43,9 @@ def compile_job_id_pattern(pattern: str | re.Pattern[str] | None) -> re.Pattern[
         try:
             return re.compile(pattern)
         except re.error as exc:
-            raise InvalidArgument(f"job_id_pattern is not a valid regular expression: {exc}") from exc
+            raise InvalidArgument(
+                f"job_id_pattern is not a valid regular expression: {exc}"
+            ) from exc
     raise InvalidArgument(
         f"job_id_pattern must be a string, a compiled pattern or None, not {type(pattern).__name__}"
     )

@@ -35,7 +35,15 @@ import pluggy
 
 from ._records import JobRecord
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "on_charge", "on_expire", "on_refund", "on_reuse"]
+__all__ = [
+    "PROJECT_NAME",
+    "hookimpl",
+    "hookspec",
+    "on_charge",
+    "on_expire",
+    "on_refund",
+    "on_reuse",
+]
 
 #: The pluggy project name; also what entry points are looked up under
 #: (group ``jobcredits_plugin``).

@@ -191,9 +191,7 @@ def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> C
     )
     events.append(Event("charge", record))
     return ClaimPlan(
-        ClaimResult(
-            "charged", record, available - debit if req.balances else None, tuple(events)
-        ),
+        ClaimResult("charged", record, available - debit if req.balances else None, tuple(events)),
         write=record,
         delete=False,
         balance_delta=delta - debit,

@@ -34,7 +34,10 @@ from ._base import (
 
 __all__ = ["MemoryStore"]
 
-_HeapEntry = tuple[float, str, Key]
+# (deadline, charge_id, account, scope, job_id): flat, so a heap entry holds
+# references to the record's own strings and allocates nothing else.
+_HeapEntry = tuple[float, str, str, str, str]
+_Bucket = dict[str, JobRecord]
 
 
 @attrs.define(slots=True, eq=False)
@@ -48,22 +51,48 @@ class MemoryStore(BaseStore):
 
     ``settle_batch`` bounds how many due records one request settles on its
     way; :meth:`prune` settles all of them.
+
+    Records are kept in one bucket per ``(account, scope)``, keyed by job id:
+    the job key stays three separate parts (no joined string to collide), and
+    no per-job key tuple is allocated, which keeps a live job under 512 bytes.
     """
 
     schemes = ("memory",)
 
     settle_batch: int = 8
-    _jobs: dict[Key, JobRecord] = attrs.field(init=False, factory=dict)
+    _buckets: dict[tuple[str, str], _Bucket] = attrs.field(init=False, factory=dict)
+    _count: int = attrs.field(init=False, default=0)
     _balances: dict[str, int] = attrs.field(init=False, factory=dict)
     _heap: list[_HeapEntry] = attrs.field(init=False, factory=list)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     # -- internals (called with the lock held) ---------------------------------
 
-    def _put(self, key: Key, record: JobRecord, *, schedule: bool) -> None:
-        self._jobs[key] = record
+    def _get(self, key: Key) -> JobRecord | None:
+        bucket = self._buckets.get((key[0], key[1]))
+        return None if bucket is None else bucket.get(key[2])
+
+    def _put(self, record: JobRecord, *, schedule: bool) -> None:
+        bucket = self._buckets.get((record.account, record.scope))
+        if bucket is None:
+            bucket = self._buckets[(record.account, record.scope)] = {}
+        if record.job_id not in bucket:
+            self._count += 1
+        bucket[record.job_id] = record
         if schedule:
-            heapq.heappush(self._heap, (deadline(record), record.charge_id, key))
+            self._schedule(record)
+
+    def _schedule(self, record: JobRecord) -> None:
+        entry = (deadline(record), record.charge_id, record.account, record.scope, record.job_id)
+        heapq.heappush(self._heap, entry)
+
+    def _delete(self, key: Key) -> None:
+        bucket_key = (key[0], key[1])
+        bucket = self._buckets[bucket_key]
+        del bucket[key[2]]
+        self._count -= 1
+        if not bucket:
+            del self._buckets[bucket_key]
 
     def _settle_due(self, now: float, limit: int | None) -> list[Event]:
         """Pop due heap entries and settle their records; at most ``limit``
@@ -73,16 +102,17 @@ class MemoryStore(BaseStore):
         seen = 0
         while heap and heap[0][0] <= now and (limit is None or seen < limit):
             seen += 1
-            _, charge_id, key = heapq.heappop(heap)
-            record = self._jobs.get(key)
+            _, charge_id, account, scope, job_id = heapq.heappop(heap)
+            key = (account, scope, job_id)
+            record = self._get(key)
             if record is None or record.charge_id != charge_id:
                 continue  # stale entry of a record replaced or refunded since
             event = plan_settle(record, now)
             if event is None:
                 # Its lease passed but it was confirmed: due again at expiry.
-                heapq.heappush(heap, (deadline(record), charge_id, key))
+                self._schedule(record)
                 continue
-            del self._jobs[key]
+            self._delete(key)
             if event.kind == "refund" and record.debited:
                 self._credit(record.account, record.debited)
             events.append(event)
@@ -99,12 +129,12 @@ class MemoryStore(BaseStore):
         key = req.key
         with self._lock:
             swept = self._settle_due(req.now, self.settle_batch)
-            plan = plan_claim(self._jobs.get(key), self._balances.get(req.account, 0), req)
+            plan = plan_claim(self._get(key), self._balances.get(req.account, 0), req)
             if plan.write is not None:
                 # A new charge gets a heap entry; a reuse keeps the one it has.
-                self._put(key, plan.write, schedule=plan.write.state == PENDING)
+                self._put(plan.write, schedule=plan.write.state == PENDING)
             elif plan.delete:
-                del self._jobs[key]
+                self._delete(key)
             if plan.balance_delta:
                 self._credit(req.account, plan.balance_delta)
         if swept:
@@ -113,23 +143,24 @@ class MemoryStore(BaseStore):
 
     def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
         with self._lock:
-            record, write = plan_confirm(self._jobs.get(key), charge_id, now)
+            record, write = plan_confirm(self._get(key), charge_id, now)
             if write and record is not None:
-                self._jobs[key] = record
+                self._put(record, schedule=False)
         return record
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
         with self._lock:
-            existing = self._jobs.get(key)
+            existing = self._get(key)
             event = plan_refund(existing, charge_id, now)
             if event is not None and existing is not None:
-                del self._jobs[key]
+                self._delete(key)
                 if existing.debited:
                     self._credit(existing.account, existing.debited)
         return event
 
     def lookup(self, key: Key, now: float) -> JobRecord | None:
-        record = self._jobs.get(key)  # a dict read is atomic under the GIL
+        with self._lock:
+            record = self._get(key)
         if record is None or not record.is_live(now):
             return None
         return record
@@ -140,7 +171,7 @@ class MemoryStore(BaseStore):
 
     def snapshot(self, now: float) -> list[JobRecord]:
         with self._lock:
-            records = list(self._jobs.values())
+            records = [r for bucket in self._buckets.values() for r in bucket.values()]
         live = [r for r in records if r.is_live(now)]
         live.sort(key=lambda r: (r.charged_at, r.key))
         return live
@@ -187,4 +218,4 @@ class MemoryStore(BaseStore):
 
     def __len__(self) -> int:
         """How many records are held, live or awaiting settlement."""
-        return len(self._jobs)
+        return self._count

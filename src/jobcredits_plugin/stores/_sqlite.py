@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +74,10 @@ _COLUMNS = (
     "account, scope, job_id, charge_id, state, cost, tier, backend, "
     "charged_at, expires_at, lease_until, uses, debited"
 )
-_SELECT = f"SELECT {_COLUMNS} FROM jobcredits_jobs"  # noqa: S608 (constant)
+_SELECT = f"SELECT {_COLUMNS} FROM jobcredits_jobs"
 _WHERE_KEY = " WHERE account = ? AND scope = ? AND job_id = ?"
 _UPSERT = (
-    f"INSERT OR REPLACE INTO jobcredits_jobs ({_COLUMNS}, deadline) "  # noqa: S608
+    f"INSERT OR REPLACE INTO jobcredits_jobs ({_COLUMNS}, deadline) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE = "DELETE FROM jobcredits_jobs" + _WHERE_KEY
@@ -248,10 +248,9 @@ class SQLiteStore(BaseStore):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
-                try:
+                # A failed COMMIT may already have rolled back by itself.
+                with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # the failed COMMIT may already have rolled back
                 if isinstance(exc, _TRANSIENT):
                     raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
                 raise
@@ -323,7 +322,9 @@ class SQLiteStore(BaseStore):
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         events: list[Event] = []
         while limit is None or len(events) < limit:
-            batch = self.prune_batch if limit is None else min(self.prune_batch, limit - len(events))
+            batch = (
+                self.prune_batch if limit is None else min(self.prune_batch, limit - len(events))
+            )
             with self._transaction() as conn:
                 rows = conn.execute(
                     _SELECT + " WHERE deadline <= ? ORDER BY deadline LIMIT ?", (now, batch)
@@ -362,7 +363,5 @@ class SQLiteStore(BaseStore):
             conns, self._all = self._all, []
             self._shared = None
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
