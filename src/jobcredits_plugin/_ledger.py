@@ -65,7 +65,8 @@ class Ledger:
     """Charges a job once, lets its follow-up calls through free, refunds
     failures and expires old jobs.
 
-    :param store: where jobs live; ``None`` means a new :class:`MemoryStore`.
+    :param store: where jobs live; ``None`` means a new
+        :class:`~jobcredits_plugin.stores.MemoryStore`.
     :param ttl: seconds a charged job's follow-ups ride free, counted from the
         charge and never extended.
     :param lease: seconds a first call may run before it is presumed dead, its

@@ -26,7 +26,8 @@ An implementation may take fewer arguments than its spec names (pluggy passes
 only the ones it asks for), so a plugin keeps working when a spec gains one.
 A plugin written for a newer version, implementing a hook this version lacks,
 should mark that implementation ``@hookimpl(optionalhook=True)``; then it
-registers here too, and :meth:`Ledger.check_pending` does not complain.
+registers here too, and :meth:`~jobcredits_plugin.Ledger.check_pending` does not
+complain.
 """
 
 from __future__ import annotations
@@ -82,5 +83,5 @@ def on_refund(record: JobRecord) -> None:
 @hookspec
 def on_expire(record: JobRecord) -> None:
     """A charged job's window closed and the record was removed (by
-    :meth:`Ledger.prune`, or by the next call that found it past its
+    :meth:`~jobcredits_plugin.Ledger.prune`, or by the next call that found it past its
     ``expires_at``)."""

@@ -119,8 +119,9 @@ class RecordingPlugin:
 
 
 def make_ledger(*, clock: FakeClock | None = None, **kwargs: Any) -> Ledger:
-    """A ready ledger for tests: a fresh :class:`MemoryStore` and a
+    """A ready ledger for tests: a fresh
+    :class:`~jobcredits_plugin.stores.MemoryStore` and a
     :class:`FakeClock` (a new one unless given; reach it as ``ledger.clock``).
-    Other keyword arguments go to :class:`Ledger`."""
+    Other keyword arguments go to :class:`~jobcredits_plugin.Ledger`."""
     kwargs.setdefault("store", MemoryStore())
     return Ledger(clock=clock if clock is not None else FakeClock(), **kwargs)

@@ -110,7 +110,12 @@ def from_url(url: str) -> BaseStore:
     store options, e.g. ``sqlite:///jobs.db?timeout=2``."""
     if not isinstance(url, str) or "://" not in url:
         raise InvalidArgument(f"store URL must look like scheme://..., accepted: {ACCEPTED}")
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL": still a bad argument
+        raise InvalidArgument(
+            f"store URL {redact_url(url)!r} cannot be parsed ({exc}); accepted: {ACCEPTED}"
+        ) from exc
     scheme = parts.scheme.lower()
     factory = _SCHEMES.get(scheme)
     if factory is None:

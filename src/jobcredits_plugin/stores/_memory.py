@@ -50,7 +50,7 @@ class MemoryStore(BaseStore):
     one client could be charged once per worker.
 
     ``settle_batch`` bounds how many due records one request settles on its
-    way; :meth:`prune` settles all of them.
+    way; :meth:`~jobcredits_plugin.Ledger.prune` settles all of them.
 
     Records are kept in one bucket per ``(account, scope)``, keyed by job id:
     the job key stays three separate parts (no joined string to collide), and

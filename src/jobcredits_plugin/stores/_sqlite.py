@@ -7,9 +7,9 @@ readers (``lookup``, ``snapshot``) run beside that writer, and the busy timeout
 turns lock waits into a bounded wait followed by :class:`StoreUnavailable`
 rather than an error on the first contention or a hang.
 
-Each thread gets its own connection (sqlite3 connections are not meant to be
-shared across threads mid-transaction), and a process that forks gets fresh
-ones: a connection inherited across ``fork()`` must never be used.
+Connections come from a small pool, each lent to one operation at a time,
+and a process that forks gets fresh ones: a connection inherited across
+``fork()`` must never be used.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +137,15 @@ class SQLiteStore(BaseStore):
     :param path: the database file (created if missing), or ``":memory:"`` for
         a private in-memory database (one connection, this process only).
     :param timeout: seconds to wait for another writer's lock before giving up
-        with :class:`StoreUnavailable`. Every write holds the lock for one
-        short transaction, so a wait this long means the file is stuck.
+        with :class:`~jobcredits_plugin.StoreUnavailable`. Every write holds
+        the lock for one short transaction, so a wait this long means the
+        file is stuck.
     :param synchronous: SQLite's ``synchronous`` pragma. ``"NORMAL"`` (the
         default) is durable across process crashes in WAL mode; a power cut
         may lose the last transactions. ``"FULL"`` survives that too, slower.
-    :param prune_batch: how many records one transaction of :meth:`prune`
-        settles, so that pruning a large backlog never holds the write lock
-        for long.
+    :param prune_batch: how many records one transaction of
+        :meth:`~jobcredits_plugin.Ledger.prune` settles, so that pruning a
+        large backlog never holds the write lock for long.
     """
 
     schemes = ("sqlite",)
@@ -168,17 +169,21 @@ class SQLiteStore(BaseStore):
         self.synchronous = synchronous.upper()
         self.prune_batch = int(prune_batch)
         self._memory = self.path == ":memory:"
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self.max_idle = 8
         self._guard = threading.Lock()
-        # One connection shared by all threads, used under _guard, for
-        # ":memory:" (each connection would otherwise see its own database).
-        self._shared: sqlite3.Connection | None = None
-        # Serialises use of the shared ":memory:" connection; a no-op otherwise,
-        # where SQLite's own file lock does the serialising.
-        self._serial: AbstractContextManager[Any] = (
-            threading.RLock() if self._memory else nullcontext()
-        )
+        # Idle connections, each used by one operation at a time. A pool rather
+        # than one connection per thread: servers that start a thread per
+        # request would otherwise open a connection per request and keep it.
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        # Connections inherited across fork(): never used, never closed (closing
+        # one in the child could checkpoint and remove the parent's WAL), only
+        # kept referenced so the garbage collector does not close them either.
+        self._orphans: list[sqlite3.Connection] = []
+        # ":memory:" must be one connection (each would see its own database),
+        # shared under this lock.
+        self._memory_lock = threading.Lock()
+        self._memory_conn: sqlite3.Connection | None = None
         self._closed = False
         # Create the schema now, so a bad path fails at construction.
         with self._transaction():
@@ -194,12 +199,13 @@ class SQLiteStore(BaseStore):
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise StoreUnavailable(f"SQLite store: directory {str(parent)!r} does not exist")
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 self.path,
                 timeout=self.timeout,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # only so close() may run from any thread
+                check_same_thread=False,  # pooled: any thread may use it, one at a time
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if not self._memory:
@@ -211,25 +217,42 @@ class SQLiteStore(BaseStore):
                 (str(SCHEMA_VERSION),),
             )
         except _TRANSIENT as exc:
+            if conn is not None:
+                conn.close()
             raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
-        with self._guard:
-            self._all.append(conn)
         return conn
 
-    def _conn(self) -> sqlite3.Connection:
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Lend a connection to one operation, then take it back."""
         if self._closed:
             raise StoreUnavailable(f"SQLite store {self.path!r} is closed")
         if self._memory:
-            if self._shared is None:
-                self._shared = self._connect()
-            return self._shared
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
+            with self._memory_lock:
+                if self._memory_conn is None:
+                    self._memory_conn = self._connect()
+                yield self._memory_conn
+            return
+        conn = None
+        with self._guard:
+            if self._pid != os.getpid():  # we are a forked child
+                self._orphans.extend(self._idle)
+                self._idle = []
+                self._pid = os.getpid()
+            if self._idle:
+                conn = self._idle.pop()
+        if conn is None:
             conn = self._connect()
-            local.conn = conn
-            local.pid = os.getpid()
-        return conn
+        try:
+            yield conn
+        finally:
+            with self._guard:
+                keep = not self._closed and len(self._idle) < self.max_idle
+                keep = keep and self._pid == os.getpid()
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -238,8 +261,7 @@ class SQLiteStore(BaseStore):
         SQLite's own errors (locked past the busy timeout, disk full, I/O)
         surface as :class:`StoreUnavailable`: the transaction did not commit.
         """
-        with self._serial:
-            conn = self._conn()
+        with self._connection() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except _TRANSIENT as exc:
@@ -257,8 +279,8 @@ class SQLiteStore(BaseStore):
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            with self._serial:
-                return self._conn().execute(sql, params).fetchall()
+            with self._connection() as conn:
+                return conn.execute(sql, params).fetchall()
         except _TRANSIENT as exc:
             raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
 
@@ -357,11 +379,16 @@ class SQLiteStore(BaseStore):
         return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
-        """Close every connection this store opened, in every thread."""
+        """Close the idle connections; those lent out close when returned."""
         with self._guard:
             self._closed = True
-            conns, self._all = self._all, []
-            self._shared = None
+            conns, self._idle = self._idle, []
+            if self._pid != os.getpid():
+                return  # inherited across fork: not ours to close
+        with self._memory_lock:
+            if self._memory_conn is not None:
+                conns.append(self._memory_conn)
+                self._memory_conn = None
         for conn in conns:
             with suppress(sqlite3.Error):
                 conn.close()
