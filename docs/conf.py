@@ -9,8 +9,12 @@ mention are listed in ``nitpick_ignore`` below.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -19,7 +23,7 @@ from jobcredits_plugin import __version__  # noqa: E402
 
 project = "jobcredits-plugin"
 author = "jobcredits-plugin developers"
-copyright = "jobcredits-plugin developers"  # noqa: A001
+copyright = "jobcredits-plugin developers"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
@@ -32,12 +36,13 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
-# -- MyST ---------------------------------------------------------------------
+# -- MyST -----------------------------------------------------------------------
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 # Headings get no automatic anchors: every cross-page link goes to an explicit
-# ``(label)=`` target, so renaming a heading never breaks a link (and the
-# error pages' anchors are the ones the problem+json ``type`` URIs promise).
+# ``(label)=`` target, so renaming a heading never breaks a link, and the
+# anchors of errors.md are exactly the ones the problem+json ``type`` URIs
+# promise (``errors.html#invalid-job-id``, ...).
 myst_heading_anchors = 0
 
 # -- autodoc --------------------------------------------------------------------
@@ -45,20 +50,60 @@ myst_heading_anchors = 0
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True  # show ``clock=time.time``, not a repr
 autodoc_typehints = "signature"
-autodoc_default_options = {"show-inheritance": False}
 python_use_unqualified_type_names = True
 add_module_names = False
 
-# -- nitpicky -----------------------------------------------------------------------
+# -- nitpicky -------------------------------------------------------------------
 
 nitpicky = True
 # Names from outside this project that appear in signatures and docstrings.
 # Without intersphinx (offline build) they cannot resolve; everything of our
 # own must.
-nitpick_ignore: list[tuple[str, str]] = []
+nitpick_ignore = [
+    # pluggy: the plugin manager a ledger owns, and the error check_pending raises.
+    ("py:class", "pluggy._manager.PluginManager"),
+    ("py:class", "pluggy.PluginValidationError"),
+    # The standard library, as it appears in signatures.
+    ("py:class", "collections.abc.Callable"),
+    ("py:class", "collections.abc.Iterable"),
+    ("py:class", "os.PathLike"),
+]
 
-# -- HTML ---------------------------------------------------------------------------
+# -- HTML -----------------------------------------------------------------------
 
 html_theme = "furo"
 html_title = f"jobcredits-plugin {release}"
-html_static_path: list[str] = []
+
+# -- attrs defaults in signatures -------------------------------------------------
+
+_ATTRS_DEFAULT = re.compile(r"attr_dict\['(\w+)'\]\.default")
+
+
+def _attrs_defaults(
+    app: Any,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str | None] | None:
+    """Show an attrs class's defaults as values.
+
+    With ``autodoc_preserve_defaults`` the ``__init__`` that attrs generates
+    shows its defaults as their source text, ``attr_dict['balance'].default``;
+    put the value there instead.
+    """
+    if what != "class" or not signature or not attrs.has(obj):
+        return None
+    fields = attrs.fields_dict(obj)
+
+    def value(match: re.Match[str]) -> str:
+        default = fields[match.group(1)].default
+        return "..." if isinstance(default, attrs.Factory) else repr(default)
+
+    return _ATTRS_DEFAULT.sub(value, signature), return_annotation
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-process-signature", _attrs_defaults)

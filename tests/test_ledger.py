@@ -63,9 +63,7 @@ def test_no_live_record_charges_a_new_pending_record(
     assert ledger.lookup(A, J) == r
 
 
-def test_live_charged_record_is_reused_for_free(
-    clock: FakeClock, events: RecordingPlugin
-) -> None:
+def test_live_charged_record_is_reused_for_free(clock: FakeClock, events: RecordingPlugin) -> None:
     """A follow-up on a live charged job counts a use, fires on_reuse, reports
     "reused" and debits nothing."""
     bal = make_ledger(clock=clock, balances=True, plugins=[events])
@@ -431,9 +429,7 @@ def test_prune_on_nothing_due_returns_empty(ledger: Ledger) -> None:
     assert len(ledger.snapshot()) == 2
 
 
-def test_prune_settles_stale_pending_with_refund(
-    clock: FakeClock, events: RecordingPlugin
-) -> None:
+def test_prune_settles_stale_pending_with_refund(clock: FakeClock, events: RecordingPlugin) -> None:
     """prune refunds a pending record whose lease ran out (on_refund, balance
     credited back) and leaves a pending one within its lease alone."""
     ledger = make_ledger(clock=clock, balances=True, plugins=[events])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -29,6 +30,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 OnMissing = Literal["charge", "reject"]
+
+#: An HTTP field name is a token (RFC 9110 §5.1, §5.6.2): anything else can
+#: never arrive as a header, and a non-latin-1 one would not even encode.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 _current: ContextVar[Charge | None] = ContextVar("jobcredits_current_charge", default=None)
 
@@ -275,7 +280,7 @@ def header(name: str) -> Callable[..., str | None]:
     Reading the *account* from a header trusts whoever set it: do that only
     behind a proxy that authenticates the caller and overwrites the header.
     """
-    if not isinstance(name, str) or not name or any(c in name for c in " :\r\n"):
+    if not isinstance(name, str) or _TOKEN.fullmatch(name) is None:
         raise InvalidArgument(f"header name must be a non-empty token, not {name!r}")
     lower = name.lower()
     raw = lower.encode("latin-1")

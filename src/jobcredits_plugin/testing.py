@@ -8,7 +8,9 @@
         clock = FakeClock()
         events = RecordingPlugin()
         ledger = make_ledger(clock=clock, plugins=[events])
-        assert ledger.charge("acct", "job-1").charged
+        first = ledger.charge("acct", "job-1")
+        assert first.charged
+        ledger.confirm("acct", "job-1")              # the first call finished
         assert not ledger.charge("acct", "job-1").charged
         clock.advance(3601)
         assert ledger.charge("acct", "job-1").charged   # the window closed

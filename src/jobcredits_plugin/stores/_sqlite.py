@@ -164,7 +164,11 @@ class SQLiteStore(BaseStore):
             )
         if not timeout > 0:
             raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
-        self.path = os.fspath(path)
+        path = os.fspath(path)
+        # Resolved now: connections open later (in other threads, after a
+        # fork), and a relative path must keep naming this file even if the
+        # process changes directory in between, as daemons do.
+        self.path = path if path in ("", ":memory:") else os.path.abspath(path)
         self.timeout = float(timeout)
         self.synchronous = synchronous.upper()
         self.prune_batch = int(prune_batch)
