@@ -628,6 +628,14 @@ def test_store_oserror_becomes_store_unavailable(clock: FakeClock) -> None:
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
 
+def test_lease_longer_than_ttl_is_rejected() -> None:
+    """A lease longer than the window is refused: a first call would stay leased
+    after its job expired, a state no rule of the ledger can settle."""
+    with pytest.raises(InvalidArgument, match="lease"):
+        Ledger(ttl=10, lease=60)
+    assert Ledger(ttl=10, lease=10).lease == 10
+
+
 # -- URLs --------------------------------------------------------------------------------
 
 
@@ -635,7 +643,7 @@ def test_from_url_memory_builds_a_memory_ledger() -> None:
     """Ledger.from_url("memory://") gives a working ledger on a MemoryStore, with
     the keyword arguments going to the ledger."""
     clock = FakeClock()
-    ledger = Ledger.from_url("memory://", ttl=10, clock=clock)
+    ledger = Ledger.from_url("memory://", ttl=10, lease=5, clock=clock)
     assert isinstance(ledger.store, MemoryStore)
     assert ledger.ttl == 10
     c = ledger.charge(A, J)

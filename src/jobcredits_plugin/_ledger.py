@@ -71,7 +71,7 @@ class Ledger:
         charge and never extended.
     :param lease: seconds a first call may run before it is presumed dead, its
         charge refunded and taken over by the next call. Must outlast the
-        slowest handler.
+        slowest handler, and may not exceed ``ttl``.
     :param balances: debit a per-account balance at each charge and answer
         :class:`InsufficientCredits` when it is short.
     :param max_uses: calls one job may serve, the charging call included
@@ -101,6 +101,13 @@ class Ledger:
     ) -> None:
         self._ttl = check_positive_seconds("ttl", ttl)
         self._lease = check_positive_seconds("lease", lease)
+        if self._lease > self._ttl:
+            # A first call still leased after its window closed would be
+            # neither live nor settled; no useful policy needs that state.
+            raise InvalidArgument(
+                f"lease ({self._lease:g}s) must not exceed ttl ({self._ttl:g}s): "
+                "lower the lease, or pass both"
+            )
         self._max_uses = check_max_uses(max_uses)
         self._pattern = compile_job_id_pattern(job_id_pattern)
         if not callable(clock):

@@ -1,0 +1,674 @@
+"""The ``jobcredits`` command: a demo of the whole flow, and the operator's tools.
+
+An operator needs to see and settle a store without writing Python: the live
+jobs (``snapshot``), the clean-up a cron job runs (``prune``) and the balances
+(``grant``, ``balance``). A newcomer needs to see the semantics work before
+reading about them: ``demo`` drives a small WSGI app with simulated clients on
+a fake clock, so an hour-long window passes in a moment and the printed
+figures are the same for the same seed.
+
+Only :mod:`argparse`: the core depends on attrs and pluggy alone, and a command
+line for a billing store must not add more. Errors come out as one
+``jobcredits: error: ...`` line on stderr, never a traceback: exit status 2
+for a command line argparse rejects, 1 for an error the ledger or the store
+reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import sys
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
+from typing import IO, Any, NoReturn
+from wsgiref.util import setup_testing_defaults
+
+import attrs
+
+from ._decorator import charges_credit, current_charge, header
+from ._errors import JobCreditsError
+from ._ledger import Ledger
+from ._records import Charge, JobRecord
+from ._version import __version__
+from .hookspecs import hookimpl
+from .stores import redact_url
+from .testing import FakeClock
+
+__all__ = ["main"]
+
+PROG = "jobcredits"
+URL_ENV = "JOBCREDITS_URL"
+
+Environ = dict[str, Any]
+Headers = list[tuple[str, str]]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, not usage plus a message.
+
+    ``jobcredits`` is run from scripts and cron, where one greppable line is
+    what gets read; the hint points at ``--help`` for the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see '{self.prog} --help')", status=2)
+
+
+# -- shared helpers -------------------------------------------------------------------
+
+
+def _out(line: str = "", stream: IO[str] | None = None) -> None:
+    print(line, file=stream if stream is not None else sys.stdout)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> list[str]:
+    """Rows as aligned text columns: the first ``left`` columns (names) to the
+    left, the rest (numbers) to the right, as people read figures."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.ljust(w) if i < left else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def _iso(ts: float) -> str:
+    """Seconds since the epoch as ISO-8601 UTC: unambiguous whatever the
+    operator's time zone, and what log search tools parse."""
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _url(args: argparse.Namespace) -> str:
+    url: str | None = args.url or os.environ.get(URL_ENV) or None
+    if url is None:
+        raise CliError(f"no store URL: pass --url or set {URL_ENV}", status=2)
+    return url
+
+
+def _check_exists(url: str) -> None:
+    """Refuse a read of a SQLite file that is not there.
+
+    Opening one creates it, so a mistyped path would otherwise show an empty
+    store ("no live jobs", balance 0) instead of the operator's mistake.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "sqlite" or parts.netloc:
+        return  # other stores, and malformed URLs: from_url gives the error
+    path = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if path and path != ":memory:" and not os.path.exists(path):
+        raise CliError(f"no SQLite database at {path!r}; check --url")
+
+
+def _open(args: argparse.Namespace, *, must_exist: bool = True, **kwargs: Any) -> Ledger:
+    url = _url(args)
+    if must_exist:
+        _check_exists(url)
+    return Ledger.from_url(url, **kwargs)
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_non_negative.__name__ = "non-negative int"  # what argparse names in its error
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive.__name__ = "positive int"
+
+
+# -- operator commands -------------------------------------------------------------------
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        records = ledger.snapshot()
+    if args.json:
+        _out(json.dumps([attrs.asdict(r) for r in records], indent=2))
+        return 0
+    if not records:
+        _out("no live jobs")
+        return 0
+    shown = records[: args.limit]
+    headers = ("account", "scope", "job_id", "state", "cost", "uses", "charged_at", "expires_at")
+    rows = [
+        (
+            r.account,
+            r.scope,
+            r.job_id,
+            r.state,
+            r.cost,
+            r.uses,
+            _iso(r.charged_at),
+            _iso(r.expires_at),
+        )
+        for r in shown
+    ]
+    if shown:
+        for line in _table(headers, rows, left=4):
+            _out(line)
+    if len(records) > len(shown):
+        _out(f"… and {len(records) - len(shown)} more")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        removed = ledger.prune()
+    refunded = sum(1 for r in removed if r.state == "refunded")
+    _out(f"expired {len(removed) - refunded}, refunded {refunded}")
+    return 0
+
+
+def _cmd_grant(args: argparse.Namespace) -> int:
+    # A grant may create the store: loading balances is how one starts.
+    with _open(args, must_exist=False) as ledger:
+        _out(str(ledger.grant(args.account, args.amount)))
+    return 0
+
+
+def _cmd_balance(args: argparse.Namespace) -> int:
+    # balances=True only so that balance() reports the stored figure; this
+    # ledger charges nothing.
+    with _open(args, balances=True) as ledger:
+        _out(str(ledger.balance(args.account)))
+    return 0
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+#: Every demo job belongs to this scope, as one "summarize" action of the
+#: original relay took a "transcribe" call and an "analyze" call.
+DEMO_SCOPE = "summarize"
+#: The demo accounts and the credits each is granted; the last two run out.
+DEMO_ACCOUNTS = {"demo:ada": 30, "demo:bob": 15, "demo:cy": 6, "demo:dee": 3}
+STEP = 150.0  # seconds of simulated time between two jobs
+TAIL = 600.0  # seconds simulated after the last job starts
+FAIL_RATE = 0.12  # chance an upstream backend call fails
+DUPLICATE_RATE = 0.1  # chance a first call is sent twice at once
+LATE_RATE = 0.25  # chance a client comes back for the second call an hour later
+CHARGE_KEY = "jobcredits.demo.charge"
+DURING_KEY = "jobcredits.demo.during"
+
+
+class UpstreamError(Exception):
+    """The backend behind the app failed; the job's charge must go back."""
+
+
+class _Tally:
+    """A plugin counting the demo's own events per account.
+
+    It counts only the jobs the demo opened: on a shared store, a prune may
+    also settle other jobs, and those are not the demo's to report.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: set[str] = set()
+        self.counts: dict[str, Counter[str]] = {}
+
+    def _add(self, kind: str, record: JobRecord) -> None:
+        if record.job_id in self.jobs:
+            self.counts.setdefault(record.account, Counter())[kind] += 1
+
+    @hookimpl
+    def on_charge(self, record: JobRecord) -> None:
+        self._add("charged", record)
+
+    @hookimpl
+    def on_reuse(self, record: JobRecord) -> None:
+        self._add("reused", record)
+
+    @hookimpl
+    def on_refund(self, record: JobRecord) -> None:
+        self._add("refunded", record)
+
+    @hookimpl
+    def on_expire(self, record: JobRecord) -> None:
+        self._add("expired", record)
+
+
+@attrs.define
+class _Upstream:
+    """The LLM backends the original relay fronted: slow, and sometimes failing."""
+
+    rng: random.Random
+
+    def __call__(self, environ: Environ, step: str) -> dict[str, str]:
+        during = environ.get(DURING_KEY)
+        if during is not None:
+            during()  # another request arrives while this one is running
+        if self.rng.random() < FAIL_RATE:
+            raise UpstreamError(f"the {step} backend timed out")
+        return {"step": step, "result": "ok"}
+
+
+def _problem(
+    status: int, doc: dict[str, Any], headers: dict[str, str]
+) -> tuple[str, Headers, bytes]:
+    phrase = HTTPStatus(status).phrase
+    hdrs = [("Content-Type", "application/problem+json"), *headers.items()]
+    return f"{status} {phrase}", hdrs, json.dumps(doc).encode()
+
+
+def build_app(ledger: Ledger, upstream: Callable[[Environ, str], dict[str, str]]) -> WSGIApp:
+    """The demo's WSGI app: the relay's handler under ``charges_credit``, and a
+    thin outer layer that renders errors as problem+json and tells the client
+    what the call cost (``X-Job-Charge``).
+
+    The outer layer is all a web adapter adds to the core decorator; the
+    charging itself (charge, confirm on return, refund on an exception)
+    happens in the decorator.
+    """
+
+    # The account comes from a header only because the clients here are this
+    # process's own simulations; a real app takes it from the authenticated
+    # identity (see the security guide).
+    @charges_credit(
+        ledger, account=header("X-Account"), job_id=header("X-Job-Id"), scope=DEMO_SCOPE
+    )
+    def handler(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        environ[CHARGE_KEY] = current_charge()
+        step = environ.get("PATH_INFO", "/").strip("/") or "transcribe"
+        body = upstream(environ, step)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    def charge_headers(charge: Charge | None, refunded: bool) -> Headers:
+        if charge is None:
+            return []
+        outcome = "refunded" if refunded and charge.charged else charge.outcome
+        hdrs: Headers = [("X-Job-Charge", outcome)]
+        if charge.balance is not None:
+            left = charge.balance + (charge.record.debited if outcome == "refunded" else 0)
+            hdrs.append(("X-Credits-Remaining", str(left)))
+        return hdrs
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        def start(status: str, hdrs: Headers, exc_info: Any = None) -> Any:
+            extra = charge_headers(environ.get(CHARGE_KEY), refunded=False)
+            return start_response(status, [*hdrs, *extra], exc_info)
+
+        try:
+            return handler(environ, start)
+        except JobCreditsError as err:
+            status, hdrs, body = _problem(
+                err.status, err.to_problem(instance=environ.get("PATH_INFO")), err.headers()
+            )
+        except UpstreamError as err:
+            doc = {
+                "type": "about:blank",
+                "title": "Bad Gateway",
+                "status": 502,
+                "detail": str(err),
+                "code": "upstream",
+            }
+            status, hdrs, body = _problem(502, doc, {})
+            hdrs += charge_headers(environ.get(CHARGE_KEY), refunded=True)
+        start_response(status, hdrs)
+        return [body]
+
+    return app
+
+
+@attrs.frozen
+class Response:
+    """An answer as the simulated client sees it: status, headers, JSON body."""
+
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+def call(app: WSGIApp, path: str, account: str, job_id: str, **extra: Any) -> Response:
+    """One HTTP call, made in-process: the environ a server would build."""
+    environ: Environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "HTTP_X_ACCOUNT": account,
+        "HTTP_X_JOB_ID": job_id,
+        **extra,
+    }
+    setup_testing_defaults(environ)
+    seen: list[Any] = []
+
+    def start_response(status: str, hdrs: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
+        seen[:] = [status, hdrs]
+        return lambda data: None
+
+    body = b"".join(app(environ, start_response))
+    return Response(int(seen[0].split()[0]), dict(seen[1]), json.loads(body))
+
+
+@attrs.define
+class _Client:
+    """A client app: runs summarize jobs, retries failed calls with the same
+    job id, sometimes double-sends a call, sometimes comes back late."""
+
+    account: str
+    app: WSGIApp
+    rng: random.Random
+    tally: _Tally
+    calls: Counter[str] = attrs.Factory(Counter)
+    rejected: Counter[str] = attrs.Factory(Counter)
+
+    def _record(self, r: Response) -> None:
+        code = r.body.get("code", "ok")
+        self.calls[f"{r.status} {code}"] += 1
+        if r.status in (402, 409):
+            self.rejected[code] += 1
+
+    def send(self, step: str, job_id: str, *, duplicate: bool = False) -> Response:
+        """Make one call, retrying up to twice when the backend fails; returns
+        the last answer."""
+        for _ in range(3):
+            extra: dict[str, Any] = {}
+            if duplicate:  # the duplicate arrives while the first call runs
+                extra[DURING_KEY] = lambda: self._record(
+                    call(self.app, "/" + step, self.account, job_id)
+                )
+                duplicate = False
+            r = call(self.app, "/" + step, self.account, job_id, **extra)
+            self._record(r)
+            if r.status != 502:
+                break
+        return r
+
+    def start_job(self) -> str | None:
+        """Run a job's first call; return its id if the second call is left
+        for later, None when the job is done or given up."""
+        job_id = str(uuid.uuid4())  # fresh ids: a rerun on a file never meets old jobs
+        self.tally.jobs.add(job_id)
+        first = self.send("transcribe", job_id, duplicate=self.rng.random() < DUPLICATE_RATE)
+        if first.status != 200:
+            return None
+        if self.rng.random() < LATE_RATE:
+            return job_id
+        self.send("analyze", job_id)
+        return None
+
+
+@attrs.frozen
+class DemoResult:
+    """What the demo counted: per account, and as the totals it checks."""
+
+    rows: list[dict[str, int]]
+    accounts: list[str]
+    calls: Counter[str]
+    late_calls: Counter[str]
+    span: float
+
+    def total(self, column: str) -> int:
+        return sum(row[column] for row in self.rows)
+
+
+DEMO_COLUMNS = (
+    "granted",
+    "charged",
+    "reused",
+    "refunded",
+    "expired",
+    "live",
+    "insufficient_credits",
+    "job_in_progress",
+    "balance",
+)
+
+
+def run_demo(url: str, *, seed: int, jobs: int) -> DemoResult:
+    """Simulate ``jobs`` jobs of four clients against the demo app.
+
+    The fake clock starts ``span`` seconds in the past so that the simulation
+    ends at the real present: a prune at the end never expires a job early,
+    even on a store that serves real traffic, and the jobs still in their
+    window show up in a later ``jobcredits snapshot`` of the same file.
+    """
+    rng = random.Random(seed)
+    span = jobs * STEP + TAIL
+    clock = FakeClock(time.time() - span)
+    start = clock.now
+    tally = _Tally()
+    ledger = Ledger.from_url(url, clock=clock, balances=True, plugins=[tally])
+    with ledger:
+        for account, credits in DEMO_ACCOUNTS.items():
+            # Set, not add: a rerun on the same file starts from the same figures.
+            ledger.grant(account, credits - (ledger.balance(account) or 0))
+        app = build_app(ledger, _Upstream(rng))
+        clients = [_Client(a, app, rng, tally) for a in DEMO_ACCOUNTS]
+        late: list[tuple[float, _Client, str]] = []  # (when, client, job id)
+        late_calls: Counter[str] = Counter()  # how the late second calls went
+
+        def come_back(until: float) -> None:
+            while late and late[0][0] <= until:
+                when, client, job_id = late.pop(0)
+                clock.set(when)
+                r = client.send("analyze", job_id)
+                late_calls[r.headers.get("X-Job-Charge") or r.body.get("code", "")] += 1
+
+        for i in range(jobs):
+            when = start + i * STEP + rng.uniform(0, STEP * 0.8)
+            come_back(when)
+            clock.set(when)
+            client = rng.choice(clients)
+            job_id = client.start_job()
+            if job_id is not None:
+                late.append((when + rng.uniform(3660, 4200), client, job_id))
+                late.sort(key=lambda item: item[0])
+        come_back(start + span)  # the ones due after the end never come back
+        clock.set(start + span)
+        ledger.prune()
+        live = Counter(r.account for r in ledger.snapshot() if r.job_id in tally.jobs)
+        rows = []
+        for client in clients:
+            counts = tally.counts.get(client.account, Counter())
+            row = {c: counts[c] for c in ("charged", "reused", "refunded", "expired")}
+            row["granted"] = DEMO_ACCOUNTS[client.account]
+            row["live"] = live[client.account]
+            row["insufficient_credits"] = client.rejected["insufficient_credits"]
+            row["job_in_progress"] = client.rejected["job_in_progress"]
+            row["balance"] = ledger.balance(client.account) or 0
+            rows.append(row)
+    calls: Counter[str] = Counter()
+    for client in clients:
+        calls.update(client.calls)
+    return DemoResult(rows, list(DEMO_ACCOUNTS), calls, late_calls, span)
+
+
+def render_demo(result: DemoResult, *, url: str, seed: int, jobs: int) -> tuple[list[str], bool]:
+    """The demo's report, and whether its two bookkeeping checks hold."""
+    minutes = int(result.span // 60)
+    lines = [
+        f"jobcredits demo: {jobs} summarize jobs (transcribe + analyze), seed {seed}, "
+        f"store {redact_url(url)}",
+        f"simulated {minutes // 60}h {minutes % 60:02d}m on a fake clock; "
+        "window 1h; 1 credit per job",
+        "",
+    ]
+    headers = (
+        "account",
+        "granted",
+        "charged",
+        "reused",
+        "refunded",
+        "expired",
+        "live",
+        "402 no credit",
+        "409 in progress",
+        "balance",
+    )
+    rows: list[list[object]] = [
+        [account, *(row[c] for c in DEMO_COLUMNS)]
+        for account, row in zip(result.accounts, result.rows, strict=True)
+    ]
+    rows.append(["total", *(result.total(c) for c in DEMO_COLUMNS)])
+    table = _table(headers, rows)
+    lines += [*table[:-1], "-" * len(table[0]), table[-1], ""]
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items()))
+    lines.append(f"calls: {sum(result.calls.values())} ({calls})")
+    late = ", ".join(f"{k} {v}" for k, v in sorted(result.late_calls.items()))
+    lines.append(
+        f"second calls after the 1h window: {sum(result.late_calls.values())} ({late or 'none'})"
+    )
+    granted, balance = result.total("granted"), result.total("balance")
+    charged, refunded = result.total("charged"), result.total("refunded")
+    expired, live = result.total("expired"), result.total("live")
+    spent_ok = granted - balance == charged - refunded
+    settled_ok = charged == refunded + expired + live
+    lines.append(
+        f"check: granted {granted} - balance {balance} = charged {charged} - refunded "
+        f"{refunded} = {charged - refunded} credits spent: {'ok' if spent_ok else 'MISMATCH'}"
+    )
+    lines.append(
+        f"check: charged {charged} = refunded {refunded} + expired {expired} + live {live}: "
+        f"{'ok' if settled_ok else 'MISMATCH'}"
+    )
+    return lines, spent_ok and settled_ok
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    result = run_demo(args.store, seed=args.seed, jobs=args.jobs)
+    lines, ok = render_demo(result, url=args.store, seed=args.seed, jobs=args.jobs)
+    for line in lines:
+        _out(line)
+    return 0 if ok else 1
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; public so docs and tests can print it."""
+    parser = _Parser(
+        prog=PROG,
+        description="Per-job credits: run the demo, or inspect and settle a store.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulate clients against a small WSGI app and print what was charged",
+        description="Run simulated clients against an in-process WSGI app on a fake clock "
+        "and print what each account was charged, reused, refunded and rejected.",
+    )
+    demo.add_argument(
+        "--store",
+        default="memory://",
+        metavar="URL",
+        help="store URL (default: memory://); e.g. sqlite:///demo.db",
+    )
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    demo.add_argument(
+        "--jobs", type=_positive, default=40, metavar="N", help="jobs to run (default: 40)"
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    url_help = f"store URL, e.g. sqlite:///jobs.db (default: ${URL_ENV})"
+
+    snap = sub.add_parser("snapshot", help="list the live jobs", description="List the live jobs.")
+    snap.add_argument("--url", help=url_help)
+    snap.add_argument("--json", action="store_true", help="print all of them as a JSON array")
+    snap.add_argument(
+        "--limit",
+        type=_non_negative,
+        default=50,
+        metavar="N",
+        help="rows of the table (default: 50)",
+    )
+    snap.set_defaults(func=_cmd_snapshot)
+
+    prune = sub.add_parser(
+        "prune",
+        help="remove expired jobs, refund stale first calls",
+        description="Remove expired jobs and refund first calls whose lease ran out.",
+    )
+    prune.add_argument("--url", help=url_help)
+    prune.set_defaults(func=_cmd_prune)
+
+    grant = sub.add_parser(
+        "grant",
+        help="add credits to an account",
+        description="Add credits to an account (negative to take some away) and print "
+        "the new balance.",
+    )
+    grant.add_argument("--url", help=url_help)
+    grant.add_argument("account", metavar="ACCOUNT", help="the account, as the app names it")
+    grant.add_argument("amount", metavar="N", type=int, help="credits to add (negative: take)")
+    grant.set_defaults(func=_cmd_grant)
+
+    balance = sub.add_parser(
+        "balance", help="print an account's balance", description="Print an account's balance."
+    )
+    balance.add_argument("--url", help=url_help)
+    balance.add_argument("account", metavar="ACCOUNT", help="the account, as the app names it")
+    balance.set_defaults(func=_cmd_balance)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``jobcredits`` command; returns the exit status instead of
+    exiting, so tests and other tools can call it."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return exc.code if isinstance(exc.code, int) else 0
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except CliError as exc:
+        _error(str(exc))
+        return exc.status
+    except JobCreditsError as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (``| head``) went away: stop quietly, and keep Python
+        # from complaining again when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+
+
+def _error(message: str) -> None:
+    text = " ".join(message.split())  # one line, whatever the message held
+    _out(f"{PROG}: error: {text}", sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
