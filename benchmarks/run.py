@@ -1,0 +1,799 @@
+"""The benchmarks of jobcredits-plugin, run by ``tox -e bench``.
+
+Every figure is a ratio against a baseline measured in the same run (the same
+process, the same machine, interleaved with the measured code), so that the
+figures mean the same thing on a laptop and on a CI runner. The one exception
+is the memory figure, bytes held per live job, which tracemalloc counts
+exactly rather than times.
+
+    python benchmarks/run.py                 # the full run (about a minute)
+    python benchmarks/run.py --quick         # a smoke run with small sizes
+    python benchmarks/run.py --json out.json # also write the figures as JSON
+
+The exit code is 0 even when a target is missed: this is a report, not a test.
+See docs/performance.md for what each figure means and how it is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import linecache
+import math
+import os
+import platform
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+try:  # prefer the installed package (tox installs it) ...
+    import jobcredits_plugin
+except ImportError:  # ... but let `python benchmarks/run.py` work from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    import jobcredits_plugin
+
+from jobcredits_plugin import Ledger
+from jobcredits_plugin.stores import MemoryStore, SQLiteStore
+from jobcredits_plugin.testing import FakeClock
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run. ``full()`` is what the targets are set for."""
+
+    accounts: int = 100
+    # (a) memory store: time per charge + confirm at two store sizes
+    small_jobs: int = 1_000
+    large_jobs: int = 100_000
+    ops: int = 2_000  # timed charge + confirm pairs per repeat
+    repeats: int = 7
+    # (a) the port of the original: every call scans every job, so few ops
+    port_ops_large: int = 30
+    port_ops_small: int = 300
+    port_repeats: int = 5
+    # (b) bytes per live job
+    memory_jobs: int = 100_000
+    breakdown_lines: int = 12
+    # (c) SQLite
+    sqlite_ops: int = 2_000  # per side and repeat ...
+    sqlite_chunk: int = 250  # ... timed in chunks of this many, sides alternating
+    sqlite_repeats: int = 9
+
+    @classmethod
+    def full(cls) -> Config:
+        return cls()
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(
+            large_jobs=10_000,
+            ops=500,
+            repeats=3,
+            port_ops_large=10,
+            port_ops_small=50,
+            port_repeats=3,
+            memory_jobs=10_000,
+            sqlite_ops=300,
+            sqlite_chunk=100,
+            sqlite_repeats=3,
+        )
+
+    def with_jobs(self, jobs: int) -> Config:
+        """Scale the store sizes to ``jobs`` live jobs (for smoke tests)."""
+        if jobs < 2:
+            raise ValueError("--jobs must be at least 2")
+        return replace(
+            self,
+            large_jobs=jobs,
+            small_jobs=max(1, min(self.small_jobs, jobs // 10)),
+            memory_jobs=jobs,
+            accounts=max(1, min(self.accounts, jobs // 10)),
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Figures and the report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One measured figure and the target it is held to (if any)."""
+
+    key: str
+    label: str
+    value: float
+    unit: str
+    #: "<=" or ">=" against ``target``; None for a figure reported for context.
+    op: str | None = None
+    target: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.op is None or self.target is None:
+            return "info"
+        ok = self.value <= self.target if self.op == "<=" else self.value >= self.target
+        return "PASS" if ok else "MISS"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status
+        return data
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:,.2f}x" if value < 100 else f"{value:,.0f}x"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    return f"{value:.3g} {unit}"
+
+
+def format_table(figures: Sequence[Figure]) -> str:
+    rows = [("benchmark", "figure", "target", "result")]
+    for f in figures:
+        target = "-" if f.target is None else f"{f.op} {_fmt(f.target, f.unit)}"
+        rows.append((f.label, _fmt(f.value, f.unit), target, f.status))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Timing helpers
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Collect now, then keep the cyclic GC out of the timed region: a full
+    collection over 100k live records would land in one sample at random."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    """Seconds per operation of ``fn``, which runs and returns its op count."""
+    with _gc_paused():
+        t0 = time.perf_counter()
+        count = fn()
+        elapsed = time.perf_counter() - t0
+    return elapsed / count
+
+
+def _job_ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def _accounts(n: int) -> list[str]:
+    return [f"account-{i:04d}" for i in range(n)]
+
+
+def _pairs(accounts: Sequence[str], n: int) -> list[tuple[str, str]]:
+    return [(accounts[i % len(accounts)], job) for i, job in enumerate(_job_ids(n))]
+
+
+# --------------------------------------------------------------------------------------
+# (a) The original's algorithm, ported as is
+# --------------------------------------------------------------------------------------
+
+
+class OriginalPort:
+    """A direct port of the original ``job-credits.js``: one dict keyed by
+    ``f"{install}|{job}"``, and a scan of every entry to prune expired ones on
+    every ``lookup_job`` and every ``mark_job_charged``. Lookup and mark are two
+    separate steps, as in the original (that is its race, kept here)."""
+
+    JOB_TTL = 3600.0
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.clock = clock
+
+    @staticmethod
+    def key(install_id: str, job_id: str) -> str:
+        return f"{install_id}|{job_id}"
+
+    def lookup_job(self, install_id: str, job_id: str) -> dict[str, Any] | None:
+        if not install_id or not job_id:
+            return None
+        self._prune_expired()
+        existing = self.jobs.get(self.key(install_id, job_id))
+        if existing is not None and not existing["refunded"]:
+            return existing
+        return None
+
+    def mark_job_charged(
+        self, install_id: str, job_id: str, *, backend: str | None, tier: str | None
+    ) -> None:
+        if not install_id or not job_id:
+            return
+        self._prune_expired()
+        k = self.key(install_id, job_id)
+        existing = self.jobs.get(k)
+        if existing is not None and not existing["refunded"]:
+            return
+        self.jobs[k] = {
+            "backend": backend,
+            "tier": tier,
+            "charged_at": self.clock(),
+            "refunded": False,
+        }
+
+    def refund_job(self, install_id: str, job_id: str) -> None:
+        if not install_id or not job_id:
+            return
+        existing = self.jobs.get(self.key(install_id, job_id))
+        if existing is not None:
+            existing["refunded"] = True
+
+    def _prune_expired(self) -> None:
+        # JS deletes from a Map while iterating it; a Python dict needs the
+        # keys collected first. Either way every entry is visited.
+        cutoff = self.clock() - self.JOB_TTL
+        jobs = self.jobs
+        for k in [k for k, v in jobs.items() if v["charged_at"] < cutoff]:
+            del jobs[k]
+
+
+# --------------------------------------------------------------------------------------
+# (a) Time per new charge + confirm
+# --------------------------------------------------------------------------------------
+
+
+class _MemorySubject:
+    """A ledger on a MemoryStore holding ``size`` live (confirmed) jobs."""
+
+    def __init__(self, size: int, accounts: Sequence[str]) -> None:
+        self.clock = FakeClock()
+        self.store = MemoryStore()
+        self.ledger = Ledger(self.store, clock=self.clock)
+        self.accounts = accounts
+        self.size = size
+        charge, confirm = self.ledger.charge, self.ledger.confirm
+        for acct, job in _pairs(accounts, size):
+            confirm(acct, job, charge_id=charge(acct, job).record.charge_id)
+        assert len(self.store) == size
+
+    def time_ops(self, n: int) -> float:
+        pairs = _pairs(self.accounts, n)
+        charge, confirm = self.ledger.charge, self.ledger.confirm
+
+        def run() -> int:
+            for acct, job in pairs:
+                c = charge(acct, job)
+                confirm(acct, job, charge_id=c.record.charge_id)
+            return len(pairs)
+
+        per_op = _timed(run)
+        # Untimed: check the work was done, then bring the store back to size.
+        assert len(self.store) == self.size + n
+        for acct, job in pairs:
+            self.ledger.refund(acct, job)
+        assert len(self.store) == self.size
+        return per_op
+
+
+class _PortSubject:
+    """The original's algorithm holding ``size`` live jobs."""
+
+    def __init__(self, size: int, accounts: Sequence[str]) -> None:
+        self.clock = FakeClock()
+        self.port = OriginalPort(self.clock)
+        self.accounts = accounts
+        self.size = size
+        now = self.clock()
+        # Filled directly: marking one by one would scan O(n^2) entries for
+        # the same end state.
+        for acct, job in _pairs(accounts, size):
+            self.port.jobs[OriginalPort.key(acct, job)] = {
+                "backend": None,
+                "tier": None,
+                "charged_at": now,
+                "refunded": False,
+            }
+
+    def time_ops(self, n: int) -> float:
+        pairs = _pairs(self.accounts, n)
+        lookup, mark = self.port.lookup_job, self.port.mark_job_charged
+
+        def run() -> int:
+            # The original relay's request path for a new job: look it up,
+            # find nothing, charge, mark it charged.
+            for acct, job in pairs:
+                if lookup(acct, job) is None:
+                    mark(acct, job, backend=None, tier=None)
+            return len(pairs)
+
+        per_op = _timed(run)
+        assert len(self.port.jobs) == self.size + n
+        for acct, job in pairs:
+            del self.port.jobs[OriginalPort.key(acct, job)]
+        return per_op
+
+
+def _paired(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """The median of per-repeat ratios. Both sides of a ratio are timed back to
+    back in each repeat, so slow drift of the machine cancels out."""
+    return statistics.median([n / d for n, d in zip(numerators, denominators, strict=True)])
+
+
+def bench_memory_time(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    accounts = _accounts(cfg.accounts)
+    n_s, n_l = f"{cfg.small_jobs:,}", f"{cfg.large_jobs:,}"
+    log(f"(a) filling memory stores with {n_s} and {n_l} live jobs")
+    small = _MemorySubject(cfg.small_jobs, accounts)
+    large = _MemorySubject(cfg.large_jobs, accounts)
+    small.time_ops(min(cfg.ops, 200))  # warm-up: caches, lazy imports
+    large.time_ops(min(cfg.ops, 200))
+    t_small: list[float] = []
+    t_large: list[float] = []
+    for _ in range(cfg.repeats):
+        t_small.append(small.time_ops(cfg.ops))
+        t_large.append(large.time_ops(cfg.ops))
+    del small
+
+    log(f"(a) timing the port of the original at {n_s} and {n_l} jobs")
+    port_small = _PortSubject(cfg.small_jobs, accounts)
+    port_large = _PortSubject(cfg.large_jobs, accounts)
+    port_small.time_ops(min(cfg.port_ops_small, 20))
+    port_large.time_ops(min(cfg.port_ops_large, 3))
+    p_small: list[float] = []
+    p_large: list[float] = []
+    t_beside: list[float] = []  # ours at the large size, timed beside the port
+    for _ in range(cfg.port_repeats):
+        p_small.append(port_small.time_ops(cfg.port_ops_small))
+        p_large.append(port_large.time_ops(cfg.port_ops_large))
+        t_beside.append(large.time_ops(cfg.ops))
+    del port_small, port_large, large
+
+    return [
+        Figure(
+            "memory_scaling",
+            f"memory: charge+confirm time/op, {n_l} vs {n_s} live jobs",
+            _paired(t_large, t_small),
+            "x",
+            "<=",
+            1.5,
+            {
+                "small_jobs": cfg.small_jobs,
+                "large_jobs": cfg.large_jobs,
+                "ops": cfg.ops,
+                "small_s_per_op": t_small,
+                "large_s_per_op": t_large,
+            },
+        ),
+        Figure(
+            "memory_vs_original",
+            f"memory: speed-up over the original's algorithm at {n_l} jobs",
+            _paired(p_large, t_beside),
+            "x",
+            ">=",
+            20.0,
+            {
+                "jobs": cfg.large_jobs,
+                "port_ops": cfg.port_ops_large,
+                "port_s_per_op": p_large,
+                "ours_s_per_op": t_beside,
+            },
+        ),
+        Figure(
+            "original_scaling",
+            f"original's algorithm: time/op, {n_l} vs {n_s} jobs",
+            _paired(p_large, p_small),
+            "x",
+            details={
+                "small_jobs": cfg.small_jobs,
+                "large_jobs": cfg.large_jobs,
+                "small_s_per_op": p_small,
+                "large_s_per_op": p_large,
+            },
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# (b) Bytes held per live job
+# --------------------------------------------------------------------------------------
+
+
+def _fill_new_jobs(ledger: Ledger, accounts: Sequence[str], n: int) -> None:
+    """Charge and confirm ``n`` new jobs whose ids are made here, so that the
+    store's references are the only ones left when this returns."""
+    charge, confirm = ledger.charge, ledger.confirm
+    n_acc = len(accounts)
+    for i in range(n):
+        acct = accounts[i % n_acc]
+        job = str(uuid.uuid4())
+        confirm(acct, job, charge_id=charge(acct, job).record.charge_id)
+
+
+def bench_memory_bytes(
+    cfg: Config, log: Callable[[str], None]
+) -> tuple[list[Figure], list[dict[str, Any]]]:
+    n = cfg.memory_jobs
+    log(f"(b) counting bytes held by {n:,} live jobs (tracemalloc)")
+    accounts = _accounts(cfg.accounts)
+    clock = FakeClock()
+    store = MemoryStore()
+    ledger = Ledger(store, clock=clock)
+    # Warm up on another ledger: the first call fills regex and pluggy caches
+    # that belong to the process, not to the jobs.
+    _fill_new_jobs(Ledger(MemoryStore(), clock=clock), accounts, 10)
+    was_tracing = tracemalloc.is_tracing()
+    old_limit = tracemalloc.get_traceback_limit()
+    gc.collect()
+    tracemalloc.start(2)  # the allocating line and its caller
+    try:
+        # The snapshot is taken before the first reading, so its own objects
+        # are in both readings and cancel out.
+        snap_before = tracemalloc.take_snapshot()
+        before = tracemalloc.get_traced_memory()[0]
+        _fill_new_jobs(ledger, accounts, n)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        snap_after = tracemalloc.take_snapshot()
+    finally:
+        if was_tracing:  # someone traces this process already: leave it as it was
+            tracemalloc.start(old_limit)
+        else:
+            tracemalloc.stop()
+    assert len(store) == n
+    per_job = (after - before) / n
+
+    own = tracemalloc.Filter(False, tracemalloc.__file__)
+    stats = snap_after.filter_traces([own]).compare_to(
+        snap_before.filter_traces([own]), "traceback"
+    )
+    breakdown = []
+    for stat in stats:
+        if stat.size_diff <= 0:
+            continue
+        frames = list(stat.traceback)  # oldest first: the allocating line is last
+        where, caller = frames[-1], (frames[-2] if len(frames) > 1 else None)
+        breakdown.append(
+            {
+                "where": _location(where),
+                "source": _source_line(where),
+                "caller": _location(caller) if caller else "",
+                "caller_source": _source_line(caller) if caller else "",
+                "bytes_per_job": stat.size_diff / n,
+                "blocks_per_job": stat.count_diff / n,
+            }
+        )
+    breakdown.sort(key=lambda row: -row["bytes_per_job"])
+    del ledger, store, snap_before, snap_after, stats
+    figure = Figure(
+        "memory_bytes_per_job",
+        f"memory: bytes held per live job ({n:,} jobs, ids included)",
+        per_job,
+        "B",
+        "<=",
+        512.0,
+        {"jobs": n, "accounts": cfg.accounts, "traced_bytes": after - before},
+    )
+    return [figure], breakdown
+
+
+def _location(frame: tracemalloc.Frame) -> str:
+    """``package/module.py:line``: enough of the path to tell our lines from
+    attrs' or the stdlib's."""
+    filename = frame.filename
+    if filename.startswith("<"):
+        return f"{filename}:{frame.lineno}"
+    parts = Path(filename).parts
+    if "jobcredits_plugin" in parts:
+        short = "/".join(parts[len(parts) - parts[::-1].index("jobcredits_plugin") - 1 :])
+    else:
+        short = "/".join(parts[-2:])
+    return f"{short}:{frame.lineno}"
+
+
+def _source_line(frame: tracemalloc.Frame) -> str:
+    return linecache.getline(frame.filename, frame.lineno).strip()
+
+
+def format_breakdown(rows: Sequence[dict[str, Any]], limit: int, min_bytes: float = 0.5) -> str:
+    """The lines that allocated what the jobs hold, biggest first, each with
+    the line that called it."""
+    shown = [r for r in rows[:limit] if r["bytes_per_job"] >= min_bytes]
+    rest = rows[len(shown) :]
+    total = sum(r["bytes_per_job"] for r in rows)
+    lines = [f"{'B/job':>7}  {'blocks/job':>10}  allocated at (and called from)"]
+    for r in shown:
+        lines.append(
+            f"{r['bytes_per_job']:7.1f}  {r['blocks_per_job']:10.2f}  {r['where']}"
+            f"  {_clip(r['source'])}"
+        )
+        if r["caller"]:
+            lines.append(f"{'':>7}  {'':>10}    <- {r['caller']}  {_clip(r['caller_source'])}")
+    if rest:
+        rest_bytes = sum(r["bytes_per_job"] for r in rest)
+        lines.append(f"{rest_bytes:7.1f}  {'':>10}  ({len(rest)} more places)")
+    lines.append(f"{total:7.1f}  {'':>10}  total")
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int = 56) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------
+# (c) SQLite: ledger.charge against a bare INSERT
+# --------------------------------------------------------------------------------------
+
+_BASELINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS baseline_jobs (
+    account     TEXT    NOT NULL,
+    scope       TEXT    NOT NULL,
+    job_id      TEXT    NOT NULL,
+    charge_id   TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    cost        INTEGER NOT NULL,
+    tier        TEXT,
+    backend     TEXT,
+    charged_at  REAL    NOT NULL,
+    expires_at  REAL    NOT NULL,
+    lease_until REAL    NOT NULL,
+    uses        INTEGER NOT NULL,
+    debited     INTEGER NOT NULL,
+    deadline    REAL    NOT NULL,
+    PRIMARY KEY (account, scope, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS baseline_jobs_deadline ON baseline_jobs (deadline);
+"""
+
+_BASELINE_INSERT = (
+    "INSERT INTO baseline_jobs (account, scope, job_id, charge_id, state, cost, tier, "
+    "backend, charged_at, expires_at, lease_until, uses, debited, deadline) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+def _baseline_connection(path: Path) -> sqlite3.Connection:
+    """The same file settings as SQLiteStore: WAL, synchronous=NORMAL, the same
+    busy timeout, autocommit (so each statement is its own transaction)."""
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(_BASELINE_SCHEMA)
+    return conn
+
+
+def _time_baseline(conn: sqlite3.Connection, accounts: Sequence[str], n: int) -> float:
+    now = FakeClock()()
+    # What a charge writes: a pending record with its window, lease and deadline.
+    times = (now, now + 3600.0, now + 60.0, 1, 0, now + 60.0)
+    rows = [
+        (acct, "default", job, secrets.token_hex(8), "pending", 1, None, None, *times)
+        for acct, job in _pairs(accounts, n)
+    ]
+    execute = conn.execute
+
+    def run() -> int:
+        for row in rows:
+            execute(_BASELINE_INSERT, row)
+        return len(rows)
+
+    per_op = _timed(run)
+    assert conn.execute("SELECT changes()").fetchone()[0] == 1
+    return per_op
+
+
+def _time_charges(ledger: Ledger, accounts: Sequence[str], n: int) -> float:
+    pairs = _pairs(accounts, n)
+    charge = ledger.charge
+    results: list[bool] = []
+    append = results.append
+
+    def run() -> int:
+        for acct, job in pairs:
+            append(charge(acct, job).charged)
+        return len(pairs)
+
+    per_op = _timed(run)
+    assert all(results)
+    return per_op
+
+
+def bench_sqlite(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    log(f"(c) SQLite: {cfg.sqlite_repeats} x {cfg.sqlite_ops:,} inserts / charges per line")
+    accounts = _accounts(cfg.accounts)
+    with tempfile.TemporaryDirectory(prefix="jobcredits-bench-") as tmp:
+        base = _baseline_connection(Path(tmp) / "baseline.db")
+        off = Ledger(SQLiteStore(Path(tmp) / "off.db"), clock=FakeClock())
+        on = Ledger(SQLiteStore(Path(tmp) / "on.db"), clock=FakeClock(), balances=True)
+        try:
+            for acct in accounts:
+                on.grant(acct, 10**12)
+            warm = min(cfg.sqlite_ops, 100)
+            _time_baseline(base, accounts, warm)
+            _time_charges(off, accounts, warm)
+            _time_charges(on, accounts, warm)
+            t_base: list[float] = []
+            t_off: list[float] = []
+            t_on: list[float] = []
+            # Each repeat alternates the three sides in small chunks, so that a
+            # burst of load from elsewhere on the machine hits all of them.
+            chunk = max(1, min(cfg.sqlite_chunk, cfg.sqlite_ops))
+            rounds = max(1, cfg.sqlite_ops // chunk)
+            for _ in range(cfg.sqlite_repeats):
+                samples: tuple[list[float], list[float], list[float]] = ([], [], [])
+                for _ in range(rounds):
+                    samples[0].append(_time_baseline(base, accounts, chunk))
+                    samples[1].append(_time_charges(off, accounts, chunk))
+                    samples[2].append(_time_charges(on, accounts, chunk))
+                t_base.append(statistics.fmean(samples[0]))
+                t_off.append(statistics.fmean(samples[1]))
+                t_on.append(statistics.fmean(samples[2]))
+        finally:
+            off.close()
+            on.close()
+            base.close()
+    raw = {
+        "ops": cfg.sqlite_ops,
+        "chunk": cfg.sqlite_chunk,
+        "baseline_s_per_op": t_base,
+        "sqlite_version": sqlite3.sqlite_version,
+    }
+    return [
+        Figure(
+            "sqlite_charge_rate",
+            "sqlite: ledger.charge rate / bare INSERT rate, balances off",
+            _paired(t_base, t_off),
+            "x",
+            ">=",
+            0.5,
+            {**raw, "charge_s_per_op": t_off},
+        ),
+        Figure(
+            "sqlite_charge_rate_balances",
+            "sqlite: ledger.charge rate / bare INSERT rate, balances on",
+            _paired(t_base, t_on),
+            "x",
+            ">=",
+            0.5,
+            {**raw, "charge_s_per_op": t_on},
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    config: Config
+    figures: list[Figure]
+    breakdown: list[dict[str, Any]]
+    elapsed: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "machine": machine_info(),
+            "config": asdict(self.config),
+            "elapsed_s": self.elapsed,
+            "figures": [f.as_dict() for f in self.figures],
+            "memory_breakdown": self.breakdown,
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "sqlite": sqlite3.sqlite_version,
+        "jobcredits_plugin": getattr(jobcredits_plugin, "__version__", "?"),
+    }
+
+
+#: The benchmarks by name, for ``--only``.
+BENCHMARKS = ("time", "bytes", "sqlite")
+
+
+def run(
+    cfg: Config,
+    log: Callable[[str], None] = print,
+    only: Sequence[str] = BENCHMARKS,
+) -> Report:
+    t0 = time.perf_counter()
+    figures: list[Figure] = []
+    breakdown: list[dict[str, Any]] = []
+    if "time" in only:
+        figures += bench_memory_time(cfg, log)
+    if "bytes" in only:
+        mem_figures, breakdown = bench_memory_bytes(cfg, log)
+        figures += mem_figures
+    if "sqlite" in only:
+        figures += bench_sqlite(cfg, log)
+    return Report(cfg, figures, breakdown, time.perf_counter() - t0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Benchmarks of jobcredits-plugin; figures are ratios against "
+        "baselines measured in the same run."
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument(
+        "--jobs", type=int, metavar="N", help="live jobs in the large stores (overrides the size)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c)",
+    )
+    args = parser.parse_args(argv)
+    cfg = Config.quick() if args.quick else Config.full()
+    if args.jobs is not None:
+        cfg = cfg.with_jobs(args.jobs)
+
+    info = machine_info()
+    print(
+        f"jobcredits-plugin {info['jobcredits_plugin']} benchmarks"
+        f"{' (quick: targets are set for the full sizes)' if args.quick else ''}\n"
+        f"Python {info['python']} ({info['implementation']}), SQLite {info['sqlite']}, "
+        f"{info['cpus']} CPUs, {info['platform']}\n",
+        flush=True,
+    )
+    report = run(cfg, log=lambda msg: print(msg, flush=True), only=args.only or BENCHMARKS)
+    print()
+    print(format_table(report.figures))
+    print()
+    if report.breakdown:
+        print("Where the bytes of one live job go (tracemalloc, by line; ids included):")
+        print(format_breakdown(report.breakdown, cfg.breakdown_lines))
+        print()
+    misses = [f for f in report.figures if f.status == "MISS"]
+    if misses:
+        print(f"MISS: {len(misses)} target(s) missed: {', '.join(f.key for f in misses)}")
+    else:
+        print("All targets met.")
+    print(f"(run took {report.elapsed:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    assert all(math.isfinite(f.value) for f in report.figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The benchmark script runs end to end and produces every figure.
+
+Only a smoke test: tiny sizes, and no assertion on any timing (figures are
+measured by ``tox -e bench``, never asserted in the test suite).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+EXPECTED = {
+    "memory_scaling",
+    "memory_vs_original",
+    "original_scaling",
+    "memory_bytes_per_job",
+    "sqlite_charge_rate",
+    "sqlite_charge_rate_balances",
+}
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("jobcredits_benchmarks_run", RUN_PY)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_produces_every_figure(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    assert bench.main(["--quick", "--jobs", "200", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    figures = {f["key"]: f for f in data["figures"]}
+    assert set(figures) == EXPECTED
+    for key, figure in figures.items():
+        value = figure["value"]
+        assert isinstance(value, float), key
+        assert math.isfinite(value), key
+        assert value > 0, key
+        assert figure["status"] in {"PASS", "MISS", "info"}, key
+    assert data["memory_breakdown"], "tracemalloc found no allocation held by the jobs"
