@@ -21,7 +21,7 @@ CHARGED: JobState = "charged"
 REFUNDED: JobState = "refunded"
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, weakref_slot=False)
 class JobRecord:
     """One job as the store holds it.
 

@@ -300,10 +300,9 @@ class SQLiteStore(BaseStore):
         row = conn.execute(_BALANCE, (account,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    @classmethod
-    def _credit(cls, conn: sqlite3.Connection, account: str, amount: int) -> int:
+    @staticmethod
+    def _credit(conn: sqlite3.Connection, account: str, amount: int) -> None:
         conn.execute(_CREDIT, (account, amount, amount))
-        return cls._balance(conn, account)
 
     # -- the store protocol ----------------------------------------------------
 
@@ -376,7 +375,8 @@ class SQLiteStore(BaseStore):
 
     def grant(self, account: str, amount: int) -> int:
         with self._transaction() as conn:
-            return self._credit(conn, account, amount)
+            self._credit(conn, account, amount)
+            return self._balance(conn, account)
 
     def balance(self, account: str) -> int:
         rows = self._read(_BALANCE, (account,))
