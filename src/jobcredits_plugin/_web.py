@@ -1,0 +1,294 @@
+"""What every web adapter shares: one HTTP call's trip through the ledger.
+
+The adapters (Flask, Django, FastAPI, the WSGI and ASGI middleware) differ in
+how they read a request and write a response, and in nothing else. Everything
+with a billing consequence lives here, once: when a call counts as failed
+(5xx, an exception, a cancellation) or served (2xx-4xx), which headers tell
+the client what happened, and how an error becomes an RFC 9457 problem
+document. An adapter reads the account and the job id, calls
+:func:`start_call`, runs the handler, calls :meth:`JobCall.finish` with the
+status, and copies :meth:`JobCall.headers` onto the response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ._decorator import _current, abegin, afinish, begin, finish, identify
+from ._errors import InvalidArgument, JobCreditsError
+from ._ledger import Ledger
+from ._records import Charge
+from ._validation import check_scope
+
+__all__ = [
+    "CREDITS_HEADER",
+    "DEFAULT_JOB_HEADER",
+    "JOB_CHARGE_HEADER",
+    "PROBLEM_CONTENT_TYPE",
+    "JobCall",
+    "Route",
+    "astart_call",
+    "bind",
+    "bound",
+    "compile_routes",
+    "is_failure",
+    "problem_body",
+    "problem_headers",
+    "resolve",
+    "start_call",
+]
+
+DEFAULT_JOB_HEADER = "X-Job-Id"
+JOB_CHARGE_HEADER = "X-Job-Charge"
+CREDITS_HEADER = "X-Credits-Remaining"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def resolve(value: Any, *args: Any) -> Any:
+    """A per-route setting that is either a value or a callable of the request."""
+    return value(*args) if callable(value) else value
+
+
+def is_failure(status: int | None) -> bool:
+    """Whether a call's outcome refunds its charge.
+
+    ``None`` stands for "no response": the handler raised something that is
+    not a client error, or the call was cancelled. A 5xx answer is the
+    server's failure. A 4xx answer confirms: the client's mistake was served,
+    and refunding it would let a client retry a bad request for free forever.
+    """
+    return status is None or status >= 500
+
+
+def problem_body(err: JobCreditsError, instance: str | None = None) -> bytes:
+    """The problem+json body for an error, as bytes ready to send."""
+    return json.dumps(err.to_problem(instance=instance), separators=(",", ":")).encode()
+
+
+def problem_headers(err: JobCreditsError) -> list[tuple[str, str]]:
+    """Content-Type plus the error's own headers (``Retry-After``)."""
+    return [("Content-Type", PROBLEM_CONTENT_TYPE), *err.headers().items()]
+
+
+@attrs.define(slots=True)
+class JobCall:
+    """One HTTP call's charge, from the claim to the confirm or refund.
+
+    ``charge`` is None when the store was down and ``fail_open`` let the call
+    through uncharged. ``minted`` says the job id was generated because the
+    client sent none (it is echoed in the job header so the client can reuse
+    it for the job's next calls).
+    """
+
+    ledger: Ledger
+    charge: Charge | None
+    job_id: str
+    minted: bool
+    refunded: bool = False
+    finished: bool = False
+
+    @property
+    def outcome(self) -> str | None:
+        """``charged``, ``reused``, ``refunded``, or None (failed open)."""
+        if self.charge is None:
+            return None
+        if self.refunded:
+            return "refunded"
+        return self.charge.outcome
+
+    @property
+    def balance(self) -> int | None:
+        """Credits left as far as this call knows (None when balances are off)."""
+        if self.charge is None or self.charge.balance is None:
+            return None
+        if self.refunded:
+            return self.charge.balance + self.charge.record.debited
+        return self.charge.balance
+
+    def headers(self, job_header: str = DEFAULT_JOB_HEADER) -> list[tuple[str, str]]:
+        """The headers that tell the client what this call cost."""
+        out = [(job_header, self.job_id)]
+        outcome = self.outcome
+        if outcome is not None:
+            out.append((JOB_CHARGE_HEADER, outcome))
+        balance = self.balance
+        if balance is not None:
+            out.append((CREDITS_HEADER, str(balance)))
+        return out
+
+    def finish(self, status: int | None) -> None:
+        """Confirm or refund by the call's outcome (see :func:`is_failure`).
+
+        Idempotent, so an adapter may call it from both its response path and
+        its error path without a double refund.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        self.refunded = finish(self.ledger, self.charge, ok=not is_failure(status)) is True
+
+    async def afinish(self, status: int | None) -> None:
+        """Async twin of :meth:`finish`."""
+        if self.finished:
+            return
+        self.finished = True
+        refunded = await afinish(self.ledger, self.charge, ok=not is_failure(status))
+        self.refunded = refunded is True
+
+
+def start_call(
+    ledger: Ledger,
+    *,
+    account: str | None,
+    job_id: str | None,
+    scope: str = "default",
+    cost: int = 1,
+    tier: str | None = None,
+    backend: str | None = None,
+    on_missing: str = "charge",
+    fail_open: bool = False,
+) -> JobCall:
+    """Charge one HTTP call. Raises the :class:`JobCreditsError` to answer with."""
+    acct, jid, minted = identify(account, job_id, on_missing)
+    charge = begin(
+        ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
+    )
+    return JobCall(ledger, charge, jid, minted)
+
+
+async def astart_call(
+    ledger: Ledger,
+    *,
+    account: str | None,
+    job_id: str | None,
+    scope: str = "default",
+    cost: int = 1,
+    tier: str | None = None,
+    backend: str | None = None,
+    on_missing: str = "charge",
+    fail_open: bool = False,
+) -> JobCall:
+    """Async twin of :func:`start_call`."""
+    acct, jid, minted = identify(account, job_id, on_missing)
+    charge = await abegin(
+        ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
+    )
+    return JobCall(ledger, charge, jid, minted)
+
+
+@contextlib.contextmanager
+def bound(call: JobCall) -> Iterator[JobCall]:
+    """Make ``call.charge`` what :func:`jobcredits_plugin.current_charge`
+    returns while the handler runs (a ContextVar, so it is per request in
+    threaded and async servers alike)."""
+    token = _current.set(call.charge)
+    try:
+        yield call
+    finally:
+        _current.reset(token)
+
+
+def bind(call: JobCall) -> None:
+    """Set the current charge for the rest of this context, for adapters whose
+    handler runs in a context of its own (a copied one) where nothing must be
+    reset afterwards."""
+    _current.set(call.charge)
+
+
+# -- routes, for the middleware ----------------------------------------------------
+
+_ROUTE_KEY = re.compile(r"^(?:(?P<methods>[A-Z]+(?:\|[A-Z]+)*)\s+)?(?P<path>/\S*)$")
+
+
+@attrs.frozen
+class Route:
+    """Which requests a middleware charges, and how.
+
+    ``path`` is an exact path or a shell-style pattern (``/v1/jobs/*``);
+    ``methods`` None means every method. ``cost``, ``tier`` and ``backend`` are
+    values or callables of the request (the WSGI environ or the ASGI scope).
+    ``header`` overrides the middleware's job header for this route.
+    """
+
+    path: str
+    methods: frozenset[str] | None = None
+    scope: str = "default"
+    cost: int | Callable[..., int] = 1
+    tier: str | Callable[..., str | None] | None = None
+    backend: str | Callable[..., str | None] | None = None
+    on_missing: str | None = None
+    header: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method.upper() not in self.methods:
+            return False
+        if any(c in self.path for c in "*?["):
+            return fnmatch.fnmatchcase(path, self.path)
+        return path == self.path
+
+
+_ROUTE_OPTIONS = {"scope", "cost", "tier", "backend", "on_missing", "header"}
+
+
+def compile_routes(
+    routes: Mapping[str, Any] | Sequence[Route],
+) -> tuple[Route, ...]:
+    """Turn the middleware's ``routes=`` into :class:`Route` objects.
+
+    Accepts a sequence of routes, or a mapping from ``"[METHOD[|METHOD]] /path"``
+    to a cost (int), a dict of route options, or a :class:`Route`::
+
+        {"POST /v1/summarize": {"scope": "summarize", "cost": 2},
+         "/v1/transcribe": 1,
+         "GET|POST /v1/jobs/*": {"scope": "jobs"}}
+
+    Checked at startup, so a typo fails the deploy, not the first request.
+    """
+    if not isinstance(routes, Mapping):
+        out = tuple(routes)
+        for r in out:
+            if not isinstance(r, Route):
+                raise InvalidArgument(f"routes must be Route objects, not {type(r).__name__}")
+        return out
+    compiled: list[Route] = []
+    for key, spec in routes.items():
+        m = _ROUTE_KEY.match(key.strip()) if isinstance(key, str) else None
+        if m is None:
+            raise InvalidArgument(
+                f"route {key!r} must look like '/path' or 'POST /path' or 'GET|POST /path/*'"
+            )
+        methods = frozenset(m["methods"].split("|")) if m["methods"] else None
+        if isinstance(spec, Route):
+            compiled.append(attrs.evolve(spec, path=m["path"], methods=methods or spec.methods))
+            continue
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            options: dict[str, Any] = {"cost": spec}
+        elif isinstance(spec, Mapping):
+            unknown = set(spec) - _ROUTE_OPTIONS
+            if unknown:
+                raise InvalidArgument(
+                    f"route {key!r}: unknown option(s) {sorted(unknown)}; "
+                    f"accepted: {sorted(_ROUTE_OPTIONS)}"
+                )
+            options = dict(spec)
+        else:
+            raise InvalidArgument(f"route {key!r}: give a cost (int), a dict of options or a Route")
+        if "scope" in options:
+            check_scope(options["scope"])
+        compiled.append(Route(path=m["path"], methods=methods, **options))
+    return tuple(compiled)
+
+
+def match_route(routes: Sequence[Route], method: str, path: str) -> Route | None:
+    """The first route that matches, in the order given."""
+    for route in routes:
+        if route.matches(method, path):
+            return route
+    return None

@@ -1,0 +1,173 @@
+"""WSGI middleware: per-job charging for any WSGI framework, by method and path.
+
+For Falcon, Pyramid, Bottle or a Flask/Django app you would rather not
+decorate view by view::
+
+    from jobcredits_plugin import Ledger, header
+    from jobcredits_plugin.wsgi import JobCreditsMiddleware
+
+    app = JobCreditsMiddleware(
+        app,
+        Ledger.from_url("sqlite:///jobs.db"),
+        routes={"POST /v1/summarize": {"scope": "summarize", "cost": 2}},
+        account=lambda environ: environ.get("REMOTE_USER"),
+    )
+
+The charge is confirmed when the wrapped app starts its response (status and
+headers decided), not after the body has streamed; it is refunded when that
+status is 5xx, or when the app raises before starting a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from ._decorator import _check_on_missing, header
+from ._errors import InvalidArgument, JobCreditsError
+from ._ledger import Ledger
+from ._web import (
+    DEFAULT_JOB_HEADER,
+    JobCall,
+    Route,
+    compile_routes,
+    match_route,
+    problem_body,
+    problem_headers,
+    resolve,
+    start_call,
+)
+
+__all__ = ["JobCreditsMiddleware"]
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+def _status_line(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+class _Body:
+    """The app's response body, passed through, watching for a failure that
+    comes before the response started (a lazy app that raises on its first
+    iteration): that failure refunds the charge like any other."""
+
+    def __init__(self, body: Iterable[bytes], call: JobCall) -> None:
+        self._body = body
+        self._call = call
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        except BaseException:
+            self._call.finish(None)  # a no-op when the response already started
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            # The server is done with the call; if the app never started a
+            # response, it did not serve the client.
+            self._call.finish(None)
+
+
+class JobCreditsMiddleware:
+    """Charge the requests that match ``routes`` once per job.
+
+    :param app: the WSGI application to wrap.
+    :param ledger: the :class:`~jobcredits_plugin.Ledger` to charge.
+    :param routes: which requests cost what; see :func:`compile_routes` for
+        the forms (``{"POST /v1/summarize": {"cost": 2, "scope": "summarize"}}``).
+        Requests that match no route pass through untouched.
+    :param account: a callable of the WSGI environ returning the account, or
+        None for an unauthenticated request (answered 401).
+    :param job_header: the header carrying the job id (per route: ``header``).
+    :param on_missing: ``"charge"`` a call without a job id as a job of its own
+        (the fresh id is echoed in the job header), or ``"reject"`` it (400).
+    :param fail_open: let calls through *uncharged* while the store is down,
+        instead of answering 503.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        ledger: Ledger,
+        routes: Mapping[str, Any] | Sequence[Route],
+        *,
+        account: Callable[[Environ], str | None],
+        job_header: str = DEFAULT_JOB_HEADER,
+        on_missing: str = "charge",
+        fail_open: bool = False,
+    ) -> None:
+        if not isinstance(ledger, Ledger):
+            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+        if not callable(account):
+            raise InvalidArgument("account must be a callable of the WSGI environ")
+        _check_on_missing(on_missing)
+        self.app = app
+        self.ledger = ledger
+        self.routes = compile_routes(routes)
+        for route in self.routes:
+            if route.on_missing is not None:
+                _check_on_missing(route.on_missing)
+        self.account = account
+        self.job_header = job_header
+        self.on_missing = on_missing
+        self.fail_open = fail_open
+        self._readers = {
+            name: header(name)
+            for name in {job_header, *(r.header for r in self.routes if r.header)}
+        }
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO") or "/"
+        route = match_route(self.routes, method, path)
+        if route is None:
+            return self.app(environ, start_response)
+        job_header = route.header or self.job_header
+        try:
+            call = start_call(
+                self.ledger,
+                account=self.account(environ),
+                job_id=self._readers[job_header](environ),
+                scope=route.scope,
+                cost=resolve(route.cost, environ),
+                tier=resolve(route.tier, environ),
+                backend=resolve(route.backend, environ),
+                on_missing=route.on_missing or self.on_missing,
+                fail_open=self.fail_open,
+            )
+        except JobCreditsError as err:
+            problem = problem_body(err, instance=path)
+            headers = [*problem_headers(err), ("Content-Length", str(len(problem)))]
+            start_response(_status_line(err.status), headers)
+            return [problem]
+
+        def charged_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            try:
+                code: int | None = int(status.split(None, 1)[0])
+            except ValueError:
+                code = None
+            call.finish(code)  # the response starts: its status decides
+            return start_response(status, [*headers, *call.headers(job_header)], exc_info)
+
+        try:
+            body = self.app(environ, charged_start_response)
+        except BaseException:
+            call.finish(None)
+            raise
+        return _Body(body, call)
