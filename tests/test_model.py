@@ -82,7 +82,7 @@ class ModelRecord:
         return self.charged_at + TTL
 
     def live(self, now: float) -> bool:
-        return self.pending or now < self.expires_at
+        return now < self.expires_at
 
     def due(self, now: float) -> str | None:
         """The event pruning this record at ``now`` fires, if it is due."""

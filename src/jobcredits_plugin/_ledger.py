@@ -61,6 +61,14 @@ def _new_charge_id() -> str:
     return secrets.token_hex(8)
 
 
+def _check_limit(limit: Any) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"limit must be None or an int >= 1, not {limit!r}")
+    return limit
+
+
 class Ledger:
     """Charges a job once, lets its follow-up calls through free, refunds
     failures and expires old jobs.
@@ -347,9 +355,10 @@ class Ledger:
         ran out (``on_refund``); returns the records removed.
 
         Safe to run from several processes at once: each record is settled by
-        exactly one of them.
+        exactly one of them. ``limit`` caps how many records one call settles
+        (run it again for the rest).
         """
-        events = self._call(self._store.prune, self._clock(), limit)
+        events = self._call(self._store.prune, self._clock(), _check_limit(limit))
         self._fire(events)
         return [e.record for e in events]
 
@@ -433,7 +442,7 @@ class Ledger:
 
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
-        events = await self._acall(self._store.aprune, self._clock(), limit)
+        events = await self._acall(self._store.aprune, self._clock(), _check_limit(limit))
         self._fire(events)
         return [e.record for e in events]
 

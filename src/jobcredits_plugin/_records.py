@@ -56,16 +56,15 @@ class JobRecord:
         return (self.account, self.scope, self.job_id)
 
     def is_live(self, now: float) -> bool:
-        """Whether a read at ``now`` sees this record.
+        """Whether a read at ``now`` sees this record: any record up to its
+        ``expires_at`` (a pending one too, whose lease may still run), never
+        after it, and never a refunded one.
 
-        A pending record is governed by its lease, not by the window: the first
-        call may still be running. Any other record is live until ``expires_at``.
+        Since a lease never outlasts the window, a pending record past
+        ``expires_at`` is one whose worker is presumed dead; the next claim or
+        prune refunds it, so hiding it from reads loses nothing.
         """
-        if self.state == PENDING:
-            return True
-        if self.state == REFUNDED:
-            return False
-        return now < self.expires_at
+        return self.state != REFUNDED and now < self.expires_at
 
 
 @attrs.frozen(slots=True)

@@ -69,13 +69,13 @@ def _options(query: str, allowed: dict[str, Callable[[str], Any]], url: str) -> 
     return opts
 
 
-def _memory(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgument(f"memory:// takes no host or path, got {redact_url(url)!r}")
     return MemoryStore(**_options(parts.query, {"settle_batch": int}, url))
 
 
-def _sqlite(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     # As SQLAlchemy spells it: three slashes then a relative path, four for an
     # absolute one. "sqlite://" alone, or sqlite:///:memory:, is an in-memory DB.
     if parts.netloc:
@@ -90,8 +90,8 @@ def _sqlite(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
 
 
 _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], BaseStore]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
+    "memory": _memory_from_url,
+    "sqlite": _sqlite_from_url,
 }
 
 #: Schemes of stores that are planned but not in this release, so that their

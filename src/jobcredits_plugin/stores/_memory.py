@@ -94,13 +94,20 @@ class MemoryStore(BaseStore):
         if not bucket:
             del self._buckets[bucket_key]
 
-    def _settle_due(self, now: float, limit: int | None) -> list[Event]:
-        """Pop due heap entries and settle their records; at most ``limit``
-        entries are looked at (None: all that are due)."""
+    def _settle_due(
+        self, now: float, *, max_entries: int | None = None, max_events: int | None = None
+    ) -> list[Event]:
+        """Pop due heap entries and settle their records, looking at no more than
+        ``max_entries`` entries (the bound on a request's extra work) and
+        settling no more than ``max_events`` records (prune's ``limit``)."""
         events: list[Event] = []
         heap = self._heap
         seen = 0
-        while heap and heap[0][0] <= now and (limit is None or seen < limit):
+        while heap and heap[0][0] <= now:
+            if max_entries is not None and seen >= max_entries:
+                break
+            if max_events is not None and len(events) >= max_events:
+                break
             seen += 1
             _, charge_id, account, scope, job_id = heapq.heappop(heap)
             key = (account, scope, job_id)
@@ -128,7 +135,7 @@ class MemoryStore(BaseStore):
     def claim(self, req: ClaimRequest) -> ClaimResult:
         key = req.key
         with self._lock:
-            swept = self._settle_due(req.now, self.settle_batch)
+            swept = self._settle_due(req.now, max_entries=self.settle_batch)
             plan = plan_claim(self._get(key), self._balances.get(req.account, 0), req)
             if plan.write is not None:
                 # A new charge gets a heap entry; a reuse keeps the one it has.
@@ -167,7 +174,7 @@ class MemoryStore(BaseStore):
 
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         with self._lock:
-            return self._settle_due(now, limit)
+            return self._settle_due(now, max_events=limit)
 
     def snapshot(self, now: float) -> list[JobRecord]:
         with self._lock:
