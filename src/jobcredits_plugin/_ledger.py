@@ -10,6 +10,8 @@ change, however many threads, processes or hosts share the store.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -59,6 +61,18 @@ def _new_charge_id() -> str:
     # 64 random bits: a charge id only has to differ from the other charges of
     # the same job key, and short ids keep the memory store lean.
     return secrets.token_hex(8)
+
+
+def _claim_events(result: ClaimResult) -> Iterable[Event]:
+    return result.events
+
+
+def _one_event(event: Event | None) -> Iterable[Event]:
+    return () if event is None else (event,)
+
+
+def _all_events(events: list[Event]) -> Iterable[Event]:
+    return events
 
 
 def _check_limit(limit: Any) -> int | None:
@@ -263,12 +277,39 @@ class Ledger:
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
 
-    async def _acall(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _acall(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        late: Callable[[T], Iterable[Event]] | None = None,
+    ) -> T:
+        """Await one store operation, keeping its hooks exactly once even when
+        the caller is cancelled mid-way.
+
+        A store whose async twin runs in a worker thread (or on a network
+        round trip) commits whether or not its awaiting task is cancelled. So
+        the operation is shielded, and if the caller is cancelled the events it
+        commits later (``late`` extracts them from the result) still fire.
+        Stores that never suspend (``cancel_safe``) skip the extra task.
+        """
         self._check_open()
         try:
-            return await fn(*args)
+            if getattr(self._store, "cancel_safe", False):
+                return await fn(*args)
+            task = asyncio.ensure_future(fn(*args))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if late is not None:
+                    task.add_done_callback(functools.partial(self._fire_late, late))
+                raise
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
+
+    def _fire_late(self, late: Callable[[Any], Iterable[Event]], task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._fire(late(task.result()))
 
     def _settle_claim(self, req: ClaimRequest, result: ClaimResult) -> Charge:
         """Fire the hooks of a committed claim, then turn its status into a
@@ -411,7 +452,8 @@ class Ledger:
     ) -> Charge:
         """Async twin of :meth:`charge`; never blocks the event loop."""
         req = self._claim_request(account, job_id, scope, cost, tier, backend)
-        return self._settle_claim(req, await self._acall(self._store.aclaim, req))
+        result = await self._acall(self._store.aclaim, req, late=_claim_events)
+        return self._settle_claim(req, result)
 
     async def aconfirm(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -427,7 +469,7 @@ class Ledger:
         """Async twin of :meth:`refund`."""
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        event = await self._acall(self._store.arefund, key, cid, self._clock())
+        event = await self._acall(self._store.arefund, key, cid, self._clock(), late=_one_event)
         if event is None:
             return False
         self._fire((event,))
@@ -442,7 +484,9 @@ class Ledger:
 
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
-        events = await self._acall(self._store.aprune, self._clock(), _check_limit(limit))
+        events = await self._acall(
+            self._store.aprune, self._clock(), _check_limit(limit), late=_all_events
+        )
         self._fire(events)
         return [e.record for e in events]
 

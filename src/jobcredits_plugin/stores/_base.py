@@ -283,6 +283,10 @@ class BaseStore:
 
     #: The URL scheme(s) of this store, for error messages and ``from_url``.
     schemes: Sequence[str] = ()
+    #: True when the async twins never suspend mid-operation, so a cancelled
+    #: caller cannot leave a committed change behind unreported; the ledger
+    #: then awaits them directly instead of shielding them in a task.
+    cancel_safe: bool = False
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
         raise NotImplementedError

@@ -58,6 +58,7 @@ class MemoryStore(BaseStore):
     """
 
     schemes = ("memory",)
+    cancel_safe = True
 
     settle_batch: int = 8
     _buckets: dict[tuple[str, str], _Bucket] = attrs.field(init=False, factory=dict)
