@@ -25,7 +25,7 @@ from ._decorator import _current, abegin, afinish, begin, finish, identify
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_scope
+from ._validation import check_cost, check_label, check_scope
 
 __all__ = [
     "CREDITS_HEADER",
@@ -34,11 +34,13 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "JobCall",
     "Route",
+    "afinish_raised",
     "astart_call",
     "bind",
     "bound",
     "compile_routes",
     "is_failure",
+    "isolated",
     "problem_body",
     "problem_headers",
     "resolve",
@@ -202,6 +204,39 @@ def bind(call: JobCall) -> None:
     _current.set(call.charge)
 
 
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """Undo, when the block ends, whatever the code inside it bound with
+    :func:`bind`.
+
+    For adapters whose charge is made deep inside the app (a FastAPI
+    dependency binds it in the request's context and cannot reset it there).
+    A server gives each request a context of its own, but an in-process
+    transport (httpx's ``ASGITransport``, a test client) runs the request in
+    the caller's context, where the charge would otherwise outlive the request.
+    """
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+async def afinish_raised(call: JobCall, exc: BaseException) -> None:
+    """Settle a call whose handler raised before its response started: refund.
+
+    A cancellation (any BaseException that is not an Exception) is settled
+    with the blocking twin, which has no await to interrupt: anyio and trio
+    deliver a cancellation again at every await inside a cancelled scope, so
+    an awaited refund could be cut short, leaving the charge pending until its
+    lease ran out and, for a store run in a thread, without its refund hook.
+    """
+    if isinstance(exc, Exception):
+        await call.afinish(None)
+    else:
+        call.finish(None)
+
+
 # -- routes, for the middleware ----------------------------------------------------
 
 _ROUTE_KEY = re.compile(r"^(?:(?P<methods>[A-Z]+(?:\|[A-Z]+)*)\s+)?(?P<path>/\S*)$")
@@ -282,6 +317,14 @@ def compile_routes(
             raise InvalidArgument(f"route {key!r}: give a cost (int), a dict of options or a Route")
         if "scope" in options:
             check_scope(options["scope"])
+        # A fixed cost, tier or backend is checked now too: left to the first
+        # request, a typo would answer every client 400 instead of failing the
+        # deploy. Callables can only be checked per request.
+        if "cost" in options and not callable(options["cost"]):
+            check_cost(options["cost"])
+        for label in ("tier", "backend"):
+            if label in options and not callable(options[label]):
+                check_label(label, options[label])
         compiled.append(Route(path=m["path"], methods=methods, **options))
     return tuple(compiled)
 

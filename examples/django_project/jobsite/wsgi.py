@@ -1,0 +1,9 @@
+"""WSGI entry point: gunicorn --workers 2 jobsite.wsgi"""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "jobsite.settings")
+
+application = get_wsgi_application()

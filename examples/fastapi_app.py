@@ -1,0 +1,122 @@
+"""The quickstart app of docs/fastapi.md: a paid "summarize" API, charged once per job.
+
+Run it on the in-memory ledger (demo accounts get their credits at start)::
+
+    uvicorn --factory examples.fastapi_app:create_app
+    curl -X POST localhost:8000/v1/summarize -H "X-Api-Key: key-ada" \\
+         -H "X-Job-Id: 3f2c9a4e-0d7b-4c55-9e0e-6b1f4f0d2a11" \\
+         -H "Content-Type: application/json" -d '{"text": "..."}'
+
+or on a SQLite file shared by several worker processes (grant the credits with
+the CLI first: a shared store is loaded once, not by every worker at start)::
+
+    export JOBCREDITS_URL=sqlite:///jobs.db
+    jobcredits grant --url "$JOBCREDITS_URL" acct-ada 100
+    uvicorn --workers 2 --factory examples.fastapi_app:create_app
+
+A job is ``/v1/summarize`` then ``/v1/analyze`` with the same ``X-Job-Id``: the
+first call answers ``X-Job-Charge: charged``, the second ``reused``.
+``?fail=true`` makes a call answer 502, which refunds its charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel
+
+from jobcredits_plugin import Charge, Ledger, current_charge
+from jobcredits_plugin.fastapi import JobCredits, charge_credit, charges_credit
+
+#: API keys and the accounts they belong to. A real app looks the key up in its
+#: user database; what matters is that the account comes from authentication,
+#: never from a header in which the client could name someone else's account.
+API_KEYS = {"key-ada": "acct-ada", "key-bob": "acct-bob"}
+
+#: Credits the demo accounts start with on the in-memory ledger.
+DEMO_CREDITS = {"acct-ada": 100, "acct-bob": 3}
+
+
+def account_from_api_key(request: Request) -> str | None:
+    """The account that pays for this request; None answers 401."""
+    return API_KEYS.get(request.headers.get("X-Api-Key", ""))
+
+
+class Text(BaseModel):
+    text: str
+
+
+def create_app(url: str | None = None) -> FastAPI:
+    """The app factory (``uvicorn --factory examples.fastapi_app:create_app``).
+
+    ``url`` (default: the ``JOBCREDITS_URL`` environment variable, then
+    ``memory://``) names the ledger's store.
+    """
+    url = url or os.environ.get("JOBCREDITS_URL", "memory://")
+    ledger = Ledger.from_url(url, balances=True)
+    if url.startswith("memory://"):
+        # A fresh in-memory ledger per process: give the demo accounts their
+        # credits. A shared store is granted once, with `jobcredits grant`.
+        for account, credits in DEMO_CREDITS.items():
+            ledger.grant(account, credits)
+    # Stands in for the upstream model's latency (the real-server test sets it
+    # so that the calls of a job overlap across the worker processes).
+    latency = float(os.environ.get("SUMMARIZE_LATENCY", "0"))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await ledger.aclose()
+
+    app = FastAPI(title="Summaries", lifespan=lifespan)
+    JobCredits(ledger, account=account_from_api_key).install(app)
+
+    @app.post("/v1/summarize")
+    async def summarize(
+        body: Text,
+        charge: Annotated[Charge | None, Depends(charge_credit(scope="summarize"))],
+        fail: bool = False,
+    ) -> dict[str, Any]:
+        """The job's first step, charged through the dependency."""
+        if fail:
+            # The upstream model failed: a 5xx answer refunds the job's charge,
+            # so the client's retry with the same job id is charged again.
+            raise HTTPException(502, "the upstream model failed")
+        await asyncio.sleep(latency)
+        return {
+            "summary": body.text[:80],
+            "charge": charge.outcome if charge else None,  # None: failed open
+            "credits": charge.balance if charge else None,
+        }
+
+    @app.post("/v1/analyze")
+    @charges_credit(scope="summarize")
+    def analyze(body: Text, fail: bool = False) -> dict[str, Any]:
+        """The job's next step, charged through the decorator (a plain ``def``:
+        FastAPI runs it in its threadpool)."""
+        if fail:
+            raise HTTPException(502, "the upstream model failed")
+        charge = current_charge()
+        return {
+            "words": len(body.text.split()),
+            "charge": charge.outcome if charge else None,
+        }
+
+    @app.get("/v1/credits")
+    async def credits(request: Request) -> dict[str, Any]:
+        """The caller's balance; free, so no charge here."""
+        account = account_from_api_key(request)
+        if account is None:
+            raise HTTPException(401, "unknown API key")
+        return {"account": account, "credits": await ledger.abalance(account)}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "pid": os.getpid()}
+
+    return app

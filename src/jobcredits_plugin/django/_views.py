@@ -1,0 +1,349 @@
+"""``@charges_credit`` for Django views: sync, async and class-based.
+
+The decorator only translates between Django and :mod:`jobcredits_plugin._web`,
+which holds every billing decision: it reads the account and the job id from
+the request, lets ``_web`` charge, runs the view, hands ``_web`` the status
+that decides between confirm and refund, and copies ``_web``'s headers onto
+the response. What is Django's own is which exceptions are a client's
+mistake: Django turns ``Http404``, ``PermissionDenied``, ``BadRequest``,
+``SuspiciousOperation`` and ``MultiPartParserError`` into 4xx pages, so a
+view raising them served the client, and the charge is confirmed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar, cast
+
+import attrs
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core.exceptions import (  # type: ignore[import-untyped]
+    BadRequest,
+    PermissionDenied,
+    SuspiciousOperation,
+)
+from django.http import (  # type: ignore[import-untyped]
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+)
+from django.http.multipartparser import MultiPartParserError  # type: ignore[import-untyped]
+
+from .._decorator import _check_on_missing
+from .._decorator import header as header_reader
+from .._errors import InvalidArgument, JobCreditsError
+from .._ledger import Ledger
+from .._records import Charge
+from .._validation import check_cost, check_label, check_scope
+from .._web import (
+    JobCall,
+    afinish_raised,
+    astart_call,
+    bound,
+    problem_body,
+    problem_headers,
+    resolve,
+    start_call,
+)
+from ._conf import Config, aget_ledger, get_config, get_ledger
+
+__all__ = ["charges_credit", "default_account"]
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+#: The exceptions Django answers with a 4xx page (django.core.handlers.exception).
+_CLIENT_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
+    (Http404, 404),
+    (PermissionDenied, 403),
+    (MultiPartParserError, 400),
+    (BadRequest, 400),
+    (SuspiciousOperation, 400),
+)
+
+_reader = functools.cache(header_reader)
+
+
+def client_error_status(exc: BaseException) -> int | None:
+    """The 4xx status an exception will be answered with, or None when it is
+    a failure (anything else: Django answers 500, or the call was cancelled).
+
+    Besides Django's own, an exception with a 4xx ``status_code`` counts:
+    that is how Django REST framework's ``APIException`` family (and other
+    libraries' HTTP errors) carry the status they are answered with.
+    """
+    for cls, status in _CLIENT_ERRORS:
+        if isinstance(exc, cls):
+            return status
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 500:
+        return code
+    return None
+
+
+def _user_account(user: Any) -> str | None:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return str(user.pk)
+
+
+def default_account(request: Any) -> str | None:
+    """The account when neither the decorator nor ``JOBCREDITS["ACCOUNT"]``
+    names one: the authenticated user's primary key, as a string.
+
+    Works on Django's ``HttpRequest`` (``request.user`` from the
+    ``AuthenticationMiddleware``) and on a Django REST framework ``Request``,
+    whose ``.user`` is the one DRF's authentication classes found. An
+    anonymous user, or no ``request.user`` at all, gives None: answered 401.
+    """
+    return _user_account(getattr(request, "user", None))
+
+
+async def adefault_account(request: Any) -> str | None:
+    """:func:`default_account` for async views, which must not touch the
+    database from the event loop: ``await request.auser()`` (Django 5.0+),
+    else ``request.user`` read in a worker thread."""
+    auser = getattr(request, "auser", None) if isinstance(request, HttpRequest) else None
+    if auser is not None:
+        return _user_account(await auser())
+    return await sync_to_async(default_account)(request)
+
+
+@attrs.frozen
+class _Options:
+    """A decorator's arguments; None means "as settings.JOBCREDITS says"."""
+
+    cost: int | Callable[..., int]
+    scope: str
+    tier: str | Callable[..., str | None] | None
+    backend: str | Callable[..., str | None] | None
+    account: Callable[..., Any] | None
+    ledger: Ledger | None
+    on_missing: str | None
+    fail_open: bool | None
+    header: str | None
+
+    def job_header(self, config: Config) -> str:
+        return self.header or config.job_header
+
+    def charge_args(self, config: Config, request: Any) -> dict[str, Any]:
+        """What :func:`~jobcredits_plugin._web.start_call` needs besides the
+        ledger and the account."""
+        return {
+            "job_id": _reader(self.job_header(config))(request),
+            "scope": self.scope,
+            "cost": resolve(self.cost, request),
+            "tier": resolve(self.tier, request),
+            "backend": resolve(self.backend, request),
+            "on_missing": self.on_missing or config.on_missing,
+            "fail_open": config.fail_open if self.fail_open is None else self.fail_open,
+        }
+
+
+def problem_response(err: JobCreditsError, request: Any) -> HttpResponse:
+    """The ``application/problem+json`` answer for an error (RFC 9457), with
+    ``Retry-After`` where the error has one."""
+    response = HttpResponse(problem_body(err, instance=getattr(request, "path", None)))
+    response.status_code = err.status
+    for name, value in problem_headers(err):
+        response[name] = value
+    return response
+
+
+def _require_request(request: Any, view: Callable[..., Any]) -> None:
+    # Decorating a method directly passes `self` where the request belongs;
+    # say what to do instead of failing later on a missing attribute.
+    if not hasattr(request, "META"):
+        raise TypeError(
+            f"{getattr(view, '__qualname__', view)!r} got {type(request).__name__} where "
+            "charges_credit expects the request; on a method of a class-based view use "
+            "django.utils.decorators.method_decorator(charges_credit(...), name='post')"
+        )
+
+
+def _attach(request: Any, charge: Charge | None) -> None:
+    """Expose the charge as ``request.job_credit``; on a DRF ``Request``
+    also on the ``HttpRequest`` it wraps, so code that sees either finds it."""
+    request.job_credit = charge
+    inner = getattr(request, "_request", None)
+    if isinstance(inner, HttpRequest):
+        inner.job_credit = charge
+
+
+def _status(response: Any) -> int | None:
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _add_headers(response: Any, call: JobCall, job_header: str) -> None:
+    if isinstance(response, HttpResponseBase):
+        for name, value in call.headers(job_header):
+            response[name] = value
+
+
+async def _afinish_raised(call: JobCall, exc: BaseException) -> None:
+    """Settle an async view that raised: confirm a client error, else refund
+    the way every async adapter does (a cancellation without an await)."""
+    status = client_error_status(exc)
+    if status is None:
+        await afinish_raised(call, exc)
+    else:
+        await call.afinish(status)
+
+
+async def _settle_later(pending: Awaitable[Any], call: JobCall, job_header: str) -> Any:
+    """Finish a sync-wrapped call whose view returned a coroutine (a sync
+    function handing over to an async one, which Django then awaits). The
+    charge was taken synchronously; the confirm or refund waits for the real
+    response, since the coroutine object says nothing about success."""
+    with bound(call):
+        try:
+            response = await pending
+        except BaseException as exc:
+            await _afinish_raised(call, exc)
+            raise
+    await call.afinish(_status(response))
+    _add_headers(response, call, job_header)
+    return response
+
+
+def _is_async_class_view(view: Callable[..., Any]) -> bool:
+    """Whether ``view`` is the bound ``dispatch`` (or handler) of an async
+    class-based view, as ``method_decorator`` hands it over: a partial of a
+    bound method. Its ``dispatch`` is a sync method returning a coroutine,
+    and Django awaits whatever it returns, so it takes the async path."""
+    bound_method = getattr(view, "func", view)
+    owner = getattr(bound_method, "__self__", None)
+    return owner is not None and bool(getattr(type(owner), "view_is_async", False))
+
+
+def _sync_view(view: Callable[..., Any], opts: _Options) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+        _require_request(request, view)
+        config = get_config()
+        job_header = opts.job_header(config)
+        try:
+            account = (opts.account or config.account or default_account)(request)
+            ledger = opts.ledger if opts.ledger is not None else get_ledger()
+            call = start_call(ledger, account=account, **opts.charge_args(config, request))
+        except JobCreditsError as err:
+            return problem_response(err, request)
+        _attach(request, call.charge)
+        with bound(call):
+            try:
+                response = view(request, *args, **kwargs)
+            except BaseException as exc:
+                call.finish(client_error_status(exc))
+                raise
+        if inspect.isawaitable(response):
+            return _settle_later(response, call, job_header)
+        call.finish(_status(response))
+        _add_headers(response, call, job_header)
+        return response
+
+    return wrapper
+
+
+def _async_view(view: Callable[..., Awaitable[Any]], opts: _Options) -> Callable[..., Any]:
+    async def account_of(request: Any, config: Config) -> Any:
+        fn = opts.account or config.account
+        if fn is None:
+            return await adefault_account(request)
+        result = fn(request)
+        return await result if inspect.isawaitable(result) else result
+
+    @functools.wraps(view)
+    async def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+        _require_request(request, view)
+        config = get_config()
+        job_header = opts.job_header(config)
+        try:
+            account = await account_of(request, config)
+            ledger = opts.ledger if opts.ledger is not None else await aget_ledger()
+            call = await astart_call(ledger, account=account, **opts.charge_args(config, request))
+        except JobCreditsError as err:
+            return problem_response(err, request)
+        _attach(request, call.charge)
+        with bound(call):
+            try:
+                response = await view(request, *args, **kwargs)
+            except BaseException as exc:  # cancellation included: it refunds
+                await _afinish_raised(call, exc)
+                raise
+        await call.afinish(_status(response))
+        _add_headers(response, call, job_header)
+        return response
+
+    return wrapper
+
+
+def charges_credit(
+    cost: int | Callable[..., int] = 1,
+    *,
+    scope: str = "default",
+    tier: str | Callable[..., str | None] | None = None,
+    backend: str | Callable[..., str | None] | None = None,
+    account: Callable[..., Any] | None = None,
+    ledger: Ledger | None = None,
+    on_missing: Literal["charge", "reject"] | None = None,
+    fail_open: bool | None = None,
+    header: str | None = None,
+) -> Callable[[V], V]:
+    """Charge a Django view once per job.
+
+    Works on sync and async function views, and on class-based views through
+    ``method_decorator(charges_credit(...), name="post")`` (or
+    ``name="dispatch"``). Arguments left None come from
+    ``settings.JOBCREDITS`` at each request, so ``override_settings`` applies.
+
+    :param cost: credits a new job costs; an int or a callable of the request.
+    :param scope: the product whose calls share jobs (``"summarize"``).
+    :param tier: recorded with the charge; a string or a callable of the request.
+    :param backend: recorded with the charge; a string or a callable of the request.
+    :param account: a callable of the request returning the account string, or
+        None when not authenticated (401); may be async on async views.
+        Default: ``JOBCREDITS["ACCOUNT"]``, else :func:`default_account`.
+    :param ledger: charge this ledger instead of :func:`get_ledger`'s.
+    :param on_missing: ``"charge"`` a call without a job id as a job of its
+        own, or ``"reject"`` it (400). Default: ``JOBCREDITS["ON_MISSING"]``.
+    :param fail_open: let calls through *uncharged* while the store is
+        unreachable, instead of answering 503. Default: ``JOBCREDITS["FAIL_OPEN"]``.
+    :param header: the header carrying the job id. Default:
+        ``JOBCREDITS["JOB_HEADER"]`` (``X-Job-Id``).
+
+    The view sees the :class:`~jobcredits_plugin.Charge` as
+    ``request.job_credit`` and through
+    :func:`~jobcredits_plugin.current_charge` (None when it failed open).
+    The charge is confirmed when the view returns a response below 500
+    (a ``StreamingHttpResponse`` as soon as it is returned) or raises one of
+    Django's 4xx exceptions, and refunded when the view answers 5xx, raises
+    anything else, or is cancelled.
+    """
+    check_scope(scope)
+    if not callable(cost):
+        check_cost(cost)
+    if not callable(tier):
+        check_label("tier", tier)
+    if not callable(backend):
+        check_label("backend", backend)
+    if on_missing is not None:
+        _check_on_missing(on_missing)
+    if account is not None and not callable(account):
+        raise InvalidArgument("account must be a callable of the request")
+    if ledger is not None and not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+    if fail_open is not None and not isinstance(fail_open, bool):
+        raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
+    if header is not None:
+        _reader(header)  # checks the name now, not at the first request
+    opts = _Options(cost, scope, tier, backend, account, ledger, on_missing, fail_open, header)
+
+    def decorate(view: V) -> V:
+        if iscoroutinefunction(view) or _is_async_class_view(view):
+            return cast(V, _async_view(view, opts))
+        return cast(V, _sync_view(view, opts))
+
+    return decorate

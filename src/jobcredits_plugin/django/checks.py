@@ -1,0 +1,76 @@
+"""System checks for ``settings.JOBCREDITS`` (registered by the app's ``ready()``).
+
+They catch at deploy time what would otherwise surface as a 500 on the first
+charged request, or worse, as silently wrong billing:
+
+=================  ========================================================
+``jobcredits.E001``  ``URL`` names no store (a typo, an unknown scheme)
+``jobcredits.E002``  ``ACCOUNT`` does not import, or is not callable
+``jobcredits.E003``  ``ON_MISSING`` is neither ``"charge"`` nor ``"reject"``
+``jobcredits.E004``  an unknown key (a typo such as ``"TIL"``)
+``jobcredits.E005``  a bad value: ``TTL``, ``LEASE``, ``MAX_USES``,
+                     ``BALANCES``, ``FAIL_OPEN``, ``JOB_HEADER``, or the
+                     setting is not a dict
+``jobcredits.E006``  a ``PLUGINS`` entry does not import
+``jobcredits.W001``  ``DEBUG`` is off and the store lives in each process
+``jobcredits.W002``  the default account needs ``AuthenticationMiddleware``
+=================  ========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.conf import settings  # type: ignore[import-untyped]
+from django.core.checks import CheckMessage, Error, Warning  # type: ignore[import-untyped]
+
+from ._conf import DEFAULTS, per_process, raw_setting, read
+
+__all__ = ["check_settings"]
+
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+W001_HINT = (
+    "Each process keeps its own memory store, so a server with several worker "
+    "processes (gunicorn -w 4, uwsgi --processes 4) charges a job once in every worker "
+    "that serves one of its calls, and a restart forgets every job. Use a store the "
+    "workers share, e.g. JOBCREDITS['URL'] = 'sqlite:////var/lib/app/jobcredits.db', or "
+    "add 'jobcredits.W001' to SILENCED_SYSTEM_CHECKS if this process is really alone."
+)
+
+W002_HINT = (
+    "Without ACCOUNT the account is request.user.pk, which Django sets through "
+    f"{AUTH_MIDDLEWARE}; every call would be answered 401. Add the middleware, set "
+    "JOBCREDITS['ACCOUNT'] to a callable of the request, or silence jobcredits.W002 if "
+    "only Django REST framework views (with their own authentication) are charged."
+)
+
+
+def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Check ``settings.JOBCREDITS`` without opening any store."""
+    raw = raw_setting()
+    _, problems = read(raw)
+    messages: list[CheckMessage] = [
+        Error(p.msg, hint=p.hint, id=f"jobcredits.{p.id}") for p in problems
+    ]
+    conf = raw if isinstance(raw, Mapping) else {}
+    url = conf.get("URL", DEFAULTS["URL"])
+    if not settings.DEBUG and isinstance(url, str) and per_process(url):
+        messages.append(
+            Warning(
+                f"JOBCREDITS['URL'] is {url!r}: the job ledger lives in each process's memory",
+                hint=W001_HINT,
+                id="jobcredits.W001",
+            )
+        )
+    middleware = getattr(settings, "MIDDLEWARE", None) or []
+    if conf.get("ACCOUNT") is None and AUTH_MIDDLEWARE not in middleware:
+        messages.append(
+            Warning(
+                "JOBCREDITS has no ACCOUNT and MIDDLEWARE lacks AuthenticationMiddleware",
+                hint=W002_HINT,
+                id="jobcredits.W002",
+            )
+        )
+    return messages

@@ -1,0 +1,113 @@
+"""``manage.py jobcredits``: the operator's view of the project's ledger.
+
+The same four operations as the ``jobcredits`` command line, but on the
+ledger ``settings.JOBCREDITS`` describes, so an operator never has to copy a
+store URL (and its password) out of the settings to a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from django.core.management.base import (  # type: ignore[import-untyped]
+    BaseCommand,
+    CommandError,
+    CommandParser,
+)
+
+from ...._errors import JobCreditsError
+from ...._ledger import Ledger
+from ....cli import _iso, _table
+from ..._conf import get_ledger
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_non_negative.__name__ = "non-negative int"  # what argparse names in its error
+
+
+class Command(BaseCommand):  # type: ignore[misc]
+    help = (
+        "Inspect and settle the job credits ledger of settings.JOBCREDITS: list the live "
+        "jobs, prune expired ones, grant credits, print a balance."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        snap = sub.add_parser("snapshot", help="list the live jobs")
+        snap.add_argument("--json", action="store_true", help="print all of them as JSON")
+        snap.add_argument(
+            "--limit",
+            type=_non_negative,
+            default=50,
+            metavar="N",
+            help="rows of the table (default: 50)",
+        )
+        sub.add_parser("prune", help="remove expired jobs, refund stale first calls")
+        grant = sub.add_parser("grant", help="add credits to an account; prints the balance")
+        grant.add_argument("account", metavar="ACCOUNT")
+        grant.add_argument("amount", metavar="N", type=int, help="credits to add (negative: take)")
+        balance = sub.add_parser("balance", help="print an account's balance")
+        balance.add_argument("account", metavar="ACCOUNT")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        ledger = get_ledger()
+        action = options["action"]
+        try:
+            if action == "snapshot":
+                self._snapshot(ledger, as_json=options["json"], limit=options["limit"])
+            elif action == "prune":
+                removed = ledger.prune()
+                refunded = sum(1 for r in removed if r.state == "refunded")
+                self.stdout.write(f"expired {len(removed) - refunded}, refunded {refunded}")
+            elif action == "grant":
+                self.stdout.write(str(ledger.grant(options["account"], options["amount"])))
+            else:
+                self._balance(ledger, options["account"])
+        except JobCreditsError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _snapshot(self, ledger: Ledger, *, as_json: bool, limit: int) -> None:
+        records = ledger.snapshot()
+        if as_json:
+            self.stdout.write(json.dumps([attrs.asdict(r) for r in records], indent=2))
+            return
+        if not records:
+            self.stdout.write("no live jobs")
+            return
+        shown = records[:limit]
+        if shown:
+            headers = ("account", "scope", "job_id", "state", "cost", "uses")
+            rows = [
+                (
+                    r.account,
+                    r.scope,
+                    r.job_id,
+                    r.state,
+                    r.cost,
+                    r.uses,
+                    *map(_iso, (r.charged_at, r.expires_at)),
+                )
+                for r in shown
+            ]
+            for line in _table((*headers, "charged_at", "expires_at"), rows, left=4):
+                self.stdout.write(line)
+        if len(records) > len(shown):
+            self.stdout.write(f"… and {len(records) - len(shown)} more")
+
+    def _balance(self, ledger: Ledger, account: str) -> None:
+        # The stored figure even with balances off, as `jobcredits balance`
+        # prints it: balances are loaded before they are switched on.
+        if ledger.balances:
+            self.stdout.write(str(ledger.balance(account)))
+            return
+        reader = Ledger(ledger.store, ttl=ledger.ttl, lease=ledger.lease, balances=True)
+        self.stdout.write(str(reader.balance(account)))
+        self.stderr.write("note: balances are off (JOBCREDITS['BALANCES']); calls are not debited")

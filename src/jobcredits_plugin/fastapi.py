@@ -1,0 +1,607 @@
+"""FastAPI: charge an endpoint once per job, with a dependency or a decorator.
+
+::
+
+    from typing import Annotated
+
+    from fastapi import Depends, FastAPI
+    from jobcredits_plugin import Charge, Ledger
+    from jobcredits_plugin.fastapi import JobCredits, charge_credit, charges_credit
+
+    app = FastAPI()
+    JobCredits(Ledger.from_url("sqlite:///jobs.db"), account=account_of).install(app)
+
+    @app.post("/v1/summarize")
+    async def summarize(charge: Annotated[Charge, Depends(charge_credit(scope="summarize"))]):
+        return {"outcome": charge.outcome}
+
+    @app.post("/v1/analyze")
+    @charges_credit(scope="summarize")
+    def analyze(): ...
+
+Why a middleware besides the dependency: the charge must be confirmed or
+refunded by the response's status, when the response starts. A dependency
+cannot see that: FastAPI runs a ``yield`` dependency's teardown only after the
+whole body has been sent (too late for a follow-up sent the moment the client
+has the headers, and for a stream longer than the lease), and never learns of
+a 5xx the endpoint returned rather than raised. So the dependency (or the
+decorator) charges and leaves the call where an ASGI middleware, put in
+place by :meth:`JobCredits.install`, finds it when ``http.response.start``
+passes by.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import Any, TypeVar, cast
+
+try:
+    from fastapi import FastAPI, Request, Response
+    from fastapi import routing as fastapi_routing
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.routing import APIRoute
+except ImportError as exc:  # pragma: no cover - exercised by the noframework env
+    raise ImportError(
+        'jobcredits_plugin.fastapi needs FastAPI: pip install "jobcredits-plugin[fastapi]"'
+    ) from exc
+
+import attrs
+
+from ._decorator import _check_on_missing
+from ._decorator import header as _header_reader
+from ._errors import InvalidArgument, JobCreditsError
+from ._ledger import Ledger
+from ._records import Charge
+from ._validation import check_cost, check_label, check_scope
+from ._web import (
+    CREDITS_HEADER,
+    DEFAULT_JOB_HEADER,
+    JOB_CHARGE_HEADER,
+    PROBLEM_CONTENT_TYPE,
+    JobCall,
+    astart_call,
+    bind,
+    bound,
+    isolated,
+    problem_body,
+    resolve,
+)
+from .asgi import ASGIApp, Receive, Scope, Send, _run_watched, _Watch
+
+__all__ = ["JobCredits", "charge_credit", "charges_credit"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The account callable: receives the request, returns the account (None: not
+#: authenticated), or an awaitable of it.
+AccountFn = Callable[[Request], "str | Awaitable[str | None] | None"]
+
+#: Where the middleware leaves the request's watch for the dependency to find.
+#: A key of the scope itself rather than of ``scope["state"]``: that one holds
+#: the lifespan state, and is per request only as long as the server copies it
+#: for each request as the spec asks; a request's watch must never be shared.
+_SCOPE_KEY = "jobcredits_plugin.watch"
+#: The attribute that marks a dependency or an endpoint as charging, for the
+#: OpenAPI schema.
+_MARK = "__jobcredits__"
+_PROBLEM_SCHEMA_NAME = "JobCreditsProblem"
+
+
+@attrs.frozen
+class _Options:
+    """What one dependency or decorator says; None means "the app's setting"."""
+
+    scope: str
+    cost: int | Callable[[Request], int]
+    tier: str | Callable[[Request], str | None] | None
+    backend: str | Callable[[Request], str | None] | None
+    account: AccountFn | None
+    ledger: Ledger | None
+    on_missing: str | None
+    fail_open: bool | None
+    header: str | None
+
+
+def _options(
+    *,
+    cost: Any,
+    scope: Any,
+    tier: Any,
+    backend: Any,
+    account: Any,
+    ledger: Any,
+    on_missing: Any,
+    fail_open: Any,
+    header: Any,
+) -> _Options:
+    """Check a dependency's or decorator's options when the app is defined, so
+    a typo fails at import rather than on the first paying request."""
+    check_scope(scope)
+    if not callable(cost):
+        check_cost(cost)
+    if not callable(tier):
+        check_label("tier", tier)
+    if not callable(backend):
+        check_label("backend", backend)
+    if account is not None and not callable(account):
+        raise InvalidArgument("account must be a callable of the request")
+    if ledger is not None and not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+    if on_missing is not None:
+        _check_on_missing(on_missing)
+    if fail_open is not None and not isinstance(fail_open, bool):
+        raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
+    if header is not None:
+        _header_reader(header)  # checks the name
+    return _Options(scope, cost, tier, backend, account, ledger, on_missing, fail_open, header)
+
+
+class JobCredits:
+    """The app-wide settings of the FastAPI adapter.
+
+    :param ledger: the :class:`~jobcredits_plugin.Ledger` to charge (a
+        dependency or decorator may name another with ``ledger=``).
+    :param job_header: the header carrying the job id.
+    :param account: a callable of the request returning the account (or an
+        awaitable of it), None for an unauthenticated request (answered 401).
+        Each dependency or decorator may give its own.
+    :param on_missing: ``"charge"`` a call without a job id as a job of its own
+        (the fresh id is echoed in the job header), or ``"reject"`` it (400).
+    :param fail_open: let calls through *uncharged* while the store is down,
+        instead of answering 503.
+
+    Nothing happens until :meth:`install` puts it on an app.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        job_header: str = DEFAULT_JOB_HEADER,
+        account: AccountFn | None = None,
+        on_missing: str = "charge",
+        fail_open: bool = False,
+    ) -> None:
+        if not isinstance(ledger, Ledger):
+            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+        if account is not None and not callable(account):
+            raise InvalidArgument("account must be a callable of the request")
+        _check_on_missing(on_missing)
+        if not isinstance(fail_open, bool):
+            raise InvalidArgument(f"fail_open must be True or False, not {fail_open!r}")
+        self.ledger = ledger
+        self.job_header = job_header
+        self.account = account
+        self.on_missing = on_missing
+        self.fail_open = fail_open
+        self._readers = {job_header: _header_reader(job_header)}
+
+    def install(self, app: FastAPI) -> JobCredits:
+        """Put the adapter on ``app``; call it before the app starts serving.
+
+        It sets ``app.state.jobcredits`` to this object, answers every
+        :class:`~jobcredits_plugin.JobCreditsError` as
+        ``application/problem+json``, adds the ASGI middleware that confirms or
+        refunds each charged request when its response starts (and adds the
+        ``X-Job-Charge`` headers), and documents the charging endpoints in
+        ``app.openapi()`` (see :meth:`document`). Returns ``self``.
+        """
+        app.state.jobcredits = self
+        app.add_exception_handler(JobCreditsError, _problem_response)
+        app.add_middleware(_ResponseStart)
+        original = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            cached = app.openapi_schema
+            schema = original()
+            if schema is not cached:  # freshly built: add our part once
+                self.document(schema, app.routes)
+            return schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
+        app.openapi_schema = None
+        return self
+
+    def _reader(self, name: str) -> Callable[..., str | None]:
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = self._readers[name] = _header_reader(name)
+        return reader
+
+    async def _start(self, request: Request, opts: _Options) -> JobCall:
+        """Charge the request as ``opts`` say and leave the call for the
+        middleware to settle when the response starts."""
+        watch = request.scope.get(_SCOPE_KEY)
+        if not isinstance(watch, _Watch):
+            raise RuntimeError(
+                "jobcredits: the request did not pass through the JobCredits middleware; "
+                "call JobCredits(...).install(app) on the app that serves this route"
+            )
+        if watch.call is not None:
+            raise RuntimeError(
+                "jobcredits: this request is already charged; give an endpoint one "
+                "charge_credit dependency or one charges_credit decorator, not both"
+            )
+        account_fn = opts.account or self.account
+        if account_fn is None:
+            raise RuntimeError(
+                "jobcredits: no account callable; pass JobCredits(..., account=...) "
+                "or account= to the dependency or decorator"
+            )
+        account = account_fn(request)
+        if inspect.isawaitable(account):
+            account = await account
+        job_header = opts.header or self.job_header
+        call = await astart_call(
+            opts.ledger or self.ledger,
+            account=account,
+            job_id=self._reader(job_header)(request),
+            scope=opts.scope,
+            cost=resolve(opts.cost, request),
+            tier=resolve(opts.tier, request),
+            backend=resolve(opts.backend, request),
+            on_missing=opts.on_missing or self.on_missing,
+            fail_open=self.fail_open if opts.fail_open is None else opts.fail_open,
+        )
+        watch.attach(call, job_header)
+        return call
+
+    # -- OpenAPI -----------------------------------------------------------------------
+
+    def document(self, schema: dict[str, Any], routes: Iterable[Any]) -> dict[str, Any]:
+        """Add the job header and the problem answers to an OpenAPI ``schema``.
+
+        For every operation of ``routes`` that charges (a ``charge_credit``
+        dependency anywhere in its dependencies, or a ``charges_credit``
+        endpoint): the job header as a header parameter (required with
+        ``on_missing="reject"``), the ``application/problem+json`` answers
+        400, 401, 409, 402 (balances on) and 503 (unless failing open), and the
+        ``X-Job-Charge`` headers of its success answers. What the operation
+        already documents is left as it is. :meth:`install` calls it from
+        ``app.openapi()``; call it yourself from a custom ``openapi()``. Returns
+        ``schema``, changed in place.
+        """
+        paths = schema.get("paths") or {}
+        used = False
+        for route in _api_routes(routes):
+            if not route.include_in_schema:
+                continue
+            opts = _charging_options(route)
+            item = paths.get(route.path_format)
+            if opts is None or not item:
+                continue
+            for method in route.methods or ():
+                operation = item.get(method.lower())
+                if operation is not None:
+                    self._document_operation(operation, opts)
+                    used = True
+        if used:
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).setdefault(_PROBLEM_SCHEMA_NAME, _PROBLEM_SCHEMA)
+        return schema
+
+    def _document_operation(self, operation: dict[str, Any], opts: _Options) -> None:
+        job_header = opts.header or self.job_header
+        on_missing = opts.on_missing or self.on_missing
+        fail_open = self.fail_open if opts.fail_open is None else opts.fail_open
+        balances = (opts.ledger or self.ledger).balances
+        parameters = operation.setdefault("parameters", [])
+        if not any(
+            p.get("in") == "header" and str(p.get("name", "")).lower() == job_header.lower()
+            for p in parameters
+        ):
+            parameters.append(
+                {
+                    "name": job_header,
+                    "in": "header",
+                    "required": on_missing == "reject",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "description": (
+                        "The job this call belongs to, minted by the client once per job "
+                        "(a UUID fits): the job's first call is charged, its follow-ups "
+                        "ride free. "
+                        + (
+                            "Required."
+                            if on_missing == "reject"
+                            else "Without it the call is a job of its own, under a fresh "
+                            "id echoed in this header of the response."
+                        )
+                    ),
+                }
+            )
+        responses = operation.setdefault("responses", {})
+        success_headers = {
+            job_header: {
+                "description": "The job id (a fresh one if the request sent none).",
+                "schema": {"type": "string"},
+            },
+            JOB_CHARGE_HEADER: {
+                "description": "What this call cost: charged, reused or refunded.",
+                "schema": {"type": "string", "enum": ["charged", "reused", "refunded"]},
+            },
+        }
+        if balances:
+            success_headers[CREDITS_HEADER] = {
+                "description": "The account's credits left after this call.",
+                "schema": {"type": "integer"},
+            }
+        for status, declared in responses.items():
+            if str(status).startswith("2") and isinstance(declared, dict):
+                headers = declared.setdefault("headers", {})
+                for name, spec in success_headers.items():
+                    headers.setdefault(name, spec)
+        answers = dict(_PROBLEM_ANSWERS)
+        if not balances:
+            del answers["402"]
+        if fail_open:
+            del answers["503"]
+        for status, (description, retry_after) in answers.items():
+            if status in responses:
+                continue
+            response: dict[str, Any] = {
+                "description": description,
+                "content": {
+                    PROBLEM_CONTENT_TYPE: {
+                        "schema": {"$ref": f"#/components/schemas/{_PROBLEM_SCHEMA_NAME}"}
+                    }
+                },
+            }
+            if retry_after:
+                response["headers"] = {
+                    "Retry-After": {
+                        "description": "Seconds after which a retry may succeed.",
+                        "schema": {"type": "integer"},
+                    }
+                }
+            responses[status] = response
+
+
+_PROBLEM_ANSWERS: dict[str, tuple[str, bool]] = {
+    "400": ("Invalid job id, or none where the endpoint requires one (problem+json).", False),
+    "401": ("No account for this call: it must be authenticated (problem+json).", False),
+    "402": ("The account's credits are below the cost of a new job (problem+json).", False),
+    "409": (
+        "The job's first call is still running (retry after Retry-After), or the job "
+        "has served all its calls (problem+json).",
+        True,
+    ),
+    "503": ("The credit store is unavailable (retry after Retry-After; problem+json).", True),
+}
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem document; branch on `code`.",
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {
+            "type": "string",
+            "description": "invalid_job_id, missing_job_id, not_authenticated, "
+            "insufficient_credits, job_in_progress, job_exhausted, store_unavailable, ...",
+        },
+        "retry_after": {"type": "integer"},
+        "balance": {"type": "integer", "nullable": True},
+        "cost": {"type": "integer", "nullable": True},
+        "max_uses": {"type": "integer", "nullable": True},
+    },
+    "required": ["type", "title", "status", "code"],
+}
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The API routes of an app as its OpenAPI schema sees them.
+
+    FastAPI 0.165 keeps an included router as one lazy entry of ``app.routes``
+    and resolves its routes (with the router's prefix and dependencies) into
+    route contexts; older releases copy each route into ``app.routes``.
+    """
+    iter_route_contexts = getattr(fastapi_routing, "iter_route_contexts", None)
+    if iter_route_contexts is None:
+        yield from (route for route in routes if isinstance(route, APIRoute))
+        return
+    for context in iter_route_contexts(list(routes)):
+        if isinstance(context.original_route, APIRoute):
+            yield context
+
+
+def _charging_options(route: Any) -> _Options | None:
+    """The options of the charge a route makes, found on its endpoint (the
+    decorator) or anywhere among its dependencies (router-level ones too)."""
+    found = getattr(route.endpoint, _MARK, None)
+    if isinstance(found, _Options):
+        return found
+    dependant = route.dependant
+    stack = list(dependant.dependencies) if dependant is not None else []
+    while stack:
+        dependant = stack.pop()
+        found = getattr(dependant.call, _MARK, None)
+        if isinstance(found, _Options):
+            return found
+        stack.extend(dependant.dependencies)
+    return None
+
+
+def _installed(request: Request) -> JobCredits:
+    ext = getattr(request.app.state, "jobcredits", None)
+    if not isinstance(ext, JobCredits):
+        raise RuntimeError(
+            "jobcredits: no JobCredits on this app; call JobCredits(ledger).install(app)"
+        )
+    return ext
+
+
+async def _problem_response(request: Request, exc: Exception) -> Response:
+    """Every :class:`JobCreditsError` as the same problem+json document the
+    other adapters send, with ``Retry-After`` where the error has one."""
+    assert isinstance(exc, JobCreditsError)
+    return Response(
+        content=problem_body(exc, instance=request.url.path),
+        status_code=exc.status,
+        headers=exc.headers(),
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+class _ResponseStart:
+    """The ASGI middleware :meth:`JobCredits.install` adds: gives each HTTP
+    request an empty watch, and settles the call a dependency attached to it
+    when the response starts (or refunds it when the app raises first)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        watch = _Watch()
+        scope[_SCOPE_KEY] = watch
+        with isolated():
+            await _run_watched(self.app, scope, receive, send, watch)
+
+
+def charge_credit(
+    cost: int | Callable[[Request], int] = 1,
+    scope: str = "default",
+    tier: str | Callable[[Request], str | None] | None = None,
+    backend: str | Callable[[Request], str | None] | None = None,
+    account: AccountFn | None = None,
+    ledger: Ledger | None = None,
+    on_missing: str | None = None,
+    fail_open: bool | None = None,
+    header: str | None = None,
+) -> Callable[[Request], Coroutine[Any, Any, Charge | None]]:
+    """A dependency that charges the request once per job: ``Depends(charge_credit())``.
+
+    It returns the :class:`~jobcredits_plugin.Charge` (None when the store is
+    down and ``fail_open`` let the call through uncharged), and
+    :func:`jobcredits_plugin.current_charge` returns it too while the request
+    is handled. The charge is confirmed when the response starts with a status
+    below 500 and refunded on a 5xx or when the endpoint raises (an
+    ``HTTPException`` with a 4xx status confirms: the client's mistake was
+    served).
+
+    ``cost``, ``tier`` and ``backend`` are values or callables of the request;
+    ``account``, ``ledger``, ``on_missing``, ``fail_open`` and ``header`` (the
+    job header's name) default to the :class:`JobCredits` settings. The
+    dependency runs alongside FastAPI's validation of the request, so a
+    request answered 422 has been charged, and is confirmed like any 4xx (its
+    job stays open for the follow-ups); the :func:`charges_credit` decorator
+    charges only requests that passed validation.
+    """
+    opts = _options(
+        cost=cost,
+        scope=scope,
+        tier=tier,
+        backend=backend,
+        account=account,
+        ledger=ledger,
+        on_missing=on_missing,
+        fail_open=fail_open,
+        header=header,
+    )
+
+    async def charge_credit_dependency(request: Request) -> Charge | None:
+        call = await _installed(request)._start(request, opts)
+        bind(call)  # for current_charge(); the middleware resets it after the request
+        return call.charge
+
+    cast(Any, charge_credit_dependency).__jobcredits__ = opts
+    return charge_credit_dependency
+
+
+def _is_request(annotation: Any) -> bool:
+    return inspect.isclass(annotation) and issubclass(annotation, Request)
+
+
+def _evaluated_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The endpoint's signature with its annotations evaluated, because the
+    wrapper's globals are this module's, where FastAPI (before 0.1xx unwraps)
+    would evaluate string annotations (``from __future__ import annotations``)."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except NameError:  # a name imported under TYPE_CHECKING only
+        return inspect.signature(fn)
+
+
+def charges_credit(
+    cost: int | Callable[[Request], int] = 1,
+    scope: str = "default",
+    tier: str | Callable[[Request], str | None] | None = None,
+    backend: str | Callable[[Request], str | None] | None = None,
+    account: AccountFn | None = None,
+    ledger: Ledger | None = None,
+    on_missing: str | None = None,
+    fail_open: bool | None = None,
+    header: str | None = None,
+) -> Callable[[F], F]:
+    """Charge an endpoint once per job, without a parameter for it.
+
+    Put it *below* the route decorator (``@app.post(...)`` then
+    ``@charges_credit(...)``); it works on ``async def`` and plain ``def``
+    endpoints (a plain one still runs in FastAPI's threadpool, the charge in
+    the event loop). The endpoint's parameters are kept, so FastAPI validates
+    them as before, and the endpoint runs, charged, only when they are valid.
+    If the endpoint has no ``Request`` parameter, one is added to the
+    signature FastAPI sees (and not passed to the endpoint). Options and
+    outcomes as for :func:`charge_credit`; read the charge with
+    :func:`jobcredits_plugin.current_charge`.
+    """
+    opts = _options(
+        cost=cost,
+        scope=scope,
+        tier=tier,
+        backend=backend,
+        account=account,
+        ledger=ledger,
+        on_missing=on_missing,
+        fail_open=fail_open,
+        header=header,
+    )
+
+    def decorate(endpoint: F) -> F:
+        signature = _evaluated_signature(endpoint)
+        params = list(signature.parameters.values())
+        request_name = next((p.name for p in params if _is_request(p.annotation)), None)
+        added: str | None = None
+        if request_name is None:
+            taken = {p.name for p in params}
+            added = next(
+                n
+                for n in ("request", "jobcredits_request", "_jobcredits_request")
+                if n not in taken
+            )
+            extra = inspect.Parameter(added, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+            at = len(params)
+            if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+                at -= 1
+            params.insert(at, extra)
+        is_async = inspect.iscoroutinefunction(endpoint)
+
+        @functools.wraps(endpoint)
+        async def charged_endpoint(*args: Any, **kwargs: Any) -> Any:
+            if added is not None:
+                request = kwargs.pop(added)
+            else:
+                assert request_name is not None
+                if request_name in kwargs:
+                    request = kwargs[request_name]
+                else:  # called positionally, not by FastAPI
+                    request = signature.bind_partial(*args, **kwargs).arguments[request_name]
+            call = await _installed(request)._start(request, opts)
+            with bound(call):
+                if is_async:
+                    return await endpoint(*args, **kwargs)
+                return await run_in_threadpool(endpoint, *args, **kwargs)
+
+        cast(Any, charged_endpoint).__signature__ = signature.replace(parameters=params)
+        cast(Any, charged_endpoint).__jobcredits__ = opts
+        return cast(F, charged_endpoint)
+
+    return decorate

@@ -1,0 +1,396 @@
+"""The Django decorator on sync function views: DESIGN §2-3, row by row."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+
+from django.test import Client, override_settings
+
+from jobcredits_plugin import Ledger
+from jobcredits_plugin.django import get_ledger
+
+from . import views
+
+
+def new_job() -> str:
+    return str(uuid.uuid4())
+
+
+def post(
+    path: str, job: str | None = None, account: str | None = "acct", client: Client | None = None
+) -> Any:
+    headers = {}
+    if job is not None:
+        headers["X-Job-Id"] = job
+    if account is not None:
+        headers["X-Account"] = account
+    return (client or Client()).post(path, headers=headers)
+
+
+def problem(response: Any) -> dict[str, Any]:
+    assert response["Content-Type"] == "application/problem+json"
+    return json.loads(response.content)
+
+
+def test_first_call_charges_and_follow_up_reuses(dj_ledger: Ledger) -> None:
+    """The first call of a job is charged; the next one with the same id rides free."""
+    dj_ledger.grant("acct", 5)
+    job = new_job()
+    first = post("/charged", job)
+    second = post("/charged", job)
+    assert first.status_code == second.status_code == 200
+    assert first["X-Job-Charge"] == "charged"
+    assert second["X-Job-Charge"] == "reused"
+    assert json.loads(second.content)["uses"] == 2
+    assert first["X-Credits-Remaining"] == second["X-Credits-Remaining"] == "4"
+    assert first["X-Job-Id"] == job
+    assert dj_ledger.balance("acct") == 4
+    record = dj_ledger.lookup("acct", job)
+    assert record is not None
+    assert (record.state, record.uses) == ("charged", 2)
+
+
+def test_view_sees_the_charge_on_the_request_and_as_current_charge(dj_ledger: Ledger) -> None:
+    """request.job_credit is the Charge, the same object current_charge() returns."""
+    dj_ledger.grant("acct", 1)
+    body = json.loads(post("/charged", new_job()).content)  # the view asserts the identity
+    assert body == {
+        "outcome": "charged",
+        "balance": 0,
+        "uses": 1,
+        "scope": "default",
+        "cost": 1,
+        "tier": None,
+        "backend": None,
+    }
+
+
+def test_no_balance_header_when_balances_are_off(jc_settings: Any) -> None:
+    """With balances off only X-Job-Charge and the job id come back."""
+    jc_settings(BALANCES=False)
+    response = post("/charged", "job-1")
+    assert response["X-Job-Charge"] == "charged"
+    assert "X-Credits-Remaining" not in response
+
+
+def test_cost_scope_tier_and_backend_are_recorded(dj_ledger: Ledger) -> None:
+    """cost/scope/tier are values, backend a callable of the request; all land on the record."""
+    dj_ledger.grant("acct", 5)
+    job = new_job()
+    response = post("/priced?backend=whisper", job)
+    assert response.status_code == 200
+    assert response["X-Credits-Remaining"] == "3"
+    record = dj_ledger.lookup("acct", job, scope="summarize")
+    assert record is not None
+    assert (record.cost, record.tier, record.backend) == (2, "gold", "whisper")
+    assert dj_ledger.lookup("acct", job) is None  # another scope, another job
+
+
+def test_pending_first_call_answers_409_with_retry_after(jc_settings: Any) -> None:
+    """While the job's first call is pending, another call gets 409 and Retry-After = lease."""
+    jc_settings(LEASE=5)
+    get_ledger().charge("acct", "job-1")  # a first call still running
+    response = post("/charged", "job-1")
+    assert response.status_code == 409
+    assert response["Retry-After"] == "5"
+    assert problem(response)["code"] == "job_in_progress"
+    assert "X-Job-Charge" not in response
+
+
+def test_duplicate_call_during_the_first_is_refused(dj_ledger: Ledger) -> None:
+    """A real overlap: the view's own first call is pending when a duplicate arrives."""
+    dj_ledger.grant("acct", 5)
+    job = new_job()
+    response = post("/nested", job)
+    assert response.status_code == 200
+    assert json.loads(response.content) == {
+        "inner_status": 409,
+        "inner_retry_after": "60",
+        "inner_code": "job_in_progress",
+    }
+    assert response["X-Job-Charge"] == "charged"
+    assert dj_ledger.balance("acct") == 4
+
+
+def test_lease_over_the_stale_charge_is_refunded_and_taken_over() -> None:
+    """After the lease, the dead first call's charge is refunded and the call charges anew."""
+    job = new_job()
+    views.CLOCKED.charge("lease-acct", job)  # a worker that died mid-call
+    assert post("/clocked", job, account="lease-acct").status_code == 409
+    views.CLOCK.advance(61)
+    response = post("/clocked", job, account="lease-acct")
+    assert response.status_code == 200
+    assert response["X-Job-Charge"] == "charged"
+    kinds = [e.kind for e in views.CLOCKED_EVENTS.events if e.record.job_id == job]
+    assert kinds == ["charge", "refund", "charge"]
+
+
+def test_window_closes_after_ttl_and_the_job_is_charged_again() -> None:
+    """Follow-ups are free for ttl seconds from the charge; afterwards a new charge."""
+    job = new_job()
+    assert post("/clocked", job, account="ttl-acct")["X-Job-Charge"] == "charged"
+    views.CLOCK.advance(3599)
+    assert post("/clocked", job, account="ttl-acct")["X-Job-Charge"] == "reused"
+    views.CLOCK.advance(2)
+    assert post("/clocked", job, account="ttl-acct")["X-Job-Charge"] == "charged"
+
+
+def test_insufficient_credits_answers_402_and_records_nothing(dj_ledger: Ledger) -> None:
+    """Balance below the cost: 402 problem+json with balance and cost, no job recorded."""
+    response = post("/charged", "job-1")
+    assert response.status_code == 402
+    body = problem(response)
+    assert (body["code"], body["balance"], body["cost"], body["status"]) == (
+        "insufficient_credits",
+        0,
+        1,
+        402,
+    )
+    assert body["instance"] == "/charged"
+    assert dj_ledger.lookup("acct", "job-1") is None
+
+
+def test_job_exhausted_after_max_uses(jc_settings: Any) -> None:
+    """MAX_USES counts the charging call; the next call gets 409 job_exhausted, no Retry-After."""
+    jc_settings(MAX_USES=2)
+    assert post("/charged", "job-1").status_code == 200
+    assert post("/charged", "job-1").status_code == 200
+    response = post("/charged", "job-1")
+    assert response.status_code == 409
+    assert problem(response)["code"] == "job_exhausted"
+    assert "Retry-After" not in response
+
+
+def test_anonymous_call_answers_401(dj_ledger: Ledger) -> None:
+    """No account (the account callable returned None): 401, nothing recorded."""
+    response = post("/charged", "job-1", account=None)
+    assert response.status_code == 401
+    assert problem(response)["code"] == "not_authenticated"
+    assert dj_ledger.snapshot() == []
+
+
+def test_decorator_account_overrides_the_settings_one(dj_ledger: Ledger) -> None:
+    """account= on the decorator replaces JOBCREDITS['ACCOUNT']."""
+    dj_ledger.grant("from-query", 1)
+    response = Client().post("/query-account?acct=from-query", headers={"X-Job-Id": "j"})
+    assert response.status_code == 200
+    assert dj_ledger.lookup("from-query", "j") is not None
+
+
+def test_invalid_job_id_answers_400(dj_ledger: Ledger) -> None:
+    """A job id outside [A-Za-z0-9._:-]{1,128}: 400 invalid_job_id, nothing recorded."""
+    response = post("/charged", "not a valid id!")
+    assert response.status_code == 400
+    assert problem(response)["code"] == "invalid_job_id"
+    assert dj_ledger.snapshot() == []
+
+
+def test_missing_job_id_is_charged_as_its_own_job_by_default(dj_ledger: Ledger) -> None:
+    """ON_MISSING "charge": a fresh id is minted, charged and echoed in X-Job-Id."""
+    dj_ledger.grant("acct", 2)
+    response = post("/charged", None)
+    assert response.status_code == 200
+    minted = response["X-Job-Id"]
+    assert uuid.UUID(minted)
+    assert response["X-Job-Charge"] == "charged"
+    assert post("/charged", minted)["X-Job-Charge"] == "reused"
+
+
+def test_missing_job_id_rejected_by_the_decorator(dj_ledger: Ledger) -> None:
+    """on_missing="reject" on the decorator: 400 missing_job_id."""
+    response = post("/reject", None)
+    assert response.status_code == 400
+    assert problem(response)["code"] == "missing_job_id"
+
+
+def test_missing_job_id_rejected_by_settings(jc_settings: Any) -> None:
+    """JOBCREDITS['ON_MISSING'] = "reject" applies to every decorated view."""
+    jc_settings(ON_MISSING="reject")
+    assert problem(post("/charged", None))["code"] == "missing_job_id"
+    assert post("/charged", "job-1").status_code == 200
+
+
+def test_store_down_answers_503_with_retry_after() -> None:
+    """The store unreachable and fail_open off: 503 store_unavailable with Retry-After."""
+    response = post("/down/closed", "job-1")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert problem(response)["code"] == "store_unavailable"
+
+
+def test_store_down_with_fail_open_serves_uncharged() -> None:
+    """fail_open=True: the view runs with request.job_credit None and no X-Job-Charge."""
+    response = post("/down/open", "job-1")
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"outcome": None}
+    assert "X-Job-Charge" not in response
+    assert response["X-Job-Id"] == "job-1"
+
+
+def test_fail_open_from_settings(jc_settings: Any) -> None:
+    """JOBCREDITS['FAIL_OPEN'] applies when the decorator does not say; off means 503."""
+    jc_settings(FAIL_OPEN=True)
+    get_ledger().close()  # the settings store is now unreachable
+    assert post("/charged", "job-1").status_code == 200
+    jc_settings(FAIL_OPEN=False)
+    get_ledger().close()
+    assert post("/charged", "job-1").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("404", 404), ("403", 403), ("bad", 400), ("suspicious", 400)],
+)
+def test_django_4xx_exceptions_confirm_the_charge(
+    dj_ledger: Ledger, kind: str, status: int
+) -> None:
+    """Http404, PermissionDenied, BadRequest, SuspiciousOperation: served, so confirmed."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    response = post(f"/charged?raise={kind}", job)
+    assert response.status_code == status
+    record = dj_ledger.lookup("acct", job)
+    assert record is not None
+    assert record.state == "charged"
+    assert dj_ledger.balance("acct") == 0
+
+
+def test_4xx_response_confirms_the_charge(dj_ledger: Ledger) -> None:
+    """A 4xx answer is the client's mistake, served: the charge stays."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    response = post("/charged?status=422", job)
+    assert response.status_code == 422
+    assert response["X-Job-Charge"] == "charged"
+    assert dj_ledger.lookup("acct", job).state == "charged"  # type: ignore[union-attr]
+
+
+def test_5xx_response_refunds_the_charge(dj_ledger: Ledger) -> None:
+    """A 5xx answer refunds; the header says so and the next call is charged again."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    response = post("/charged?status=503", job)
+    assert response.status_code == 503
+    assert response["X-Job-Charge"] == "refunded"
+    assert response["X-Credits-Remaining"] == "1"
+    assert dj_ledger.lookup("acct", job) is None
+    assert dj_ledger.balance("acct") == 1
+    assert post("/charged", job)["X-Job-Charge"] == "charged"
+
+
+def test_exception_refunds_the_charge(dj_ledger: Ledger) -> None:
+    """Any other exception refunds the charging call, then propagates (Django answers 500)."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    client = Client(raise_request_exception=False)
+    assert post("/charged?raise=boom", job, client=client).status_code == 500
+    assert dj_ledger.lookup("acct", job) is None
+    assert dj_ledger.balance("acct") == 1
+
+
+def test_exception_propagates_to_the_caller(dj_ledger: Ledger) -> None:
+    """The refund does not swallow the exception."""
+    dj_ledger.grant("acct", 1)
+    with pytest.raises(RuntimeError, match="upstream exploded"):
+        post("/charged?raise=boom", "job-1")
+    assert dj_ledger.balance("acct") == 1
+
+
+def test_failed_follow_up_refunds_nothing(dj_ledger: Ledger) -> None:
+    """A follow-up did not pay, so its failure leaves the job's charge alone."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    post("/charged", job)
+    response = post("/charged?status=500", job)
+    assert response["X-Job-Charge"] == "reused"
+    assert dj_ledger.lookup("acct", job) is not None
+    assert dj_ledger.balance("acct") == 0
+
+
+def test_streaming_response_is_confirmed_when_returned(dj_ledger: Ledger) -> None:
+    """The charge is confirmed when the streaming response is returned, before its body."""
+    dj_ledger.grant("acct", 1)
+    job = new_job()
+    response = post("/charged?stream=1", job)
+    assert response["X-Job-Charge"] == "charged"
+    assert dj_ledger.lookup("acct", job).state == "charged"  # type: ignore[union-attr]
+    assert b"".join(response.streaming_content) == b"part1,part2"
+
+
+def test_custom_job_header_per_view(dj_ledger: Ledger) -> None:
+    """header= reads (and echoes) another header; X-Job-Id is then ignored."""
+    dj_ledger.grant("acct", 1)
+    response = Client().post(
+        "/recap", headers={"X-Account": "acct", "X-Recap-Job-Id": "r-1", "X-Job-Id": "other"}
+    )
+    assert response["X-Recap-Job-Id"] == "r-1"
+    assert "X-Job-Id" not in response
+    assert dj_ledger.lookup("acct", "r-1") is not None
+
+
+def test_job_header_from_settings(jc_settings: Any) -> None:
+    """JOBCREDITS['JOB_HEADER'] renames the header for every view."""
+    jc_settings(JOB_HEADER="X-Recap-Job-Id")
+    response = Client().post("/charged", headers={"X-Account": "acct", "X-Recap-Job-Id": "r-2"})
+    assert response["X-Recap-Job-Id"] == "r-2"
+    assert get_ledger().lookup("acct", "r-2") is not None
+
+
+def test_ledger_override_charges_that_ledger(dj_ledger: Ledger) -> None:
+    """ledger= on the decorator charges that ledger, not get_ledger()'s."""
+    job = new_job()
+    response = post("/other", job)
+    assert response.status_code == 200
+    assert views.OTHER.lookup("acct", job) is not None
+    assert dj_ledger.lookup("acct", job) is None
+
+
+def test_settings_change_gives_a_fresh_ledger(jc_settings: Any) -> None:
+    """override_settings(JOBCREDITS=...) rebuilds the ledger views charge."""
+    jc_settings()
+    post("/charged", "job-1")
+    with override_settings(
+        JOBCREDITS={"ACCOUNT": "tests.integrations.django.views.account_from_header"}
+    ):
+        assert post("/charged", "job-1")["X-Job-Charge"] == "charged"
+    assert post("/charged", "job-1")["X-Job-Charge"] == "charged"  # the first ledger was closed
+
+
+def test_decorating_a_method_directly_says_to_use_method_decorator() -> None:
+    """A method decorated without method_decorator gets a TypeError naming the fix."""
+    from jobcredits_plugin.django import charges_credit
+
+    class Wrong:
+        @charges_credit()
+        def post(self, request: Any) -> None:
+            raise AssertionError("not reached")
+
+    with pytest.raises(TypeError, match="method_decorator"):
+        Wrong().post(object())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scope": "no spaces"}, "scope"),
+        ({"cost": -1}, "cost"),
+        ({"on_missing": "ignore"}, "on_missing"),
+        ({"header": "X Job"}, "header"),
+        ({"ledger": "memory://"}, "Ledger"),
+        ({"account": "user.pk"}, "callable"),
+        ({"fail_open": "yes"}, "fail_open"),
+    ],
+)
+def test_bad_decorator_arguments_fail_at_decoration(kwargs: dict[str, Any], match: str) -> None:
+    """Mistakes in the decorator's arguments raise at import time, not at the first request."""
+    from jobcredits_plugin import InvalidArgument
+    from jobcredits_plugin.django import charges_credit
+
+    with pytest.raises(InvalidArgument, match=match):
+        charges_credit(**kwargs)

@@ -1,0 +1,35 @@
+"""URLs of the Django adapter tests (see views.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("charged", views.charged),
+    path("priced", views.priced),
+    path("reject", views.reject_missing),
+    path("recap", views.recap),
+    path("other", views.other_ledger),
+    path("clocked", views.clocked),
+    path("down/closed", views.down_closed),
+    path("down/open", views.down_open),
+    path("query-account", views.query_account),
+    path("nested", views.nested),
+    path("async/charged", views.acharged),
+    path("async/clocked", views.aclocked),
+    path("async/down/closed", views.adown_closed),
+    path("async/down/open", views.adown_open),
+    path("async/stream", views.astream),
+    path("cbv/dispatch", views.DispatchView.as_view()),
+    path("cbv/handler", views.HandlerView.as_view()),
+    path("cbv/async-handler", views.AsyncHandlerView.as_view()),
+    path("cbv/async-dispatch", views.AsyncDispatchView.as_view()),
+]
+
+if views.HAVE_DRF:
+    urlpatterns += [
+        path("drf/view", views.DrfView.as_view()),
+        path("drf/function", views.drf_function),
+    ]
