@@ -9,6 +9,7 @@ exactly rather than times.
     python benchmarks/run.py                 # the full run (about a minute)
     python benchmarks/run.py --quick         # a smoke run with small sizes
     python benchmarks/run.py --json out.json # also write the figures as JSON
+    python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters
 
 The exit code is 0 even when a target is missed: this is a report, not a test.
 See docs/performance.md for what each figure means and how it is measured.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import linecache
 import math
@@ -73,6 +75,8 @@ class Config:
     sqlite_ops: int = 2_000  # per side and repeat ...
     sqlite_chunk: int = 250  # ... timed in chunks of this many, sides alternating
     sqlite_repeats: int = 9
+    # (d) web adapters (benchmarks/adapters.py and friends): their own sizes
+    adapters_quick: bool = False
 
     @classmethod
     def full(cls) -> Config:
@@ -91,6 +95,7 @@ class Config:
             sqlite_ops=300,
             sqlite_chunk=100,
             sqlite_repeats=3,
+            adapters_quick=True,
         )
 
     def with_jobs(self, jobs: int) -> Config:
@@ -723,8 +728,67 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------
+# (d) The web adapters
+# --------------------------------------------------------------------------------------
+
+#: Modules next to this file that measure an adapter against the framework's
+#: usual extension, each exposing ``run(quick: bool) -> list[dict]`` (rows with
+#: ``name``, ``figure``, ``unit``, and optionally ``key``, ``op``, ``target``,
+#: ``details``). A module whose framework is not installed is skipped.
+ADAPTER_MODULES = ("adapters", "fastapi_bench")
+
+
+def _load_sibling(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` by path: this file may itself have been
+    loaded by path (the smoke test), with ``benchmarks/`` not on sys.path."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f"jobcredits_benchmarks_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
+def bench_adapters(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    figures: list[Figure] = []
+    for name in ADAPTER_MODULES:
+        try:
+            module = _load_sibling(name)
+        except ImportError as exc:
+            log(f"(d) {name}: skipped ({exc})")
+            continue
+        if module is None:
+            continue
+        rows = module.run(quick=cfg.adapters_quick)
+        for row in rows:
+            key = row.get("key") or f"{name}_" + "_".join(
+                "".join(c if c.isalnum() else " " for c in row["name"].lower()).split()
+            )
+            figures.append(
+                Figure(
+                    key,
+                    row["name"],
+                    float(row["figure"]),
+                    row["unit"],
+                    row.get("op"),
+                    row.get("target"),
+                    {**row.get("details", {}), "section": "adapters", "module": name},
+                )
+            )
+    return figures
+
+
 #: The benchmarks by name, for ``--only``.
-BENCHMARKS = ("time", "bytes", "sqlite")
+BENCHMARKS = ("time", "bytes", "sqlite", "adapters")
 
 
 def run(
@@ -742,6 +806,8 @@ def run(
         figures += mem_figures
     if "sqlite" in only:
         figures += bench_sqlite(cfg, log)
+    if "adapters" in only:
+        figures += bench_adapters(cfg, log)
     return Report(cfg, figures, breakdown, time.perf_counter() - t0)
 
 
@@ -759,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         choices=BENCHMARKS,
-        help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c)",
+        help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), adapters (d)",
     )
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config.full()

@@ -47,11 +47,14 @@ def test_quick_run_produces_every_figure(bench: ModuleType, tmp_path: Path) -> N
     assert bench.main(["--quick", "--jobs", "200", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     figures = {f["key"]: f for f in data["figures"]}
-    assert set(figures) == EXPECTED
+    # The adapter figures (section (d)) depend on which frameworks are installed.
+    core = {k for k, f in figures.items() if f["details"].get("section") != "adapters"}
+    assert core == EXPECTED
     for key, figure in figures.items():
         value = figure["value"]
         assert isinstance(value, float), key
         assert math.isfinite(value), key
-        assert value > 0, key
+        if key in core:  # a tiny, noisy adapter run may even measure a negative overhead
+            assert value > 0, key
         assert figure["status"] in {"PASS", "MISS", "info"}, key
     assert data["memory_breakdown"], "tracemalloc found no allocation held by the jobs"

@@ -50,6 +50,44 @@ class JobRecord:
     lease_until: float = 0.0
     debited: int = 0
 
+    def with_state(self, state: JobState) -> JobRecord:
+        """This record in another state. Spelled out rather than
+        ``attrs.evolve``, which introspects the class on every call: this runs
+        on every confirm and refund."""
+        return JobRecord(
+            self.account,
+            self.scope,
+            self.job_id,
+            self.charge_id,
+            state,
+            self.cost,
+            self.tier,
+            self.backend,
+            self.charged_at,
+            self.expires_at,
+            self.uses,
+            self.lease_until,
+            self.debited,
+        )
+
+    def used_once_more(self) -> JobRecord:
+        """This record with one more call served (a reuse)."""
+        return JobRecord(
+            self.account,
+            self.scope,
+            self.job_id,
+            self.charge_id,
+            self.state,
+            self.cost,
+            self.tier,
+            self.backend,
+            self.charged_at,
+            self.expires_at,
+            self.uses + 1,
+            self.lease_until,
+            self.debited,
+        )
+
     @property
     def key(self) -> tuple[str, str, str]:
         """The job key ``(account, scope, job_id)``."""

@@ -32,6 +32,7 @@ from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
     Route,
+    bound,
     compile_routes,
     match_route,
     problem_body,
@@ -160,13 +161,16 @@ class JobCreditsMiddleware:
         ) -> Callable[[bytes], object]:
             try:
                 code: int | None = int(status.split(None, 1)[0])
-            except ValueError:
+            except (ValueError, IndexError):  # a malformed status line: not a success
                 code = None
             call.finish(code)  # the response starts: its status decides
             return start_response(status, [*headers, *call.headers(job_header)], exc_info)
 
         try:
-            body = self.app(environ, charged_start_response)
+            # The app (unless it defers its work to the body's iteration) sees
+            # its Charge through current_charge(), as a decorated function does.
+            with bound(call):
+                body = self.app(environ, charged_start_response)
         except BaseException:
             call.finish(None)
             raise

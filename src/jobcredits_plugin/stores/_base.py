@@ -137,7 +137,7 @@ def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> C
                 )
             # The worker died or overran its lease: refund its charge, then
             # this call takes the job over as a new charge.
-            events.append(Event("refund", attrs.evolve(existing, state=REFUNDED)))
+            events.append(Event("refund", existing.with_state(REFUNDED)))
             delta += existing.debited
             settled = True
         elif existing.state == CHARGED and now < existing.expires_at:
@@ -148,7 +148,7 @@ def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> C
                     delete=False,
                     balance_delta=0,
                 )
-            reused = attrs.evolve(existing, uses=existing.uses + 1)
+            reused = existing.used_once_more()
             return ClaimPlan(
                 ClaimResult(
                     "reused", reused, balance if req.balances else None, (Event("reuse", reused),)
@@ -209,7 +209,7 @@ def plan_confirm(
     if existing is None or (charge_id is not None and existing.charge_id != charge_id):
         return None, False
     if existing.state == PENDING:
-        return attrs.evolve(existing, state=CHARGED), True
+        return existing.with_state(CHARGED), True
     if existing.is_live(now):
         return existing, False
     return None, False
@@ -222,7 +222,7 @@ def plan_refund(existing: JobRecord | None, charge_id: str | None, now: float) -
         return None
     if not existing.is_live(now):
         return None
-    return Event("refund", attrs.evolve(existing, state=REFUNDED))
+    return Event("refund", existing.with_state(REFUNDED))
 
 
 def plan_settle(existing: JobRecord, now: float) -> Event | None:
@@ -230,7 +230,7 @@ def plan_settle(existing: JobRecord, now: float) -> Event | None:
     pending charge, or leave it (None)."""
     if existing.state == PENDING:
         if now >= existing.lease_until:
-            return Event("refund", attrs.evolve(existing, state=REFUNDED))
+            return Event("refund", existing.with_state(REFUNDED))
         return None
     if existing.state == REFUNDED:  # stores delete these at once; never report twice
         return None

@@ -1,0 +1,84 @@
+"""The quickstart app of docs/flask.md: a paid "summarize" API, charged once per job.
+
+Run it on the in-memory ledger (demo accounts get their credits at start)::
+
+    flask --app examples.flask_app run
+    curl -X POST localhost:5000/v1/summarize -H "X-Api-Key: key-ada" \\
+         -H "X-Job-Id: 3f2c9a4e-0d7b-4c55-9e0e-6b1f4f0d2a11" -d '{"text": "..."}'
+
+or on a SQLite file shared by several worker processes (grant the credits with
+the CLI first: a shared store is loaded once, not by every worker at start)::
+
+    export JOBCREDITS_URL=sqlite:///jobs.db
+    flask --app examples.flask_app jobcredits grant acct-ada 100
+    gunicorn -w 2 'examples.flask_app:create_app()'
+
+The first call of a job answers ``X-Job-Charge: charged``, its follow-ups
+``reused``; ``?fail=1`` makes the call answer 502, which refunds its charge.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flask import Flask, Request, request
+
+from jobcredits_plugin.flask import JobCredits, charges_credit, get_ledger, job_credit
+
+#: API keys and the accounts they belong to. A real app looks the key up in its
+#: user database; what matters is that the account comes from authentication,
+#: never from a header in which the client could name someone else's account.
+API_KEYS = {"key-ada": "acct-ada", "key-bob": "acct-bob"}
+
+#: Credits the demo accounts start with on the in-memory ledger.
+DEMO_CREDITS = {"acct-ada": 100, "acct-bob": 3}
+
+
+def account_from_api_key(req: Request) -> str | None:
+    """The account that pays for this request; None answers 401."""
+    return API_KEYS.get(req.headers.get("X-Api-Key", ""))
+
+
+def create_app(url: str | None = None) -> Flask:
+    """The app factory (``flask --app examples.flask_app`` and gunicorn call it).
+
+    ``url`` (default: the ``JOBCREDITS_URL`` environment variable, then
+    ``memory://``) names the ledger's store.
+    """
+    app = Flask(__name__)
+    app.config.update(
+        JOBCREDITS_URL=url or os.environ.get("JOBCREDITS_URL", "memory://"),
+        JOBCREDITS_BALANCES=True,
+        JOBCREDITS_ACCOUNT=account_from_api_key,
+    )
+    JobCredits(app)
+    # Stands in for the upstream model's latency (the real-server test sets it
+    # so that the calls of a job overlap across the worker processes).
+    latency = float(os.environ.get("SUMMARIZE_LATENCY", "0"))
+    if app.config["JOBCREDITS_URL"].startswith("memory://"):
+        # A fresh in-memory ledger per process: give the demo accounts their
+        # credits. A shared store is granted once, with `flask jobcredits grant`.
+        ledger = get_ledger(app)
+        for account, credits in DEMO_CREDITS.items():
+            ledger.grant(account, credits)
+
+    @app.post("/v1/summarize")
+    @charges_credit(cost=1, scope="summarize", tier=lambda r: r.args.get("tier", "standard"))
+    def summarize() -> Any:
+        charge = job_credit()  # None only when the store is down and fail-open is on
+        if request.args.get("fail"):
+            # The upstream model failed: a 5xx answer refunds the job's charge,
+            # so the client's retry with the same job id is charged again.
+            return {"error": "the upstream model failed"}, 502
+        time.sleep(latency)
+        text = str((request.get_json(silent=True) or {}).get("text", ""))
+        return {
+            "summary": text[:80],
+            "charge": charge.outcome if charge else None,
+            "tier": charge.record.tier if charge else None,
+            "credits_left": charge.balance if charge else None,
+        }
+
+    return app

@@ -1,0 +1,541 @@
+"""Flask adapter: charge a view once per job, configured from ``app.config``.
+
+::
+
+    from flask import Flask
+    from jobcredits_plugin.flask import JobCredits, charges_credit, job_credit
+
+    app = Flask(__name__)
+    app.config["JOBCREDITS_URL"] = "sqlite:///jobs.db"
+    app.config["JOBCREDITS_ACCOUNT"] = "myapp.auth:account_of"  # a callable of flask.request
+    JobCredits(app)
+
+    @app.post("/v1/summarize")
+    @charges_credit(cost=1, scope="summarize")
+    def summarize():
+        return {"outcome": job_credit().outcome}
+
+The extension keeps its state on the app (``app.extensions["jobcredits"]``),
+so one ``JobCredits()`` object serves any number of apps built by a factory,
+each with its own ledger. Everything with a billing consequence (charge,
+confirm or refund by the outcome, the response headers, the problem+json
+body) comes from ``jobcredits_plugin._web``, shared with every other
+adapter; this module only reads Flask's request and writes Flask's response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar, cast
+
+import attrs
+
+try:
+    import click
+    import flask
+    from flask.cli import AppGroup
+    from werkzeug.exceptions import HTTPException
+except ImportError as exc:  # tested by hiding flask from sys.modules
+    raise ImportError(
+        'jobcredits_plugin.flask needs Flask: pip install "jobcredits-plugin[flask]"'
+    ) from exc
+
+from ._decorator import _check_on_missing, current_charge
+from ._decorator import header as _header
+from ._errors import InvalidArgument, JobCreditsError
+from ._ledger import Ledger
+from ._records import Charge
+from ._validation import check_cost, check_scope
+from ._web import (
+    DEFAULT_JOB_HEADER,
+    JobCall,
+    afinish_raised,
+    astart_call,
+    bound,
+    problem_body,
+    problem_headers,
+    resolve,
+    start_call,
+)
+from .cli import _iso, _table
+
+__all__ = [
+    "JobCredits",
+    "JobCreditsState",
+    "charges_credit",
+    "cli",
+    "get_ledger",
+    "get_state",
+    "job_credit",
+    "problem_response",
+]
+
+#: The key of the adapter's state in ``app.extensions``.
+EXTENSION_KEY = "jobcredits"
+#: Where the current request's ``JobCall`` is kept in the WSGI environ, so
+#: that code running after the view (``after_request`` functions, error
+#: handlers, a streamed body under ``stream_with_context``) still finds the
+#: request's charge. The environ, not ``flask.g``: a request nested in another
+#: one of the same app (a test client called from a view) shares its ``g``.
+_CALL_KEY = "jobcredits.call"
+
+#: What ``app.config`` holds before the app says otherwise.
+DEFAULTS: Mapping[str, Any] = {
+    "JOBCREDITS_URL": "memory://",
+    "JOBCREDITS_TTL": 3600.0,
+    "JOBCREDITS_LEASE": 60.0,
+    "JOBCREDITS_BALANCES": False,
+    "JOBCREDITS_MAX_USES": None,
+    "JOBCREDITS_JOB_HEADER": DEFAULT_JOB_HEADER,
+    "JOBCREDITS_ACCOUNT": None,
+    "JOBCREDITS_ON_MISSING": "charge",
+    "JOBCREDITS_FAIL_OPEN": False,
+}
+
+AccountFunc = Callable[[flask.Request], "str | None"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# One reader per header name: the same few names are read on every request,
+# and building the reader validates the name once.
+_reader = functools.lru_cache(maxsize=64)(_header)
+
+
+@attrs.define(slots=True)
+class JobCreditsState:
+    """What the adapter keeps on one app, as ``app.extensions["jobcredits"]``.
+
+    Kept on the app rather than on the :class:`JobCredits` object so that
+    several apps (tests, an app factory) never share a ledger by accident.
+    The decorator reads it on each request, so a test may swap a field.
+    """
+
+    ledger: Ledger
+    account: AccountFunc | None = None
+    job_header: str = DEFAULT_JOB_HEADER
+    on_missing: str = "charge"
+    fail_open: bool = False
+
+
+# -- configuration ------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _flag(key: str, value: Any) -> bool:
+    """A boolean config value, also when it came from an environment string
+    ("0" must not turn fail-open on)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidArgument(f"{key} must be a boolean, not {value!r}")
+
+
+def _number(key: str, value: Any) -> Any:
+    """Seconds from config: numbers pass, numeric strings are converted; the
+    ledger checks the range."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise InvalidArgument(f"{key} must be a number of seconds, not {value!r}") from None
+    return value
+
+
+def _max_uses(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value.strip() or value.strip().lower() == "none":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidArgument(f"JOBCREDITS_MAX_USES must be an int, not {value!r}") from None
+    return value
+
+
+def _import_account(value: Any, key: str) -> AccountFunc | None:
+    """The account callable from a callable or a dotted path (``pkg.mod:func``
+    or ``pkg.mod.func``), imported at startup so that a typo fails the deploy
+    rather than every request."""
+    if value is None or callable(value):
+        return cast("AccountFunc | None", value)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(f"{key} must be a callable or a dotted path to one, not {value!r}")
+    path = value.strip()
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    try:
+        target: Any = importlib.import_module(module_name) if module_name else None
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidArgument(f"{key}: cannot import {path!r} ({exc})") from exc
+    if not callable(target):
+        raise InvalidArgument(f"{key}: {path!r} is not callable")
+    return cast(AccountFunc, target)
+
+
+# -- the extension ------------------------------------------------------------------
+
+
+class JobCredits:
+    """The Flask extension: one ledger per app, the error handler, the CLI.
+
+    :param app: the app to set up now; or call :meth:`init_app` later (the
+        app factory pattern).
+    :param ledger: a ledger to use instead of one built from
+        ``JOBCREDITS_URL`` (the ledger's own options, ``JOBCREDITS_TTL`` and
+        the like, are then ignored). Every app this object is set up on
+        shares it.
+    :param account: the account callable, instead of ``JOBCREDITS_ACCOUNT``.
+
+    The extension object holds only these defaults; each app's state lives
+    in ``app.extensions["jobcredits"]`` (a :class:`JobCreditsState`).
+    """
+
+    def __init__(
+        self,
+        app: flask.Flask | None = None,
+        ledger: Ledger | None = None,
+        *,
+        account: AccountFunc | str | None = None,
+    ) -> None:
+        if ledger is not None and not isinstance(ledger, Ledger):
+            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+        self._ledger = ledger
+        self._account = _import_account(account, "account")
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: flask.Flask, *, ledger: Ledger | None = None) -> JobCreditsState:
+        """Set up ``app``: read its config, build (or take) its ledger,
+        register the problem+json error handler and the ``flask jobcredits``
+        commands. ``ledger`` here wins over the constructor's, which wins
+        over ``JOBCREDITS_URL``. Returns the app's state."""
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        cfg = app.config
+        job_header = cfg["JOBCREDITS_JOB_HEADER"]
+        _reader(job_header)  # validates the header name
+        on_missing = cfg["JOBCREDITS_ON_MISSING"]
+        _check_on_missing(on_missing)
+        account = self._account or _import_account(cfg["JOBCREDITS_ACCOUNT"], "JOBCREDITS_ACCOUNT")
+        fail_open = _flag("JOBCREDITS_FAIL_OPEN", cfg["JOBCREDITS_FAIL_OPEN"])
+        chosen = ledger if ledger is not None else self._ledger
+        if chosen is None:
+            chosen = Ledger.from_url(
+                cfg["JOBCREDITS_URL"],
+                ttl=_number("JOBCREDITS_TTL", cfg["JOBCREDITS_TTL"]),
+                lease=_number("JOBCREDITS_LEASE", cfg["JOBCREDITS_LEASE"]),
+                balances=_flag("JOBCREDITS_BALANCES", cfg["JOBCREDITS_BALANCES"]),
+                max_uses=_max_uses(cfg["JOBCREDITS_MAX_USES"]),
+            )
+        elif not isinstance(chosen, Ledger):
+            raise InvalidArgument(f"ledger must be a Ledger, not {type(chosen).__name__}")
+        state = JobCreditsState(
+            ledger=chosen,
+            account=account,
+            job_header=job_header,
+            on_missing=on_missing,
+            fail_open=fail_open,
+        )
+        app.extensions[EXTENSION_KEY] = state
+        app.register_error_handler(JobCreditsError, problem_response)
+        app.cli.add_command(cli)
+        return state
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger of the current app (needs an app context)."""
+        return get_ledger()
+
+
+def get_state(app: flask.Flask | None = None) -> JobCreditsState:
+    """The adapter's state on ``app`` (default: the current app)."""
+    app = app if app is not None else flask.current_app
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise RuntimeError(
+            f"jobcredits is not set up on app {app.name!r}: call JobCredits(app) "
+            "or JobCredits().init_app(app) first"
+        )
+    return cast(JobCreditsState, state)
+
+
+def get_ledger(app: flask.Flask | None = None) -> Ledger:
+    """The ledger of ``app`` (default: the current app), for code outside a
+    decorated view: granting credits, a snapshot in an admin view, tests."""
+    return get_state(app).ledger
+
+
+def problem_response(err: JobCreditsError) -> flask.Response:
+    """The RFC 9457 answer to a :class:`~jobcredits_plugin.JobCreditsError` (the error handler
+    :meth:`JobCredits.init_app` registers; an app may register its own)."""
+    instance = flask.request.path if flask.has_request_context() else None
+    return flask.Response(
+        problem_body(err, instance=instance), status=err.status, headers=problem_headers(err)
+    )
+
+
+def job_credit() -> Charge | None:
+    """The :class:`~jobcredits_plugin.Charge` of the current request.
+
+    Inside a decorated view it is :func:`jobcredits_plugin.current_charge`;
+    unlike that, it still answers after the view returned, for the rest of the
+    request (``after_request`` functions, error handlers, a body streamed
+    with ``flask.stream_with_context``). None outside a charged request,
+    and when the store was down and ``fail_open`` let the call through.
+    """
+    if flask.has_request_context():
+        call: JobCall | None = flask.request.environ.get(_CALL_KEY)
+        if call is not None:
+            return call.charge
+    return current_charge()
+
+
+# -- the decorator ------------------------------------------------------------------
+
+
+def _http_status(exc: HTTPException) -> int | None:
+    """The status an HTTP exception answers with (``abort(response)`` carries
+    its own); None, a failure, for one without a code."""
+    if exc.response is not None:
+        return exc.response.status_code
+    return exc.code
+
+
+def _put_headers(response: flask.Response, call: JobCall, job_header: str) -> flask.Response:
+    headers = response.headers
+    for name, value in call.headers(job_header):
+        headers[name] = value
+    return response
+
+
+def _headers_later(call: JobCall, job_header: str) -> None:
+    """The view raised: the response (an error page, a problem document) is
+    built later by an error handler, so put the call's headers on it then."""
+    flask.after_this_request(lambda response: _put_headers(response, call, job_header))
+
+
+def charges_credit(
+    cost: int | Callable[[flask.Request], int] = 1,
+    scope: str = "default",
+    tier: str | Callable[[flask.Request], str | None] | None = None,
+    backend: str | Callable[[flask.Request], str | None] | None = None,
+    account: AccountFunc | None = None,
+    ledger: Ledger | None = None,
+    on_missing: str | None = None,
+    fail_open: bool | None = None,
+    header: str | None = None,
+) -> Callable[[F], F]:
+    """Charge each call of a Flask view once per job.
+
+    :param cost: credits a new job costs; an int or a callable of the request.
+    :param scope: the product whose calls share jobs.
+    :param tier: recorded with the charge (a value or a callable of the
+        request); follow-ups read what the first call paid for.
+    :param backend: like ``tier``.
+    :param account: the account callable for this view, instead of the app's.
+    :param ledger: a ledger for this view, instead of the app's.
+    :param on_missing: ``"charge"`` or ``"reject"`` a call without a job id
+        (default: ``JOBCREDITS_ON_MISSING``).
+    :param fail_open: let calls through uncharged while the store is down
+        (default: ``JOBCREDITS_FAIL_OPEN``).
+    :param header: the job id header for this view (default:
+        ``JOBCREDITS_JOB_HEADER``).
+
+    The view's return value is turned into a response at once, and its
+    status settles the charge before the body is sent: 5xx refunds, anything
+    else confirms, so a long streamed body cannot outlast the lease. An
+    exception refunds, except a werkzeug ``HTTPException`` below 500 (the
+    client's mistake was served). Works on ``async def`` views as well.
+    """
+    check_scope(scope)
+    if not callable(cost):
+        check_cost(cost)
+    if on_missing is not None:
+        _check_on_missing(on_missing)
+    if header is not None:
+        _reader(header)
+    if ledger is not None and not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+    if account is not None and not callable(account):
+        raise InvalidArgument("account must be a callable of the Flask request")
+
+    def prepare() -> tuple[Ledger, dict[str, Any], str]:
+        state = get_state()
+        req = flask.request._get_current_object()  # type: ignore[attr-defined]
+        account_of = account if account is not None else state.account
+        if account_of is None:
+            raise RuntimeError(
+                "jobcredits needs to know who pays: set JOBCREDITS_ACCOUNT (a callable "
+                "of flask.request) or pass account= to charges_credit"
+            )
+        job_header = header if header is not None else state.job_header
+        params = {
+            "account": account_of(req),
+            "job_id": _reader(job_header)(req),
+            "scope": scope,
+            "cost": resolve(cost, req),
+            "tier": resolve(tier, req),
+            "backend": resolve(backend, req),
+            "on_missing": on_missing if on_missing is not None else state.on_missing,
+            "fail_open": fail_open if fail_open is not None else state.fail_open,
+        }
+        return (ledger if ledger is not None else state.ledger), params, job_header
+
+    def decorate(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> flask.Response:
+                chosen, params, job_header = prepare()
+                call = await astart_call(chosen, **params)
+                flask.request.environ[_CALL_KEY] = call
+                with bound(call):
+                    try:
+                        response = flask.make_response(await view(*args, **kwargs))
+                    except HTTPException as exc:
+                        await call.afinish(_http_status(exc))
+                        _headers_later(call, job_header)
+                        raise
+                    except BaseException as exc:  # cancelled included
+                        await afinish_raised(call, exc)
+                        _headers_later(call, job_header)
+                        raise
+                await call.afinish(response.status_code)
+                return _put_headers(response, call, job_header)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> flask.Response:
+            chosen, params, job_header = prepare()
+            call = start_call(chosen, **params)
+            flask.request.environ[_CALL_KEY] = call
+            with bound(call):
+                try:
+                    response = flask.make_response(view(*args, **kwargs))
+                except HTTPException as exc:
+                    call.finish(_http_status(exc))
+                    _headers_later(call, job_header)
+                    raise
+                except BaseException:
+                    call.finish(None)
+                    _headers_later(call, job_header)
+                    raise
+            call.finish(response.status_code)
+            return _put_headers(response, call, job_header)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+# -- the CLI ------------------------------------------------------------------------
+
+cli = AppGroup(
+    "jobcredits",
+    help="Inspect and settle this app's job credits ledger (JOBCREDITS_URL).",
+)
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A ledger error as one line on stderr and exit status 1, like the
+    ``jobcredits`` command, instead of a traceback."""
+    try:
+        yield
+    except JobCreditsError as err:
+        raise click.ClickException(err.detail) from err
+
+
+@cli.command("snapshot")
+@click.option("--json", "as_json", is_flag=True, help="Print every live job as a JSON array.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Rows of the table.",
+)
+def _snapshot_command(as_json: bool, limit: int) -> None:
+    """List the live jobs."""
+    with _reported():
+        records = get_ledger().snapshot()
+    if as_json:
+        click.echo(json.dumps([attrs.asdict(r) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no live jobs")
+        return
+    shown = records[:limit]
+    headers = ("account", "scope", "job_id", "state", "cost", "uses", "charged_at", "expires_at")
+    rows = [
+        (
+            r.account,
+            r.scope,
+            r.job_id,
+            r.state,
+            r.cost,
+            r.uses,
+            _iso(r.charged_at),
+            _iso(r.expires_at),
+        )
+        for r in shown
+    ]
+    if shown:
+        for line in _table(headers, rows, left=4):
+            click.echo(line)
+    if len(records) > len(shown):
+        click.echo(f"… and {len(records) - len(shown)} more")
+
+
+@cli.command("prune")
+def _prune_command() -> None:
+    """Remove expired jobs and refund first calls whose lease ran out."""
+    with _reported():
+        removed = get_ledger().prune()
+    refunded = sum(1 for r in removed if r.state == "refunded")
+    click.echo(f"expired {len(removed) - refunded}, refunded {refunded}")
+
+
+@cli.command("grant")
+@click.argument("account")
+@click.argument("amount", metavar="N", type=int)
+def _grant_command(account: str, amount: int) -> None:
+    """Add N credits to ACCOUNT and print the new balance.
+
+    A negative N takes credits away (write -- before it: grant -- ACCOUNT -5).
+    """
+    with _reported():
+        click.echo(str(get_ledger().grant(account, amount)))
+
+
+@cli.command("balance")
+@click.argument("account")
+def _balance_command(account: str) -> None:
+    """Print ACCOUNT's balance."""
+    ledger = get_ledger()
+    with _reported():
+        balance = ledger.balance(account)
+        if balance is None:
+            # Balances are off for this app, but grants are stored all the
+            # same (so they can be loaded before switching them on): show
+            # the stored figure, and say that nothing enforces it.
+            balance = Ledger(ledger.store, balances=True, clock=ledger.clock).balance(account)
+            click.echo(
+                "note: balances are off for this app (JOBCREDITS_BALANCES); "
+                "this figure is stored, not enforced",
+                err=True,
+            )
+    click.echo(str(balance))
