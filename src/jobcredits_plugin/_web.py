@@ -17,11 +17,12 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
-from ._decorator import _current, abegin, afinish, begin, finish, identify
+from ._decorator import _check_on_missing as check_on_missing
+from ._decorator import _current, abegin, afinish, begin, finish, header, identify
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
@@ -327,6 +328,67 @@ def compile_routes(
                 check_label(label, options[label])
         compiled.append(Route(path=m["path"], methods=methods, **options))
     return tuple(compiled)
+
+
+AppT = TypeVar("AppT")
+
+
+class RoutedMiddleware(Generic[AppT]):
+    """What the WSGI and ASGI middleware share: their settings, checked once at
+    startup, and the per-request choice of route and charge options. They
+    differ only in how a request arrives and a response leaves."""
+
+    def __init__(
+        self,
+        app: AppT,
+        ledger: Ledger,
+        routes: Mapping[str, Any] | Sequence[Route],
+        *,
+        account: Callable[..., Any],
+        job_header: str,
+        on_missing: str,
+        fail_open: bool,
+        request_kind: str,
+    ) -> None:
+        if not isinstance(ledger, Ledger):
+            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+        if not callable(account):
+            raise InvalidArgument(f"account must be a callable of the {request_kind}")
+        check_on_missing(on_missing)
+        self.app = app
+        self.ledger = ledger
+        self.routes = compile_routes(routes)
+        for route in self.routes:
+            if route.on_missing is not None:
+                check_on_missing(route.on_missing)
+        self.account = account
+        self.job_header = job_header
+        self.on_missing = on_missing
+        self.fail_open = fail_open
+        self._readers = {
+            name: header(name)
+            for name in {job_header, *(r.header for r in self.routes if r.header)}
+        }
+
+    def _route(self, method: str, path: str) -> tuple[Route, str] | None:
+        """The route a request falls under and the job header it reads, or None
+        for a request to pass through untouched."""
+        route = match_route(self.routes, method, path)
+        if route is None:
+            return None
+        return route, route.header or self.job_header
+
+    def _charge_options(self, route: Route, job_header: str, request: Any) -> dict[str, Any]:
+        """The arguments of :func:`start_call` other than the account."""
+        return {
+            "job_id": self._readers[job_header](request),
+            "scope": route.scope,
+            "cost": resolve(route.cost, request),
+            "tier": resolve(route.tier, request),
+            "backend": resolve(route.backend, request),
+            "on_missing": route.on_missing or self.on_missing,
+            "fail_open": self.fail_open,
+        }
 
 
 def match_route(routes: Sequence[Route], method: str, path: str) -> Route | None:

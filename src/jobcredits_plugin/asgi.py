@@ -27,21 +27,18 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ._decorator import _check_on_missing, header
-from ._errors import InvalidArgument, JobCreditsError
+from ._errors import JobCreditsError
 from ._ledger import Ledger
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
     Route,
+    RoutedMiddleware,
     afinish_raised,
     astart_call,
     bound,
-    compile_routes,
-    match_route,
     problem_body,
     problem_headers,
-    resolve,
 )
 
 __all__ = ["JobCreditsMiddleware"]
@@ -143,7 +140,7 @@ async def _run_watched(
         await watch.call.afinish(None)  # returned without answering: nothing was served
 
 
-class JobCreditsMiddleware:
+class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
     """Charge the HTTP requests that match ``routes`` once per job.
 
     :param app: the ASGI application to wrap.
@@ -178,49 +175,32 @@ class JobCreditsMiddleware:
         on_missing: str = "charge",
         fail_open: bool = False,
     ) -> None:
-        if not isinstance(ledger, Ledger):
-            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-        if not callable(account):
-            raise InvalidArgument("account must be a callable of the ASGI scope")
-        _check_on_missing(on_missing)
-        self.app = app
-        self.ledger = ledger
-        self.routes = compile_routes(routes)
-        for route in self.routes:
-            if route.on_missing is not None:
-                _check_on_missing(route.on_missing)
-        self.account = account
-        self.job_header = job_header
-        self.on_missing = on_missing
-        self.fail_open = fail_open
-        self._readers = {
-            name: header(name)
-            for name in {job_header, *(r.header for r in self.routes if r.header)}
-        }
+        super().__init__(
+            app,
+            ledger,
+            routes,
+            account=account,
+            job_header=job_header,
+            on_missing=on_missing,
+            fail_open=fail_open,
+            request_kind="ASGI scope",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan, websocket: not ours
             await self.app(scope, receive, send)
             return
-        route = match_route(self.routes, scope["method"], _route_path(scope))
-        if route is None:
+        matched = self._route(scope["method"], _route_path(scope))
+        if matched is None:
             await self.app(scope, receive, send)
             return
-        job_header = route.header or self.job_header
+        route, job_header = matched
         try:
             account = self.account(scope)
             if inspect.isawaitable(account):
                 account = await account
             call = await astart_call(
-                self.ledger,
-                account=account,
-                job_id=self._readers[job_header](scope),
-                scope=route.scope,
-                cost=resolve(route.cost, scope),
-                tier=resolve(route.tier, scope),
-                backend=resolve(route.backend, scope),
-                on_missing=route.on_missing or self.on_missing,
-                fail_open=self.fail_open,
+                self.ledger, account=account, **self._charge_options(route, job_header, scope)
             )
         except JobCreditsError as err:
             await _send_problem(send, err, instance=scope.get("path"))

@@ -128,16 +128,6 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True, **kwargs: Any) -
     return Ledger.from_url(url, **kwargs)
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_non_negative.__name__ = "non-negative int"  # what argparse names in its error
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -151,35 +141,44 @@ _positive.__name__ = "positive int"
 # -- operator commands -------------------------------------------------------------------
 
 
+def _snapshot_row(r: JobRecord) -> tuple[object, ...]:
+    charged, expires = _iso(r.charged_at), _iso(r.expires_at)
+    return (r.account, r.scope, r.job_id, r.state, r.cost, r.uses, charged, expires)
+
+
+def snapshot_lines(records: Sequence[JobRecord], *, as_json: bool, limit: int) -> list[str]:
+    """What every ``snapshot`` command prints (this one, ``flask jobcredits`` and
+    ``manage.py jobcredits``): all records as JSON, or a table of the first
+    ``limit`` with a line saying how many more there are."""
+    if as_json:
+        return [json.dumps([attrs.asdict(r) for r in records], indent=2)]
+    if not records:
+        return ["no live jobs"]
+    shown = records[:limit]
+    headers = ("account", "scope", "job_id", "state", "cost", "uses", "charged_at", "expires_at")
+    rows = [_snapshot_row(r) for r in shown]
+    lines = _table(headers, rows, left=4) if shown else []
+    if len(records) > len(shown):
+        lines.append(f"… and {len(records) - len(shown)} more")
+    return lines
+
+
+def non_negative(text: str) -> int:
+    """An argparse type: a whole number >= 0 (credits to grant, rows to show)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative.__name__ = "non-negative int"  # what argparse names in its error
+
+
 def _cmd_snapshot(args: argparse.Namespace) -> int:
     with _open(args) as ledger:
         records = ledger.snapshot()
-    if args.json:
-        _out(json.dumps([attrs.asdict(r) for r in records], indent=2))
-        return 0
-    if not records:
-        _out("no live jobs")
-        return 0
-    shown = records[: args.limit]
-    headers = ("account", "scope", "job_id", "state", "cost", "uses", "charged_at", "expires_at")
-    rows = [
-        (
-            r.account,
-            r.scope,
-            r.job_id,
-            r.state,
-            r.cost,
-            r.uses,
-            _iso(r.charged_at),
-            _iso(r.expires_at),
-        )
-        for r in shown
-    ]
-    if shown:
-        for line in _table(headers, rows, left=4):
-            _out(line)
-    if len(records) > len(shown):
-        _out(f"… and {len(records) - len(shown)} more")
+    for line in snapshot_lines(records, as_json=args.json, limit=args.limit):
+        _out(line)
     return 0
 
 
@@ -600,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--json", action="store_true", help="print all of them as a JSON array")
     snap.add_argument(
         "--limit",
-        type=_non_negative,
+        type=non_negative,
         default=50,
         metavar="N",
         help="rows of the table (default: 50)",

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import importlib
 import inspect
-import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -62,7 +61,7 @@ from ._web import (
     resolve,
     start_call,
 )
-from .cli import _iso, _table
+from .cli import snapshot_lines
 
 __all__ = [
     "JobCredits",
@@ -472,32 +471,8 @@ def _snapshot_command(as_json: bool, limit: int) -> None:
     """List the live jobs."""
     with _reported():
         records = get_ledger().snapshot()
-    if as_json:
-        click.echo(json.dumps([attrs.asdict(r) for r in records], indent=2))
-        return
-    if not records:
-        click.echo("no live jobs")
-        return
-    shown = records[:limit]
-    headers = ("account", "scope", "job_id", "state", "cost", "uses", "charged_at", "expires_at")
-    rows = [
-        (
-            r.account,
-            r.scope,
-            r.job_id,
-            r.state,
-            r.cost,
-            r.uses,
-            _iso(r.charged_at),
-            _iso(r.expires_at),
-        )
-        for r in shown
-    ]
-    if shown:
-        for line in _table(headers, rows, left=4):
-            click.echo(line)
-    if len(records) > len(shown):
-        click.echo(f"… and {len(records) - len(shown)} more")
+    for line in snapshot_lines(records, as_json=as_json, limit=limit):
+        click.echo(line)
 
 
 @cli.command("prune")

@@ -25,19 +25,16 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from ._decorator import _check_on_missing, header
-from ._errors import InvalidArgument, JobCreditsError
+from ._errors import JobCreditsError
 from ._ledger import Ledger
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
     Route,
+    RoutedMiddleware,
     bound,
-    compile_routes,
-    match_route,
     problem_body,
     problem_headers,
-    resolve,
     start_call,
 )
 
@@ -83,7 +80,7 @@ class _Body:
             self._call.finish(None)
 
 
-class JobCreditsMiddleware:
+class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
     """Charge the requests that match ``routes`` once per job.
 
     :param app: the WSGI application to wrap.
@@ -111,44 +108,29 @@ class JobCreditsMiddleware:
         on_missing: str = "charge",
         fail_open: bool = False,
     ) -> None:
-        if not isinstance(ledger, Ledger):
-            raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-        if not callable(account):
-            raise InvalidArgument("account must be a callable of the WSGI environ")
-        _check_on_missing(on_missing)
-        self.app = app
-        self.ledger = ledger
-        self.routes = compile_routes(routes)
-        for route in self.routes:
-            if route.on_missing is not None:
-                _check_on_missing(route.on_missing)
-        self.account = account
-        self.job_header = job_header
-        self.on_missing = on_missing
-        self.fail_open = fail_open
-        self._readers = {
-            name: header(name)
-            for name in {job_header, *(r.header for r in self.routes if r.header)}
-        }
+        super().__init__(
+            app,
+            ledger,
+            routes,
+            account=account,
+            job_header=job_header,
+            on_missing=on_missing,
+            fail_open=fail_open,
+            request_kind="WSGI environ",
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
-        route = match_route(self.routes, method, path)
-        if route is None:
+        matched = self._route(method, path)
+        if matched is None:
             return self.app(environ, start_response)
-        job_header = route.header or self.job_header
+        route, job_header = matched
         try:
             call = start_call(
                 self.ledger,
                 account=self.account(environ),
-                job_id=self._readers[job_header](environ),
-                scope=route.scope,
-                cost=resolve(route.cost, environ),
-                tier=resolve(route.tier, environ),
-                backend=resolve(route.backend, environ),
-                on_missing=route.on_missing or self.on_missing,
-                fail_open=self.fail_open,
+                **self._charge_options(route, job_header, environ),
             )
         except JobCreditsError as err:
             problem = problem_body(err, instance=path)

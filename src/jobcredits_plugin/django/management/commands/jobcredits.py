@@ -7,10 +7,8 @@ store URL (and its password) out of the settings to a shell.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import attrs
 from django.core.management.base import (  # type: ignore[import-untyped]
     BaseCommand,
     CommandError,
@@ -19,18 +17,8 @@ from django.core.management.base import (  # type: ignore[import-untyped]
 
 from ...._errors import JobCreditsError
 from ...._ledger import Ledger
-from ....cli import _iso, _table
+from ....cli import non_negative, snapshot_lines
 from ..._conf import get_ledger
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_non_negative.__name__ = "non-negative int"  # what argparse names in its error
 
 
 class Command(BaseCommand):  # type: ignore[misc]
@@ -45,7 +33,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         snap.add_argument("--json", action="store_true", help="print all of them as JSON")
         snap.add_argument(
             "--limit",
-            type=_non_negative,
+            type=non_negative,
             default=50,
             metavar="N",
             help="rows of the table (default: 50)",
@@ -75,32 +63,8 @@ class Command(BaseCommand):  # type: ignore[misc]
             raise CommandError(str(exc)) from exc
 
     def _snapshot(self, ledger: Ledger, *, as_json: bool, limit: int) -> None:
-        records = ledger.snapshot()
-        if as_json:
-            self.stdout.write(json.dumps([attrs.asdict(r) for r in records], indent=2))
-            return
-        if not records:
-            self.stdout.write("no live jobs")
-            return
-        shown = records[:limit]
-        if shown:
-            headers = ("account", "scope", "job_id", "state", "cost", "uses")
-            rows = [
-                (
-                    r.account,
-                    r.scope,
-                    r.job_id,
-                    r.state,
-                    r.cost,
-                    r.uses,
-                    *map(_iso, (r.charged_at, r.expires_at)),
-                )
-                for r in shown
-            ]
-            for line in _table((*headers, "charged_at", "expires_at"), rows, left=4):
-                self.stdout.write(line)
-        if len(records) > len(shown):
-            self.stdout.write(f"… and {len(records) - len(shown)} more")
+        for line in snapshot_lines(ledger.snapshot(), as_json=as_json, limit=limit):
+            self.stdout.write(line)
 
     def _balance(self, ledger: Ledger, account: str) -> None:
         # The stored figure even with balances off, as `jobcredits balance`
