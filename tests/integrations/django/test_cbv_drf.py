@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("django")
 
+import django
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, RequestFactory
@@ -69,7 +70,20 @@ def test_handler_decorated_view_refunds_on_exception(dj_ledger: Ledger) -> None:
     assert dj_ledger.balance("acct") == 1
 
 
-@pytest.mark.parametrize("path", ["/cbv/async-handler", "/cbv/async-dispatch"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            "/cbv/async-handler",
+            marks=pytest.mark.skipif(
+                django.VERSION < (5, 0),
+                reason="Django 4.2's method_decorator makes an async handler look sync "
+                "(Django 5.0 fixed it); decorate dispatch there",
+            ),
+        ),
+        "/cbv/async-dispatch",
+    ],
+)
 def test_async_class_based_view(dj_ledger: Ledger, path: str) -> None:
     """An async class-based view decorated on its handler or on dispatch: charged,
     reused, refunded on 5xx, under Django's ASGI handler."""

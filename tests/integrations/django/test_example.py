@@ -62,7 +62,7 @@ def test_example_settings_use_a_shared_sqlite_store(example: Any) -> None:
 
 
 def test_example_job_is_charged_once_and_the_follow_up_rides_free(example: Any) -> None:
-    """transcribe charges the job, analyze (an async view) reuses it."""
+    """transcribe charges the job, analyze reuses it."""
     call_command("jobcredits", "grant", "ada", "3", stdout=io.StringIO())
     job = str(uuid.uuid4())
     first = call("/v1/transcribe", job)

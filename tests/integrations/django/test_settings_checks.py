@@ -196,7 +196,7 @@ def test_shared_store_does_not_warn(tmp_path: Any) -> None:
         "sqlite://host/jobs.db",
         "sqlite:///jobs.db?nosuchoption=1",
         "memory://somewhere",
-        "redis://localhost:6379/0",
+        "mongodb://localhost:27017/jobs",
         42,
     ],
 )
