@@ -9,7 +9,7 @@ exactly rather than times.
     python benchmarks/run.py                 # the full run (about a minute)
     python benchmarks/run.py --quick         # a smoke run with small sizes
     python benchmarks/run.py --json out.json # also write the figures as JSON
-    python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters
+    python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters, stores
 
 The exit code is 0 even when a target is missed: this is a report, not a test.
 See docs/performance.md for what each figure means and how it is measured.
@@ -758,17 +758,25 @@ def _load_sibling(name: str) -> Any:
     return module
 
 
-def bench_adapters(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+#: Modules measuring the shared stores against their server's own floor (a
+#: bare ``SET NX PX`` / ``INSERT ... ON CONFLICT DO NOTHING``), same interface.
+#: A module whose driver is missing, or whose server does not answer, is skipped.
+STORE_MODULES = ("redis_bench", "postgres_bench")
+
+
+def _bench_modules(
+    names: Sequence[str], section: str, label: str, quick: bool, log: Callable[[str], None]
+) -> list[Figure]:
     figures: list[Figure] = []
-    for name in ADAPTER_MODULES:
+    for name in names:
         try:
             module = _load_sibling(name)
-        except ImportError as exc:
-            log(f"(d) {name}: skipped ({exc})")
+            if module is None:
+                continue
+            rows = module.run(quick=quick)
+        except (ImportError, ConnectionError, OSError) as exc:
+            log(f"({label}) {name}: skipped ({exc})")
             continue
-        if module is None:
-            continue
-        rows = module.run(quick=cfg.adapters_quick)
         for row in rows:
             key = row.get("key") or f"{name}_" + "_".join(
                 "".join(c if c.isalnum() else " " for c in row["name"].lower()).split()
@@ -781,14 +789,22 @@ def bench_adapters(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
                     row["unit"],
                     row.get("op"),
                     row.get("target"),
-                    {**row.get("details", {}), "section": "adapters", "module": name},
+                    {**row.get("details", {}), "section": section, "module": name},
                 )
             )
     return figures
 
 
+def bench_adapters(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    return _bench_modules(ADAPTER_MODULES, "adapters", "d", cfg.adapters_quick, log)
+
+
+def bench_stores(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    return _bench_modules(STORE_MODULES, "stores", "e", cfg.adapters_quick, log)
+
+
 #: The benchmarks by name, for ``--only``.
-BENCHMARKS = ("time", "bytes", "sqlite", "adapters")
+BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores")
 
 
 def run(
@@ -808,6 +824,8 @@ def run(
         figures += bench_sqlite(cfg, log)
     if "adapters" in only:
         figures += bench_adapters(cfg, log)
+    if "stores" in only:
+        figures += bench_stores(cfg, log)
     return Report(cfg, figures, breakdown, time.perf_counter() - t0)
 
 
@@ -825,7 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         choices=BENCHMARKS,
-        help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), adapters (d)",
+        help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), "
+        "adapters (d), stores (e: Redis and PostgreSQL, when their servers answer)",
     )
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config.full()

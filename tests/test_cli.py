@@ -342,7 +342,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["balance", "--url", "{db}", "a\x07b"], 1, "account must not contain control"),
         (["grant", "--url", "{db}", "x" * 300, "1"], 1, "at most 256 allowed"),
         (["snapshot", "--url", "nonsense"], 1, "store URL must look like scheme://"),
-        (["snapshot", "--url", "redis://localhost"], 1, "RedisStore (redis://) is not part"),
+        (["snapshot", "--url", "mysql://localhost/db"], 1, "unknown store URL scheme 'mysql'"),
         (["prune", "--url", "sqlite://host/x.db"], 1, "sqlite URLs have no host"),
         (["snapshot", "--url", "memory://?bogus=1"], 1, "unknown option 'bogus'"),
         (["snapshot", "--url", "sqlite:///{tmp}/missing.db"], 1, "no SQLite database at"),

@@ -39,7 +39,7 @@ from ._ledger import Ledger
 from ._records import Charge, JobRecord
 from ._version import __version__
 from .hookspecs import hookimpl
-from .stores import redact_url
+from .stores import from_url, redact_url
 from .testing import FakeClock
 
 __all__ = ["main"]
@@ -202,6 +202,27 @@ def _cmd_balance(args: argparse.Namespace) -> int:
     # ledger charges nothing.
     with _open(args, balances=True) as ledger:
         _out(str(ledger.balance(args.account)))
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    # Only stores with a server-side schema have anything to migrate; the
+    # others create their tables themselves (SQLite) or keep none (memory).
+    url = _url(args)
+    scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("memory", "sqlite", "redis", "rediss", "redis+unix"):
+        _out(f"nothing to migrate: {scheme}:// stores need no schema migration")
+        return 0
+    if scheme not in ("postgresql", "postgres"):
+        from_url(url)  # not a store URL: from_url raises the error that says so
+    from .stores import PostgresStore
+
+    store = PostgresStore.from_url(url, auto_migrate=False)
+    try:
+        version = store.migrate()
+    finally:
+        store.close()
+    _out(f"schema {store.schema!r} is at version {version}")
     return 0
 
 
@@ -631,6 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("--url", help=url_help)
     balance.add_argument("account", metavar="ACCOUNT", help="the account, as the app names it")
     balance.set_defaults(func=_cmd_balance)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or update a store's schema (PostgreSQL)",
+        description="Create or update the store's schema and print its version. "
+        "Safe to run again and from several hosts at once.",
+    )
+    migrate.add_argument("--url", help=url_help)
+    migrate.set_defaults(func=_cmd_migrate)
     return parser
 
 

@@ -24,6 +24,10 @@ tests never see each other's jobs::
 from __future__ import annotations
 
 import itertools
+import os
+import socket
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from typing import Any
 import pytest
 
 from jobcredits_plugin import Ledger
-from jobcredits_plugin.stores import BaseStore, MemoryStore, SQLiteStore
+from jobcredits_plugin.stores import BaseStore, MemoryStore, SQLiteStore, redact_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
 #: A factory gets a directory nobody else uses and returns a fresh, empty store.
@@ -48,12 +52,111 @@ def _sqlite(directory: Path) -> BaseStore:
     return SQLiteStore(directory / "jobs.db", timeout=30.0)
 
 
-#: Every store kind the suite runs on. Redis and PostgreSQL join here (see the
-#: module docstring): one entry each, skipping when their server is not set.
+def _server_url(env: str, default: str, kind: str) -> str:
+    """The test server's URL. Off CI a server that does not answer skips the
+    test with a message saying how to run it; on CI (``CI=true``) it fails:
+    the shared stores must never pass by not running."""
+    url = os.environ.get(env, default)
+    reachable = _reachable(url)
+    if not reachable:
+        message = (
+            f"no {kind} server at {redact_url(url)}: start one, or set {env} to one "
+            f"(tox passes it through), to run the store suite on {kind}"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (CI=true: shared-store tests must run)")
+        pytest.skip(message)
+    return url
+
+
+_REACHABLE: dict[str, bool] = {}
+
+
+def _reachable(url: str) -> bool:
+    """Whether something listens at the URL's host and port (cached per run)."""
+    if url not in _REACHABLE:
+        parts = urllib.parse.urlsplit(url)
+        default_port = 6379 if parts.scheme.startswith("redis") else 5432
+        try:
+            with socket.create_connection(
+                (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2
+            ):
+                _REACHABLE[url] = True
+        except OSError:
+            _REACHABLE[url] = False
+    return _REACHABLE[url]
+
+
+REDIS_URL_ENV = "JOBCREDITS_TEST_REDIS_URL"
+POSTGRES_URL_ENV = "JOBCREDITS_TEST_POSTGRES_URL"
+REDIS_DEFAULT = "redis://127.0.0.1:6379/15"
+POSTGRES_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _redis(directory: Path) -> BaseStore:
+    url = _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")
+    redis_mod = pytest.importorskip("redis", reason="the redis extra is not installed")
+    del redis_mod
+    from jobcredits_plugin.stores import RedisStore
+
+    # A fresh key prefix per store: tests never see each other's jobs.
+    return RedisStore.from_url(url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+
+
+def _postgres(directory: Path) -> BaseStore:
+    url = _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from jobcredits_plugin.stores import PostgresStore
+
+    # A fresh schema per store: tests never see each other's jobs.
+    return PostgresStore.from_url(url, schema=f"jctest_{uuid.uuid4().hex[:12]}")
+
+
+#: Every store kind the suite runs on; one entry per kind. Server-backed kinds
+#: skip off CI when their server does not answer (see _server_url).
 STORES: dict[str, StoreMaker] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "postgres": _postgres,
 }
+
+#: Optional clean-up after a store of a kind is closed (dropping its schema or
+#: keys), registered by the store kinds that leave data on a server.
+CLEANUP: dict[str, Callable[[BaseStore], None]] = {}
+
+
+def _drop_postgres_schema(store: BaseStore) -> None:
+    """Drop the test store's schema, so runs leave nothing on the server."""
+    drop = getattr(store, "drop", None)
+    if drop is not None:
+        drop()
+
+
+CLEANUP["postgres"] = _drop_postgres_schema
+
+
+def _redis_cleanup(store: BaseStore) -> None:
+    """Delete every key under the store's private prefix (with a fresh client:
+    the store itself is closed by now)."""
+    import redis
+
+    prefix = getattr(store, "prefix", None)
+    url = getattr(store, "url", None)
+    if not prefix or not url or getattr(store, "cluster", False):
+        return
+    client = redis.Redis.from_url(url.replace("redis+unix://", "unix://"), socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=prefix.replace("*", "\\*") + ":*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    except redis.exceptions.RedisError:
+        pass  # the server is gone (a fault test): nothing left to clean
+    finally:
+        client.close()
+
+
+CLEANUP["redis"] = _redis_cleanup
 
 
 @pytest.fixture(params=list(STORES))
@@ -79,6 +182,9 @@ def store_factory(store_kind: str, tmp_path: Path) -> Iterator[Callable[[], Base
     yield make
     for store in made:
         store.close()
+        cleanup = CLEANUP.get(store_kind)
+        if cleanup is not None:
+            cleanup(store)
 
 
 @pytest.fixture

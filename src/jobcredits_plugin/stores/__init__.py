@@ -6,6 +6,10 @@ store              URL                                        use
 MemoryStore        ``memory://``                              one process; tests; the default
 SQLiteStore        ``sqlite:///relative.db``,                 several processes on one host;
                    ``sqlite:////absolute/path.db``            durable
+RedisStore         ``redis://``, ``rediss://``,               several hosts; Redis Cluster
+                   ``redis+unix://``                          (extra ``redis``)
+PostgresStore      ``postgresql://``                          several hosts; durable
+                                                              (extra ``postgres``)
 =================  =========================================  ==============================
 
 Store classes whose driver is an optional extra are imported lazily, so that
@@ -14,6 +18,7 @@ Store classes whose driver is an optional extra are imported lazily, so that
 
 from __future__ import annotations
 
+import importlib
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -30,13 +35,36 @@ __all__ = [
     "ClaimResult",
     "Event",
     "MemoryStore",
+    "PostgresStore",
+    "RedisStore",
     "SQLiteStore",
     "Store",
     "from_url",
     "redact_url",
 ]
 
-ACCEPTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
+ACCEPTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "redis://host:port/db, rediss://..., redis+unix:///path.sock, "
+    "postgresql://user@host:port/dbname"
+)
+
+#: Stores whose driver is an optional extra, imported on first use so that
+#: importing this package never imports a driver (a missing driver's
+#: ImportError names the extra to install).
+_LAZY = {"RedisStore": "._redis", "PostgresStore": "._postgres"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def _lazy_store(name: str) -> Any:
+    return __getattr__(name)
 
 
 def redact_url(url: str) -> str:
@@ -89,20 +117,29 @@ def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     return SQLiteStore(path, **opts)
 
 
+def _redis_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+    store: BaseStore = _lazy_store("RedisStore").from_url(url)
+    return store
+
+
+def _postgres_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+    store: BaseStore = _lazy_store("PostgresStore").from_url(url)
+    return store
+
+
 _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], BaseStore]] = {
     "memory": _memory_from_url,
     "sqlite": _sqlite_from_url,
+    "redis": _redis_from_url,
+    "rediss": _redis_from_url,
+    "redis+unix": _redis_from_url,
+    "postgresql": _postgres_from_url,
+    "postgres": _postgres_from_url,
 }
 
 #: Schemes of stores that are planned but not in this release, so that their
 #: URL gets an honest answer instead of "unknown scheme".
-_LATER = {
-    "redis": "RedisStore",
-    "rediss": "RedisStore",
-    "redis+unix": "RedisStore",
-    "postgresql": "PostgresStore",
-    "postgres": "PostgresStore",
-}
+_LATER: dict[str, str] = {}
 
 
 def from_url(url: str) -> BaseStore:

@@ -1,0 +1,240 @@
+"""What RedisStore costs per charge, against the cheapest Redis write there is.
+
+Three figures, all measured in this run on the same server:
+
+- round trips per charge: the server's ``INFO commandstats`` count of
+  ``evalsha``/``eval`` calls over many ``Ledger.charge`` calls of new jobs,
+  divided by the number of charges (the design says exactly 1);
+- throughput of ``Ledger.charge`` (a new job each call, balances on) against a
+  bare ``SET key val NX PX 3600000`` loop, one connection: the ratio of
+  charges per second to SETs per second (target >= 0.8);
+- the same with 8 concurrent clients (threads, each with its own connection).
+
+A private ``redis-server`` is started on a free loopback port when the binary
+is installed (so that nobody else's commands land in the counters), otherwise
+``JOBCREDITS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``) is used
+under a fresh key prefix.
+
+    python benchmarks/redis_bench.py           # full sizes
+    python benchmarks/redis_bench.py --quick   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+try:  # prefer the installed package ...
+    import jobcredits_plugin  # noqa: F401
+except ImportError:  # ... but let the script run from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import redis
+
+from jobcredits_plugin import Ledger
+from jobcredits_plugin.stores import RedisStore
+
+THREADS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _server() -> Iterator[str]:
+    """A private server's URL (stopped afterwards), or the configured one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield os.environ.get("JOBCREDITS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                client = redis.Redis(port=port, socket_timeout=1)
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+                finally:
+                    client.close()
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _script_calls(admin: Any) -> int:
+    stats = admin.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def _cleanup(admin: Any, prefix: str) -> None:
+    keys = list(admin.scan_iter(match=f"{prefix}*", count=1000))
+    for start in range(0, len(keys), 1000):
+        admin.delete(*keys[start : start + 1000])
+
+
+def _charge_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
+    store = RedisStore.from_url(url, prefix=prefix)
+    ledger = Ledger(store, balances=True)
+    ledger.grant("bench", 10**12)
+    ledger.charge("bench", "warm-" + uuid.uuid4().hex)  # connect, load the script
+    jobs = [uuid.uuid4().hex for _ in range(n)]
+
+    def work() -> None:
+        charge = ledger.charge
+        for job in jobs:
+            charge("bench", job)
+        store.close()
+
+    return work
+
+
+def _set_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
+    client = redis.Redis.from_url(url, socket_timeout=2, decode_responses=True)
+    client.ping()
+    keys = [f"{prefix}set:{uuid.uuid4().hex}" for _ in range(n)]
+
+    def work() -> None:
+        set_ = client.set
+        for key in keys:
+            set_(key, "1", nx=True, px=3_600_000)
+        client.close()
+
+    return work
+
+
+def _rate(make: Callable[[str, str, int], Callable[[], None]], url: str, n: int, k: int) -> float:
+    """Operations per second of ``k`` clients doing ``n`` operations each at once."""
+    prefix = f"jcbench:{uuid.uuid4().hex[:8]}:"
+    works = [make(url, prefix, n) for _ in range(k)]
+    barrier = threading.Barrier(k + 1)
+
+    def run(work: Callable[[], None]) -> None:
+        barrier.wait()
+        work()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in works]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    admin = redis.Redis.from_url(url)
+    try:
+        _cleanup(admin, prefix)
+    finally:
+        admin.close()
+    return n * k / elapsed
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """The figures as rows of ``name``, ``figure``, ``unit`` (and ``op``/``target``)."""
+    n = 300 if quick else 5000
+    repeats = 1 if quick else 5
+    rows: list[dict[str, Any]] = []
+    with _server() as url:
+        admin = redis.Redis.from_url(url, decode_responses=True)
+        prefix = f"jcbench:{uuid.uuid4().hex[:8]}"
+        store = RedisStore.from_url(url, prefix=prefix)
+        try:
+            ledger = Ledger(store, balances=True)
+            ledger.grant("bench", 10**9)
+            ledger.charge("bench", "warm-up")
+            count = 200 if quick else 2000
+            before = _script_calls(admin)
+            for _ in range(count):
+                ledger.charge("bench", uuid.uuid4().hex)
+            per_charge = (_script_calls(admin) - before) / count
+        finally:
+            store.close()
+            _cleanup(admin, prefix)
+            admin.close()
+        rows.append(
+            {
+                "name": "redis: script calls (round trips) per charge",
+                "figure": per_charge,
+                "unit": "calls",
+                "op": "<=",
+                "target": 1.0,
+            }
+        )
+        for k in (1, THREADS):
+            ratios, charges, sets = [], [], []
+            for _ in range(repeats):
+                # Sides take turns, so drift in the machine's speed hits both.
+                s = _rate(_set_worker, url, n // k if k > 1 else n, k)
+                c = _rate(_charge_worker, url, n // k if k > 1 else n, k)
+                sets.append(s)
+                charges.append(c)
+                ratios.append(c / s)
+            label = "one connection" if k == 1 else f"{k} concurrent clients"
+            rows.append(
+                {
+                    "name": f"redis: charges/s, {label}",
+                    "figure": statistics.median(charges),
+                    "unit": "/s",
+                }
+            )
+            rows.append(
+                {
+                    "name": f"redis: SET NX PX/s, {label}",
+                    "figure": statistics.median(sets),
+                    "unit": "/s",
+                }
+            )
+            rows.append(
+                {
+                    "name": f"redis: charge throughput vs SET NX, {label}",
+                    "figure": statistics.median(ratios),
+                    "unit": "x",
+                    "op": ">=",
+                    "target": 0.8,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run with small sizes")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick)
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        target = f"{r['op']} {r['target']}" if "target" in r else ""
+        print(f"{r['name']:<{width}}  {r['figure']:>12.3f} {r['unit']:<6} {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1105 @@
+"""A store in PostgreSQL, shared by every process on every host that reaches it.
+
+Each ledger operation is **one statement and one round trip**: the migration
+creates plpgsql functions (``claim``, ``confirm``, ``refund``, ``prune``,
+``credit``) in the store's schema, and an operation is a single
+``SELECT * FROM schema.fn(...)`` on an autocommit connection, so the server
+runs the read-decide-write of DESIGN §2 inside one implicit transaction with
+the job's row locked. Nothing is decided across a network round trip, which is
+what makes the operation atomic across hosts and cheap enough to sit in front
+of every API call.
+
+The functions hand back the record *as they found it* (and the balance as
+they read it, under the same lock); the Python side then replays the pure
+``plan_*`` rules of :mod:`._base` on those inputs to build the
+:class:`ClaimResult` and its :class:`Event` objects. The server and the rules
+must agree on the outcome, and the claim checks that they do, so the events
+every store reports are built by the same code.
+
+Times are ``double precision`` and always come from the ledger's clock (a
+parameter), never from the server's: a float survives the round trip bit for
+bit, and tests with a fake clock behave the same on every store.
+
+Connections come from :mod:`psycopg_pool`: a :class:`~psycopg_pool.ConnectionPool`
+for the sync methods, opened on first use, and an
+:class:`~psycopg_pool.AsyncConnectionPool` for the async twins, opened on the
+first async call and bound to that call's event loop (see
+:class:`PostgresStore`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+from .._errors import InvalidArgument, StoreUnavailable
+from .._records import REFUNDED, JobRecord
+from ._base import (
+    BaseStore,
+    ClaimRequest,
+    ClaimResult,
+    Event,
+    Key,
+    plan_claim,
+    plan_confirm,
+    plan_refund,
+    plan_settle,
+)
+
+try:
+    import psycopg
+    import psycopg_pool
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'PostgresStore needs psycopg 3 and psycopg_pool: pip install "jobcredits-plugin[postgres]"'
+    ) from exc
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+#: The schema version this code reads and writes. ``migrate()`` brings a
+#: database up to it, one step of ``_MIGRATIONS`` at a time.
+SCHEMA_VERSION = 1
+
+#: First key of the advisory lock that serialises migrations (the second is
+#: the schema name's hash), so concurrent ``migrate()`` calls take turns.
+_LOCK_CLASS = 0x4A43  # "JC"
+
+_VERSION_TABLE = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+    version    integer     NOT NULL PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+# Version 1. Text columns use the "C" collation: keys compare bytewise, the
+# way every other store and Python's own sort compare them, whatever the
+# database's locale, and the primary key index is cheaper to maintain.
+_V1 = """
+CREATE TABLE {schema}.jobs (
+    account     text COLLATE "C" NOT NULL,
+    scope       text COLLATE "C" NOT NULL,
+    job_id      text COLLATE "C" NOT NULL,
+    charge_id   text NOT NULL,
+    state       text NOT NULL CHECK (state IN ('pending', 'charged')),
+    cost        bigint NOT NULL,
+    tier        text,
+    backend     text,
+    charged_at  double precision NOT NULL,
+    expires_at  double precision NOT NULL,
+    lease_until double precision NOT NULL,
+    uses        bigint NOT NULL,
+    debited     bigint NOT NULL,
+    -- when the record next needs attention: lease_until while pending,
+    -- expires_at once charged (what prune scans, through the index below)
+    deadline    double precision NOT NULL,
+    PRIMARY KEY (account, scope, job_id)
+);
+CREATE INDEX jobs_deadline ON {schema}.jobs (deadline);
+
+CREATE TABLE {schema}.balances (
+    account text COLLATE "C" NOT NULL PRIMARY KEY,
+    credits bigint NOT NULL CHECK (credits >= 0)
+);
+
+-- Add credits (negative: take), never below zero; returns the new balance.
+CREATE OR REPLACE FUNCTION {schema}.credit(p_account text, p_amount bigint)
+RETURNS bigint LANGUAGE sql AS $fn$
+    INSERT INTO {schema}.balances AS b (account, credits)
+    VALUES (p_account, greatest(0, p_amount))
+    ON CONFLICT (account) DO UPDATE SET credits = greatest(0, b.credits + p_amount)
+    RETURNING credits
+$fn$;
+
+-- One call of Ledger.charge: the table of DESIGN section 2. Returns the status,
+-- the balance as read before any change, and the record as found (all NULL
+-- when there was none). Locks: the job's row first, then the balance row;
+-- every function takes them in that order, so they cannot deadlock.
+CREATE OR REPLACE FUNCTION {schema}.claim(
+    p_account text, p_scope text, p_job_id text, p_charge_id text, p_cost bigint,
+    p_tier text, p_backend text, p_now double precision, p_ttl double precision,
+    p_lease double precision, p_max_uses bigint, p_balances boolean,
+    OUT status text, OUT balance bigint,
+    OUT o_charge_id text, OUT o_state text, OUT o_cost bigint, OUT o_tier text,
+    OUT o_backend text, OUT o_charged_at double precision,
+    OUT o_expires_at double precision, OUT o_lease_until double precision,
+    OUT o_uses bigint, OUT o_debited bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    cur {schema}.jobs%ROWTYPE;
+    v_debit bigint := CASE WHEN p_balances THEN p_cost ELSE 0 END;
+    v_delta bigint := 0;
+BEGIN
+    balance := 0;
+    LOOP
+        -- Most calls open a new job: try to take the key first. A record
+        -- already there (or a concurrent caller inserting first) makes this
+        -- a no-op, and the SELECT below locks that record instead.
+        INSERT INTO {schema}.jobs (account, scope, job_id, charge_id, state, cost,
+                tier, backend, charged_at, expires_at, lease_until, uses, debited, deadline)
+        VALUES (p_account, p_scope, p_job_id, p_charge_id, 'pending', p_cost,
+                p_tier, p_backend, p_now, p_now + p_ttl, p_now + p_lease, 1, v_debit,
+                p_now + p_lease)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            IF p_balances AND p_cost <> 0 THEN
+                UPDATE {schema}.balances SET credits = credits - p_cost
+                 WHERE account = p_account AND credits >= p_cost
+                RETURNING credits + p_cost INTO balance;
+                IF NOT FOUND THEN
+                    -- insufficient: nothing is recorded
+                    balance := coalesce(
+                        (SELECT credits FROM {schema}.balances WHERE account = p_account), 0);
+                    DELETE FROM {schema}.jobs
+                     WHERE account = p_account AND scope = p_scope AND job_id = p_job_id;
+                    status := 'insufficient';
+                    RETURN;
+                END IF;
+            ELSIF p_balances THEN
+                balance := coalesce(
+                    (SELECT credits FROM {schema}.balances WHERE account = p_account), 0);
+            END IF;
+            status := 'charged';
+            RETURN;
+        END IF;
+        SELECT * INTO cur FROM {schema}.jobs
+         WHERE account = p_account AND scope = p_scope AND job_id = p_job_id
+           FOR UPDATE;
+        EXIT WHEN FOUND;
+        -- the record went away between the two statements: try again
+    END LOOP;
+
+    o_charge_id := cur.charge_id; o_state := cur.state; o_cost := cur.cost;
+    o_tier := cur.tier; o_backend := cur.backend; o_charged_at := cur.charged_at;
+    o_expires_at := cur.expires_at; o_lease_until := cur.lease_until;
+    o_uses := cur.uses; o_debited := cur.debited;
+
+    IF (cur.state = 'pending' AND p_now < cur.lease_until)
+       OR (cur.state = 'charged' AND p_now < cur.expires_at) THEN
+        IF p_balances THEN
+            balance := coalesce(
+                (SELECT credits FROM {schema}.balances WHERE account = p_account), 0);
+        END IF;
+        IF cur.state = 'pending' THEN
+            status := 'in_progress';
+        ELSIF p_max_uses IS NOT NULL AND cur.uses >= p_max_uses THEN
+            status := 'exhausted';
+        ELSE
+            UPDATE {schema}.jobs SET uses = uses + 1
+             WHERE account = p_account AND scope = p_scope AND job_id = p_job_id;
+            status := 'reused';
+        END IF;
+        RETURN;
+    END IF;
+
+    -- A stale pending charge is refunded; an expired charged one just ends.
+    IF cur.state = 'pending' THEN
+        v_delta := cur.debited;
+    END IF;
+    IF p_balances THEN
+        SELECT credits INTO balance FROM {schema}.balances
+         WHERE account = p_account FOR UPDATE;
+        balance := coalesce(balance, 0);
+        IF balance + v_delta < p_cost THEN
+            -- insufficient: the settlement of the old record still commits
+            DELETE FROM {schema}.jobs
+             WHERE account = p_account AND scope = p_scope AND job_id = p_job_id;
+            IF v_delta <> 0 THEN
+                PERFORM {schema}.credit(p_account, v_delta);
+            END IF;
+            status := 'insufficient';
+            RETURN;
+        END IF;
+    END IF;
+    UPDATE {schema}.jobs
+       SET charge_id = p_charge_id, state = 'pending', cost = p_cost, tier = p_tier,
+           backend = p_backend, charged_at = p_now, expires_at = p_now + p_ttl,
+           lease_until = p_now + p_lease, uses = 1, debited = v_debit,
+           deadline = p_now + p_lease
+     WHERE account = p_account AND scope = p_scope AND job_id = p_job_id;
+    IF v_delta - v_debit <> 0 THEN
+        PERFORM {schema}.credit(p_account, v_delta - v_debit);
+    END IF;
+    status := 'charged';
+END
+$fn$;
+
+-- confirm: pending -> charged when the charge id matches; returns the record
+-- as found (found = false when there is none).
+CREATE OR REPLACE FUNCTION {schema}.confirm(
+    p_account text, p_scope text, p_job_id text, p_charge_id text,
+    OUT hit boolean,
+    OUT o_charge_id text, OUT o_state text, OUT o_cost bigint, OUT o_tier text,
+    OUT o_backend text, OUT o_charged_at double precision,
+    OUT o_expires_at double precision, OUT o_lease_until double precision,
+    OUT o_uses bigint, OUT o_debited bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    cur {schema}.jobs%ROWTYPE;
+BEGIN
+    SELECT * INTO cur FROM {schema}.jobs
+     WHERE account = p_account AND scope = p_scope AND job_id = p_job_id
+       FOR UPDATE;
+    hit := FOUND;
+    IF NOT hit THEN
+        RETURN;
+    END IF;
+    o_charge_id := cur.charge_id; o_state := cur.state; o_cost := cur.cost;
+    o_tier := cur.tier; o_backend := cur.backend; o_charged_at := cur.charged_at;
+    o_expires_at := cur.expires_at; o_lease_until := cur.lease_until;
+    o_uses := cur.uses; o_debited := cur.debited;
+    IF cur.state = 'pending' AND (p_charge_id IS NULL OR cur.charge_id = p_charge_id) THEN
+        UPDATE {schema}.jobs SET state = 'charged', deadline = cur.expires_at
+         WHERE account = p_account AND scope = p_scope AND job_id = p_job_id;
+    END IF;
+END
+$fn$;
+
+-- refund: delete the live record (matching charge id) and give back what it
+-- debited; returns the record deleted (found = false when nothing was).
+CREATE OR REPLACE FUNCTION {schema}.refund(
+    p_account text, p_scope text, p_job_id text, p_charge_id text,
+    p_now double precision,
+    OUT hit boolean,
+    OUT o_charge_id text, OUT o_state text, OUT o_cost bigint, OUT o_tier text,
+    OUT o_backend text, OUT o_charged_at double precision,
+    OUT o_expires_at double precision, OUT o_lease_until double precision,
+    OUT o_uses bigint, OUT o_debited bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    cur {schema}.jobs%ROWTYPE;
+BEGIN
+    DELETE FROM {schema}.jobs
+     WHERE account = p_account AND scope = p_scope AND job_id = p_job_id
+       AND (p_charge_id IS NULL OR charge_id = p_charge_id)
+       AND p_now < expires_at
+    RETURNING * INTO cur;
+    hit := FOUND;
+    IF NOT hit THEN
+        RETURN;
+    END IF;
+    o_charge_id := cur.charge_id; o_state := cur.state; o_cost := cur.cost;
+    o_tier := cur.tier; o_backend := cur.backend; o_charged_at := cur.charged_at;
+    o_expires_at := cur.expires_at; o_lease_until := cur.lease_until;
+    o_uses := cur.uses; o_debited := cur.debited;
+    IF cur.debited <> 0 THEN
+        PERFORM {schema}.credit(p_account, cur.debited);
+    END IF;
+END
+$fn$;
+
+-- prune: settle up to p_limit due records. Rows another session holds are
+-- skipped (SKIP LOCKED), so pruners running at once never settle a record
+-- twice; refunds are credited per account in account order (no deadlocks).
+CREATE OR REPLACE FUNCTION {schema}.prune(p_now double precision, p_limit integer)
+RETURNS SETOF {schema}.jobs LANGUAGE sql AS $fn$
+    WITH due AS (
+        SELECT account, scope, job_id FROM {schema}.jobs
+         WHERE deadline <= p_now
+         ORDER BY deadline
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM {schema}.jobs j USING due
+         WHERE j.account = due.account AND j.scope = due.scope AND j.job_id = due.job_id
+        RETURNING j.*
+    ), credited AS (
+        INSERT INTO {schema}.balances AS b (account, credits)
+        SELECT account, sum(debited) FROM gone
+         WHERE state = 'pending' AND debited <> 0
+         GROUP BY account ORDER BY account
+        ON CONFLICT (account) DO UPDATE SET credits = b.credits + excluded.credits
+        RETURNING 1
+    )
+    SELECT * FROM gone ORDER BY deadline, account, scope, job_id
+$fn$;
+"""
+
+#: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
+_MIGRATIONS: tuple[str, ...] = (_V1,)
+
+_COLUMNS = (
+    "account, scope, job_id, charge_id, state, cost, tier, backend, "
+    "charged_at, expires_at, lease_until, uses, debited"
+)
+_OUT = (
+    "o_charge_id, o_state, o_cost, o_tier, o_backend, o_charged_at, "
+    "o_expires_at, o_lease_until, o_uses, o_debited"
+)
+
+#: Query options of a store URL that configure the store; every other query
+#: option goes to libpq.
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "schema": str,
+    "min_size": int,
+    "max_size": int,
+    "connect_timeout": float,
+    "timeout": float,
+    "statement_timeout": float,
+    "prune_batch": int,
+    "auto_migrate": lambda v: _boolean(v),
+}
+
+
+def _boolean(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def redact_conninfo(conninfo: str) -> str:
+    """The connection string without its password, fit for errors and logs."""
+    from . import redact_url
+
+    if "://" in conninfo:
+        return redact_url(conninfo)
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "<unparsable conninfo>"
+    if "password" in params:
+        params["password"] = "***"  # noqa: S105 - the mask, not a password
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _record(key: Key, row: Sequence[Any]) -> JobRecord:
+    """A record from the ten ``o_*`` columns a function returns for ``key``."""
+    return JobRecord(
+        account=key[0],
+        scope=key[1],
+        job_id=key[2],
+        charge_id=row[0],
+        state=row[1],
+        cost=row[2],
+        tier=row[3],
+        backend=row[4],
+        charged_at=row[5],
+        expires_at=row[6],
+        lease_until=row[7],
+        uses=row[8],
+        debited=row[9],
+    )
+
+
+def _full_record(row: Sequence[Any]) -> JobRecord:
+    """A record from a row of ``jobs`` in ``_COLUMNS`` order."""
+    return _record((row[0], row[1], row[2]), row[3:13])
+
+
+def _dead(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection has already been dropped by the server.
+
+    An idle autocommit connection is never sent anything unprompted in our
+    use (no LISTEN, no SET), so a readable socket means the server has closed
+    it or sent a termination notice (``pg_terminate_backend``, a restart, an
+    idle timeout). Checking costs one non-blocking poll, not a round trip,
+    and it happens before anything is sent: taking another connection then
+    can never run a statement twice.
+    """
+    if conn.closed:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+#: Errors after which the operation is known not to have committed, or is
+#: unknown; either way the caller sees StoreUnavailable (see PostgresStore).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.TransactionRollback,  # deadlock / serialization: rolled back
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.PoolClosed,
+    psycopg_pool.TooManyRequests,
+    OSError,
+)
+
+
+class PostgresStore(BaseStore):
+    """Jobs and balances in a PostgreSQL schema, shared by every host.
+
+    :param conninfo: a libpq connection string or URL
+        (``postgresql://user:password@host:5432/dbname``).
+    :param schema: the schema holding the tables and functions (created by
+        :meth:`migrate`). Several ledgers or apps can keep separate stores in
+        one database under different schemas.
+    :param min_size: connections each pool keeps open.
+    :param max_size: connections each pool may open; with several worker
+        processes, mind the server's ``max_connections``.
+    :param connect_timeout: seconds to wait for a new connection (libpq
+        enforces at least 2).
+    :param timeout: seconds to wait for a free connection from the pool before
+        :class:`~jobcredits_plugin.StoreUnavailable`; also what a request waits
+        while the server is down.
+    :param statement_timeout: seconds the server lets one operation run
+        (a claim waits for a row lock only while another call of the same job
+        finishes its own short statement, so a long wait means trouble).
+    :param prune_batch: how many records one prune statement settles, so that a
+        large backlog never holds many row locks for long.
+    :param auto_migrate: create or upgrade the schema on first use. With
+        ``False`` the first use checks that ``jobcredits migrate`` has been run.
+    :param configure: called with every new pooled connection (sync and
+        async), e.g. to set session parameters or to trace the protocol.
+
+    **Async twins.** The ``a*`` methods use an
+    :class:`~psycopg_pool.AsyncConnectionPool` opened by the first async call
+    and bound to that call's event loop. When that loop has been closed (as
+    ``asyncio.run`` does), the next loop gets a new pool; a call from another
+    loop while the first is still alive runs the sync operation in a worker
+    thread instead, so it is never wrong, only slower. Close the store with
+    :meth:`aclose` from its loop to close the async pool cleanly.
+
+    **Failures.** Connection refused, a pool checkout timeout, a killed
+    connection or a statement timeout raise
+    :class:`~jobcredits_plugin.StoreUnavailable` naming the server without its
+    password. Before a statement is sent, a connection the server has already
+    dropped is detected (see ``_dead``) and replaced, so killed idle
+    connections cost nothing. Once a statement has been sent, a failure may
+    have come before or after its commit, so the charge, refund, prune and
+    grant are *never* retried: a retried claim could debit twice or report
+    events twice. Reads and ``confirm`` (idempotent: confirming twice
+    reports the same record) are retried once. A client that retries an
+    unanswered charge is safe: its job is pending (``JobInProgress``) or,
+    once the lease ends, refunded and charged anew, never charged twice.
+    """
+
+    schemes = ("postgresql", "postgres")
+
+    def __init__(
+        self,
+        conninfo: str = "",
+        *,
+        schema: str = "jobcredits",
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 2.0,
+        timeout: float = 2.0,
+        statement_timeout: float = 5.0,
+        prune_batch: int = 500,
+        auto_migrate: bool = True,
+        configure: Callable[[Any], None] | None = None,
+    ) -> None:
+        if not isinstance(conninfo, str):
+            raise InvalidArgument(f"conninfo must be a string, not {type(conninfo).__name__}")
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            raise InvalidArgument(
+                f"bad PostgreSQL connection string {redact_conninfo(conninfo)!r}: {exc}"
+            ) from exc
+        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
+            # Longer names are silently truncated by the server: two stores
+            # could end up sharing one schema.
+            raise InvalidArgument(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
+        if "\x00" in schema:
+            raise InvalidArgument("schema must not contain NUL")
+        if not (isinstance(min_size, int) and isinstance(max_size, int)):
+            raise InvalidArgument("min_size and max_size must be integers")
+        if min_size < 0 or max_size < 1 or max_size < min_size:
+            raise InvalidArgument(
+                f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
+            )
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("statement_timeout", statement_timeout),
+        ):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
+        if not (isinstance(prune_batch, int) and prune_batch >= 1):
+            raise InvalidArgument(f"prune_batch must be a positive integer, not {prune_batch!r}")
+        self.conninfo = conninfo
+        self.schema = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self.statement_timeout = float(statement_timeout)
+        self.prune_batch = prune_batch
+        self.auto_migrate = bool(auto_migrate)
+        self._configure = configure
+        self._where = redact_conninfo(conninfo) or "<default libpq connection>"
+
+        options = str(params.get("options") or "")
+        options = f"{options} -c statement_timeout={max(1, int(self.statement_timeout * 1000))}"
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # No client-side prepared statements: psycopg prepares with an
+            # extra round trip, and poolers in transaction mode may not keep
+            # them. The functions' own plans are cached by plpgsql anyway.
+            "prepare_threshold": None,
+            # libpq counts whole seconds and never waits less than 2
+            "connect_timeout": max(2, int(self.connect_timeout + 0.999)),
+            "options": options.strip(),
+        }
+        if "application_name" not in params:
+            self._kwargs["application_name"] = "jobcredits"
+
+        s = sql.Identifier(schema)
+        self._sql_claim = sql.SQL(
+            "SELECT status, balance, " + _OUT + " FROM {}.claim("
+            "%s, %s, %s, %s, %s::bigint, %s, %s, %s::float8, %s::float8, %s::float8, "
+            "%s::bigint, %s)"
+        ).format(s)
+        self._sql_confirm = sql.SQL(
+            "SELECT hit, " + _OUT + " FROM {}.confirm(%s, %s, %s, %s::text)"
+        ).format(s)
+        self._sql_refund = sql.SQL(
+            "SELECT hit, " + _OUT + " FROM {}.refund(%s, %s, %s, %s::text, %s::float8)"
+        ).format(s)
+        self._sql_prune = sql.SQL(
+            "SELECT " + _COLUMNS + " FROM {}.prune(%s::float8, %s::integer)"
+        ).format(s)
+        self._sql_lookup = sql.SQL(
+            "SELECT " + _COLUMNS + " FROM {}.jobs WHERE account = %s AND scope = %s AND job_id = %s"
+        ).format(s)
+        self._sql_snapshot = sql.SQL(
+            "SELECT " + _COLUMNS + " FROM {}.jobs WHERE expires_at > %s::float8 "
+            "ORDER BY charged_at, account, scope, job_id"
+        ).format(s)
+        self._sql_grant = sql.SQL("SELECT {}.credit(%s, %s::bigint)").format(s)
+        self._sql_balance = sql.SQL("SELECT credits FROM {}.balances WHERE account = %s").format(s)
+
+        self._lock = threading.Lock()
+        self._ready = False
+        self._closed = False
+        self._pid = os.getpid()
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._apool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        # Pools inherited across fork() or left behind by a closed event loop:
+        # never used again, only kept referenced.
+        self._orphans: list[Any] = []
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresStore:
+        """A store from ``postgresql://user:password@host:port/dbname?...``.
+
+        Query options named like this class's parameters (``schema``,
+        ``max_size``, ``timeout``, ...) configure the store; every other one
+        (``sslmode``, ``application_name``, ...) is passed to libpq, which
+        rejects names it does not know. Keyword ``options`` win over the URL's.
+        """
+        if not isinstance(url, str):
+            raise InvalidArgument(f"store URL must be a string, not {type(url).__name__}")
+        from . import redact_url
+
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError as exc:
+            raise InvalidArgument(f"store URL {redact_url(url)!r} cannot be parsed: {exc}") from exc
+        if parts.scheme.lower() not in cls.schemes:
+            raise InvalidArgument(
+                f"not a PostgreSQL URL: {redact_url(url)!r} (postgresql://user@host:port/dbname)"
+            )
+        store_opts: dict[str, Any] = {}
+        libpq: list[tuple[str, str]] = []
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if name in _URL_OPTIONS:
+                try:
+                    store_opts[name] = _URL_OPTIONS[name](value)
+                except ValueError as exc:
+                    raise InvalidArgument(
+                        f"bad value for {name!r} in store URL {redact_url(url)!r}: {exc}"
+                    ) from exc
+            else:
+                libpq.append((name, value))
+        conninfo = urllib.parse.urlunsplit(
+            parts._replace(scheme="postgresql", query=urllib.parse.urlencode(libpq))
+        )
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            raise InvalidArgument(
+                f"bad PostgreSQL URL {redact_url(url)!r}: {exc}; store options: "
+                f"{', '.join(sorted(_URL_OPTIONS))}; other query options go to libpq"
+            ) from exc
+        store_opts.update(options)
+        return cls(conninfo, **store_opts)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r}, schema={self.schema!r})"
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _format(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(schema=sql.Identifier(self.schema))
+
+    def _direct(self) -> psycopg.Connection[Any]:
+        """One connection outside the pools, for migrations: its errors
+        (wrong password, no such database) reach the caller as they are."""
+        try:
+            return psycopg.connect(self.conninfo, **self._kwargs)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL store {self._where}: cannot connect: {' '.join(str(exc).split())}"
+            ) from exc
+
+    def schema_version(self) -> int:
+        """The version recorded in the database (0 when the schema is absent)."""
+        with self._direct() as conn:
+            return self._version(conn)
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (sql.Identifier(self.schema).as_string(conn) + ".schema_version",),
+        ).fetchone()
+        if row is None or not row[0]:
+            return 0
+        got = conn.execute(
+            self._format("SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+        ).fetchone()
+        return int(got[0]) if got else 0
+
+    def migrate(self) -> int:
+        """Create the schema or bring it up to this version; returns the version.
+
+        Idempotent, and safe to run from several processes at once: a
+        transaction-scoped advisory lock on the schema name makes them take
+        turns, and each step runs in the same transaction as the version it
+        records, so a failed step leaves the previous version intact.
+        """
+        try:
+            with self._direct() as conn, conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.schema)
+                )
+                conn.execute(self._format(_VERSION_TABLE))
+                current = self._version(conn)
+                if current > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"PostgreSQL store {self._where}: schema {self.schema!r} is at version "
+                        f"{current}, newer than this jobcredits-plugin knows ({SCHEMA_VERSION}); "
+                        "upgrade jobcredits-plugin"
+                    )
+                for version in range(current, SCHEMA_VERSION):
+                    conn.execute(self._format(_MIGRATIONS[version]))
+                    conn.execute(
+                        self._format("INSERT INTO {schema}.schema_version (version) VALUES (%s)"),
+                        (version + 1,),
+                    )
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        with self._lock:
+            self._ready = True
+        return SCHEMA_VERSION
+
+    def _ensure_ready(self) -> None:
+        """On first use, migrate (``auto_migrate``) or check that someone has."""
+        if self._ready:
+            return
+        if self.auto_migrate:
+            self.migrate()
+            return
+        try:
+            version = self.schema_version()
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        if version != SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"PostgreSQL store {self._where}: schema {self.schema!r} is at version {version}, "
+                f"this code needs {SCHEMA_VERSION}: run `jobcredits migrate --url ...`"
+            )
+        with self._lock:
+            self._ready = True
+
+    def drop(self) -> None:
+        """Drop the schema and everything in it (tests, uninstalling)."""
+        with self._direct() as conn:
+            conn.execute(self._format("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        with self._lock:
+            self._ready = False
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, StoreUnavailable):
+            return exc
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return StoreUnavailable(f"PostgreSQL store {self._where} unavailable: {text}")
+
+    def _sync_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
+        if self._closed:
+            raise StoreUnavailable(f"PostgreSQL store {self._where} is closed")
+        if self._pid != os.getpid():
+            self._after_fork()
+        pool = self._pool
+        if pool is not None:
+            return pool
+        self._ensure_ready()
+        with self._lock:
+            if self._pool is None:
+                pool = psycopg_pool.ConnectionPool(
+                    self.conninfo,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    kwargs=self._kwargs,
+                    timeout=self.timeout,
+                    configure=self._configure,
+                    name=f"jobcredits-{self.schema}",
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def _after_fork(self) -> None:
+        # A connection inherited across fork() shares its socket with the
+        # parent: using or closing it would break the parent's session.
+        with self._lock:
+            self._orphans.extend(p for p in (self._pool, self._apool) if p is not None)
+            self._pool = self._apool = None
+            self._aloop = None
+            self._pid = os.getpid()
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        pool = self._sync_pool()
+        for _ in range(self.max_size + 1):
+            conn = pool.getconn()
+            if not _dead(conn):
+                break
+            conn.close()  # the pool replaces closed connections
+            pool.putconn(conn)
+        else:
+            raise StoreUnavailable(f"PostgreSQL store {self._where}: no live connection")
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)
+
+    def _run(self, query: sql.Composed, params: Sequence[Any], *, retry: bool) -> list[Row]:
+        """Run one statement (one round trip); see the class docstring for
+        when a failure is retried."""
+        for attempt in (0, 1):
+            try:
+                with self._connection() as conn:
+                    rows: list[Row] = conn.execute(query, params).fetchall()
+                    return rows
+            except psycopg.errors.QueryCanceled as exc:
+                raise self._unavailable(exc) from exc
+            except _UNAVAILABLE as exc:
+                if not retry or attempt or isinstance(exc, psycopg_pool.PoolTimeout):
+                    raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- async connections ---------------------------------------------------------------
+
+    async def _async_pool(
+        self,
+    ) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None:
+        """The async pool of the running loop, or None when another live loop
+        owns it (the caller then falls back to a worker thread)."""
+        if self._closed:
+            raise StoreUnavailable(f"PostgreSQL store {self._where} is closed")
+        if self._pid != os.getpid():
+            self._after_fork()
+        loop = asyncio.get_running_loop()
+        if self._apool is not None and self._aloop is loop:
+            return self._apool
+        if not self._ready:
+            await asyncio.to_thread(self._ensure_ready)
+        with self._lock:
+            if self._apool is not None and self._aloop is not loop:
+                old_loop = self._aloop
+                if old_loop is not None and not old_loop.is_closed():
+                    return None
+                self._orphans.append(self._apool)
+                self._apool = None
+            if self._apool is None:
+                self._apool = psycopg_pool.AsyncConnectionPool(
+                    self.conninfo,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    kwargs=self._kwargs,
+                    timeout=self.timeout,
+                    configure=self._aconfigure if self._configure else None,
+                    name=f"jobcredits-{self.schema}-async",
+                    open=False,
+                )
+                self._aloop = loop
+                pool = self._apool
+            else:
+                return self._apool
+        await pool.open(wait=False)
+        return pool
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._configure is not None:
+            self._configure(conn)
+
+    @asynccontextmanager
+    async def _aconnection(
+        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        for _ in range(self.max_size + 1):
+            conn = await pool.getconn()
+            if not _dead(conn):
+                break
+            await conn.close()
+            await pool.putconn(conn)
+        else:
+            raise StoreUnavailable(f"PostgreSQL store {self._where}: no live connection")
+        try:
+            yield conn
+        finally:
+            await pool.putconn(conn)
+
+    async def _arun(
+        self, query: sql.Composed, params: Sequence[Any], *, retry: bool
+    ) -> list[Row] | None:
+        """The async twin of :meth:`_run`; None means "no pool for this loop"."""
+        try:
+            pool = await self._async_pool()
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        if pool is None:
+            return None
+        for attempt in (0, 1):
+            try:
+                async with self._aconnection(pool) as conn:
+                    cur = await conn.execute(query, params)
+                    arows: list[Row] = await cur.fetchall()
+                    return arows
+            except psycopg.errors.QueryCanceled as exc:
+                raise self._unavailable(exc) from exc
+            except _UNAVAILABLE as exc:
+                if not retry or attempt or isinstance(exc, psycopg_pool.PoolTimeout):
+                    raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- turning rows into results -------------------------------------------------------
+
+    @staticmethod
+    def _claim_params(req: ClaimRequest) -> tuple[Any, ...]:
+        return (
+            req.account,
+            req.scope,
+            req.job_id,
+            req.charge_id,
+            req.cost,
+            req.tier,
+            req.backend,
+            req.now,
+            req.ttl,
+            req.lease,
+            req.max_uses,
+            req.balances,
+        )
+
+    @staticmethod
+    def _claim_result(req: ClaimRequest, rows: list[Row]) -> ClaimResult:
+        status, balance, *found = rows[0]
+        existing = None if found[0] is None else _record(req.key, found)
+        plan = plan_claim(existing, int(balance or 0), req)
+        if plan.result.status != status:
+            # The server applied one row of the table and the rules name
+            # another: a bug in one of them. Say so rather than report
+            # events that do not match what was committed.
+            raise RuntimeError(
+                f"PostgreSQL store: the server decided {status!r} where the rules "
+                f"decide {plan.result.status!r} for {req!r}"
+            )
+        return plan.result
+
+    @staticmethod
+    def _confirm_result(key: Key, charge_id: str | None, now: float, rows: list[Row]) -> Any:
+        found, *cols = rows[0]
+        existing = _record(key, cols) if found else None
+        return plan_confirm(existing, charge_id, now)[0]
+
+    @staticmethod
+    def _refund_result(key: Key, charge_id: str | None, now: float, rows: list[Row]) -> Any:
+        found, *cols = rows[0]
+        if not found:
+            return None
+        existing = _record(key, cols)
+        event = plan_refund(existing, charge_id, now)
+        return event or Event("refund", existing.with_state(REFUNDED))
+
+    @staticmethod
+    def _settled(rows: list[Row], now: float) -> list[Event]:
+        events = []
+        for row in rows:
+            record = _full_record(row)
+            event = plan_settle(record, now)
+            if event is not None:
+                events.append(event)
+        return events
+
+    @staticmethod
+    def _lookup_result(rows: list[Row], now: float) -> JobRecord | None:
+        if not rows:
+            return None
+        record = _full_record(rows[0])
+        return record if record.is_live(now) else None
+
+    @staticmethod
+    def _snapshot_result(rows: list[Row], now: float) -> list[JobRecord]:
+        return [r for r in map(_full_record, rows) if r.is_live(now)]
+
+    # -- the store protocol --------------------------------------------------------------
+
+    def claim(self, req: ClaimRequest) -> ClaimResult:
+        rows = self._run(self._sql_claim, self._claim_params(req), retry=False)
+        return self._claim_result(req, rows)
+
+    def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        rows = self._run(self._sql_confirm, (*key, charge_id), retry=True)
+        result: JobRecord | None = self._confirm_result(key, charge_id, now, rows)
+        return result
+
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        rows = self._run(self._sql_refund, (*key, charge_id, now), retry=False)
+        result: Event | None = self._refund_result(key, charge_id, now, rows)
+        return result
+
+    def lookup(self, key: Key, now: float) -> JobRecord | None:
+        return self._lookup_result(self._run(self._sql_lookup, key, retry=True), now)
+
+    def _batches(self, limit: int | None, done: int) -> int:
+        return self.prune_batch if limit is None else min(self.prune_batch, limit - done)
+
+    def prune(self, now: float, limit: int | None = None) -> list[Event]:
+        events: list[Event] = []
+        while limit is None or len(events) < limit:
+            batch = self._batches(limit, len(events))
+            rows = self._run(self._sql_prune, (now, batch), retry=False)
+            events.extend(self._settled(rows, now))
+            if len(rows) < batch:
+                break
+        return events
+
+    def snapshot(self, now: float) -> list[JobRecord]:
+        return self._snapshot_result(self._run(self._sql_snapshot, (now,), retry=True), now)
+
+    def grant(self, account: str, amount: int) -> int:
+        return int(self._run(self._sql_grant, (account, amount), retry=False)[0][0])
+
+    def balance(self, account: str) -> int:
+        rows = self._run(self._sql_balance, (account,), retry=True)
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        """Close the sync pool, and the async one when its loop is gone or
+        not running (from inside its loop, prefer :meth:`aclose`)."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            apool, self._apool = self._apool, None
+            loop, self._aloop = self._aloop, None
+            inherited = self._pid != os.getpid()
+        if inherited:
+            return
+        if pool is not None:
+            pool.close(timeout=self.timeout)
+        if apool is not None:
+            self._close_async_pool(apool, loop)
+
+    def _close_async_pool(
+        self,
+        apool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(apool.close(timeout=self.timeout))
+            return
+        # Its loop is gone (asyncio.run ended): its tasks died with it; close
+        # the idle connections' sockets directly.
+        for conn in list(getattr(apool, "_pool", ())):
+            conn.pgconn.finish()
+        self._orphans.append(apool)
+
+    # -- the async twins -----------------------------------------------------------------
+
+    async def aclaim(self, req: ClaimRequest) -> ClaimResult:
+        rows = await self._arun(self._sql_claim, self._claim_params(req), retry=False)
+        if rows is None:
+            return await super().aclaim(req)
+        return self._claim_result(req, rows)
+
+    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        rows = await self._arun(self._sql_confirm, (*key, charge_id), retry=True)
+        if rows is None:
+            return await super().aconfirm(key, charge_id, now)
+        result: JobRecord | None = self._confirm_result(key, charge_id, now, rows)
+        return result
+
+    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        rows = await self._arun(self._sql_refund, (*key, charge_id, now), retry=False)
+        if rows is None:
+            return await super().arefund(key, charge_id, now)
+        result: Event | None = self._refund_result(key, charge_id, now, rows)
+        return result
+
+    async def alookup(self, key: Key, now: float) -> JobRecord | None:
+        rows = await self._arun(self._sql_lookup, key, retry=True)
+        if rows is None:
+            return await super().alookup(key, now)
+        return self._lookup_result(rows, now)
+
+    async def aprune(self, now: float, limit: int | None = None) -> list[Event]:
+        events: list[Event] = []
+        while limit is None or len(events) < limit:
+            batch = self._batches(limit, len(events))
+            rows = await self._arun(self._sql_prune, (now, batch), retry=False)
+            if rows is None:
+                left = None if limit is None else limit - len(events)
+                return events + await super().aprune(now, left)
+            events.extend(self._settled(rows, now))
+            if len(rows) < batch:
+                break
+        return events
+
+    async def asnapshot(self, now: float) -> list[JobRecord]:
+        rows = await self._arun(self._sql_snapshot, (now,), retry=True)
+        if rows is None:
+            return await super().asnapshot(now)
+        return self._snapshot_result(rows, now)
+
+    async def agrant(self, account: str, amount: int) -> int:
+        rows = await self._arun(self._sql_grant, (account, amount), retry=False)
+        if rows is None:
+            return await super().agrant(account, amount)
+        return int(rows[0][0])
+
+    async def abalance(self, account: str) -> int:
+        rows = await self._arun(self._sql_balance, (account,), retry=True)
+        if rows is None:
+            return await super().abalance(account)
+        return int(rows[0][0]) if rows else 0
+
+    async def aclose(self) -> None:
+        """Close both pools; the async one on this loop when it owns it."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            apool = self._apool if self._aloop is loop else None
+            if apool is not None:
+                self._apool = None
+                self._aloop = None
+        if apool is not None:
+            await apool.close(timeout=self.timeout)
+        await asyncio.to_thread(self.close)

@@ -1,0 +1,787 @@
+"""A store on Redis (or Redis Cluster), shared by every process on every host.
+
+Atomicity comes from Lua: each ledger operation is one ``EVALSHA`` of a script
+that reads the job's record (and the account's balance), decides, writes and
+answers in one step on the server, so no other client's command can run in
+between, and the whole operation costs one round trip.
+
+The scripts mirror the pure ``plan_*`` rules of :mod:`._base` and hand back
+the *pre-image* (the record and balance as they were before the script ran).
+The Python side then runs the very same ``plan_*`` function on that pre-image
+to build the :class:`ClaimResult` / :class:`Event` objects, so the results are
+exactly those of the other stores, and a drift between the Lua and the Python
+rules is caught as an error instead of a silently different answer.
+
+Key layout (``P`` is the prefix, ``T`` 16 hex digits of a BLAKE2b digest of the
+account, ``lp(x)`` is ``<utf-8 byte length>:<x>``)::
+
+    P:{T}:j:lp(account)lp(scope)lp(job_id)   hash   one job record
+    P:{T}:b:lp(account)                      string the account's balance
+    P:{T}:due                                zset   job keys by deadline()
+
+The ``{T}`` hash tag puts an account's jobs, balance and due-set in one cluster
+slot, so every script touches one slot; the digest keeps an account that
+contains ``{``, ``}``, ``:`` or ``|`` from choosing its own tag. Length
+prefixes make the job key injective in ``(account, scope, job_id)``.
+
+Clock: every time comparison uses the ``now`` the ledger passes in (never
+Redis ``TIME``), and every float is passed and stored as Python's ``repr``,
+which Lua's ``tonumber`` and Redis's sorted-set scores parse back to the same
+double, so times round-trip to the bit and compare exactly as in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, cast
+
+from .._errors import InvalidArgument, StoreUnavailable
+from .._records import JobRecord, JobState
+from ._base import (
+    BaseStore,
+    ClaimRequest,
+    ClaimResult,
+    Event,
+    Key,
+    plan_claim,
+    plan_confirm,
+    plan_refund,
+    plan_settle,
+)
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.cluster
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        'RedisStore needs the redis driver: pip install "jobcredits-plugin[redis]"'
+    ) from exc
+
+__all__ = ["RedisStore"]
+
+# -- the scripts -----------------------------------------------------------------------
+#
+# Record hash fields: a account, s scope, j job_id, c charge_id, st state,
+# co cost, t tier (absent = None), b backend (absent = None), ca charged_at,
+# ea expires_at, lu lease_until, u uses, d debited. Numbers are kept as the
+# strings Python wrote; Lua only parses them to compare.
+
+_CLAIM = """
+local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[1])
+local raw = redis.call('HGETALL', job)
+local balance = '0'
+if ARGV[5] == '1' then balance = redis.call('GET', bal) or '0' end
+local rec = {}
+for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+local refund_debited = nil
+local settled = false
+if #raw > 0 then
+  if rec['c'] == ARGV[2] then
+    -- our own charge, committed by an attempt whose answer was lost: a retry
+    return {'replay', raw, balance}
+  end
+  local st = rec['st']
+  if st == 'pending' then
+    if now < tonumber(rec['lu']) then return {'in_progress', raw, balance} end
+    refund_debited = rec['d']
+    settled = true
+  elseif st == 'charged' and now < tonumber(rec['ea']) then
+    if ARGV[4] ~= '' and tonumber(rec['u']) >= tonumber(ARGV[4]) then
+      return {'exhausted', raw, balance}
+    end
+    redis.call('HINCRBY', job, 'u', 1)
+    return {'reused', raw, balance}
+  else
+    settled = true
+  end
+end
+local available = tonumber(balance)
+if refund_debited ~= nil then available = available + tonumber(refund_debited) end
+local debit = '0'
+if ARGV[5] == '1' then
+  if available < tonumber(ARGV[3]) then
+    if refund_debited ~= nil and refund_debited ~= '0' then
+      redis.call('INCRBY', bal, refund_debited)
+    end
+    if settled then
+      redis.call('DEL', job)
+      redis.call('ZREM', due, job)
+    end
+    return {'insufficient', raw, balance}
+  end
+  debit = ARGV[3]
+end
+if refund_debited ~= nil and refund_debited ~= '0' then
+  redis.call('INCRBY', bal, refund_debited)
+end
+if debit ~= '0' then redis.call('DECRBY', bal, debit) end
+if #raw > 0 then redis.call('DEL', job) end
+local f = {'a', ARGV[6], 's', ARGV[7], 'j', ARGV[8], 'c', ARGV[2], 'st', 'pending',
+           'co', ARGV[3], 'ca', ARGV[1], 'ea', ARGV[13], 'lu', ARGV[14], 'u', '1', 'd', debit}
+if ARGV[10] == '1' then f[#f + 1] = 't'; f[#f + 1] = ARGV[9] end
+if ARGV[12] == '1' then f[#f + 1] = 'b'; f[#f + 1] = ARGV[11] end
+redis.call('HSET', job, unpack(f))
+redis.call('ZADD', due, ARGV[14], job)
+if ARGV[15] ~= '' then
+  redis.call('PEXPIRE', job, ARGV[15])
+  local ttl = redis.call('PTTL', due)
+  if ttl < tonumber(ARGV[15]) then redis.call('PEXPIRE', due, ARGV[15]) end
+end
+return {'charged', raw, balance}
+"""
+
+_CONFIRM = """
+local job, due = KEYS[1], KEYS[2]
+local raw = redis.call('HGETALL', job)
+if #raw == 0 then return {} end
+local rec = {}
+for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
+if rec['st'] == 'pending' then
+  redis.call('HSET', job, 'st', 'charged')
+  redis.call('ZADD', due, rec['ea'], job)
+end
+return raw
+"""
+
+_REFUND = """
+local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
+local raw = redis.call('HGETALL', job)
+if #raw == 0 then return {} end
+local rec = {}
+for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
+if rec['st'] == 'refunded' or tonumber(ARGV[3]) >= tonumber(rec['ea']) then return {} end
+redis.call('DEL', job)
+redis.call('ZREM', due, job)
+if rec['d'] ~= '0' then redis.call('INCRBY', bal, rec['d']) end
+return raw
+"""
+
+# Settles up to ARGV[2] due records of one due-set (one account slot). Answers
+# {examined, raw1, raw2, ...}: examined counts members taken off the set (also
+# those whose hash had vanished), so the caller knows whether more remain.
+_PRUNE = """
+local due = KEYS[1]
+local now = tonumber(ARGV[1])
+local base = ARGV[3]
+local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {#members}
+for _, job in ipairs(members) do
+  local raw = redis.call('HGETALL', job)
+  if #raw == 0 then
+    redis.call('ZREM', due, job)
+  else
+    local rec = {}
+    for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+    local settle = false
+    if rec['st'] == 'pending' then
+      settle = now >= tonumber(rec['lu'])
+    elseif rec['st'] ~= 'refunded' then
+      settle = now >= tonumber(rec['ea'])
+    end
+    if settle then
+      redis.call('DEL', job)
+      redis.call('ZREM', due, job)
+      if rec['st'] == 'pending' and rec['d'] ~= '0' then
+        redis.call('INCRBY', base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a'], rec['d'])
+      end
+      out[#out + 1] = raw
+    end
+  end
+end
+return out
+"""
+
+_SNAPSHOT = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for _, job in ipairs(members) do
+  local raw = redis.call('HGETALL', job)
+  if #raw > 0 then out[#out + 1] = raw end
+end
+return out
+"""
+
+_GRANT = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v < 0 then redis.call('SET', KEYS[1], '0') end
+return redis.call('GET', KEYS[1])
+"""
+
+_SCRIPTS = {
+    "claim": _CLAIM,
+    "confirm": _CONFIRM,
+    "refund": _REFUND,
+    "prune": _PRUNE,
+    "snapshot": _SNAPSHOT,
+    "grant": _GRANT,
+}
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "prefix": str,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "cluster": lambda v: _parse_bool(v),
+    "retries": int,
+    "safety_expiry": lambda v: None if v.lower() in ("", "none", "off") else float(v),
+    "prune_batch": int,
+    "db": int,
+}
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
+def _s(value: Any) -> str:
+    """A reply element as str, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _lp(part: str) -> str:
+    return f"{len(part.encode())}:{part}"
+
+
+def _tag(account: str) -> str:
+    # A digest, not the account itself: an account may contain braces, which
+    # would otherwise pick a different hash tag, and the digest spreads
+    # accounts evenly over the cluster's slots.
+    return hashlib.blake2b(account.encode(), digest_size=8).hexdigest()
+
+
+def _decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
+    """A record from a script's flat HGETALL list or the client's dict."""
+    if not raw:
+        return None
+    if isinstance(raw, dict):
+        f = {_s(k): _s(v) for k, v in raw.items()}
+    else:
+        items = [_s(v) for v in raw]
+        f = dict(zip(items[::2], items[1::2], strict=False))
+    return JobRecord(
+        account=f["a"],
+        scope=f["s"],
+        job_id=f["j"],
+        charge_id=f["c"],
+        state=cast(JobState, f["st"]),
+        cost=int(f["co"]),
+        tier=f.get("t"),
+        backend=f.get("b"),
+        charged_at=float(f["ca"]),
+        expires_at=float(f["ea"]),
+        uses=int(f["u"]),
+        lease_until=float(f["lu"]),
+        debited=int(f["d"]),
+    )
+
+
+def _escape_glob(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+class RedisStore(BaseStore):
+    """Jobs and balances in Redis: shared by every process on every host.
+
+    :param client: an existing ``redis.Redis`` or ``redis.cluster.RedisCluster``
+        for the sync operations (its connection settings are then yours; it
+        should have ``decode_responses`` off or on, either works). When given
+        without ``url``, the async twins run the sync client in a worker thread
+        unless ``async_client`` is given too.
+    :param url: ``redis://``, ``rediss://`` or ``redis+unix://`` URL to build
+        the clients from (sync, and ``redis.asyncio`` per event loop).
+    :param prefix: the first part of every key, to share one database among
+        applications or tests. May not contain ``{`` or ``}``.
+    :param socket_timeout: seconds to wait for an answer before the operation
+        fails with :class:`~jobcredits_plugin.StoreUnavailable`.
+    :param socket_connect_timeout: seconds to wait for a connection.
+    :param cluster: use ``RedisCluster`` (the URL names any one node).
+    :param retries: how often a command is retried after a connection error
+        (a connection killed while idle is then invisible to callers). A
+        retried charge whose first attempt did commit is recognised by its
+        charge id and answered as that charge.
+    :param safety_expiry: seconds after a record's expiry (or lease end) at
+        which Redis deletes the record by itself, so that keys of a store that
+        nobody prunes cannot pile up forever; ``None`` switches it off. Records
+        deleted this way fire no hook: run ``prune`` well within this margin.
+    :param prune_batch: records one prune script settles at most, so a large
+        backlog never blocks the server for long.
+    """
+
+    schemes = ("redis", "rediss", "redis+unix")
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        url: str | None = None,
+        prefix: str = "jobcredits",
+        socket_timeout: float = 2.0,
+        socket_connect_timeout: float = 2.0,
+        cluster: bool = False,
+        retries: int = 1,
+        safety_expiry: float | None = 86400.0,
+        prune_batch: int = 500,
+        async_client: Any = None,
+    ) -> None:
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise InvalidArgument(f"prefix must be a string without braces, not {prefix!r}")
+        if not socket_timeout > 0 or not socket_connect_timeout > 0:
+            raise InvalidArgument("socket timeouts must be positive numbers of seconds")
+        if retries < 0:
+            raise InvalidArgument(f"retries must be >= 0, not {retries}")
+        if prune_batch < 1:
+            raise InvalidArgument(f"prune_batch must be >= 1, not {prune_batch}")
+        if safety_expiry is not None and not safety_expiry > 0:
+            raise InvalidArgument(f"safety_expiry must be positive or None, not {safety_expiry}")
+        if client is None and url is None:
+            url = "redis://127.0.0.1:6379/0"
+        self.prefix = prefix
+        self.url = url
+        self.cluster = cluster
+        self.safety_expiry = safety_expiry
+        self.prune_batch = int(prune_batch)
+        self._label = "Redis store " + (_redact(url) if url is not None else type(client).__name__)
+        self._client_kwargs: dict[str, Any] = {
+            "socket_timeout": float(socket_timeout),
+            "socket_connect_timeout": float(socket_connect_timeout),
+            "decode_responses": True,
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), int(retries)),
+        }
+        if client is None:
+            assert url is not None
+            client = self._sync_from_url(url)
+        self._client = client
+        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._given_async = async_client
+        # One redis.asyncio client per event loop: its connections belong to
+        # the loop that opened them.
+        self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, Any, Any, dict[str, Any]]] = {}
+        self._closed = False
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """Build a store from a URL; query options (``?prefix=x&cluster=true``)
+        and keyword ``options`` (which win) become constructor arguments."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - validates the port
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"bad Redis URL {_redact(url)!r}: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if scheme not in cls.schemes:
+            raise InvalidArgument(
+                f"RedisStore takes redis://, rediss:// or redis+unix:// URLs, not {_redact(url)!r}"
+            )
+        parsed: dict[str, Any] = {}
+        for name, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+            if name not in _OPTIONS:
+                raise InvalidArgument(
+                    f"unknown option {name!r} in Redis URL {_redact(url)!r}; "
+                    f"accepted: {', '.join(sorted(_OPTIONS))}"
+                )
+            try:
+                parsed[name] = _OPTIONS[name](values[-1])
+            except ValueError as exc:
+                raise InvalidArgument(
+                    f"bad value for {name!r} in Redis URL {_redact(url)!r}: {exc}"
+                ) from exc
+        if scheme != "redis+unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise InvalidArgument(
+                f"the path of a Redis URL is the database number, not {parts.path!r} "
+                f"in {_redact(url)!r}"
+            )
+        db = parsed.pop("db", None)
+        parsed.update(options)
+        query = urllib.parse.urlencode({"db": db}) if db is not None else ""
+        # Rebuilt by hand: urlunsplit drops the empty host of redis+unix:///path.
+        clean = url.split("#", 1)[0].split("?", 1)[0] + (f"?{query}" if query else "")
+        return cls(url=clean, **parsed)
+
+    def _sync_from_url(self, url: str) -> Any:
+        driver_url = _driver_url(url)
+        try:
+            if self.cluster:
+                return redis.cluster.RedisCluster.from_url(driver_url, **self._cluster_kwargs())
+            return redis.Redis.from_url(driver_url, **self._client_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"bad Redis URL {_redact(url)!r}: {exc}") from exc
+        except RedisError as exc:  # the cluster client reads the topology at once
+            raise self._unavailable(exc) from exc
+
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self._client_kwargs)
+        kwargs["require_full_coverage"] = True
+        return kwargs
+
+    def _async_from_url(self, url: str) -> Any:
+        driver_url = _driver_url(url)
+        if self.cluster:
+            kwargs = self._cluster_kwargs()
+            kwargs["retry"] = redis.asyncio.retry.Retry(
+                ExponentialBackoff(cap=0.2, base=0.02), kwargs["retry"].get_retries()
+            )
+            return redis.asyncio.cluster.RedisCluster.from_url(driver_url, **kwargs)
+        kwargs = dict(self._client_kwargs)
+        kwargs["retry"] = redis.asyncio.retry.Retry(
+            ExponentialBackoff(cap=0.2, base=0.02), kwargs["retry"].get_retries()
+        )
+        return redis.asyncio.Redis.from_url(driver_url, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._label[len('Redis store ') :]!r}, prefix={self.prefix!r})"
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _base(self, account: str) -> str:
+        return f"{self.prefix}:{{{_tag(account)}}}:"
+
+    def job_key(self, key: Key) -> str:
+        """The Redis key of one job (public for operators and tests)."""
+        account, scope, job_id = key
+        return f"{self._base(account)}j:{_lp(account)}{_lp(scope)}{_lp(job_id)}"
+
+    def balance_key(self, account: str) -> str:
+        """The Redis key of one account's balance."""
+        return f"{self._base(account)}b:{_lp(account)}"
+
+    def due_key(self, account: str) -> str:
+        """The sorted set of the account slot's jobs by deadline."""
+        return f"{self._base(account)}due"
+
+    def _due_pattern(self) -> str:
+        return f"{_escape_glob(self.prefix)}:{{{'?' * 16}}}:due"
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in str(exc):
+            return StoreUnavailable(
+                f"{self._label}: authentication failed (check the user and password): {exc}"
+            )
+        return StoreUnavailable(f"{self._label}: {type(exc).__name__}: {exc}")
+
+    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise StoreUnavailable(f"{self._label} is closed")
+        try:
+            return fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _arun(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    # -- arguments and answers, shared by the sync and async paths ---------------------
+
+    def _claim_call(self, req: ClaimRequest) -> tuple[list[str], list[str]]:
+        keys = [
+            self.job_key(req.key),
+            self.due_key(req.account),
+            self.balance_key(req.account),
+        ]
+        expires_at = req.now + req.ttl
+        lease_until = req.now + req.lease
+        args = [
+            repr(float(req.now)),
+            req.charge_id,
+            str(req.cost),
+            "" if req.max_uses is None else str(req.max_uses),
+            "1" if req.balances else "0",
+            req.account,
+            req.scope,
+            req.job_id,
+            req.tier or "",
+            "0" if req.tier is None else "1",
+            req.backend or "",
+            "0" if req.backend is None else "1",
+            repr(float(expires_at)),
+            repr(float(lease_until)),
+            self._expiry_ms(max(expires_at, lease_until) - req.now),
+        ]
+        return keys, args
+
+    def _expiry_ms(self, seconds_ahead: float) -> str:
+        if self.safety_expiry is None:
+            return ""
+        return str(max(1, math.ceil((seconds_ahead + self.safety_expiry) * 1000)))
+
+    @staticmethod
+    def _claim_result(req: ClaimRequest, reply: Sequence[Any]) -> ClaimResult:
+        status = _s(reply[0])
+        existing = _decode(reply[1])
+        balance = int(_s(reply[2]))
+        if status == "replay" and existing is not None:
+            return ClaimResult(
+                "charged",
+                existing,
+                balance if req.balances else None,
+                (Event("charge", existing),),
+            )
+        result = plan_claim(existing, balance, req).result
+        if result.status != status:  # pragma: no cover - a bug, never a state
+            raise RuntimeError(f"Redis claim script said {status!r}, the rules {result.status!r}")
+        return result
+
+    def _key_call(self, key: Key, charge_id: str | None) -> list[str]:
+        return [charge_id or "", "0" if charge_id is None else "1"]
+
+    def _prune_args(self, due: str, now: float, batch: int) -> list[str]:
+        return [repr(float(now)), str(batch), due[: -len("due")]]
+
+    @staticmethod
+    def _prune_events(reply: Sequence[Any], now: float) -> tuple[int, list[Event]]:
+        events = []
+        for raw in reply[1:]:
+            record = _decode(raw)
+            assert record is not None
+            event = plan_settle(record, now)
+            if event is not None:
+                events.append(event)
+        return int(reply[0]), events
+
+    @staticmethod
+    def _snapshot_records(replies: Iterable[Sequence[Any]], now: float) -> list[JobRecord]:
+        records = [r for reply in replies for r in map(_decode, reply) if r is not None]
+        live = [r for r in records if r.is_live(now)]
+        live.sort(key=lambda r: (r.charged_at, r.key))
+        return live
+
+    # -- the store protocol --------------------------------------------------------------
+
+    def claim(self, req: ClaimRequest) -> ClaimResult:
+        keys, args = self._claim_call(req)
+        reply = self._run(self._scripts["claim"], keys=keys, args=args)
+        return self._claim_result(req, reply)
+
+    def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        keys = [self.job_key(key), self.due_key(key[0])]
+        reply = self._run(self._scripts["confirm"], keys=keys, args=self._key_call(key, charge_id))
+        return plan_confirm(_decode(reply), charge_id, now)[0]
+
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
+        args = [*self._key_call(key, charge_id), repr(float(now))]
+        reply = self._run(self._scripts["refund"], keys=keys, args=args)
+        return plan_refund(_decode(reply), charge_id, now)
+
+    def lookup(self, key: Key, now: float) -> JobRecord | None:
+        record = _decode(self._run(self._client.hgetall, self.job_key(key)))
+        return record if record is not None and record.is_live(now) else None
+
+    def _due_keys(self) -> list[str]:
+        found = self._run(
+            lambda: list(self._client.scan_iter(match=self._due_pattern(), count=1000))
+        )
+        return sorted({_s(k) for k in found})
+
+    def prune(self, now: float, limit: int | None = None) -> list[Event]:
+        events: list[Event] = []
+        for due in self._due_keys():
+            while limit is None or len(events) < limit:
+                batch = (
+                    self.prune_batch
+                    if limit is None
+                    else min(self.prune_batch, limit - len(events))
+                )
+                reply = self._run(
+                    self._scripts["prune"], keys=[due], args=self._prune_args(due, now, batch)
+                )
+                examined, settled = self._prune_events(reply, now)
+                events.extend(settled)
+                if examined < batch:
+                    break
+            if limit is not None and len(events) >= limit:
+                break
+        return events
+
+    def snapshot(self, now: float) -> list[JobRecord]:
+        replies = [self._run(self._scripts["snapshot"], keys=[due]) for due in self._due_keys()]
+        return self._snapshot_records(replies, now)
+
+    def grant(self, account: str, amount: int) -> int:
+        reply = self._run(self._scripts["grant"], keys=[self.balance_key(account)], args=[amount])
+        return int(_s(reply))
+
+    def balance(self, account: str) -> int:
+        value = self._run(self._client.get, self.balance_key(account))
+        return 0 if value is None else int(_s(value))
+
+    def close(self) -> None:
+        """Close the sync client's connections; async clients close with their
+        event loop (or :meth:`aclose`)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RedisError, OSError):
+            self._client.close()
+        self._aclients.clear()
+
+    # -- the async twins ---------------------------------------------------------------
+
+    async def _aclient(self) -> tuple[Any, dict[str, Any]] | None:
+        """This event loop's async client and scripts, or None to run the
+        sync client in a thread (a sync client given without a URL)."""
+        if self._closed:
+            raise StoreUnavailable(f"{self._label} is closed")
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            return entry[2], entry[3]
+        for ident, (other, *_rest) in list(self._aclients.items()):
+            if other.is_closed():
+                del self._aclients[ident]
+        if self._given_async is not None:
+            client = self._given_async
+        elif self.url is not None:
+            client = self._async_from_url(self.url)
+        else:
+            return None
+        scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        # An async generator started on this loop is closed by the loop's
+        # shutdown_asyncgens() (asyncio.run does that), which lets us close the
+        # client's connections while their loop still runs.
+        closer = _closer(client) if client is not self._given_async else None
+        if closer is not None:
+            await closer.__anext__()
+        self._aclients[id(loop)] = (loop, closer, client, scripts)
+        return client, scripts
+
+    async def aclaim(self, req: ClaimRequest) -> ClaimResult:
+        got = await self._aclient()
+        if got is None:
+            return await super().aclaim(req)
+        keys, args = self._claim_call(req)
+        reply = await self._arun(got[1]["claim"](keys=keys, args=args))
+        return self._claim_result(req, reply)
+
+    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
+        got = await self._aclient()
+        if got is None:
+            return await super().aconfirm(key, charge_id, now)
+        keys = [self.job_key(key), self.due_key(key[0])]
+        reply = await self._arun(got[1]["confirm"](keys=keys, args=self._key_call(key, charge_id)))
+        return plan_confirm(_decode(reply), charge_id, now)[0]
+
+    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        got = await self._aclient()
+        if got is None:
+            return await super().arefund(key, charge_id, now)
+        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
+        args = [*self._key_call(key, charge_id), repr(float(now))]
+        reply = await self._arun(got[1]["refund"](keys=keys, args=args))
+        return plan_refund(_decode(reply), charge_id, now)
+
+    async def alookup(self, key: Key, now: float) -> JobRecord | None:
+        got = await self._aclient()
+        if got is None:
+            return await super().alookup(key, now)
+        record = _decode(await self._arun(got[0].hgetall(self.job_key(key))))
+        return record if record is not None and record.is_live(now) else None
+
+    async def _adue_keys(self, client: Any) -> list[str]:
+        async def scan() -> list[str]:
+            return [_s(k) async for k in client.scan_iter(match=self._due_pattern(), count=1000)]
+
+        return sorted(set(await self._arun(scan())))
+
+    async def aprune(self, now: float, limit: int | None = None) -> list[Event]:
+        got = await self._aclient()
+        if got is None:
+            return await super().aprune(now, limit)
+        client, scripts = got
+        events: list[Event] = []
+        for due in await self._adue_keys(client):
+            while limit is None or len(events) < limit:
+                batch = (
+                    self.prune_batch
+                    if limit is None
+                    else min(self.prune_batch, limit - len(events))
+                )
+                reply = await self._arun(
+                    scripts["prune"](keys=[due], args=self._prune_args(due, now, batch))
+                )
+                examined, settled = self._prune_events(reply, now)
+                events.extend(settled)
+                if examined < batch:
+                    break
+            if limit is not None and len(events) >= limit:
+                break
+        return events
+
+    async def asnapshot(self, now: float) -> list[JobRecord]:
+        got = await self._aclient()
+        if got is None:
+            return await super().asnapshot(now)
+        client, scripts = got
+        replies = [
+            await self._arun(scripts["snapshot"](keys=[due]))
+            for due in await self._adue_keys(client)
+        ]
+        return self._snapshot_records(replies, now)
+
+    async def agrant(self, account: str, amount: int) -> int:
+        got = await self._aclient()
+        if got is None:
+            return await super().agrant(account, amount)
+        reply = await self._arun(got[1]["grant"](keys=[self.balance_key(account)], args=[amount]))
+        return int(_s(reply))
+
+    async def abalance(self, account: str) -> int:
+        got = await self._aclient()
+        if got is None:
+            return await super().abalance(account)
+        value = await self._arun(got[0].get(self.balance_key(account)))
+        return 0 if value is None else int(_s(value))
+
+    async def aclose(self) -> None:
+        """Close this loop's async client now, then the sync client."""
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.pop(id(loop), None)
+        if entry is not None and entry[0] is loop and entry[1] is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await entry[1].aclose()
+        self.close()
+
+
+async def _closer(client: Any) -> AsyncIterator[None]:
+    """Closes ``client`` when its event loop shuts its async generators down."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+
+
+def _redact(url: str) -> str:
+    from . import redact_url
+
+    return redact_url(url)
+
+
+def _driver_url(url: str) -> str:
+    """redis-py spells a socket URL ``unix://``; we accept ``redis+unix://``."""
+    if url.lower().startswith("redis+unix://"):
+        return "unix://" + url[len("redis+unix://") :]
+    return url

@@ -1,0 +1,611 @@
+"""What only PostgreSQL has: the schema and its migrations, the one round trip
+per charge, and the failures of a network server (killed connections, an
+outage), with several processes and pruners sharing one schema.
+
+The rules themselves are checked by ``test_store_suite.py`` (and the model in
+``test_model_postgres.py``), which run on PostgreSQL like on every store.
+These tests need a server (``JOBCREDITS_TEST_POSTGRES_URL``, default
+``postgresql://postgres@127.0.0.1:5432/test``); they skip without one, and fail
+on CI. No test stops the server: outages go through a proxy of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import select
+import socket
+import tempfile
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobcredits_plugin import (
+    Charge,
+    InvalidArgument,
+    JobInProgress,
+    Ledger,
+    StoreUnavailable,
+)
+from jobcredits_plugin.stores import from_url
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+from jobcredits_plugin.stores._postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+
+
+@pytest.fixture
+def url() -> str:
+    return _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + list(params.items())
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _replace_netloc(url: str, host: str, port: int) -> str:
+    parts = urllib.parse.urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}{host}:{port}"))
+
+
+@pytest.fixture
+def make_store(url: str) -> Iterator[Callable[..., PostgresStore]]:
+    """Builds stores on fresh schemas (or a given one); closes them and drops
+    every schema they used."""
+    made: list[PostgresStore] = []
+
+    def make(schema: str | None = None, store_url: str | None = None, **kw: Any) -> PostgresStore:
+        kw.setdefault("schema", schema or f"jctest_{uuid.uuid4().hex[:12]}")
+        store = PostgresStore.from_url(store_url or url, **kw)
+        made.append(store)
+        return store
+
+    yield make
+    schemas = {s.schema for s in made}
+    for store in made:
+        store.close()
+    for schema in schemas:
+        PostgresStore.from_url(url, schema=schema).drop()
+
+
+def _admin(url: str) -> Any:
+    return psycopg.connect(url, autocommit=True)
+
+
+def _schema_exists(url: str, schema: str) -> bool:
+    with _admin(url) as conn:
+        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        return row is not None
+
+
+# -- the schema ----------------------------------------------------------------------------
+
+
+def test_schema_is_created_on_first_use_and_its_version_recorded(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    """Building the store touches nothing; the first operation migrates."""
+    store = make_store()
+    assert not _schema_exists(url, store.schema)
+    assert store.grant("acct", 3) == 3
+    assert _schema_exists(url, store.schema)
+    assert store.schema_version() == SCHEMA_VERSION
+    with _admin(url) as conn:
+        rows = conn.execute(
+            psycopg.sql.SQL("SELECT version FROM {}.schema_version").format(
+                psycopg.sql.Identifier(store.schema)
+            )
+        ).fetchall()
+    assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_migrate_is_idempotent(make_store: Callable[..., PostgresStore]) -> None:
+    """migrate() creates the schema once; running it again changes nothing."""
+    store = make_store()
+    assert store.schema_version() == 0
+    assert store.migrate() == SCHEMA_VERSION
+    store.grant("acct", 5)
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.balance("acct") == 5
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_concurrent_migrations_take_turns(make_store: Callable[..., PostgresStore]) -> None:
+    """Eight stores migrating one new schema at once: all succeed, one version row."""
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    stores = [make_store(schema) for _ in range(8)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(stores))
+
+    def run(store: PostgresStore) -> None:
+        barrier.wait(timeout=30)
+        try:
+            store.migrate()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert stores[0].schema_version() == SCHEMA_VERSION
+    assert stores[0].grant("acct", 1) == 1
+
+
+def test_without_auto_migrate_the_first_use_asks_for_migrate(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    store = make_store(auto_migrate=False)
+    with pytest.raises(StoreUnavailable, match="jobcredits migrate"):
+        store.balance("acct")
+    store.migrate()
+    assert store.balance("acct") == 0
+
+
+def test_quoted_schema_names_work(make_store: Callable[..., PostgresStore]) -> None:
+    """The schema name comes from configuration: it is quoted, never spliced."""
+    store = make_store(f'jctest "odd"; name {uuid.uuid4().hex[:6]}')
+    ledger = Ledger(store, clock=FakeClock())
+    c = ledger.charge("acct", "job-1")
+    assert c.charged
+    assert ledger.lookup("acct", "job-1") == c.record
+    assert [e.record.job_id for e in store.prune(c.record.expires_at)] == ["job-1"]
+
+
+# -- URLs and configuration ------------------------------------------------------------------
+
+
+def test_from_url_separates_store_options_from_libpq_ones(url: str) -> None:
+    store = PostgresStore.from_url(
+        _with_query(url, schema="abc", max_size="5", timeout="1.5", application_name="x")
+    )
+    assert (store.schema, store.max_size, store.timeout) == ("abc", 5, 1.5)
+    assert "application_name=x" in store.conninfo
+    assert "schema" not in store.conninfo
+    store.close()
+
+
+def test_from_url_rejects_unknown_options_and_bad_values(url: str) -> None:
+    with pytest.raises(InvalidArgument, match="nonsense"):
+        PostgresStore.from_url(_with_query(url, nonsense="1"))
+    with pytest.raises(InvalidArgument, match="max_size"):
+        PostgresStore.from_url(_with_query(url, max_size="many"))
+    with pytest.raises(InvalidArgument):
+        PostgresStore.from_url(url, max_size=0)
+    with pytest.raises(InvalidArgument):
+        PostgresStore.from_url(url, schema="x" * 64)
+
+
+def test_generic_from_url_builds_a_postgres_store(url: str) -> None:
+    store = from_url(_with_query(url, schema="jctest_generic"))
+    assert isinstance(store, PostgresStore)
+    store.close()
+
+
+def test_a_missing_database_is_a_clear_error_without_the_password(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    host = f"{parts.hostname}:{parts.port or 5432}"
+    user = parts.username or "postgres"
+    bad = f"postgresql://{user}:s3cret@{host}/no_such_db_{uuid.uuid4().hex[:6]}"
+    store = PostgresStore.from_url(bad)
+    with pytest.raises(StoreUnavailable) as info:
+        store.balance("acct")
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert "***" in message
+    assert "no_such_db" in message
+    assert "does not exist" in message
+    store.close()
+
+
+def test_connection_refused_is_store_unavailable(url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    store = PostgresStore.from_url(_replace_netloc(url, "127.0.0.1", port))
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1"):
+        Ledger(store).charge("acct", "job-1")
+    store.close()
+
+
+# -- one round trip -------------------------------------------------------------------------
+
+
+class ProtocolTrace:
+    """Traces the wire protocol of every pooled connection (libpq's PQtrace)
+    and counts Sync messages: outside pipeline mode, one Sync is one round
+    trip."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+
+    def configure(self, conn: Any) -> None:
+        conn.pgconn.trace(self.file.fileno())
+        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def round_trips(self) -> int:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.seek(0)
+        lines = self.file.read().splitlines()
+        self.file.seek(0, os.SEEK_END)
+        return sum(1 for line in lines if line.startswith("F") and "\tSync" in line)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def test_a_charge_is_one_round_trip(make_store: Callable[..., PostgresStore]) -> None:
+    """charge (new and follow-up), confirm, refund, lookup and grant each make
+    exactly one round trip to the server."""
+    trace = ProtocolTrace()
+    store = make_store(min_size=1, max_size=1, configure=trace.configure)
+    try:
+        ledger = Ledger(store, clock=FakeClock(), balances=True)
+        ledger.grant("acct", 100)  # migrates, opens the pool
+        for what in ("charge", "confirm", "reuse", "refund", "lookup", "grant", "busy"):
+            before = trace.round_trips()
+            if what == "charge":
+                c = ledger.charge("acct", "job-1")
+            elif what == "confirm":
+                ledger.confirm("acct", "job-1", charge_id=c.record.charge_id)
+            elif what == "reuse":
+                assert ledger.charge("acct", "job-1").outcome == "reused"
+            elif what == "refund":
+                assert ledger.refund("acct", "job-1")
+            elif what == "lookup":
+                assert ledger.lookup("acct", "job-1") is None
+            elif what == "grant":
+                ledger.grant("acct", 1)
+            else:
+                ledger.charge("acct", "job-2")
+                before = trace.round_trips()
+                with pytest.raises(JobInProgress):
+                    ledger.charge("acct", "job-2")
+            assert trace.round_trips() - before == 1, what
+        # and after psycopg starts preparing the statement, still one
+        for n in range(8):
+            before = trace.round_trips()
+            ledger.charge("acct", f"job-p{n}")
+            assert trace.round_trips() - before == 1
+    finally:
+        store.close()  # libpq must stop writing to the file before it closes
+        trace.close()
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def _terminate(url: str, application_name: str) -> int:
+    with _admin(url) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+def _wait_gone(url: str, application_name: str) -> None:
+    """pg_terminate_backend only signals: wait (bounded) until the backends exit."""
+    for _ in range(100):
+        with _admin(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            ).fetchone()
+        if row is not None and row[0] == 0:
+            return
+        threading.Event().wait(0.05)
+
+
+def test_killed_idle_connections_are_replaced_without_an_error(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    """pg_terminate_backend of idle pooled connections: the next call sees no
+    error (the dead connection is noticed before anything is sent)."""
+    app = f"jctest-{uuid.uuid4().hex[:8]}"
+    store = make_store(store_url=_with_query(url, application_name=app), min_size=2)
+    ledger = Ledger(store, clock=FakeClock(), balances=True)
+    ledger.grant("acct", 10)
+    assert _terminate(url, app) >= 1
+    _wait_gone(url, app)
+    for n in range(5):
+        assert ledger.charge("acct", f"job-{n}").charged
+    assert ledger.balance("acct") == 5
+
+
+@pytest.mark.slow
+def test_connections_killed_mid_run_lose_no_charge_and_never_double_charge(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    """Charges from 4 threads while another thread keeps killing the store's
+    connections: every charge reported is committed, a failed one is
+    StoreUnavailable, the balance matches the records exactly, and the store
+    works again afterwards."""
+    app = f"jctest-{uuid.uuid4().hex[:8]}"
+    store = make_store(store_url=_with_query(url, application_name=app), max_size=4)
+    clock = FakeClock()
+    ledger = Ledger(store, clock=clock, balances=True)
+    ledger.grant("acct", 10_000)
+    stop = threading.Event()
+    charged: list[Charge] = []
+    unavailable: list[str] = []
+    lock = threading.Lock()
+
+    def killer() -> None:
+        while not stop.is_set():
+            _terminate(url, app)
+            stop.wait(0.005)
+
+    def worker(w: int) -> None:
+        for n in range(150):
+            job = f"job-{w}-{n}"
+            try:
+                c = ledger.charge("acct", job)
+            except StoreUnavailable:
+                with lock:
+                    unavailable.append(job)
+                continue
+            with lock:
+                charged.append(c)
+
+    kill = threading.Thread(target=killer)
+    kill.start()
+    workers = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    stop.set()
+    kill.join(timeout=30)
+
+    live = {r.job_id: r for r in _retrying(ledger.snapshot)}
+    for c in charged:  # nothing reported as charged was lost
+        assert live[c.record.job_id] == c.record
+    # a job whose call failed was committed or not, never twice; each live
+    # record debited exactly one credit
+    assert set(live) <= {c.record.job_id for c in charged} | set(unavailable)
+    assert _retrying(lambda: ledger.balance("acct")) == 10_000 - len(live)
+    # the store recovers without being rebuilt
+    assert _retrying(lambda: ledger.charge("acct", "after")).charged
+
+
+def _retrying(fn: Callable[[], Any], attempts: int = 50) -> Any:
+    """Call fn until the store answers (bounded): the pool may need a moment to
+    replace its connections after a storm of kills or an outage."""
+    for _ in range(attempts - 1):
+        try:
+            return fn()
+        except StoreUnavailable:
+            threading.Event().wait(0.2)
+    return fn()
+
+
+class Proxy:
+    """A TCP proxy on a free loopback port in front of the server, which a test
+    can cut (every connection dropped, new ones closed at once) and restore."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.up = True
+        self.closed = False
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            ready, _, _ = select.select([self.listener], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.closed = True
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+@pytest.mark.slow
+def test_an_outage_is_store_unavailable_and_the_store_recovers(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    parts = urllib.parse.urlsplit(url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    try:
+        store = make_store(
+            store_url=_replace_netloc(url, "127.0.0.1", proxy.port), timeout=1.0, max_size=2
+        )
+        ledger = Ledger(store, clock=FakeClock(), balances=True)
+        ledger.grant("acct", 10)
+        assert ledger.charge("acct", "job-1").charged
+        proxy.cut()
+        for n in range(3):
+            with pytest.raises(StoreUnavailable) as info:
+                ledger.charge("acct", f"down-{n}")
+            assert "127.0.0.1" in str(info.value)
+        with pytest.raises(StoreUnavailable):
+            ledger.balance("acct")
+        proxy.restore()
+        c = _retrying(lambda: ledger.charge("acct", "job-2"))
+        assert c.charged
+        assert ledger.balance("acct") == 8  # nothing was charged while down
+    finally:
+        proxy.close()
+
+
+# -- several processes and pruners ----------------------------------------------------------
+
+
+def _process_charges(url: str, schema: str, jobs: int, queue: Any) -> None:
+    store = PostgresStore.from_url(url, schema=schema, max_size=2)
+    ledger = Ledger(store, balances=True)
+    outcomes: list[tuple[str, str]] = []
+    for n in range(jobs):
+        job = f"job-{n}"
+        try:
+            c = ledger.charge("acct", job)
+        except JobInProgress:
+            outcomes.append((job, "in_progress"))
+        else:
+            outcomes.append((job, c.outcome))
+            if c.charged:
+                ledger.confirm("acct", job, charge_id=c.record.charge_id)
+    ledger.close()
+    queue.put(outcomes)
+
+
+@pytest.mark.slow
+def test_four_processes_charge_each_shared_job_exactly_once(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    store = make_store()
+    ledger = Ledger(store, balances=True)
+    ledger.grant("acct", 1000)
+    jobs = 60
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_charges, args=(url, store.schema, jobs, queue))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for n in range(jobs):
+        outcomes = [o for r in results for job, o in r if job == f"job-{n}"]
+        assert outcomes.count("charged") == 1, (n, outcomes)
+    assert ledger.balance("acct") == 1000 - jobs
+    assert len(ledger.snapshot()) == jobs
+
+
+@pytest.mark.slow
+def test_two_ledgers_pruning_at_once_fire_on_expire_once_per_record(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    clock = FakeClock()
+    seed = Ledger(make_store(schema), clock=clock, balances=True)
+    seed.grant("acct", 1000)
+    for n in range(300):
+        c = seed.charge("acct", f"job-{n}")
+        if n % 3:  # the rest stay pending and are refunded by prune
+            seed.confirm("acct", f"job-{n}", charge_id=c.record.charge_id)
+    clock.advance(3600)
+    plugins = [RecordingPlugin(), RecordingPlugin()]
+    ledgers = [Ledger(make_store(schema, prune_batch=7), clock=clock, plugins=[p]) for p in plugins]
+    barrier = threading.Barrier(2)
+
+    def run(ledger: Ledger) -> None:
+        barrier.wait(timeout=30)
+        ledger.prune()
+
+    threads = [threading.Thread(target=run, args=(led,)) for led in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    expired = [r.job_id for p in plugins for r in p.of("expire")]
+    refunded = [r.job_id for p in plugins for r in p.of("refund")]
+    assert sorted(expired + refunded) == sorted(f"job-{n}" for n in range(300))
+    assert len(refunded) == 100
+    assert seed.balance("acct") == 1000 - 200
+    assert seed.snapshot() == []
+
+
+# -- the async twins ------------------------------------------------------------------------
+
+
+def test_async_twins_use_the_async_pool(make_store: Callable[..., PostgresStore]) -> None:
+    store = make_store()
+    events = RecordingPlugin()
+    ledger = Ledger(store, clock=FakeClock(), balances=True, plugins=[events])
+
+    async def scenario() -> None:
+        await ledger.agrant("acct", 5)
+        assert store._apool is not None
+        results = await asyncio.gather(
+            *(ledger.acharge("acct", "job-1") for _ in range(10)), return_exceptions=True
+        )
+        assert sum(isinstance(r, Charge) and r.charged for r in results) == 1
+        assert sum(isinstance(r, JobInProgress) for r in results) == 9
+        assert await ledger.abalance("acct") == 4
+        await store.aclose()
+
+    asyncio.run(scenario())
+    assert events.kinds() == ["charge"]
+
+
+def test_a_second_event_loop_gets_a_new_async_pool(
+    make_store: Callable[..., PostgresStore],
+) -> None:
+    """asyncio.run twice on one store: the second loop gets its own pool."""
+    store = make_store()
+    ledger = Ledger(store, clock=FakeClock())
+    assert asyncio.run(ledger.acharge("acct", "job-1")).charged
+    first = store._apool
+    assert asyncio.run(ledger.acharge("acct", "job-2")).charged
+    assert store._apool is not None
+    assert store._apool is not first
+    assert [r.job_id for r in ledger.snapshot()] == ["job-1", "job-2"]

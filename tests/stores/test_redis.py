@@ -1,0 +1,723 @@
+"""What RedisStore adds to the generic store suite: its key layout, its one
+round trip per operation, script reloading, faults, several processes, and
+Redis Cluster.
+
+The generic rules run on Redis through ``test_store_suite.py`` and the model
+(``test_model_redis.py``); this module checks what only a networked, shared
+store can get wrong. Fault and cluster tests start private ``redis-server``
+processes on free loopback ports and always stop them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobcredits_plugin import (
+    Charge,
+    InsufficientCredits,
+    InvalidArgument,
+    JobInProgress,
+    Ledger,
+    StoreUnavailable,
+)
+from jobcredits_plugin.stores import ClaimRequest, from_url
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
+from tests.stores.test_store_suite import CONFUSABLE_KEYS, UNICODE_ACCOUNTS
+
+redis = pytest.importorskip("redis", reason="the redis extra is not installed")
+from jobcredits_plugin.stores import RedisStore  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+needs_binaries = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_CLI is None, reason="redis-server/redis-cli not installed"
+)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ping(port: int, password: str | None = None, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        client = redis.Redis(port=port, password=password, socket_timeout=1)
+        try:
+            client.ping()
+            return
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            client.close()
+        time.sleep(0.05)
+
+
+class PrivateRedis:
+    """One redis-server process we own, on a free loopback port."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--dbfilename", "dump.rdb",
+                "--save", "",
+                "--appendonly", "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        password = None
+        if "--requirepass" in self.extra:
+            password = self.extra[self.extra.index("--requirepass") + 1]
+        _wait_ping(self.port, password)
+
+    def stop(self, save: bool = False) -> None:
+        """Stop the server (saving its data first when asked, so a restart
+        brings the same data back)."""
+        if self.proc is None:
+            return
+        if save:
+            client = redis.Redis(port=self.port, socket_timeout=5)
+            try:
+                client.save()
+            finally:
+                client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def admin(self) -> Any:
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def shared_url() -> str:
+    return _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")
+
+
+@pytest.fixture
+def redis_store(shared_url: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(shared_url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+    yield store
+    store.close()
+    _redis_cleanup(store)
+
+
+def _ledger(store: Any, clock: FakeClock, events: RecordingPlugin, **kw: Any) -> Ledger:
+    return Ledger(store, clock=clock, plugins=[events], **kw)
+
+
+# -- URLs and options --------------------------------------------------------------------
+
+
+def test_from_url_routes_redis_schemes_and_reads_options(shared_url: str) -> None:
+    """redis:// URLs build a RedisStore; query options become constructor arguments."""
+    store = from_url(shared_url + "?prefix=abc&socket_timeout=1.5&retries=0&prune_batch=7")
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.prefix == "abc"
+        assert store.prune_batch == 7
+        assert "abc" in repr(store)
+    finally:
+        store.close()
+    unix = RedisStore.from_url("redis+unix:///tmp/nothing.sock?db=3&prefix=u")
+    unix.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?bogus=1",
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:6379/0?socket_timeout=soon",
+        "redis://127.0.0.1:6379/0?cluster=maybe",
+        "redis://127.0.0.1:6379/0?prefix=a{b}",
+        "redis://127.0.0.1:6379/notadb",
+        "http://127.0.0.1:6379/0",
+    ],
+)
+def test_bad_urls_are_invalid_arguments(url: str) -> None:
+    """A URL the store cannot use raises InvalidArgument before any connection."""
+    with pytest.raises(InvalidArgument) as info:
+        RedisStore.from_url(url).close()
+    if "bogus" in url:
+        assert "accepted:" in str(info.value)
+        assert "prefix" in str(info.value)
+
+
+def test_unreachable_server_is_store_unavailable_with_a_redacted_url() -> None:
+    """Nothing listening: StoreUnavailable (bounded by the timeouts), no password shown."""
+    url = f"redis://user:s3cret@127.0.0.1:{_free_port()}/0?socket_connect_timeout=0.5"
+    ledger = Ledger.from_url(url)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            ledger.charge("acct", "job-1")
+        assert "s3cret" not in str(info.value)
+        assert "127.0.0.1" in str(info.value)
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(ledger.acharge("acct", "job-1"))
+    finally:
+        ledger.close()
+
+
+@needs_binaries
+def test_wrong_password_is_a_clear_store_unavailable(tmp_path: Path) -> None:
+    """A bad password answers StoreUnavailable saying authentication failed."""
+    server = PrivateRedis(tmp_path, "--requirepass", "right")
+    server.start()
+    try:
+        store = RedisStore.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0")
+        with pytest.raises(StoreUnavailable) as info:
+            Ledger(store).charge("acct", "job-1")
+        assert "authentication" in str(info.value)
+        assert "wrong" not in str(info.value).replace("wrong password", "")
+        store.close()
+        good = RedisStore.from_url(f"redis://:right@127.0.0.1:{server.port}/0")
+        assert Ledger(good).charge("acct", "job-1").charged
+        good.close()
+    finally:
+        server.stop()
+
+
+def test_an_existing_client_can_be_given(shared_url: str) -> None:
+    """RedisStore(client) uses the caller's client; the async twins then run it in a thread."""
+    client = redis.Redis.from_url(shared_url)  # bytes replies: the store copes
+    store = RedisStore(client, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+    try:
+        ledger = Ledger(store, balances=True)
+        ledger.grant("acct", 2)
+        assert ledger.charge("acct", "job-1").charged
+        assert asyncio.run(ledger.acharge("acct", "job-2")).balance == 0
+        assert {r.job_id for r in ledger.snapshot()} == {"job-1", "job-2"}
+    finally:
+        store.close()
+        store.url = shared_url
+        _redis_cleanup(store)
+
+
+# -- key layout ----------------------------------------------------------------------
+
+
+def test_job_keys_are_injective_and_one_slot_per_account() -> None:
+    """No two (account, scope, job_id) share a key; an account's keys share one cluster slot."""
+    from redis.crc import key_slot
+
+    store = RedisStore(url="redis://127.0.0.1:1/0", prefix="p")
+    try:
+        keys = CONFUSABLE_KEYS + [(a, "s", "j") for a in UNICODE_ACCOUNTS]
+        keys += [("a", "bc", "d"), ("ab", "c", "d"), ("a", "b", "cd"), ("}{", "x", "y")]
+        names = {store.job_key(k) for k in keys}
+        assert len(names) == len(set(keys))
+        for account, scope, job_id in keys:
+            slot = key_slot(store.job_key((account, scope, job_id)).encode())
+            assert key_slot(store.balance_key(account).encode()) == slot
+            assert key_slot(store.due_key(account).encode()) == slot
+        # Braces in an account never choose the hash tag.
+        assert store.job_key(("{x}", "s", "j")).startswith("p:{")
+        assert "{x}" not in store.job_key(("{x}", "s", "j")).split("}", 1)[0]
+        # Balance keys never match the due-set pattern, whatever the account.
+        import fnmatch
+
+        pattern = store._due_pattern()
+        assert not fnmatch.fnmatchcase(store.balance_key("x}:due"), pattern)
+        assert fnmatch.fnmatchcase(store.due_key("x}:due"), pattern)
+    finally:
+        store.close()
+
+
+def test_safety_expiry_is_set_on_job_keys_only(redis_store: RedisStore) -> None:
+    """Job keys and due-sets expire a day after the job; balances never expire."""
+    ledger = Ledger(redis_store, balances=True, ttl=3600)
+    ledger.grant("acct", 5)
+    ledger.charge("acct", "job-1")
+    admin = redis_store._client
+    job_ttl = admin.pttl(redis_store.job_key(("acct", "default", "job-1")))
+    assert 3600_000 < job_ttl <= (3600 + 86400) * 1000
+    assert admin.pttl(redis_store.due_key("acct")) >= job_ttl - 1000
+    assert admin.pttl(redis_store.balance_key("acct")) == -1
+
+
+# -- scripts and round trips ------------------------------------------------------------
+
+
+def test_scripts_are_reloaded_after_script_flush(redis_store: RedisStore) -> None:
+    """After SCRIPT FLUSH (a restarted server) the next call re-sends the script and works."""
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(redis_store, clock, events)
+    assert ledger.charge("acct", "job-1").charged
+    redis_store._client.script_flush()
+    assert ledger.charge("acct", "job-2").charged
+    redis_store._client.script_flush()
+
+    async def again() -> Charge:
+        return await ledger.acharge("acct", "job-3")
+
+    assert asyncio.run(again()).charged
+    redis_store._client.script_flush()
+    assert [r.job_id for r in ledger.prune()] == []
+    assert events.kinds() == ["charge"] * 3
+
+
+def _evalsha_calls(admin: Any) -> int:
+    stats = admin.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@needs_binaries
+def test_each_operation_is_one_round_trip(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request/answer per charge, confirm, refund and grant, and the server sees it as
+    one EVALSHA (the script's own commands run inside it)."""
+    import redis.asyncio.connection
+    import redis.connection
+
+    replies = {"n": 0}
+
+    def counting(cls: Any) -> None:
+        original = cls.read_response
+
+        def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+            replies["n"] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "read_response", read_response)
+
+    counting(redis.connection.AbstractConnection)
+    counting(redis.asyncio.connection.AbstractConnection)
+
+    store = RedisStore.from_url(private_redis.url)
+    admin = private_redis.admin()
+    try:
+        ledger = Ledger(store, balances=True)
+        ledger.grant("acct", 100)
+        # Warm-up: the connection's set-up and each script's first load (a
+        # fresh server answers NOSCRIPT once per script).
+        ledger.charge("acct", "warm-up")
+        ledger.confirm("acct", "warm-up")
+        ledger.refund("acct", "warm-up")
+        for op in (
+            lambda: ledger.charge("acct", "job-1"),
+            lambda: ledger.confirm("acct", "job-1"),
+            lambda: ledger.charge("acct", "job-1"),
+            lambda: ledger.refund("acct", "job-1"),
+            lambda: ledger.grant("acct", 1),
+            lambda: ledger.lookup("acct", "job-1"),
+            lambda: ledger.balance("acct"),
+        ):
+            before = _evalsha_calls(admin)
+            replies["n"] = 0
+            op()
+            count = replies["n"]
+            after = _evalsha_calls(admin)
+            assert count == 1
+            assert after - before in (0, 1)
+        before = _evalsha_calls(admin)
+        ledger.charge("acct", "job-2")
+        assert _evalsha_calls(admin) - before == 1
+
+        async def async_charges() -> None:
+            await ledger.acharge("acct", "async-warm-up")
+            replies["n"] = 0
+            await ledger.acharge("acct", "async-1")
+
+        asyncio.run(async_charges())
+        assert replies["n"] == 1
+    finally:
+        admin.close()
+        store.close()
+
+
+def test_a_retried_claim_is_answered_as_its_own_charge(redis_store: RedisStore) -> None:
+    """A claim re-sent after a lost answer (same charge_id) is not charged twice."""
+    req = ClaimRequest(
+        account="acct", scope="default", job_id="job-1", charge_id="c1", cost=2,
+        tier=None, backend=None, now=1000.0, ttl=3600.0, lease=60.0, max_uses=None,
+        balances=True,
+    )  # fmt: skip
+    redis_store.grant("acct", 5)
+    first = redis_store.claim(req)
+    again = redis_store.claim(req)
+    assert first.status == again.status == "charged"
+    assert first.record == again.record
+    assert [e.kind for e in again.events] == ["charge"]
+    assert redis_store.balance("acct") == 3
+
+
+# -- faults --------------------------------------------------------------------------
+
+
+@needs_binaries
+@pytest.mark.slow
+def test_server_stopped_then_restarted(private_redis: PrivateRedis) -> None:
+    """Stopped: calls return StoreUnavailable (bounded). Restarted: the same ledger works again."""
+    clock, events = FakeClock(), RecordingPlugin()
+    store = RedisStore.from_url(private_redis.url + "?socket_timeout=1&socket_connect_timeout=1")
+    ledger = _ledger(store, clock, events, balances=True)
+    try:
+        ledger.grant("acct", 10)
+        first = ledger.charge("acct", "job-1")
+        ledger.confirm("acct", "job-1", charge_id=first.record.charge_id)
+
+        stop = threading.Event()
+        outcomes: list[str] = []
+
+        def hammer() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    ledger.charge("acct", f"loop-{n}", cost=0)
+                    outcomes.append("ok")
+                except StoreUnavailable:
+                    outcomes.append("unavailable")
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        time.sleep(0.2)
+        private_redis.stop(save=True)
+        time.sleep(0.5)
+        stop.set()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert "unavailable" in outcomes
+        with pytest.raises(StoreUnavailable):
+            ledger.charge("acct", "job-2")
+        with pytest.raises(StoreUnavailable):
+            asyncio.run(ledger.acharge("acct", "job-2"))
+
+        private_redis.start()
+        # Same ledger, same store object: it reconnects by itself, the data
+        # saved before the stop is there, and the scripts are re-sent.
+        again = ledger.charge("acct", "job-1")
+        assert again.outcome == "reused"
+        assert ledger.charge("acct", "job-2").charged
+        assert asyncio.run(ledger.acharge("acct", "job-3")).charged
+        assert ledger.balance("acct") == 7
+    finally:
+        ledger.close()
+
+
+@needs_binaries
+def test_client_kill_loses_no_charge_and_charges_nothing_twice(
+    private_redis: PrivateRedis,
+) -> None:
+    """Killing the store's connections between calls: the next call reconnects; every
+    committed charge stays, none is made twice."""
+    clock, events = FakeClock(), RecordingPlugin()
+    store = RedisStore.from_url(private_redis.url)
+    admin = private_redis.admin()
+    ledger = _ledger(store, clock, events, balances=True)
+    try:
+        ledger.grant("acct", 100)
+        for n in range(20):
+            c = ledger.charge("acct", f"job-{n}")
+            assert c.charged
+            admin.client_kill_filter(_type="normal", skipme=True)
+            ledger.confirm("acct", f"job-{n}", charge_id=c.record.charge_id)
+            admin.client_kill_filter(_type="normal", skipme=True)
+            assert ledger.charge("acct", f"job-{n}").outcome == "reused"
+
+        async def async_part() -> None:
+            for n in range(5):
+                c = await ledger.acharge("acct", f"async-{n}")
+                assert c.charged
+                admin.client_kill_filter(_type="normal", skipme=True)
+                with pytest.raises(JobInProgress):
+                    await ledger.acharge("acct", f"async-{n}")
+
+        asyncio.run(async_part())
+        assert len(events.of("charge")) == 25
+        assert ledger.balance("acct") == 75
+        assert len(ledger.snapshot()) == 25
+    finally:
+        admin.close()
+        ledger.close()
+
+
+def _process_worker(url: str, prefix: str, jobs: list[str], seed: int) -> list[str]:
+    """One of several processes charging the same jobs; returns the jobs it charged."""
+    store = RedisStore.from_url(url, prefix=prefix)
+    charged: list[str] = []
+    rng = random.Random(seed)
+    order = jobs[:]
+    rng.shuffle(order)
+    try:
+        ledger = Ledger(store, balances=True)
+        for _round in range(3):
+            for job in order:
+                try:
+                    c = ledger.charge("shared", job)
+                except (JobInProgress, InsufficientCredits):
+                    continue
+                if c.charged:
+                    charged.append(job)
+                    ledger.confirm("shared", job, charge_id=c.record.charge_id)
+                balance = ledger.balance("shared")
+                assert balance is not None
+                assert balance >= 0
+    finally:
+        store.close()
+    return charged
+
+
+@pytest.mark.slow
+def test_processes_sharing_a_store_charge_each_job_once(redis_store: RedisStore) -> None:
+    """4 processes charging the same 40 jobs with 30 credits: 30 jobs charged once each."""
+    assert redis_store.url is not None
+    Ledger(redis_store).grant("shared", 30)
+    jobs = [f"job-{n}" for n in range(40)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.starmap(
+            _process_worker,
+            [(redis_store.url, redis_store.prefix, jobs, seed) for seed in range(4)],
+        )
+    charged = [job for result in results for job in result]
+    assert len(charged) == len(set(charged)) == 30
+    assert redis_store.balance("shared") == 0
+
+
+def test_two_ledgers_pruning_at_once_settle_each_record_once(
+    redis_store: RedisStore, shared_url: str
+) -> None:
+    """Two stores (own connections) pruning the same due records: one on_expire per record."""
+    clock = FakeClock()
+    events_a, events_b = RecordingPlugin(), RecordingPlugin()
+    other = RedisStore.from_url(shared_url, prefix=redis_store.prefix, prune_batch=3)
+    a = Ledger(redis_store, clock=clock, plugins=[events_a], ttl=10, lease=5)
+    b = Ledger(other, clock=clock, plugins=[events_b], ttl=10, lease=5)
+    try:
+        for n in range(120):
+            account = f"acct-{n % 7}"
+            a.charge(account, f"job-{n}")
+            a.confirm(account, f"job-{n}")
+        clock.advance(11)
+        barrier = threading.Barrier(2)
+        removed: dict[str, list[Any]] = {}
+
+        def run(name: str, ledger: Ledger) -> None:
+            barrier.wait()
+            removed[name] = ledger.prune()
+
+        threads = [threading.Thread(target=run, args=(n, led)) for n, led in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        keys = [r.key for r in removed["a"] + removed["b"]]
+        assert len(keys) == len(set(keys)) == 120
+        assert len(events_a.of("expire")) + len(events_b.of("expire")) == 120
+        assert a.prune() == []
+        assert b.prune() == []
+    finally:
+        other.close()
+
+
+def test_async_clients_follow_each_event_loop(redis_store: RedisStore) -> None:
+    """Each asyncio.run gets its own async client, closed with its loop."""
+    ledger = Ledger(redis_store)
+
+    async def charge(job: str) -> bool:
+        return (await ledger.acharge("acct", job)).charged
+
+    for n in range(3):
+        assert asyncio.run(charge(f"job-{n}"))
+    assert len(redis_store.snapshot(FakeClock().now)) == 3
+
+
+# -- Redis Cluster -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback ports, torn down after the module."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server/redis-cli not installed")
+    directory = tmp_path_factory.mktemp("cluster")
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = _free_port()
+        # The cluster bus listens on port + 10000: it must be free too.
+        if port + 10000 < 65536 and port not in ports:
+            ports.append(port)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        REDIS_SERVER,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(directory / f"nodes-{port}.conf"),
+                        "--dir",
+                        str(directory),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            _wait_ping(port)
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        for port in ports:
+            while True:
+                info = subprocess.run(
+                    [REDIS_CLI, "-p", str(port), "cluster", "info"],
+                    capture_output=True, text=True, timeout=10, check=False,
+                )  # fmt: skip
+                if "cluster_state:ok" in info.stdout:
+                    break
+                assert time.monotonic() < deadline, "cluster did not become ok"
+                time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0?cluster=true"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster_store(cluster_url: str) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(cluster_url, prefix=f"jccluster:{uuid.uuid4().hex[:8]}")
+    yield store
+    store.close()
+
+
+@pytest.mark.slow
+def test_cluster_runs_the_rules_across_nodes(cluster_store: RedisStore) -> None:
+    """On a 3-master cluster: charges, reuse, stale takeover, refunds, balances, snapshot and
+    prune work for accounts spread over every node."""
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(cluster_store, clock, events, balances=True)
+    accounts = [f"acct-{n}" for n in range(30)] + ["{a}", "a|b:c", "用户"]
+    for account in accounts:
+        assert ledger.grant(account, 3) == 3
+    # The accounts' slots land on all three masters.
+    client = cluster_store._client
+    nodes = {client.get_node_from_key(cluster_store.due_key(a)).name for a in accounts}
+    assert len(nodes) == 3
+    for account in accounts:
+        c = ledger.charge(account, "job-1", tier="pro")
+        assert c.charged
+        assert c.balance == 2
+        ledger.confirm(account, "job-1", charge_id=c.record.charge_id)
+        assert ledger.charge(account, "job-1").outcome == "reused"
+        ledger.charge(account, "job-2")
+        with pytest.raises(JobInProgress):
+            ledger.charge(account, "job-2")
+        assert ledger.refund(account, "job-2") is True
+        ledger.charge(account, "stale", cost=2)
+    clock.advance(60)  # the "stale" charges' leases are over
+    # Too poor even with the stale charge refunded: the refund still commits.
+    with pytest.raises(InsufficientCredits):
+        ledger.charge(accounts[0], "stale", cost=3)
+    assert len(ledger.snapshot()) == 2 * len(accounts) - 1
+    removed = ledger.prune()
+    assert sorted(r.account for r in removed) == sorted(accounts[1:])
+    assert {r.state for r in removed} == {"refunded"}
+    assert all(ledger.balance(a) == 2 for a in accounts)
+    assert len(events.of("refund")) == 2 * len(accounts)
+    clock.advance(3600)
+    expired = ledger.prune(limit=10)
+    assert len(expired) == 10
+    expired += ledger.prune()
+    assert len(expired) == len(accounts)
+    assert ledger.snapshot() == []
+    assert len(events.of("expire")) == len(accounts)
+
+
+@pytest.mark.slow
+def test_cluster_async_twins(cluster_store: RedisStore) -> None:
+    """The redis.asyncio cluster client follows the same rules."""
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(cluster_store, clock, events, balances=True)
+
+    async def scenario() -> None:
+        for n in range(12):
+            account = f"acct-{n}"
+            assert await ledger.agrant(account, 1) == 1
+            c = await ledger.acharge(account, "job-1")
+            assert c.charged
+            assert c.balance == 0
+            await ledger.aconfirm(account, "job-1")
+            assert (await ledger.acharge(account, "job-1")).outcome == "reused"
+        assert len(await ledger.asnapshot()) == 12
+        clock.advance(3600)
+        assert len(await ledger.aprune()) == 12
+
+    asyncio.run(scenario())
+    assert events.kinds().count("expire") == 12
