@@ -27,6 +27,7 @@ from .._errors import InvalidArgument
 from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
+from ._urls import parse_options, redact_url
 
 __all__ = [
     "AsyncStore",
@@ -67,40 +68,10 @@ def _lazy_store(name: str) -> Any:
     return __getattr__(name)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, fit for errors and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _options(query: str, allowed: dict[str, Callable[[str], Any]], url: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for name, values in urllib.parse.parse_qs(query, keep_blank_values=True).items():
-        if name not in allowed:
-            raise InvalidArgument(
-                f"unknown option {name!r} in store URL {redact_url(url)!r}; "
-                f"accepted: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        try:
-            opts[name] = allowed[name](values[-1])
-        except ValueError as exc:
-            raise InvalidArgument(
-                f"bad value for {name!r} in store URL {redact_url(url)!r}: {exc}"
-            ) from exc
-    return opts
-
-
 def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgument(f"memory:// takes no host or path, got {redact_url(url)!r}")
-    return MemoryStore(**_options(parts.query, {"settle_batch": int}, url))
+    return MemoryStore(**parse_options(parts.query, {"settle_batch": int}, url))
 
 
 def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
@@ -113,7 +84,9 @@ def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
         )
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     path = urllib.parse.unquote(path) or ":memory:"
-    opts = _options(parts.query, {"timeout": float, "synchronous": str, "prune_batch": int}, url)
+    opts = parse_options(
+        parts.query, {"timeout": float, "synchronous": str, "prune_batch": int}, url
+    )
     return SQLiteStore(path, **opts)
 
 

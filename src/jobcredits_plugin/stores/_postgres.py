@@ -51,6 +51,7 @@ from ._base import (
     plan_refund,
     plan_settle,
 )
+from ._urls import redact_url
 
 try:
     import psycopg
@@ -363,7 +364,6 @@ def _boolean(text: str) -> bool:
 
 def redact_conninfo(conninfo: str) -> str:
     """The connection string without its password, fit for errors and logs."""
-    from . import redact_url
 
     if "://" in conninfo:
         return redact_url(conninfo)
@@ -604,7 +604,6 @@ class PostgresStore(BaseStore):
         """
         if not isinstance(url, str):
             raise InvalidArgument(f"store URL must be a string, not {type(url).__name__}")
-        from . import redact_url
 
         try:
             parts = urllib.parse.urlsplit(url)

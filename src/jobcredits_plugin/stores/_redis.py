@@ -53,6 +53,7 @@ from ._base import (
     plan_refund,
     plan_settle,
 )
+from ._urls import parse_options, redact_url
 
 try:
     import redis
@@ -357,7 +358,9 @@ class RedisStore(BaseStore):
         self.cluster = cluster
         self.safety_expiry = safety_expiry
         self.prune_batch = int(prune_batch)
-        self._label = "Redis store " + (_redact(url) if url is not None else type(client).__name__)
+        self._label = "Redis store " + (
+            redact_url(url) if url is not None else type(client).__name__
+        )
         self._client_kwargs: dict[str, Any] = {
             "socket_timeout": float(socket_timeout),
             "socket_connect_timeout": float(socket_connect_timeout),
@@ -385,29 +388,18 @@ class RedisStore(BaseStore):
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018 - validates the port
         except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"bad Redis URL {_redact(url)!r}: {exc}") from exc
+            raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
         scheme = parts.scheme.lower()
         if scheme not in cls.schemes:
             raise InvalidArgument(
-                f"RedisStore takes redis://, rediss:// or redis+unix:// URLs, not {_redact(url)!r}"
+                "RedisStore takes redis://, rediss:// or redis+unix:// URLs, "
+                f"not {redact_url(url)!r}"
             )
-        parsed: dict[str, Any] = {}
-        for name, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
-            if name not in _OPTIONS:
-                raise InvalidArgument(
-                    f"unknown option {name!r} in Redis URL {_redact(url)!r}; "
-                    f"accepted: {', '.join(sorted(_OPTIONS))}"
-                )
-            try:
-                parsed[name] = _OPTIONS[name](values[-1])
-            except ValueError as exc:
-                raise InvalidArgument(
-                    f"bad value for {name!r} in Redis URL {_redact(url)!r}: {exc}"
-                ) from exc
+        parsed = parse_options(parts.query, _OPTIONS, url, what="Redis URL")
         if scheme != "redis+unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
             raise InvalidArgument(
                 f"the path of a Redis URL is the database number, not {parts.path!r} "
-                f"in {_redact(url)!r}"
+                f"in {redact_url(url)!r}"
             )
         db = parsed.pop("db", None)
         parsed.update(options)
@@ -423,7 +415,7 @@ class RedisStore(BaseStore):
                 return redis.cluster.RedisCluster.from_url(driver_url, **self._cluster_kwargs())
             return redis.Redis.from_url(driver_url, **self._client_kwargs)
         except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"bad Redis URL {_redact(url)!r}: {exc}") from exc
+            raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
         except RedisError as exc:  # the cluster client reads the topology at once
             raise self._unavailable(exc) from exc
 
@@ -772,12 +764,6 @@ async def _closer(client: Any) -> AsyncIterator[None]:
     finally:
         with contextlib.suppress(RedisError, OSError):
             await client.aclose()
-
-
-def _redact(url: str) -> str:
-    from . import redact_url
-
-    return redact_url(url)
 
 
 def _driver_url(url: str) -> str:
