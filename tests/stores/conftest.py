@@ -103,6 +103,23 @@ def _redis(directory: Path) -> BaseStore:
     return RedisStore.from_url(url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
 
 
+def _redis_cluster(directory: Path) -> BaseStore:
+    # The cluster's nodes are started here; the server at the Redis URL is only
+    # asked whether Redis is meant to be tested at all (skip or fail off it).
+    _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")
+    pytest.importorskip("redis", reason="the redis extra is not installed")
+    from jobcredits_plugin.stores import RedisStore
+    from tests.stores._redis_cluster import REDIS_CLI, REDIS_SERVER, session_cluster_url
+
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        message = "redis-server and redis-cli are needed to start a test cluster"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url = session_cluster_url()
+    return RedisStore.from_url(url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+
+
 def _postgres(directory: Path) -> BaseStore:
     url = _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
     pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -118,6 +135,7 @@ STORES: dict[str, StoreMaker] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
+    "redis-cluster": _redis_cluster,
     "postgres": _postgres,
 }
 

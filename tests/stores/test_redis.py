@@ -35,6 +35,7 @@ from jobcredits_plugin import (
 )
 from jobcredits_plugin.stores import ClaimRequest, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores._redis_cluster import redis_cluster
 from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
 from tests.stores.test_store_suite import CONFUSABLE_KEYS, UNICODE_ACCOUNTS
 
@@ -587,67 +588,8 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 3-master Redis Cluster on loopback ports, torn down after the module."""
     if REDIS_SERVER is None or REDIS_CLI is None:
         pytest.skip("redis-server/redis-cli not installed")
-    directory = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = _free_port()
-        # The cluster bus listens on port + 10000: it must be free too.
-        if port + 10000 < 65536 and port not in ports:
-            ports.append(port)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        REDIS_SERVER,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(directory / f"nodes-{port}.conf"),
-                        "--dir",
-                        str(directory),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            _wait_ping(port)
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        for port in ports:
-            while True:
-                info = subprocess.run(
-                    [REDIS_CLI, "-p", str(port), "cluster", "info"],
-                    capture_output=True, text=True, timeout=10, check=False,
-                )  # fmt: skip
-                if "cluster_state:ok" in info.stdout:
-                    break
-                assert time.monotonic() < deadline, "cluster did not become ok"
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{ports[0]}/0?cluster=true"
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
 
 
 @pytest.fixture
