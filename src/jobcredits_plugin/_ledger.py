@@ -37,7 +37,7 @@ from ._validation import (
     check_cost,
     check_job_id,
     check_label,
-    check_max_uses,
+    check_optional_count,
     check_positive_seconds,
     check_scope,
     compile_job_id_pattern,
@@ -73,14 +73,6 @@ def _one_event(event: Event | None) -> Iterable[Event]:
 
 def _all_events(events: list[Event]) -> Iterable[Event]:
     return events
-
-
-def _check_limit(limit: Any) -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidArgument(f"limit must be None or an int >= 1, not {limit!r}")
-    return limit
 
 
 class Ledger:
@@ -130,7 +122,7 @@ class Ledger:
                 f"lease ({self._lease:g}s) must not exceed ttl ({self._ttl:g}s): "
                 "lower the lease, or pass both"
             )
-        self._max_uses = check_max_uses(max_uses)
+        self._max_uses = check_optional_count("max_uses", max_uses)
         self._pattern = compile_job_id_pattern(job_id_pattern)
         if not callable(clock):
             raise InvalidArgument("clock must be a callable returning seconds")
@@ -399,7 +391,7 @@ class Ledger:
         exactly one of them. ``limit`` caps how many records one call settles
         (run it again for the rest).
         """
-        events = self._call(self._store.prune, self._clock(), _check_limit(limit))
+        events = self._call(self._store.prune, self._clock(), check_optional_count("limit", limit))
         self._fire(events)
         return [e.record for e in events]
 
@@ -485,7 +477,10 @@ class Ledger:
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
         events = await self._acall(
-            self._store.aprune, self._clock(), _check_limit(limit), late=_all_events
+            self._store.aprune,
+            self._clock(),
+            check_optional_count("limit", limit),
+            late=_all_events,
         )
         self._fire(events)
         return [e.record for e in events]

@@ -139,9 +139,10 @@ def check_positive_seconds(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_max_uses(value: Any) -> int | None:
+def check_optional_count(name: str, value: Any) -> int | None:
+    """``max_uses``, a prune ``limit``: None (no bound) or an int >= 1."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"max_uses must be None or an int >= 1, not {value!r}")
+        raise InvalidArgument(f"{name} must be None or an int >= 1, not {value!r}")
     return value

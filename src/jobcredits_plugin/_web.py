@@ -39,6 +39,7 @@ __all__ = [
     "astart_call",
     "bind",
     "bound",
+    "check_options",
     "compile_routes",
     "is_failure",
     "isolated",
@@ -238,6 +239,28 @@ async def afinish_raised(call: JobCall, exc: BaseException) -> None:
         call.finish(None)
 
 
+def check_options(
+    *,
+    scope: Any = "default",
+    cost: Any = 1,
+    tier: Any = None,
+    backend: Any = None,
+    on_missing: Any = None,
+) -> None:
+    """Check a decorator's, dependency's or route's fixed options when the app
+    is defined: left to the first request, a typo would answer every client
+    400 instead of failing the deploy. Callables can only be checked per
+    request, so they pass."""
+    check_scope(scope)
+    if not callable(cost):
+        check_cost(cost)
+    for label, value in (("tier", tier), ("backend", backend)):
+        if not callable(value):
+            check_label(label, value)
+    if on_missing is not None:
+        check_on_missing(on_missing)
+
+
 # -- routes, for the middleware ----------------------------------------------------
 
 _ROUTE_KEY = re.compile(r"^(?:(?P<methods>[A-Z]+(?:\|[A-Z]+)*)\s+)?(?P<path>/\S*)$")
@@ -316,16 +339,7 @@ def compile_routes(
             options = dict(spec)
         else:
             raise InvalidArgument(f"route {key!r}: give a cost (int), a dict of options or a Route")
-        if "scope" in options:
-            check_scope(options["scope"])
-        # A fixed cost, tier or backend is checked now too: left to the first
-        # request, a typo would answer every client 400 instead of failing the
-        # deploy. Callables can only be checked per request.
-        if "cost" in options and not callable(options["cost"]):
-            check_cost(options["cost"])
-        for label in ("tier", "backend"):
-            if label in options and not callable(options[label]):
-                check_label(label, options[label])
+        check_options(**{k: v for k, v in options.items() if k != "header"})
         compiled.append(Route(path=m["path"], methods=methods, **options))
     return tuple(compiled)
 

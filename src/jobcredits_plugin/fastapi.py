@@ -54,7 +54,6 @@ from ._decorator import header as _header_reader
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_cost, check_label, check_scope
 from ._web import (
     CREDITS_HEADER,
     DEFAULT_JOB_HEADER,
@@ -64,6 +63,7 @@ from ._web import (
     astart_call,
     bind,
     bound,
+    check_options,
     isolated,
     problem_body,
     resolve,
@@ -118,19 +118,11 @@ def _options(
 ) -> _Options:
     """Check a dependency's or decorator's options when the app is defined, so
     a typo fails at import rather than on the first paying request."""
-    check_scope(scope)
-    if not callable(cost):
-        check_cost(cost)
-    if not callable(tier):
-        check_label("tier", tier)
-    if not callable(backend):
-        check_label("backend", backend)
+    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
     if account is not None and not callable(account):
         raise InvalidArgument("account must be a callable of the request")
     if ledger is not None and not isinstance(ledger, Ledger):
         raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-    if on_missing is not None:
-        _check_on_missing(on_missing)
     if fail_open is not None and not isinstance(fail_open, bool):
         raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
     if header is not None:

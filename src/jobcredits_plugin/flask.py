@@ -49,13 +49,13 @@ from ._decorator import header as _header
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_cost, check_scope
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
     afinish_raised,
     astart_call,
     bound,
+    check_options,
     problem_body,
     problem_headers,
     resolve,
@@ -358,11 +358,7 @@ def charges_credit(
     exception refunds, except a werkzeug ``HTTPException`` below 500 (the
     client's mistake was served). Works on ``async def`` views as well.
     """
-    check_scope(scope)
-    if not callable(cost):
-        check_cost(cost)
-    if on_missing is not None:
-        _check_on_missing(on_missing)
+    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
     if header is not None:
         _reader(header)
     if ledger is not None and not isinstance(ledger, Ledger):

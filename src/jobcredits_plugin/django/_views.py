@@ -32,17 +32,16 @@ from django.http import (  # type: ignore[import-untyped]
 )
 from django.http.multipartparser import MultiPartParserError  # type: ignore[import-untyped]
 
-from .._decorator import _check_on_missing
 from .._decorator import header as header_reader
 from .._errors import InvalidArgument, JobCreditsError
 from .._ledger import Ledger
 from .._records import Charge
-from .._validation import check_cost, check_label, check_scope
 from .._web import (
     JobCall,
     afinish_raised,
     astart_call,
     bound,
+    check_options,
     problem_body,
     problem_headers,
     resolve,
@@ -322,15 +321,7 @@ def charges_credit(
     Django's 4xx exceptions, and refunded when the view answers 5xx, raises
     anything else, or is cancelled.
     """
-    check_scope(scope)
-    if not callable(cost):
-        check_cost(cost)
-    if not callable(tier):
-        check_label("tier", tier)
-    if not callable(backend):
-        check_label("backend", backend)
-    if on_missing is not None:
-        _check_on_missing(on_missing)
+    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
     if account is not None and not callable(account):
         raise InvalidArgument("account must be a callable of the request")
     if ledger is not None and not isinstance(ledger, Ledger):
