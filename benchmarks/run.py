@@ -9,7 +9,8 @@ exactly rather than times.
     python benchmarks/run.py                 # the full run (about a minute)
     python benchmarks/run.py --quick         # a smoke run with small sizes
     python benchmarks/run.py --json out.json # also write the figures as JSON
-    python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters, stores
+    python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters, stores,
+                                             # metrics
 
 The exit code is 0 even when a target is missed: this is a report, not a test.
 See docs/performance.md for what each figure means and how it is measured.
@@ -803,8 +804,17 @@ def bench_stores(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
     return _bench_modules(STORE_MODULES, "stores", "e", cfg.adapters_quick, log)
 
 
+#: Modules measuring what a metrics plugin adds to a charge (the ledger with
+#: the plugin registered against the same ledger without it), same interface.
+METRICS_MODULES = ("metrics_bench",)
+
+
+def bench_metrics(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    return _bench_modules(METRICS_MODULES, "metrics", "f", cfg.adapters_quick, log)
+
+
 #: The benchmarks by name, for ``--only``.
-BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores")
+BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores", "metrics")
 
 
 def run(
@@ -826,6 +836,8 @@ def run(
         figures += bench_adapters(cfg, log)
     if "stores" in only:
         figures += bench_stores(cfg, log)
+    if "metrics" in only:
+        figures += bench_metrics(cfg, log)
     return Report(cfg, figures, breakdown, time.perf_counter() - t0)
 
 
@@ -844,7 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         choices=BENCHMARKS,
         help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), "
-        "adapters (d), stores (e: Redis and PostgreSQL, when their servers answer)",
+        "adapters (d), stores (e: Redis and PostgreSQL, when their servers answer), "
+        "metrics (f: the Prometheus plugin's cost per charge)",
     )
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config.full()

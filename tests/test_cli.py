@@ -278,6 +278,70 @@ def test_snapshot_of_an_empty_store(capsys: pytest.CaptureFixture[str], db: str)
     assert json.loads(run(capsys, "snapshot", "--url", db, "--json")[1]) == []
 
 
+# -- stats --------------------------------------------------------------------------
+
+
+def test_stats_json_counts_live_jobs_by_state_and_scope(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    fill(db, 3)  # summarize: 2 charged + 1 pending, cost 2 each
+    with Ledger.from_url(db) as ledger:
+        ledger.charge("acct-9", "other", scope="translate")  # pending, cost 1
+        ledger.charge("acct-9", "gone", scope="translate")
+        ledger.refund("acct-9", "gone", scope="translate")  # not live: not counted
+        first = min(ledger.snapshot(), key=lambda r: r.charged_at)
+    code, out, err = run(capsys, "stats", "--url", db, "--json")
+    assert (code, err) == (0, "")
+    stats = json.loads(out)
+    assert stats["live_jobs"] == 4
+    assert stats["by_state"] == {"pending": 2, "charged": 2}
+    assert stats["by_scope"] == {
+        "summarize": {"pending": 1, "charged": 2, "credits": 6},
+        "translate": {"pending": 1, "charged": 0, "credits": 1},
+    }
+    assert stats["credits_held"] == 7
+    assert stats["credits_refundable"] == 3
+    oldest = stats["oldest"]
+    assert (oldest["job_id"], oldest["account"], oldest["scope"]) == (
+        first.job_id,
+        first.account,
+        first.scope,
+    )
+    assert oldest["charged_at"] == first.charged_at
+    assert oldest["age_seconds"] >= 0
+
+
+def test_stats_report(capsys: pytest.CaptureFixture[str], db: str) -> None:
+    fill(db, 3)
+    code, out, _ = run(capsys, "stats", "--url", db)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "live jobs: 3 (pending 1, charged 2)"
+    assert lines[1] == "credits held: 6 (2 refundable while pending)"
+    assert lines[2].startswith("oldest job: job-00 of acct-0 in summarize (charged, charged ")
+    assert lines[4].split() == ["scope", "pending", "charged", "credits"]
+    assert lines[5].split() == ["summarize", "1", "2", "6"]
+
+
+def test_stats_of_an_empty_store(capsys: pytest.CaptureFixture[str], db: str) -> None:
+    code, out, _ = run(capsys, "stats", "--url", db)
+    assert code == 0
+    assert out.splitlines() == [
+        "live jobs: 0 (pending 0, charged 0)",
+        "credits held: 0 (0 refundable while pending)",
+    ]
+    assert json.loads(run(capsys, "stats", "--url", db, "--json")[1])["oldest"] is None
+
+
+def test_stats_refuses_a_missing_sqlite_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "stats", "--url", sqlite_url(tmp_path / "typo.db"))
+    assert code == 1
+    assert "no SQLite database" in err
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_url_comes_from_the_environment(
     capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

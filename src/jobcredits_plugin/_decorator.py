@@ -18,7 +18,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
-from ._errors import InvalidArgument, MissingJobId, NotAuthenticated, StoreUnavailable
+from ._errors import (
+    InvalidArgument,
+    JobCreditsError,
+    MissingJobId,
+    NotAuthenticated,
+    StoreUnavailable,
+)
 from ._ledger import Ledger
 from ._records import Charge
 
@@ -58,17 +64,24 @@ def _check_on_missing(on_missing: str) -> None:
         raise InvalidArgument(f'on_missing must be "charge" or "reject", not {on_missing!r}')
 
 
-def identify(account: Any, job_id: Any, on_missing: str) -> tuple[str, str, bool]:
+def identify(
+    account: Any, job_id: Any, on_missing: str, ledger: Ledger, scope: Any
+) -> tuple[str, str, bool]:
     """Turn what the app's callables returned into (account, job_id, minted),
-    raising the error the caller must see when either is missing. ``minted``
-    is True when the job id was generated here."""
+    raising the error the caller must see when either is missing (and
+    reporting it to the ledger's ``on_reject`` hook, as the ledger does for
+    its own refusals). ``minted`` is True when the job id was generated here."""
+    error: JobCreditsError
     if account is None:
-        raise NotAuthenticated("no account for this call: it must be authenticated")
-    if job_id is None or job_id == "":
-        if on_missing == "reject":
-            raise MissingJobId("this endpoint needs a job id")
+        error = NotAuthenticated("no account for this call: it must be authenticated")
+    elif (job_id is None or job_id == "") and on_missing == "reject":
+        error = MissingJobId("this endpoint needs a job id")
+    elif job_id is None or job_id == "":
         return account, new_job_id(), True
-    return account, job_id, False
+    else:
+        return account, job_id, False
+    ledger.report_rejection(error, account=account, scope=scope)
+    raise error
 
 
 def begin(
@@ -215,7 +228,9 @@ def charges_credit(
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-            acct, jid, _ = identify(account(*args, **kwargs), job_id(*args, **kwargs), on_missing)
+            acct, jid, _ = identify(
+                account(*args, **kwargs), job_id(*args, **kwargs), on_missing, ledger, scope
+            )
             return {
                 "account": acct,
                 "job_id": jid,

@@ -25,6 +25,7 @@ from . import hookspecs
 from ._errors import (
     InsufficientCredits,
     InvalidArgument,
+    JobCreditsError,
     JobExhausted,
     JobInProgress,
     StoreUnavailable,
@@ -73,6 +74,33 @@ def _one_event(event: Event | None) -> Iterable[Event]:
 
 def _all_events(events: list[Event]) -> Iterable[Event]:
     return events
+
+
+def _valid_or_none(check: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return check(*args)
+    except JobCreditsError:
+        return None
+
+
+#: One hook implementation, ready to call: (function, argument names, plugin name).
+_Impl = tuple[Callable[..., Any], tuple[str, ...], str]
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting registrations so the ledger can cache which
+    implementations each hook has (looking them up on every call is most of
+    what an unobserved charge would otherwise spend on hooks)."""
+
+    generation = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        self.generation += 1
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        self.generation += 1
+        return super().unregister(plugin, name)
 
 
 class Ledger:
@@ -135,8 +163,10 @@ class Ledger:
         self._balances = bool(balances)
         self._clock = clock
         self._closed = False
-        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm = _PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
+        self._impl_cache: dict[str, tuple[_Impl, ...]] = {}
+        self._impl_generation = -1
         for plugin in plugins:
             self.register(plugin)
         if entry_points:
@@ -204,29 +234,75 @@ class Ledger:
         it marked it ``optionalhook=True``. Call it in your tests."""
         self._pm.check_pending()
 
+    def _impls(self, hook_name: str) -> tuple[_Impl, ...]:
+        """The implementations of one hook, in pluggy's calling order (LIFO,
+        tryfirst first), cached until a plugin is registered or unregistered."""
+        pm = self._pm
+        if self._impl_generation != pm.generation:
+            self._impl_cache = {}
+            self._impl_generation = pm.generation
+        impls = self._impl_cache.get(hook_name)
+        if impls is None:
+            caller = getattr(pm.hook, hook_name)
+            impls = tuple(
+                (impl.function, tuple(impl.argnames), impl.plugin_name)
+                for impl in reversed(caller.get_hookimpls())
+                # notifications have no result to wrap
+                if not (impl.hookwrapper or impl.wrapper)
+            )
+            self._impl_cache[hook_name] = impls
+        return impls
+
+    def _notify(self, hook_name: str, impls: tuple[_Impl, ...], kwargs: dict[str, Any]) -> None:
+        """Call each implementation in isolation: pluggy would stop at the first
+        one that raises, and a metrics bug must not hide the event from the
+        audit log plugin."""
+        for function, argnames, plugin_name in impls:
+            try:
+                function(*[kwargs[name] for name in argnames])
+            except Exception:
+                log.exception(
+                    "jobcredits hook %s of plugin %r raised; it was skipped "
+                    "(whatever it reports stays committed)",
+                    hook_name,
+                    plugin_name,
+                )
+
     def _fire(self, events: Iterable[Event]) -> None:
-        """Call each hook implementation for each committed event, isolating
-        them: pluggy would stop at the first implementation that raises, and a
-        metrics bug must not hide the event from the audit log plugin."""
-        hook = self._pm.hook
+        """Call each hook implementation for each committed event."""
         for event in events:
-            caller = getattr(hook, "on_" + event.kind)
-            impls = caller.get_hookimpls()
-            if not impls:
-                continue
-            kwargs = {"record": event.record}
-            for impl in reversed(impls):  # pluggy's own order: LIFO, tryfirst first
-                if impl.hookwrapper or impl.wrapper:
-                    continue  # notifications have no result to wrap
-                try:
-                    impl.function(*[kwargs[name] for name in impl.argnames])
-                except Exception:
-                    log.exception(
-                        "jobcredits hook %s of plugin %r raised; the %s stays committed",
-                        caller.name,
-                        impl.plugin_name,
-                        event.kind,
-                    )
+            name = "on_" + event.kind
+            impls = self._impls(name)
+            if impls:
+                self._notify(name, impls, {"record": event.record})
+
+    def report_rejection(
+        self,
+        error: JobCreditsError,
+        *,
+        account: Any = None,
+        job_id: Any = None,
+        scope: Any = None,
+        cost: Any = None,
+    ) -> None:
+        """Fire :func:`~jobcredits_plugin.hookspecs.on_reject` for a call refused
+        before it reached the ledger (no account, no job id). The ledger's own
+        refusals fire it by themselves; adapters call this for theirs. Values
+        that do not pass validation are reported as None."""
+        impls = self._impls("on_reject")
+        if not impls:
+            return
+        self._notify(
+            "on_reject",
+            impls,
+            {
+                "error": error,
+                "account": _valid_or_none(check_account, account),
+                "scope": _valid_or_none(check_scope, scope),
+                "job_id": _valid_or_none(check_job_id, job_id, self._pattern),
+                "cost": _valid_or_none(check_cost, cost),
+            },
+        )
 
     # -- validation ----------------------------------------------------------------
 
@@ -262,15 +338,38 @@ class Ledger:
         if self._closed:
             raise StoreUnavailable("this ledger is closed")
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    def _unreachable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"store {self._store!r} unreachable: {exc}")
+
+    def _call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+        """Make one store call, turning "could not reach it" into
+        StoreUnavailable and timing it for ``on_store_call`` when observed."""
         self._check_open()
+        impls = self._impls("on_store_call")
+        if not impls:
+            try:
+                return fn(*args)
+            except _UNREACHABLE as exc:
+                raise self._unreachable(exc) from exc
+        error: BaseException | None = None
+        start = time.perf_counter()
         try:
             return fn(*args)
         except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
+            error = self._unreachable(exc)
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            self._notify(
+                "on_store_call", impls, {"operation": op, "seconds": elapsed, "error": error}
+            )
 
     async def _acall(
         self,
+        op: str,
         fn: Callable[..., Awaitable[T]],
         *args: Any,
         late: Callable[[T], Iterable[Event]] | None = None,
@@ -285,6 +384,9 @@ class Ledger:
         Stores that never suspend (``cancel_safe``) skip the extra task.
         """
         self._check_open()
+        impls = self._impls("on_store_call")
+        error: BaseException | None = None
+        start = time.perf_counter()
         try:
             if getattr(self._store, "cancel_safe", False):
                 return await fn(*args)
@@ -296,7 +398,17 @@ class Ledger:
                     task.add_done_callback(functools.partial(self._fire_late, late))
                 raise
         except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"store {self._store!r} unreachable: {exc}") from exc
+            error = self._unreachable(exc)
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if impls:
+                elapsed = time.perf_counter() - start
+                self._notify(
+                    "on_store_call", impls, {"operation": op, "seconds": elapsed, "error": error}
+                )
 
     def _fire_late(self, late: Callable[[Any], Iterable[Event]], task: asyncio.Future[Any]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -348,8 +460,12 @@ class Ledger:
         :raises InvalidJobId, InvalidAccount, InvalidArgument: bad input (400).
         :raises StoreUnavailable: the store could not be reached (503).
         """
-        req = self._claim_request(account, job_id, scope, cost, tier, backend)
-        return self._settle_claim(req, self._call(self._store.claim, req))
+        try:
+            req = self._claim_request(account, job_id, scope, cost, tier, backend)
+            return self._settle_claim(req, self._call("claim", self._store.claim, req))
+        except JobCreditsError as exc:
+            self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
+            raise
 
     def confirm(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -361,7 +477,7 @@ class Ledger:
         """
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        return self._call(self._store.confirm, key, cid, self._clock())
+        return self._call("confirm", self._store.confirm, key, cid, self._clock())
 
     def refund(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -372,7 +488,7 @@ class Ledger:
         """
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        event = self._call(self._store.refund, key, cid, self._clock())
+        event = self._call("refund", self._store.refund, key, cid, self._clock())
         if event is None:
             return False
         self._fire((event,))
@@ -381,7 +497,7 @@ class Ledger:
     def lookup(self, account: str, job_id: str, *, scope: str = "default") -> JobRecord | None:
         """The job's live record, or None (never a refunded or expired one)."""
         key = self._key(account, job_id, scope)
-        return self._call(self._store.lookup, key, self._clock())
+        return self._call("lookup", self._store.lookup, key, self._clock())
 
     def prune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Remove expired jobs (``on_expire``) and refund first calls whose lease
@@ -391,27 +507,29 @@ class Ledger:
         exactly one of them. ``limit`` caps how many records one call settles
         (run it again for the rest).
         """
-        events = self._call(self._store.prune, self._clock(), check_optional_count("limit", limit))
+        events = self._call(
+            "prune", self._store.prune, self._clock(), check_optional_count("limit", limit)
+        )
         self._fire(events)
         return [e.record for e in events]
 
     def snapshot(self) -> list[JobRecord]:
         """Every live job, oldest charge first. Reads the whole store: for
         operators, not for the request path."""
-        return self._call(self._store.snapshot, self._clock())
+        return self._call("snapshot", self._store.snapshot, self._clock())
 
     def grant(self, account: str, amount: int) -> int:
         """Add ``amount`` credits (negative to take some away; a balance never
         goes below zero). Stored even while balances are off, so balances can
         be loaded before they are switched on. Returns the new balance."""
-        return self._call(self._store.grant, check_account(account), check_amount(amount))
+        return self._call("grant", self._store.grant, check_account(account), check_amount(amount))
 
     def balance(self, account: str) -> int | None:
         """The account's credits, or None when balances are off."""
         account = check_account(account)
         if not self._balances:
             return None
-        return self._call(self._store.balance, account)
+        return self._call("balance", self._store.balance, account)
 
     def close(self) -> None:
         """Release the store's connections. Idempotent."""
@@ -443,9 +561,13 @@ class Ledger:
         backend: str | None = None,
     ) -> Charge:
         """Async twin of :meth:`charge`; never blocks the event loop."""
-        req = self._claim_request(account, job_id, scope, cost, tier, backend)
-        result = await self._acall(self._store.aclaim, req, late=_claim_events)
-        return self._settle_claim(req, result)
+        try:
+            req = self._claim_request(account, job_id, scope, cost, tier, backend)
+            result = await self._acall("claim", self._store.aclaim, req, late=_claim_events)
+            return self._settle_claim(req, result)
+        except JobCreditsError as exc:
+            self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
+            raise
 
     async def aconfirm(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -453,7 +575,7 @@ class Ledger:
         """Async twin of :meth:`confirm`."""
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        return await self._acall(self._store.aconfirm, key, cid, self._clock())
+        return await self._acall("confirm", self._store.aconfirm, key, cid, self._clock())
 
     async def arefund(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -461,7 +583,9 @@ class Ledger:
         """Async twin of :meth:`refund`."""
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        event = await self._acall(self._store.arefund, key, cid, self._clock(), late=_one_event)
+        event = await self._acall(
+            "refund", self._store.arefund, key, cid, self._clock(), late=_one_event
+        )
         if event is None:
             return False
         self._fire((event,))
@@ -472,11 +596,12 @@ class Ledger:
     ) -> JobRecord | None:
         """Async twin of :meth:`lookup`."""
         key = self._key(account, job_id, scope)
-        return await self._acall(self._store.alookup, key, self._clock())
+        return await self._acall("lookup", self._store.alookup, key, self._clock())
 
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
         events = await self._acall(
+            "prune",
             self._store.aprune,
             self._clock(),
             check_optional_count("limit", limit),
@@ -487,18 +612,20 @@ class Ledger:
 
     async def asnapshot(self) -> list[JobRecord]:
         """Async twin of :meth:`snapshot`."""
-        return await self._acall(self._store.asnapshot, self._clock())
+        return await self._acall("snapshot", self._store.asnapshot, self._clock())
 
     async def agrant(self, account: str, amount: int) -> int:
         """Async twin of :meth:`grant`."""
-        return await self._acall(self._store.agrant, check_account(account), check_amount(amount))
+        return await self._acall(
+            "grant", self._store.agrant, check_account(account), check_amount(amount)
+        )
 
     async def abalance(self, account: str) -> int | None:
         """Async twin of :meth:`balance`."""
         account = check_account(account)
         if not self._balances:
             return None
-        return await self._acall(self._store.abalance, account)
+        return await self._acall("balance", self._store.abalance, account)
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""

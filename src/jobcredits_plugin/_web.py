@@ -160,7 +160,7 @@ def start_call(
     fail_open: bool = False,
 ) -> JobCall:
     """Charge one HTTP call. Raises the :class:`JobCreditsError` to answer with."""
-    acct, jid, minted = identify(account, job_id, on_missing)
+    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope)
     charge = begin(
         ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
     )
@@ -180,7 +180,7 @@ async def astart_call(
     fail_open: bool = False,
 ) -> JobCall:
     """Async twin of :func:`start_call`."""
-    acct, jid, minted = identify(account, job_id, on_missing)
+    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope)
     charge = await abegin(
         ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
     )

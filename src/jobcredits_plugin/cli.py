@@ -182,6 +182,84 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def stats_of(records: Sequence[JobRecord], now: float) -> dict[str, Any]:
+    """Counts over the live jobs, for ``jobcredits stats``: by state, by scope,
+    the credits they hold (``pending`` ones can still be refunded) and the
+    oldest one (a pending job that old is a handler that never finished)."""
+    by_state = {"pending": 0, "charged": 0}
+    by_scope: dict[str, dict[str, int]] = {}
+    held = {"pending": 0, "charged": 0}
+    for r in records:
+        by_state[r.state] = by_state.get(r.state, 0) + 1
+        held[r.state] = held.get(r.state, 0) + r.cost
+        row = by_scope.setdefault(r.scope, {"pending": 0, "charged": 0, "credits": 0})
+        row[r.state] = row.get(r.state, 0) + 1
+        row["credits"] += r.cost
+    oldest = min(records, key=lambda r: r.charged_at, default=None)
+    return {
+        "live_jobs": len(records),
+        "by_state": by_state,
+        "by_scope": dict(sorted(by_scope.items())),
+        "credits_held": sum(held.values()),
+        "credits_refundable": held.get("pending", 0),
+        "oldest": None
+        if oldest is None
+        else {
+            "account": oldest.account,
+            "scope": oldest.scope,
+            "job_id": oldest.job_id,
+            "state": oldest.state,
+            "charged_at": oldest.charged_at,
+            "age_seconds": round(max(0.0, now - oldest.charged_at), 3),
+        },
+    }
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def stats_lines(stats: dict[str, Any], *, as_json: bool) -> list[str]:
+    """What ``jobcredits stats`` prints: a short report, or the JSON object."""
+    if as_json:
+        return [json.dumps(stats, indent=2)]
+    states = stats["by_state"]
+    lines = [
+        f"live jobs: {stats['live_jobs']} (pending {states['pending']}, "
+        f"charged {states['charged']})",
+        f"credits held: {stats['credits_held']} "
+        f"({stats['credits_refundable']} refundable while pending)",
+    ]
+    oldest = stats["oldest"]
+    if oldest is not None:
+        lines.append(
+            f"oldest job: {oldest['job_id']} of {oldest['account']} in {oldest['scope']} "
+            f"({oldest['state']}, charged {_iso(oldest['charged_at'])}, "
+            f"{_age(oldest['age_seconds'])} ago)"
+        )
+    if stats["by_scope"]:
+        lines.append("")
+        rows = [
+            (scope, row["pending"], row["charged"], row["credits"])
+            for scope, row in stats["by_scope"].items()
+        ]
+        lines += _table(("scope", "pending", "charged", "credits"), rows)
+    return lines
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        records = ledger.snapshot()
+        now = ledger.clock()
+    for line in stats_lines(stats_of(records, now), as_json=args.json):
+        _out(line)
+    return 0
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     with _open(args) as ledger:
         removed = ledger.prune()
@@ -626,6 +704,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows of the table (default: 50)",
     )
     snap.set_defaults(func=_cmd_snapshot)
+
+    stats = sub.add_parser(
+        "stats",
+        help="count the live jobs by state and scope",
+        description="Count the live jobs by state and scope, the credits they hold and "
+        "the oldest one. Reads the whole store: an operator's command.",
+    )
+    stats.add_argument("--url", help=url_help)
+    stats.add_argument("--json", action="store_true", help="print the figures as a JSON object")
+    stats.set_defaults(func=_cmd_stats)
 
     prune = sub.add_parser(
         "prune",
