@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import math
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -72,23 +74,34 @@ __all__ = ["RedisStore"]
 
 # -- the scripts -----------------------------------------------------------------------
 #
-# Record hash fields: a account, s scope, j job_id, c charge_id, st state,
-# co cost, t tier (absent = None), b backend (absent = None), ca charged_at,
-# ea expires_at, lu lease_until, u uses, d debited. Numbers are kept as the
-# strings Python wrote; Lua only parses them to compare.
+# Record hash fields: the ones the scripts read or change, each on its own
+# (a account, c charge_id, st state, ea expires_at, lu lease_until, u uses,
+# d debited), and x, the fields only Python reads, packed by Python as one
+# JSON array [scope, job_id, tier, backend, cost, charged_at] that the scripts
+# store as they got it. Fewer fields and arguments are most of what makes a
+# charge cheap: Redis's own work per field and redis-py's per argument.
+# Numbers are kept as the strings Python wrote; Lua only parses them to
+# compare.
+#
+# The claim's control values come packed too, in ARGV[1], separated by the
+# unit separator (\31, which no number or charge id contains): now, charge_id,
+# cost, max_uses (0: none), balances (1/0), expires_at, lease_until, safety
+# expiry in ms (0: none). ARGV[2] is the account, ARGV[3] the x field.
 
 _CLAIM = """
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[1])
+local p = {}
+for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
+local now, cid, cost, max_uses, balances = tonumber(p[1]), p[2], p[3], tonumber(p[4]), p[5]
 local raw = redis.call('HGETALL', job)
 local balance = '0'
-if ARGV[5] == '1' then balance = redis.call('GET', bal) or '0' end
+if balances == '1' then balance = redis.call('GET', bal) or '0' end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
 local refund_debited = nil
 local settled = false
 if #raw > 0 then
-  if rec['c'] == ARGV[2] then
+  if rec['c'] == cid then
     -- our own charge, committed by an attempt whose answer was lost: a retry
     return {'replay', raw, balance}
   end
@@ -98,7 +111,7 @@ if #raw > 0 then
     refund_debited = rec['d']
     settled = true
   elseif st == 'charged' and now < tonumber(rec['ea']) then
-    if ARGV[4] ~= '' and tonumber(rec['u']) >= tonumber(ARGV[4]) then
+    if max_uses > 0 and tonumber(rec['u']) >= max_uses then
       return {'exhausted', raw, balance}
     end
     redis.call('HINCRBY', job, 'u', 1)
@@ -110,8 +123,8 @@ end
 local available = tonumber(balance)
 if refund_debited ~= nil then available = available + tonumber(refund_debited) end
 local debit = '0'
-if ARGV[5] == '1' then
-  if available < tonumber(ARGV[3]) then
+if balances == '1' then
+  if available < tonumber(cost) then
     if refund_debited ~= nil and refund_debited ~= '0' then
       redis.call('INCRBY', bal, refund_debited)
     end
@@ -121,23 +134,20 @@ if ARGV[5] == '1' then
     end
     return {'insufficient', raw, balance}
   end
-  debit = ARGV[3]
+  debit = cost
 end
 if refund_debited ~= nil and refund_debited ~= '0' then
   redis.call('INCRBY', bal, refund_debited)
 end
 if debit ~= '0' then redis.call('DECRBY', bal, debit) end
 if #raw > 0 then redis.call('DEL', job) end
-local f = {'a', ARGV[6], 's', ARGV[7], 'j', ARGV[8], 'c', ARGV[2], 'st', 'pending',
-           'co', ARGV[3], 'ca', ARGV[1], 'ea', ARGV[13], 'lu', ARGV[14], 'u', '1', 'd', debit}
-if ARGV[10] == '1' then f[#f + 1] = 't'; f[#f + 1] = ARGV[9] end
-if ARGV[12] == '1' then f[#f + 1] = 'b'; f[#f + 1] = ARGV[11] end
-redis.call('HSET', job, unpack(f))
-redis.call('ZADD', due, ARGV[14], job)
-if ARGV[15] ~= '' then
-  redis.call('PEXPIRE', job, ARGV[15])
+redis.call('HSET', job, 'a', ARGV[2], 'x', ARGV[3], 'c', cid, 'st', 'pending',
+           'ea', p[6], 'lu', p[7], 'u', '1', 'd', debit)
+redis.call('ZADD', due, p[7], job)
+if p[8] ~= '0' then
+  redis.call('PEXPIRE', job, p[8])
   local ttl = redis.call('PTTL', due)
-  if ttl < tonumber(ARGV[15]) then redis.call('PEXPIRE', due, ARGV[15]) end
+  if ttl < tonumber(p[8]) then redis.call('PEXPIRE', due, p[8]) end
 end
 return {'charged', raw, balance}
 """
@@ -260,6 +270,7 @@ def _lp(part: str) -> str:
     return f"{len(part.encode())}:{part}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _tag(account: str) -> str:
     # A digest, not the account itself: an account may contain braces, which
     # would otherwise pick a different hash tag, and the digest spreads
@@ -276,16 +287,17 @@ def _decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
     else:
         items = [_s(v) for v in raw]
         f = dict(zip(items[::2], items[1::2], strict=False))
+    scope, job_id, tier, backend, cost, charged_at = json.loads(f["x"])
     return JobRecord(
         account=f["a"],
-        scope=f["s"],
-        job_id=f["j"],
+        scope=scope,
+        job_id=job_id,
         charge_id=f["c"],
         state=cast(JobState, f["st"]),
-        cost=int(f["co"]),
-        tier=f.get("t"),
-        backend=f.get("b"),
-        charged_at=float(f["ca"]),
+        cost=cost,
+        tier=tier,
+        backend=backend,
+        charged_at=charged_at,
         expires_at=float(f["ea"]),
         uses=int(f["u"]),
         lease_until=float(f["lu"]),
@@ -488,31 +500,35 @@ class RedisStore(BaseStore):
     # -- arguments and answers, shared by the sync and async paths ---------------------
 
     def _claim_call(self, req: ClaimRequest) -> tuple[list[str], list[str]]:
+        account = req.account
+        base = self._base(account)
+        lp_account = _lp(account)
         keys = [
-            self.job_key(req.key),
-            self.due_key(req.account),
-            self.balance_key(req.account),
+            f"{base}j:{lp_account}{_lp(req.scope)}{_lp(req.job_id)}",
+            f"{base}due",
+            f"{base}b:{lp_account}",
         ]
-        expires_at = req.now + req.ttl
-        lease_until = req.now + req.lease
-        args = [
-            repr(float(req.now)),
-            req.charge_id,
-            str(req.cost),
-            "" if req.max_uses is None else str(req.max_uses),
-            "1" if req.balances else "0",
-            req.account,
-            req.scope,
-            req.job_id,
-            req.tier or "",
-            "0" if req.tier is None else "1",
-            req.backend or "",
-            "0" if req.backend is None else "1",
-            repr(float(expires_at)),
-            repr(float(lease_until)),
-            self._expiry_ms(max(expires_at, lease_until) - req.now),
-        ]
-        return keys, args
+        now = float(req.now)
+        expires_at = now + req.ttl
+        lease_until = now + req.lease
+        control = "\x1f".join(
+            (
+                repr(now),
+                req.charge_id,
+                str(req.cost),
+                "0" if req.max_uses is None else str(req.max_uses),
+                "1" if req.balances else "0",
+                repr(expires_at),
+                repr(lease_until),
+                self._expiry_ms(max(expires_at, lease_until) - now) or "0",
+            )
+        )
+        packed = json.dumps(
+            [req.scope, req.job_id, req.tier, req.backend, req.cost, now],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return keys, [control, account, packed]
 
     def _expiry_ms(self, seconds_ahead: float) -> str:
         if self.safety_expiry is None:
