@@ -12,10 +12,8 @@ on CI. No test stops the server: outages go through a proxy of our own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import os
-import select
 import socket
 import tempfile
 import threading
@@ -35,6 +33,7 @@ from jobcredits_plugin import (
 )
 from jobcredits_plugin.stores import from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores._proxy import Proxy
 from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -393,75 +392,6 @@ def _retrying(fn: Callable[[], Any], attempts: int = 50) -> Any:
         except StoreUnavailable:
             threading.Event().wait(0.2)
     return fn()
-
-
-class Proxy:
-    """A TCP proxy on a free loopback port in front of the server, which a test
-    can cut (every connection dropped, new ones closed at once) and restore."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.up = True
-        self.closed = False
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            ready, _, _ = select.select([self.listener], [], [], 0.1)
-            if not ready:
-                continue
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.closed = True
-        self.thread.join(timeout=5)
-        self.listener.close()
 
 
 @pytest.mark.slow

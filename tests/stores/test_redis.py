@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from jobcredits_plugin import (
 )
 from jobcredits_plugin.stores import ClaimRequest, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores._proxy import Proxy
 from tests.stores._redis_cluster import redis_cluster
 from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
 from tests.stores.test_store_suite import CONFUSABLE_KEYS, UNICODE_ACCOUNTS
@@ -399,6 +401,67 @@ def test_a_retried_claim_is_answered_as_its_own_charge(redis_store: RedisStore) 
 
 
 # -- faults --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lossy(shared_url: str) -> Iterator[tuple[RedisStore, Proxy]]:
+    """A store that reaches the shared server through a proxy that can lose an answer."""
+    parts = urllib.parse.urlsplit(shared_url)
+    if parts.scheme != "redis":
+        pytest.skip("the proxy speaks plain TCP: needs a redis:// URL")
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    url = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    store = RedisStore.from_url(url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+    try:
+        yield store, proxy
+    finally:
+        store.close()
+        proxy.close()
+        store.url = url.replace(f"127.0.0.1:{proxy.port}", parts.netloc)
+        _redis_cleanup(store)
+
+
+def test_a_lost_answer_charges_and_refunds_exactly_once(
+    lossy: tuple[RedisStore, Proxy],
+) -> None:
+    """The server commits a charge (or a refund) and the connection dies before
+    the answer arrives: redis-py re-sends the call, the script recognises its
+    own work (the charge id, the refund's token), and the caller gets the
+    answer it missed. One debit, one refund, one hook each, on both paths."""
+    store, proxy = lossy
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events, balances=True)
+    ledger.grant("acct", 20)
+    ledger.charge("acct", "warm-up")  # connected, scripts loaded
+
+    proxy.lose_next_answer(b"EVALSHA")
+    charge = ledger.charge("acct", "job-1", cost=3)
+    assert proxy.lost == 1
+    assert charge.charged
+    assert [r.job_id for r in events.of("charge")] == ["warm-up", "job-1"]
+    assert ledger.balance("acct") == 16
+
+    proxy.lose_next_answer(b"EVALSHA")
+    assert ledger.refund("acct", "job-1") is True
+    assert proxy.lost == 2
+    assert [r.job_id for r in events.of("refund")] == ["job-1"]
+    assert ledger.balance("acct") == 19
+    assert ledger.refund("acct", "job-1") is False  # a second refund finds nothing
+    assert ledger.charge("acct", "job-1").charged  # the refunded job charges anew
+
+    async def async_part() -> None:
+        await ledger.acharge("acct", "async-warm-up")
+        proxy.lose_next_answer(b"EVALSHA")
+        again = await ledger.acharge("acct", "async-1", cost=2)
+        assert again.charged
+        proxy.lose_next_answer(b"EVALSHA")
+        assert await ledger.arefund("acct", "async-1") is True
+
+    asyncio.run(async_part())
+    assert proxy.lost == 4
+    assert [r.job_id for r in events.of("refund")] == ["job-1", "async-1"]
+    assert len(events.of("charge")) == 5
+    assert ledger.balance("acct") == 20 - 1 - 1 - 1  # warm-ups and the second job-1
 
 
 @needs_binaries

@@ -38,6 +38,7 @@ import functools
 import hashlib
 import json
 import math
+import secrets
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
@@ -166,18 +167,29 @@ end
 return raw
 """
 
+# A refund leaves a short-lived tombstone (state "refunded", the refund's own
+# token rt) instead of deleting the record at once: when the answer is lost and
+# redis-py re-sends the same call, the script recognises its own refund and
+# answers it again, so the caller still learns it refunded (and on_refund
+# fires once) instead of reading "nothing to refund". Every other script
+# treats a refunded record as absent. Answers {'refunded' | 'replay', raw}.
 _REFUND = """
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
 local raw = redis.call('HGETALL', job)
 if #raw == 0 then return {} end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+if rec['st'] == 'refunded' then
+  if rec['rt'] == ARGV[4] then return {'replay', raw} end
+  return {}
+end
 if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
-if rec['st'] == 'refunded' or tonumber(ARGV[3]) >= tonumber(rec['ea']) then return {} end
-redis.call('DEL', job)
+if tonumber(ARGV[3]) >= tonumber(rec['ea']) then return {} end
 redis.call('ZREM', due, job)
 if rec['d'] ~= '0' then redis.call('INCRBY', bal, rec['d']) end
-return raw
+redis.call('HSET', job, 'st', 'refunded', 'rt', ARGV[4])
+redis.call('PEXPIRE', job, ARGV[5])
+return {'refunded', raw}
 """
 
 # Settles up to ARGV[2] due records of one due-set (one account slot). Answers
@@ -230,6 +242,10 @@ local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if v < 0 then redis.call('SET', KEYS[1], '0') end
 return redis.call('GET', KEYS[1])
 """
+
+#: How long a refunded record stays as a tombstone (see _REFUND): far longer
+#: than a retry takes, short enough not to matter for memory.
+_TOMBSTONE_MS = "60000"
 
 _SCRIPTS = {
     "claim": _CLAIM,
@@ -555,6 +571,26 @@ class RedisStore(BaseStore):
     def _key_call(self, key: Key, charge_id: str | None) -> list[str]:
         return [charge_id or "", "0" if charge_id is None else "1"]
 
+    def _refund_call(
+        self, key: Key, charge_id: str | None, now: float
+    ) -> tuple[list[str], list[str]]:
+        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
+        # The token is drawn once per call: redis-py re-sends these very
+        # arguments when it retries, which is how the script knows its own.
+        token = secrets.token_hex(8)
+        args = [*self._key_call(key, charge_id), repr(float(now)), token, _TOMBSTONE_MS]
+        return keys, args
+
+    @staticmethod
+    def _refund_event(reply: Sequence[Any], charge_id: str | None, now: float) -> Event | None:
+        if not reply:
+            return None
+        kind, raw = _s(reply[0]), _decode(reply[1])
+        if kind == "replay" and raw is not None:
+            # Our own refund, committed by an attempt whose answer was lost.
+            return Event("refund", raw)
+        return plan_refund(raw, charge_id, now)
+
     def _prune_args(self, due: str, now: float, batch: int) -> list[str]:
         return [repr(float(now)), str(batch), due[: -len("due")]]
 
@@ -589,10 +625,9 @@ class RedisStore(BaseStore):
         return plan_confirm(_decode(reply), charge_id, now)[0]
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
-        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
-        args = [*self._key_call(key, charge_id), repr(float(now))]
+        keys, args = self._refund_call(key, charge_id, now)
         reply = self._run(self._scripts["refund"], keys=keys, args=args)
-        return plan_refund(_decode(reply), charge_id, now)
+        return self._refund_event(reply, charge_id, now)
 
     def lookup(self, key: Key, now: float) -> JobRecord | None:
         record = _decode(self._run(self._client.hgetall, self.job_key(key)))
@@ -702,10 +737,9 @@ class RedisStore(BaseStore):
         got = await self._aclient()
         if got is None:
             return await super().arefund(key, charge_id, now)
-        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
-        args = [*self._key_call(key, charge_id), repr(float(now))]
+        keys, args = self._refund_call(key, charge_id, now)
         reply = await self._arun(got[1]["refund"](keys=keys, args=args))
-        return plan_refund(_decode(reply), charge_id, now)
+        return self._refund_event(reply, charge_id, now)
 
     async def alookup(self, key: Key, now: float) -> JobRecord | None:
         got = await self._aclient()
