@@ -20,22 +20,19 @@ Times are ``double precision`` and always come from the ledger's clock (a
 parameter), never from the server's: a float survives the round trip bit for
 bit, and tests with a fake clock behave the same on every store.
 
-Connections come from :mod:`psycopg_pool`: a :class:`~psycopg_pool.ConnectionPool`
-for the sync methods, opened on first use, and an
-:class:`~psycopg_pool.AsyncConnectionPool` for the async twins, opened on the
-first async call and bound to that call's event loop (see
-:class:`PostgresStore`).
+Connections come from a :class:`~psycopg_pool.ConnectionPool`, opened on
+first use; the async twins run the same operations on it in worker threads
+(see :class:`PostgresStore` for why not psycopg's async pool).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import select
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .._errors import InvalidArgument, StoreUnavailable
@@ -437,6 +434,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+#: libpq's TCP keepalive settings the store uses unless the URL names them.
+_TCP_DEFAULTS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class PostgresStore(BaseStore):
     """Jobs and balances in a PostgreSQL schema, shared by every host.
 
@@ -463,13 +469,14 @@ class PostgresStore(BaseStore):
     :param configure: called with every new pooled connection (sync and
         async), e.g. to set session parameters or to trace the protocol.
 
-    **Async twins.** The ``a*`` methods use an
-    :class:`~psycopg_pool.AsyncConnectionPool` opened by the first async call
-    and bound to that call's event loop. When that loop has been closed (as
-    ``asyncio.run`` does), the next loop gets a new pool; a call from another
-    loop while the first is still alive runs the sync operation in a worker
-    thread instead, so it is never wrong, only slower. Close the store with
-    :meth:`aclose` from its loop to close the async pool cleanly.
+    **Async twins.** The ``a*`` methods run the sync operation on the same
+    pool in a worker thread, so they never block the event loop and work from
+    any loop. They do not use :class:`~psycopg_pool.AsyncConnectionPool`: its
+    workers catch the cancellation of a connection attempt in flight when the
+    loop shuts down (psycopg_pool 3.3 treats ``CancelledError`` as a client
+    error), so ``asyncio.run`` could hang forever at exit; the store suite
+    caught it under load. The ledger shields the thread's call, so a
+    cancelled caller still gets its hooks.
 
     **Failures.** Connection refused, a pool checkout timeout, a killed
     connection or a statement timeout raise
@@ -556,6 +563,17 @@ class PostgresStore(BaseStore):
         }
         if "application_name" not in params:
             self._kwargs["application_name"] = "jobcredits"
+        # A server that vanishes without a FIN or RST (a partition, a dead
+        # host) is only noticed by TCP: bound that too, unless the URL says
+        # otherwise. Sent data unacknowledged this long kills the connection
+        # (Linux; libpq ignores it elsewhere), and keepalives find an idle
+        # connection's peer gone before a request waits on it.
+        for name, value in _TCP_DEFAULTS.items():
+            if name not in params:
+                self._kwargs[name] = value
+        if "tcp_user_timeout" not in params:
+            bound = self.statement_timeout + self.connect_timeout
+            self._kwargs["tcp_user_timeout"] = int(bound * 1000)
 
         s = sql.Identifier(schema)
         self._sql_claim = sql.SQL(
@@ -587,10 +605,7 @@ class PostgresStore(BaseStore):
         self._closed = False
         self._pid = os.getpid()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._apool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._aloop: asyncio.AbstractEventLoop | None = None
-        # Pools inherited across fork() or left behind by a closed event loop:
-        # never used again, only kept referenced.
+        # Pools inherited across fork(): never used again, only kept referenced.
         self._orphans: list[Any] = []
 
     @classmethod
@@ -769,9 +784,9 @@ class PostgresStore(BaseStore):
         # A connection inherited across fork() shares its socket with the
         # parent: using or closing it would break the parent's session.
         with self._lock:
-            self._orphans.extend(p for p in (self._pool, self._apool) if p is not None)
-            self._pool = self._apool = None
-            self._aloop = None
+            if self._pool is not None:
+                self._orphans.append(self._pool)
+            self._pool = None
             self._pid = os.getpid()
 
     @contextmanager
@@ -798,91 +813,6 @@ class PostgresStore(BaseStore):
                 with self._connection() as conn:
                     rows: list[Row] = conn.execute(query, params).fetchall()
                     return rows
-            except psycopg.errors.QueryCanceled as exc:
-                raise self._unavailable(exc) from exc
-            except _UNAVAILABLE as exc:
-                if not retry or attempt or isinstance(exc, psycopg_pool.PoolTimeout):
-                    raise self._unavailable(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- async connections ---------------------------------------------------------------
-
-    async def _async_pool(
-        self,
-    ) -> psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None:
-        """The async pool of the running loop, or None when another live loop
-        owns it (the caller then falls back to a worker thread)."""
-        if self._closed:
-            raise StoreUnavailable(f"PostgreSQL store {self._where} is closed")
-        if self._pid != os.getpid():
-            self._after_fork()
-        loop = asyncio.get_running_loop()
-        if self._apool is not None and self._aloop is loop:
-            return self._apool
-        if not self._ready:
-            await asyncio.to_thread(self._ensure_ready)
-        with self._lock:
-            if self._apool is not None and self._aloop is not loop:
-                old_loop = self._aloop
-                if old_loop is not None and not old_loop.is_closed():
-                    return None
-                self._orphans.append(self._apool)
-                self._apool = None
-            if self._apool is None:
-                self._apool = psycopg_pool.AsyncConnectionPool(
-                    self.conninfo,
-                    min_size=self.min_size,
-                    max_size=self.max_size,
-                    kwargs=self._kwargs,
-                    timeout=self.timeout,
-                    configure=self._aconfigure if self._configure else None,
-                    name=f"jobcredits-{self.schema}-async",
-                    open=False,
-                )
-                self._aloop = loop
-                pool = self._apool
-            else:
-                return self._apool
-        await pool.open(wait=False)
-        return pool
-
-    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._configure is not None:
-            self._configure(conn)
-
-    @asynccontextmanager
-    async def _aconnection(
-        self, pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
-    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        for _ in range(self.max_size + 1):
-            conn = await pool.getconn()
-            if not _dead(conn):
-                break
-            await conn.close()
-            await pool.putconn(conn)
-        else:
-            raise StoreUnavailable(f"PostgreSQL store {self._where}: no live connection")
-        try:
-            yield conn
-        finally:
-            await pool.putconn(conn)
-
-    async def _arun(
-        self, query: sql.Composed, params: Sequence[Any], *, retry: bool
-    ) -> list[Row] | None:
-        """The async twin of :meth:`_run`; None means "no pool for this loop"."""
-        try:
-            pool = await self._async_pool()
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        if pool is None:
-            return None
-        for attempt in (0, 1):
-            try:
-                async with self._aconnection(pool) as conn:
-                    cur = await conn.execute(query, params)
-                    arows: list[Row] = await cur.fetchall()
-                    return arows
             except psycopg.errors.QueryCanceled as exc:
                 raise self._unavailable(exc) from exc
             except _UNAVAILABLE as exc:
@@ -1003,102 +933,12 @@ class PostgresStore(BaseStore):
         return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
-        """Close the sync pool, and the async one when its loop is gone or
-        not running (from inside its loop, prefer :meth:`aclose`)."""
+        """Close the pool (never one inherited across fork())."""
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
-            apool, self._apool = self._apool, None
-            loop, self._aloop = self._aloop, None
             inherited = self._pid != os.getpid()
         if inherited:
             return
         if pool is not None:
             pool.close(timeout=self.timeout)
-        if apool is not None:
-            self._close_async_pool(apool, loop)
-
-    def _close_async_pool(
-        self,
-        apool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]],
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> None:
-        if loop is not None and not loop.is_closed() and not loop.is_running():
-            loop.run_until_complete(apool.close(timeout=self.timeout))
-            return
-        # Its loop is gone (asyncio.run ended): its tasks died with it; close
-        # the idle connections' sockets directly.
-        for conn in list(getattr(apool, "_pool", ())):
-            conn.pgconn.finish()
-        self._orphans.append(apool)
-
-    # -- the async twins -----------------------------------------------------------------
-
-    async def aclaim(self, req: ClaimRequest) -> ClaimResult:
-        rows = await self._arun(self._sql_claim, self._claim_params(req), retry=False)
-        if rows is None:
-            return await super().aclaim(req)
-        return self._claim_result(req, rows)
-
-    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
-        rows = await self._arun(self._sql_confirm, (*key, charge_id), retry=True)
-        if rows is None:
-            return await super().aconfirm(key, charge_id, now)
-        result: JobRecord | None = self._confirm_result(key, charge_id, now, rows)
-        return result
-
-    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
-        rows = await self._arun(self._sql_refund, (*key, charge_id, now), retry=False)
-        if rows is None:
-            return await super().arefund(key, charge_id, now)
-        result: Event | None = self._refund_result(key, charge_id, now, rows)
-        return result
-
-    async def alookup(self, key: Key, now: float) -> JobRecord | None:
-        rows = await self._arun(self._sql_lookup, key, retry=True)
-        if rows is None:
-            return await super().alookup(key, now)
-        return self._lookup_result(rows, now)
-
-    async def aprune(self, now: float, limit: int | None = None) -> list[Event]:
-        events: list[Event] = []
-        while limit is None or len(events) < limit:
-            batch = self._batches(limit, len(events))
-            rows = await self._arun(self._sql_prune, (now, batch), retry=False)
-            if rows is None:
-                left = None if limit is None else limit - len(events)
-                return events + await super().aprune(now, left)
-            events.extend(self._settled(rows, now))
-            if len(rows) < batch:
-                break
-        return events
-
-    async def asnapshot(self, now: float) -> list[JobRecord]:
-        rows = await self._arun(self._sql_snapshot, (now,), retry=True)
-        if rows is None:
-            return await super().asnapshot(now)
-        return self._snapshot_result(rows, now)
-
-    async def agrant(self, account: str, amount: int) -> int:
-        rows = await self._arun(self._sql_grant, (account, amount), retry=False)
-        if rows is None:
-            return await super().agrant(account, amount)
-        return int(rows[0][0])
-
-    async def abalance(self, account: str) -> int:
-        rows = await self._arun(self._sql_balance, (account,), retry=True)
-        if rows is None:
-            return await super().abalance(account)
-        return int(rows[0][0]) if rows else 0
-
-    async def aclose(self) -> None:
-        """Close both pools; the async one on this loop when it owns it."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            apool = self._apool if self._aloop is loop else None
-            if apool is not None:
-                self._apool = None
-                self._aloop = None
-        if apool is not None:
-            await apool.close(timeout=self.timeout)
-        await asyncio.to_thread(self.close)
