@@ -117,6 +117,28 @@ def _charge_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     return work
 
 
+def _empty_script_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
+    """A script that does nothing, called with the very keys and arguments of a
+    charge: what one EVALSHA round trip costs before the script does any work,
+    the ceiling of any design that makes each charge one script call."""
+    store = RedisStore.from_url(url, prefix=prefix)
+    ledger = Ledger(store, balances=True)
+    client = store._client
+    empty = client.register_script("return {'charged', {}, '0'}")
+    requests = [
+        ledger._claim_request("bench", uuid.uuid4().hex, "default", 1, None, None) for _ in range(n)
+    ]
+    calls = [store._claim_call(req) for req in requests]
+    empty(keys=calls[0][0], args=calls[0][1])  # load it
+
+    def work() -> None:
+        for keys, args in calls:
+            empty(keys=keys, args=args)
+        store.close()
+
+    return work
+
+
 def _set_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     client = redis.Redis.from_url(url, socket_timeout=2, decode_responses=True)
     client.ping()
@@ -189,14 +211,16 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             }
         )
         for k in (1, THREADS):
-            ratios, charges, sets = [], [], []
+            ratios, charges, sets, empties = [], [], [], []
             for _ in range(repeats):
                 # Sides take turns, so drift in the machine's speed hits both.
                 s = _rate(_set_worker, url, n // k if k > 1 else n, k)
                 c = _rate(_charge_worker, url, n // k if k > 1 else n, k)
+                e = _rate(_empty_script_worker, url, n // k if k > 1 else n, k)
                 sets.append(s)
                 charges.append(c)
                 ratios.append(c / s)
+                empties.append(e / s)
             label = "one connection" if k == 1 else f"{k} concurrent clients"
             rows.append(
                 {
@@ -210,6 +234,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "name": f"redis: SET NX PX/s, {label}",
                     "figure": statistics.median(sets),
                     "unit": "/s",
+                }
+            )
+            rows.append(
+                {
+                    "name": f"redis: empty script (charge's keys+args) vs SET NX, {label}",
+                    "figure": statistics.median(empties),
+                    "unit": "x",
                 }
             )
             rows.append(

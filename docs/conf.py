@@ -67,6 +67,11 @@ nitpick_ignore = [
     ("py:class", "collections.abc.Callable"),
     ("py:class", "collections.abc.Iterable"),
     ("py:class", "os.PathLike"),
+    ("py:class", "logging.Logger"),
+    # The metrics libraries the ready plugins take objects of.
+    ("py:class", "prometheus_client.registry.CollectorRegistry"),
+    ("py:class", "MeterProvider"),
+    ("py:class", "opentelemetry.metrics.MeterProvider"),
 ]
 
 # -- HTML -----------------------------------------------------------------------

@@ -17,6 +17,13 @@ the CLI first: a shared store is loaded once, not by every worker at start)::
 A job is ``/v1/summarize`` then ``/v1/analyze`` with the same ``X-Job-Id``: the
 first call answers ``X-Job-Charge: charged``, the second ``reused``.
 ``?fail=true`` makes a call answer 502, which refunds its charge.
+
+``GET /metrics`` serves the ledger's Prometheus counters
+(``jobcredits_charges_total`` and friends), from the
+:class:`~jobcredits_plugin.contrib.prometheus.PrometheusMetrics` plugin that
+``JobCredits(..., plugins=[...])`` registers; it needs the ``prometheus`` extra
+(``pip install "jobcredits-plugin[prometheus]"``) and answers 404 without it.
+Each worker process counts its own calls.
 """
 
 from __future__ import annotations
@@ -27,11 +34,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel
 
 from jobcredits_plugin import Charge, Ledger, current_charge
 from jobcredits_plugin.fastapi import JobCredits, charge_credit, charges_credit
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from jobcredits_plugin.contrib.prometheus import PrometheusMetrics
+except ImportError:  # the "prometheus" extra is not installed: no /metrics
+    PrometheusMetrics = None  # type: ignore[assignment,misc]
 
 #: API keys and the accounts they belong to. A real app looks the key up in its
 #: user database; what matters is that the account comes from authentication,
@@ -74,7 +88,16 @@ def create_app(url: str | None = None) -> FastAPI:
         await ledger.aclose()
 
     app = FastAPI(title="Summaries", lifespan=lifespan)
-    JobCredits(ledger, account=account_from_api_key).install(app)
+    # The app's own metrics registry (not prometheus_client's global one), so
+    # that every app the factory builds counts its own calls.
+    registry = CollectorRegistry() if PrometheusMetrics is not None else None
+    JobCredits(
+        ledger,
+        account=account_from_api_key,
+        # Hook plugins registered on the ledger: objects as here, or import
+        # strings ("myapp.audit:AuditTrail"; a class is instantiated).
+        plugins=[PrometheusMetrics(registry=registry)] if registry else [],
+    ).install(app)
 
     @app.post("/v1/summarize")
     async def summarize(
@@ -118,5 +141,18 @@ def create_app(url: str | None = None) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid()}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """The ledger's counters, in Prometheus' text format. Free, and open
+        to anyone: a real deployment serves it where only Prometheus can
+        reach it."""
+        if registry is None:
+            return Response(
+                'metrics need prometheus_client: pip install "jobcredits-plugin[prometheus]"\n',
+                status_code=404,
+                media_type="text/plain",
+            )
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

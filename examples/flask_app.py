@@ -15,6 +15,14 @@ the CLI first: a shared store is loaded once, not by every worker at start)::
 
 The first call of a job answers ``X-Job-Charge: charged``, its follow-ups
 ``reused``; ``?fail=1`` makes the call answer 502, which refunds its charge.
+
+``GET /metrics`` serves the ledger's Prometheus counters
+(``jobcredits_charges_total`` and friends), from the
+:class:`~jobcredits_plugin.contrib.prometheus.PrometheusMetrics` plugin that
+``JOBCREDITS_PLUGINS`` registers; it needs the ``prometheus`` extra
+(``pip install "jobcredits-plugin[prometheus]"``) and answers 404 without it.
+Each worker process counts its own calls: see the Prometheus section of the
+hooks guide for one set of counters across the workers.
 """
 
 from __future__ import annotations
@@ -23,9 +31,16 @@ import os
 import time
 from typing import Any
 
-from flask import Flask, Request, request
+from flask import Flask, Request, Response, request
 
 from jobcredits_plugin.flask import JobCredits, charges_credit, get_ledger, job_credit
+
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from jobcredits_plugin.contrib.prometheus import PrometheusMetrics
+except ImportError:  # the "prometheus" extra is not installed: no /metrics
+    PrometheusMetrics = None  # type: ignore[assignment,misc]
 
 #: API keys and the accounts they belong to. A real app looks the key up in its
 #: user database; what matters is that the account comes from authentication,
@@ -48,10 +63,16 @@ def create_app(url: str | None = None) -> Flask:
     ``memory://``) names the ledger's store.
     """
     app = Flask(__name__)
+    # The app's own metrics registry (not prometheus_client's global one), so
+    # that every app the factory builds counts its own calls.
+    registry = CollectorRegistry() if PrometheusMetrics is not None else None
     app.config.update(
         JOBCREDITS_URL=url or os.environ.get("JOBCREDITS_URL", "memory://"),
         JOBCREDITS_BALANCES=True,
         JOBCREDITS_ACCOUNT=account_from_api_key,
+        # Hook plugins for the ledger JobCredits builds: objects as here, or
+        # import strings ("myapp.audit:AuditTrail"; a class is instantiated).
+        JOBCREDITS_PLUGINS=[PrometheusMetrics(registry=registry)] if registry else [],
     )
     JobCredits(app)
     # Stands in for the upstream model's latency (the real-server test sets it
@@ -80,5 +101,18 @@ def create_app(url: str | None = None) -> Flask:
             "tier": charge.record.tier if charge else None,
             "credits_left": charge.balance if charge else None,
         }
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """The ledger's counters, in Prometheus' text format. Free, and open
+        to anyone: a real deployment serves it where only Prometheus can
+        reach it."""
+        if registry is None:
+            return Response(
+                'metrics need prometheus_client: pip install "jobcredits-plugin[prometheus]"\n',
+                status=404,
+                mimetype="text/plain",
+            )
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -61,3 +61,20 @@ def test_quick_run_produces_every_figure(bench: ModuleType, tmp_path: Path) -> N
             assert value > 0, key
         assert figure["status"] in {"PASS", "MISS", "info"}, key
     assert data["memory_breakdown"], "tracemalloc found no allocation held by the jobs"
+
+
+def test_quick_metrics_run_produces_its_figures(bench: ModuleType, tmp_path: Path) -> None:
+    """Section (f), the Prometheus plugin's cost per charge (needs prometheus_client)."""
+    pytest.importorskip("prometheus_client")
+    out = tmp_path / "figures.json"
+    assert bench.main(["--quick", "--json", str(out), "--only", "metrics"]) == 0
+    figures = {f["key"]: f for f in json.loads(out.read_text())["figures"]}
+    assert set(figures) == {
+        "metrics_prometheus_overhead",
+        "metrics_prometheus_overhead_sqlite",
+        "metrics_prometheus_vs_noop",
+        "metrics_noop_overhead",
+    }
+    for key, figure in figures.items():
+        assert math.isfinite(figure["value"]), key
+        assert figure["value"] > 0, key

@@ -419,19 +419,14 @@ def test_entry_points_true_loads_the_group(
     assert fake_distribution.kinds() == ["charge"]
 
 
-def test_entry_points_true_calls_pluggys_loader_with_the_group(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_plugin_both_passed_and_declared_registers_once(
+    fake_distribution: EntryPointPlugin, clock: FakeClock
 ) -> None:
-    """The group asked of pluggy is exactly `jobcredits_plugin`."""
-    groups: list[str] = []
-
-    def spy(self: pluggy.PluginManager, group: str, name: str | None = None) -> int:
-        groups.append(group)
-        return 0
-
-    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", spy)
-    Ledger(entry_points=True)
-    assert groups == ["jobcredits_plugin"]
+    """An app that passes a plugin object its distribution also declares gets it
+    once (pluggy's own loader would register it again and raise)."""
+    ledger = make_ledger(clock=clock, plugins=[fake_distribution], entry_points=True)
+    ledger.charge(A, J)
+    assert fake_distribution.kinds() == ["charge"]
 
 
 def test_entry_points_are_not_loaded_by_default(
@@ -439,12 +434,13 @@ def test_entry_points_are_not_loaded_by_default(
 ) -> None:
     """Without entry_points=True no installed plugin is loaded or sees events."""
     calls: list[str] = []
+    real = importlib.metadata.distributions
 
-    def spy(self: pluggy.PluginManager, group: str, name: str | None = None) -> int:
-        calls.append(group)
-        return 0
+    def spy() -> Any:
+        calls.append("distributions")
+        return real()
 
-    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", spy)
+    monkeypatch.setattr(importlib.metadata, "distributions", spy)
     ledger = make_ledger(clock=clock)
     Ledger()
     Ledger.from_url("memory://")

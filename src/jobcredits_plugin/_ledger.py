@@ -11,6 +11,7 @@ change, however many threads, processes or hosts share the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -83,8 +84,10 @@ def _valid_or_none(check: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-#: One hook implementation, ready to call: (function, argument names, plugin name).
-_Impl = tuple[Callable[..., Any], tuple[str, ...], str]
+#: One hook implementation, ready to call: (function, which of the spec's
+#: arguments it takes as indexes, None when it takes all of them in order,
+#: plugin name).
+_Impl = tuple[Callable[..., Any], "tuple[int, ...] | None", str]
 
 
 class _PluginManager(pluggy.PluginManager):
@@ -170,7 +173,11 @@ class Ledger:
         for plugin in plugins:
             self.register(plugin)
         if entry_points:
-            self._pm.load_setuptools_entrypoints("jobcredits_plugin")
+            # Not pluggy's own loader: it registers an object a second time
+            # (and raises) when the app also passed it in ``plugins``.
+            from ._plugins import load_entry_points
+
+            load_entry_points(self)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Ledger:
@@ -237,6 +244,13 @@ class Ledger:
     def _impls(self, hook_name: str) -> tuple[_Impl, ...]:
         """The implementations of one hook, in pluggy's calling order (LIFO,
         tryfirst first), cached until a plugin is registered or unregistered."""
+        if self._impl_generation == self._pm.generation:
+            impls = self._impl_cache.get(hook_name)
+            if impls is not None:
+                return impls
+        return self._load_impls(hook_name)
+
+    def _load_impls(self, hook_name: str) -> tuple[_Impl, ...]:
         pm = self._pm
         if self._impl_generation != pm.generation:
             self._impl_cache = {}
@@ -244,29 +258,37 @@ class Ledger:
         impls = self._impl_cache.get(hook_name)
         if impls is None:
             caller = getattr(pm.hook, hook_name)
-            impls = tuple(
-                (impl.function, tuple(impl.argnames), impl.plugin_name)
-                for impl in reversed(caller.get_hookimpls())
-                # notifications have no result to wrap
-                if not (impl.hookwrapper or impl.wrapper)
-            )
-            self._impl_cache[hook_name] = impls
+            spec = tuple(caller.spec.argnames) if caller.spec is not None else ()
+            found = []
+            for impl in reversed(caller.get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    continue  # notifications have no result to wrap
+                names = tuple(impl.argnames)
+                picks = None if names == spec else tuple(spec.index(n) for n in names)
+                found.append((impl.function, picks, impl.plugin_name))
+            impls = self._impl_cache[hook_name] = tuple(found)
         return impls
 
-    def _notify(self, hook_name: str, impls: tuple[_Impl, ...], kwargs: dict[str, Any]) -> None:
-        """Call each implementation in isolation: pluggy would stop at the first
-        one that raises, and a metrics bug must not hide the event from the
-        audit log plugin."""
-        for function, argnames, plugin_name in impls:
+    def _notify(self, hook_name: str, impls: tuple[_Impl, ...], values: tuple[Any, ...]) -> None:
+        """Call each implementation with the spec's argument ``values``, each
+        in isolation: pluggy would stop at the first one that raises, and a
+        metrics bug must not hide the event from the audit log plugin."""
+        for function, picks, plugin_name in impls:
             try:
-                function(*[kwargs[name] for name in argnames])
+                if picks is None:
+                    function(*values)
+                else:
+                    function(*[values[i] for i in picks])
             except Exception:
-                log.exception(
-                    "jobcredits hook %s of plugin %r raised; it was skipped "
-                    "(whatever it reports stays committed)",
-                    hook_name,
-                    plugin_name,
-                )
+                # Logging can raise too (a broken handler): the change is
+                # committed, so nothing may escape to the caller from here.
+                with contextlib.suppress(Exception):
+                    log.exception(
+                        "jobcredits hook %s of plugin %r raised; it was skipped "
+                        "(whatever it reports stays committed)",
+                        hook_name,
+                        plugin_name,
+                    )
 
     def _fire(self, events: Iterable[Event]) -> None:
         """Call each hook implementation for each committed event."""
@@ -274,7 +296,7 @@ class Ledger:
             name = "on_" + event.kind
             impls = self._impls(name)
             if impls:
-                self._notify(name, impls, {"record": event.record})
+                self._notify(name, impls, (event.record,))
 
     def report_rejection(
         self,
@@ -295,13 +317,13 @@ class Ledger:
         self._notify(
             "on_reject",
             impls,
-            {
-                "error": error,
-                "account": _valid_or_none(check_account, account),
-                "scope": _valid_or_none(check_scope, scope),
-                "job_id": _valid_or_none(check_job_id, job_id, self._pattern),
-                "cost": _valid_or_none(check_cost, cost),
-            },
+            (
+                error,
+                _valid_or_none(check_account, account),
+                _valid_or_none(check_scope, scope),
+                _valid_or_none(check_job_id, job_id, self._pattern),
+                _valid_or_none(check_cost, cost),
+            ),
         )
 
     # -- validation ----------------------------------------------------------------
@@ -351,21 +373,18 @@ class Ledger:
                 return fn(*args)
             except _UNREACHABLE as exc:
                 raise self._unreachable(exc) from exc
-        error: BaseException | None = None
         start = time.perf_counter()
         try:
-            return fn(*args)
+            result = fn(*args)
         except _UNREACHABLE as exc:
             error = self._unreachable(exc)
+            self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
             raise error from exc
         except BaseException as exc:
-            error = exc
+            self._notify("on_store_call", impls, (op, time.perf_counter() - start, exc))
             raise
-        finally:
-            elapsed = time.perf_counter() - start
-            self._notify(
-                "on_store_call", impls, {"operation": op, "seconds": elapsed, "error": error}
-            )
+        self._notify("on_store_call", impls, (op, time.perf_counter() - start, None))
+        return result
 
     async def _acall(
         self,
@@ -405,10 +424,7 @@ class Ledger:
             raise
         finally:
             if impls:
-                elapsed = time.perf_counter() - start
-                self._notify(
-                    "on_store_call", impls, {"operation": op, "seconds": elapsed, "error": error}
-                )
+                self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
 
     def _fire_late(self, late: Callable[[Any], Iterable[Event]], task: asyncio.Future[Any]) -> None:
         if task.cancelled() or task.exception() is not None:

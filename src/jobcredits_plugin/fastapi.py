@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 try:
@@ -53,6 +53,7 @@ from ._decorator import _check_on_missing
 from ._decorator import header as _header_reader
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
+from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
 from ._web import (
     CREDITS_HEADER,
@@ -143,8 +144,18 @@ class JobCredits:
         (the fresh id is echoed in the job header), or ``"reject"`` it (400).
     :param fail_open: let calls through *uncharged* while the store is down,
         instead of answering 503.
+    :param plugins: hook plugins to register on ``ledger``: objects, or
+        import strings naming them (``"pkg.mod:attr"`` or ``"pkg.mod.attr"``);
+        a class is instantiated with no arguments. What the ledger already
+        has is not registered again (the same object, or an instance of the
+        same class), so ``Ledger(plugins=[p])`` with ``plugins=[p]`` here
+        registers ``p`` once. A bad entry raises
+        :class:`~jobcredits_plugin.InvalidArgument`.
+    :param entry_points: also register the plugins installed packages declare
+        in the ``jobcredits_plugin`` entry point group, as
+        ``Ledger(entry_points=True)`` does (those already loaded are skipped).
 
-    Nothing happens until :meth:`install` puts it on an app.
+    Nothing else happens until :meth:`install` puts it on an app.
     """
 
     def __init__(
@@ -155,6 +166,8 @@ class JobCredits:
         account: AccountFn | None = None,
         on_missing: str = "charge",
         fail_open: bool = False,
+        plugins: Sequence[object] = (),
+        entry_points: bool = False,
     ) -> None:
         if not isinstance(ledger, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
@@ -163,6 +176,16 @@ class JobCredits:
         _check_on_missing(on_missing)
         if not isinstance(fail_open, bool):
             raise InvalidArgument(f"fail_open must be True or False, not {fail_open!r}")
+        if not isinstance(entry_points, bool):
+            raise InvalidArgument(f"entry_points must be True or False, not {entry_points!r}")
+        added = add_plugins(ledger, plugins, key="plugins")
+        if entry_points:
+            try:
+                load_entry_points(ledger, key="entry_points")
+            except InvalidArgument:
+                for plugin in reversed(added):
+                    ledger.unregister(plugin)
+                raise
         self.ledger = ledger
         self.job_header = job_header
         self.account = account

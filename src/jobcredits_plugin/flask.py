@@ -8,6 +8,7 @@
     app = Flask(__name__)
     app.config["JOBCREDITS_URL"] = "sqlite:///jobs.db"
     app.config["JOBCREDITS_ACCOUNT"] = "myapp.auth:account_of"  # a callable of flask.request
+    app.config["JOBCREDITS_PLUGINS"] = ["myapp.metrics:plugin"]  # hook plugins (optional)
     JobCredits(app)
 
     @app.post("/v1/summarize")
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -48,6 +49,7 @@ from ._decorator import _check_on_missing, current_charge
 from ._decorator import header as _header
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
+from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
 from ._web import (
     DEFAULT_JOB_HEADER,
@@ -74,6 +76,8 @@ __all__ = [
     "problem_response",
 ]
 
+log = logging.getLogger("jobcredits_plugin")
+
 #: The key of the adapter's state in ``app.extensions``.
 EXTENSION_KEY = "jobcredits"
 #: Where the current request's ``JobCall`` is kept in the WSGI environ, so
@@ -94,6 +98,8 @@ DEFAULTS: Mapping[str, Any] = {
     "JOBCREDITS_ACCOUNT": None,
     "JOBCREDITS_ON_MISSING": "charge",
     "JOBCREDITS_FAIL_OPEN": False,
+    "JOBCREDITS_PLUGINS": (),
+    "JOBCREDITS_ENTRY_POINTS": False,
 }
 
 AccountFunc = Callable[[flask.Request], "str | None"]
@@ -161,7 +167,7 @@ def _max_uses(value: Any) -> Any:
 
 
 def _import_account(value: Any, key: str) -> AccountFunc | None:
-    """The account callable from a callable or a dotted path (``pkg.mod:func``
+    """The account callable from a callable or an import string (``pkg.mod:func``
     or ``pkg.mod.func``), imported at startup so that a typo fails the deploy
     rather than every request."""
     if value is None or callable(value):
@@ -169,14 +175,9 @@ def _import_account(value: Any, key: str) -> AccountFunc | None:
     if not isinstance(value, str) or not value.strip():
         raise InvalidArgument(f"{key} must be a callable or a dotted path to one, not {value!r}")
     path = value.strip()
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
     try:
-        target: Any = importlib.import_module(module_name) if module_name else None
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
+        target = import_object(path)
+    except Exception as exc:  # any import failure is the same misconfiguration
         raise InvalidArgument(f"{key}: cannot import {path!r} ({exc})") from exc
     if not callable(target):
         raise InvalidArgument(f"{key}: {path!r} is not callable")
@@ -193,8 +194,9 @@ class JobCredits:
         app factory pattern).
     :param ledger: a ledger to use instead of one built from
         ``JOBCREDITS_URL`` (the ledger's own options, ``JOBCREDITS_TTL`` and
-        the like, are then ignored). Every app this object is set up on
-        shares it.
+        the like, ``JOBCREDITS_PLUGINS`` and ``JOBCREDITS_ENTRY_POINTS`` too,
+        are then ignored: register plugins on that ledger). Every app this
+        object is set up on shares it.
     :param account: the account callable, instead of ``JOBCREDITS_ACCOUNT``.
 
     The extension object holds only these defaults; each app's state lives
@@ -219,7 +221,15 @@ class JobCredits:
         """Set up ``app``: read its config, build (or take) its ledger,
         register the problem+json error handler and the ``flask jobcredits``
         commands. ``ledger`` here wins over the constructor's, which wins
-        over ``JOBCREDITS_URL``. Returns the app's state."""
+        over ``JOBCREDITS_URL``. Returns the app's state.
+
+        A ledger built from ``JOBCREDITS_URL`` gets the plugins
+        ``JOBCREDITS_PLUGINS`` names (objects, or import strings
+        ``"pkg.mod:attr"`` / ``"pkg.mod.attr"``; a class is instantiated for
+        this app's ledger) and, with ``JOBCREDITS_ENTRY_POINTS``, those of the
+        installed packages' ``jobcredits_plugin`` entry points. A bad entry
+        raises :class:`~jobcredits_plugin.InvalidArgument` here, before any
+        store is opened."""
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         cfg = app.config
@@ -229,17 +239,37 @@ class JobCredits:
         _check_on_missing(on_missing)
         account = self._account or _import_account(cfg["JOBCREDITS_ACCOUNT"], "JOBCREDITS_ACCOUNT")
         fail_open = _flag("JOBCREDITS_FAIL_OPEN", cfg["JOBCREDITS_FAIL_OPEN"])
+        entry_points = _flag("JOBCREDITS_ENTRY_POINTS", cfg["JOBCREDITS_ENTRY_POINTS"])
         chosen = ledger if ledger is not None else self._ledger
         if chosen is None:
-            chosen = Ledger.from_url(
+            # Plugins first: an import string that fails must fail before any
+            # store is opened (a SQLite URL would create its file).
+            plugins = resolve_plugins(cfg["JOBCREDITS_PLUGINS"], key="JOBCREDITS_PLUGINS")
+            chosen = ledger_from_url(
                 cfg["JOBCREDITS_URL"],
                 ttl=_number("JOBCREDITS_TTL", cfg["JOBCREDITS_TTL"]),
                 lease=_number("JOBCREDITS_LEASE", cfg["JOBCREDITS_LEASE"]),
                 balances=_flag("JOBCREDITS_BALANCES", cfg["JOBCREDITS_BALANCES"]),
                 max_uses=_max_uses(cfg["JOBCREDITS_MAX_USES"]),
+                plugins=plugins,
+                entry_points=entry_points,
+                plugins_key="JOBCREDITS_PLUGINS",
+                entry_points_key="JOBCREDITS_ENTRY_POINTS",
             )
         elif not isinstance(chosen, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(chosen).__name__}")
+        elif cfg["JOBCREDITS_PLUGINS"] or entry_points:
+            # Like JOBCREDITS_TTL, these describe the ledger the extension
+            # builds; a ledger passed in was built, plugins and all, by the app
+            # (registering them on it here would register them twice when one
+            # ledger serves several apps). Said aloud, since lost metrics or an
+            # audit trail that never started go unnoticed.
+            log.warning(
+                "app %r: JOBCREDITS_PLUGINS and JOBCREDITS_ENTRY_POINTS are ignored "
+                "because a ledger was passed to the extension; register plugins on "
+                "that ledger (Ledger(plugins=..., entry_points=...) or ledger.register())",
+                app.name,
+            )
         state = JobCreditsState(
             ledger=chosen,
             account=account,

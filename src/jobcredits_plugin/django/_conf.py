@@ -15,7 +15,6 @@ not) still fails with the same message instead of charging with a typo.
 from __future__ import annotations
 
 import difflib
-import importlib
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -26,11 +25,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
-from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from .._decorator import header
 from .._errors import InvalidArgument, JobCreditsError
 from .._ledger import Ledger
+from .._plugins import import_object, instantiate, ledger_from_url, load_plugin
 from .._web import DEFAULT_JOB_HEADER
 from ..stores import from_url, redact_url
 
@@ -48,9 +47,17 @@ DEFAULTS: dict[str, Any] = {
     "ON_MISSING": "charge",
     "FAIL_OPEN": False,
     "PLUGINS": (),
+    "ENTRY_POINTS": False,
 }
 
 ON_MISSING = ("charge", "reject")
+
+PLUGINS_KEY = "settings.JOBCREDITS['PLUGINS']"
+PLUGINS_HINT = (
+    "list plugin objects or classes, or import strings naming them: "
+    '"package.module:attribute" or "package.module.attribute" (a class is '
+    "instantiated with no arguments)"
+)
 
 
 @attrs.frozen
@@ -72,6 +79,7 @@ class Config:
     ``account`` None means "the default": the authenticated ``request.user``.
     ``plugins`` holds the imported objects; a class among them is
     instantiated for each ledger built (see :func:`build_ledger`).
+    ``entry_points`` also loads the installed packages' plugins.
     """
 
     url: str
@@ -84,18 +92,13 @@ class Config:
     on_missing: str
     fail_open: bool
     plugins: tuple[Any, ...]
+    entry_points: bool = False
 
 
 def import_path(path: str) -> Any:
-    """The object a dotted path names, or the module itself (pluggy accepts a
-    module of hook functions as a plugin)."""
-    try:
-        return import_string(path)
-    except ImportError as first:
-        try:
-            return importlib.import_module(path)
-        except ImportError:
-            raise first from None
+    """The object an import string names (``pkg.mod.attr`` or ``pkg.mod:attr``),
+    or the module itself; read the same way by every adapter."""
+    return import_object(path)
 
 
 def url_problem(url: Any) -> str | None:
@@ -194,7 +197,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
         Ledger(ttl=v["TTL"], lease=v["LEASE"], max_uses=v["MAX_USES"]).close()
     except (InvalidArgument, TypeError) as exc:
         problems.append(Problem("E005", f"settings.JOBCREDITS: {exc}"))
-    for key in ("BALANCES", "FAIL_OPEN"):
+    for key in ("BALANCES", "FAIL_OPEN", "ENTRY_POINTS"):
         if not isinstance(v[key], bool):
             problems.append(
                 Problem(
@@ -232,22 +235,16 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
     plugins: list[Any] = []
     if isinstance(v["PLUGINS"], (list, tuple)):
         for entry in v["PLUGINS"]:
-            if not isinstance(entry, str):
-                plugins.append(entry)
-                continue
             try:
-                plugins.append(import_path(entry))
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
-                problems.append(
-                    Problem(
-                        "E006", f"settings.JOBCREDITS['PLUGINS']: {entry!r} does not import: {exc}"
-                    )
-                )
+                plugins.append(load_plugin(entry, key=PLUGINS_KEY))
+            except InvalidArgument as exc:
+                problems.append(Problem("E006", str(exc), PLUGINS_HINT))
     else:
         problems.append(
             Problem(
                 "E006",
-                f"settings.JOBCREDITS['PLUGINS'] must be a list, not {type(v['PLUGINS']).__name__}",
+                f"{PLUGINS_KEY} must be a list, not {type(v['PLUGINS']).__name__}",
+                f"e.g. [{v['PLUGINS']!r}]" if isinstance(v["PLUGINS"], str) else PLUGINS_HINT,
             )
         )
     if problems:
@@ -263,6 +260,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
         on_missing=v["ON_MISSING"],
         fail_open=v["FAIL_OPEN"],
         plugins=tuple(plugins),
+        entry_points=v["ENTRY_POINTS"],
     )
     return config, []
 
@@ -274,16 +272,27 @@ def raw_setting() -> Any:
 
 def build_ledger(config: Config) -> Ledger:
     """A new ledger as ``config`` describes; a plugin class is instantiated
-    here, so each ledger gets its own plugin objects."""
-    plugins = [p() if isinstance(p, type) else p for p in config.plugins]
-    return Ledger.from_url(
-        config.url,
-        ttl=config.ttl,
-        lease=config.lease,
-        balances=config.balances,
-        max_uses=config.max_uses,
-        plugins=plugins,
-    )
+    here, so each ledger gets its own plugin objects. A plugin that fails to
+    instantiate, register or load (entry points) raises ImproperlyConfigured,
+    and no store is left open."""
+    try:
+        plugins: list[object] = []
+        for plugin in (instantiate(p, key=PLUGINS_KEY) for p in config.plugins):
+            if not any(plugin is seen for seen in plugins):
+                plugins.append(plugin)
+        return ledger_from_url(
+            config.url,
+            ttl=config.ttl,
+            lease=config.lease,
+            balances=config.balances,
+            max_uses=config.max_uses,
+            plugins=plugins,
+            entry_points=config.entry_points,
+            plugins_key=PLUGINS_KEY,
+            entry_points_key="settings.JOBCREDITS['ENTRY_POINTS']",
+        )
+    except InvalidArgument as exc:
+        raise ImproperlyConfigured(f"invalid settings.JOBCREDITS: {exc}") from exc
 
 
 class _Cache:

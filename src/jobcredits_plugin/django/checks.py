@@ -9,9 +9,11 @@ charged request, or worse, as silently wrong billing:
 ``jobcredits.E003``  ``ON_MISSING`` is neither ``"charge"`` nor ``"reject"``
 ``jobcredits.E004``  an unknown key (a typo such as ``"TIL"``)
 ``jobcredits.E005``  a bad value: ``TTL``, ``LEASE``, ``MAX_USES``,
-                     ``BALANCES``, ``FAIL_OPEN``, ``JOB_HEADER``, or the
-                     setting is not a dict
-``jobcredits.E006``  a ``PLUGINS`` entry does not import
+                     ``BALANCES``, ``FAIL_OPEN``, ``ENTRY_POINTS``,
+                     ``JOB_HEADER``, or the setting is not a dict
+``jobcredits.E006``  ``PLUGINS`` is not a list, or an entry of it does not
+                     import, implements no hook, or is a class that needs
+                     constructor arguments (one message per bad entry)
 ``jobcredits.W001``  ``DEBUG`` is off and the store lives in each process
 ``jobcredits.W002``  the default account needs ``AuthenticationMiddleware``
 =================  ========================================================

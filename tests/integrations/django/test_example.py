@@ -107,6 +107,51 @@ def test_example_unknown_key_is_401_and_wrong_method_is_free(example: Any) -> No
     assert out.getvalue().strip() == "1"
 
 
+def charges_counted(text: str, scope: str) -> float:
+    """The jobcredits_charges_total samples of one scope in a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "jobcredits_charges_total" and sample.labels.get("scope") == scope
+    )
+
+
+def test_example_metrics_count_the_charges(example: Any) -> None:
+    """/metrics serves the counters of the plugin JOBCREDITS["PLUGINS"] names by
+    import string: a job of two calls is one charge."""
+    pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
+    assert example.JOBCREDITS["PLUGINS"] == ["jobsite.metrics:prometheus"]
+    call_command("jobcredits", "grant", "ada", "1", stdout=io.StringIO())
+    # One registry for the process, so earlier tests' charges are counted too.
+    before = charges_counted(Client().get("/metrics").content.decode(), "summarize")
+    job = str(uuid.uuid4())
+    assert call("/v1/transcribe", job)["X-Job-Charge"] == "charged"
+    assert call("/v1/analyze", job)["X-Job-Charge"] == "reused"
+    page = Client().get("/metrics")
+    assert page.status_code == 200
+    assert page["Content-Type"].startswith("text/plain")
+    assert charges_counted(page.content.decode(), "summarize") == before + 1
+    assert 'jobcredits_charges_total{scope="summarize",tier=""}' in page.content.decode()
+
+
+def test_example_metrics_without_prometheus_client_is_404(
+    example: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the prometheus extra the settings name no plugin, the API still
+    works, and /metrics says what to install."""
+    metrics = importlib.import_module("jobsite.metrics")
+    monkeypatch.setattr(metrics, "registry", None)
+    with override_settings(JOBCREDITS={**example.JOBCREDITS, "URL": "memory://", "PLUGINS": []}):
+        call_command("jobcredits", "grant", "ada", "1", stdout=io.StringIO())
+        assert call("/v1/transcribe", str(uuid.uuid4())).status_code == 200
+        page = Client().get("/metrics")
+    assert page.status_code == 404
+    assert b"jobcredits-plugin[prometheus]" in page.content
+
+
 # -- for real: subprocesses --------------------------------------------------------------
 
 

@@ -115,3 +115,64 @@ def test_openapi_documents_both_endpoints() -> None:
         assert any(p["name"] == "X-Job-Id" for p in op["parameters"])
         assert "402" in op["responses"]
     assert "402" not in schema["paths"]["/v1/credits"]["get"]["responses"]
+
+
+def charges_counted(text: str, scope: str) -> float:
+    """The jobcredits_charges_total samples of one scope in a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "jobcredits_charges_total" and sample.labels.get("scope") == scope
+    )
+
+
+def test_metrics_count_the_charges() -> None:
+    """/metrics serves the counters of the plugin JobCredits(plugins=...)
+    registers: a job across both endpoints is one charge."""
+    pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
+    job = {**ADA, "X-Job-Id": "job-m"}
+    before, _, _, after = session(
+        create_app("memory://"),
+        ("GET", "/metrics", {}),
+        ("POST", "/v1/summarize", job),
+        ("POST", "/v1/analyze", job),
+        ("GET", "/metrics", {}),
+    )
+    assert charges_counted(before.text, "summarize") == 0
+    assert after.status_code == 200
+    assert after.headers["Content-Type"].startswith("text/plain")
+    assert charges_counted(after.text, "summarize") == 1
+    assert 'jobcredits_charges_total{scope="summarize",tier=""} 1.0' in after.text
+    assert 'jobcredits_reuses_total{scope="summarize"} 1.0' in after.text
+
+
+def test_each_app_counts_its_own_calls() -> None:
+    """Every app the factory builds has its own registry."""
+    pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
+    session(create_app("memory://"), ("POST", "/v1/summarize", {**ADA, "X-Job-Id": "j"}))
+    (page,) = session(create_app("memory://"), ("GET", "/metrics", {}))
+    assert charges_counted(page.text, "summarize") == 0
+
+
+def test_metrics_without_prometheus_client_is_404(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the prometheus extra the app still works, and /metrics says what
+    to install."""
+    import examples.fastapi_app as example
+
+    monkeypatch.setattr(example, "PrometheusMetrics", None)
+    charged, page = session(
+        example.create_app("memory://"),
+        ("POST", "/v1/summarize", {**ADA, "X-Job-Id": "j"}),
+        ("GET", "/metrics", {}),
+    )
+    assert charged.status_code == 200
+    assert page.status_code == 404
+    assert "jobcredits-plugin[prometheus]" in page.text
+
+
+def test_metrics_is_not_in_the_schema() -> None:
+    """/metrics is for Prometheus, not for the API's clients."""
+    assert "/metrics" not in create_app("memory://").openapi()["paths"]

@@ -96,3 +96,54 @@ def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         assert summarize(app.test_client(), ADA, "job-5").status_code == 402
     finally:
         ledger.close()
+
+
+def charges_counted(text: str, scope: str) -> float:
+    """The jobcredits_charges_total samples of one scope in a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "jobcredits_charges_total" and sample.labels.get("scope") == scope
+    )
+
+
+def test_metrics_count_the_charges(client: Any) -> None:
+    """/metrics serves the Prometheus counters of the plugin JOBCREDITS_PLUGINS
+    registers: a job of two calls is one charge."""
+    pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
+    assert charges_counted(client.get("/metrics").text, "summarize") == 0
+    summarize(client, ADA, "job-m")
+    summarize(client, ADA, "job-m")
+    page = client.get("/metrics")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/plain")
+    assert "X-Job-Charge" not in page.headers  # free
+    assert charges_counted(page.text, "summarize") == 1
+    assert 'jobcredits_charges_total{scope="summarize",tier="standard"} 1.0' in page.text
+
+
+def test_each_app_counts_its_own_calls() -> None:
+    """Every app the factory builds has its own registry: no "Duplicated
+    timeseries", and one app's charges do not show in another's /metrics."""
+    pytest.importorskip("prometheus_client", reason="the prometheus extra is not installed")
+    one, two = create_app("memory://").test_client(), create_app("memory://").test_client()
+    summarize(one, ADA, "job-1")
+    assert charges_counted(one.get("/metrics").text, "summarize") == 1
+    assert charges_counted(two.get("/metrics").text, "summarize") == 0
+
+
+def test_metrics_without_prometheus_client_is_404(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the prometheus extra the app still works, and /metrics says what
+    to install."""
+    import examples.flask_app as example
+
+    monkeypatch.setattr(example, "PrometheusMetrics", None)
+    client = example.create_app("memory://").test_client()
+    assert summarize(client, ADA, "job-1").status_code == 200
+    assert client.application.config["JOBCREDITS_PLUGINS"] == []
+    page = client.get("/metrics")
+    assert page.status_code == 404
+    assert "jobcredits-plugin[prometheus]" in page.text
