@@ -17,6 +17,25 @@ the CLI first: a shared store is loaded once, not by every worker at start)::
 A job is ``/v1/summarize`` then ``/v1/analyze`` with the same ``X-Job-Id``: the
 first call answers ``X-Job-Charge: charged``, the second ``reused``.
 ``?fail=true`` makes a call answer 502, which refunds its charge.
+``POST /v1/summarize/free`` does the same work as ``/v1/summarize``
+uncharged: the baseline the system tests (``tests/system``) measure the
+adapter's cost against.
+
+Environment variables, besides ``JOBCREDITS_URL``:
+
+``EXAMPLE_API_KEYS``
+    more API keys, as ``key-x=acct-x,key-y=acct-y`` (added to the demo keys
+    ``key-ada`` and ``key-bob``); the system tests' load runs on such accounts.
+``JOBCREDITS_LEASE``
+    seconds a first call may run before it is presumed dead (default 60); the
+    system tests use a few seconds, so that a killed worker's charges are
+    refunded soon.
+``JOBCREDITS_FAIL_OPEN``
+    ``1`` lets calls through *uncharged* while the store is unreachable
+    (logged) instead of answering 503; the system tests' Redis outage runs
+    both ways.
+``SUMMARIZE_LATENCY``
+    seconds each summary sleeps, standing in for the upstream model.
 
 ``GET /metrics`` serves the ledger's Prometheus counters
 (``jobcredits_charges_total`` and friends), from the
@@ -52,6 +71,15 @@ except ImportError:  # the "prometheus" extra is not installed: no /metrics
 #: never from a header in which the client could name someone else's account.
 API_KEYS = {"key-ada": "acct-ada", "key-bob": "acct-bob"}
 
+
+def _more_api_keys(spec: str) -> dict[str, str]:
+    """``key-x=acct-x,key-y=acct-y`` -> ``{"key-x": "acct-x", "key-y": "acct-y"}``."""
+    pairs = (item.partition("=") for item in spec.split(",") if item.strip())
+    return {key.strip(): account.strip() for key, _, account in pairs}
+
+
+API_KEYS.update(_more_api_keys(os.environ.get("EXAMPLE_API_KEYS", "")))
+
 #: Credits the demo accounts start with on the in-memory ledger.
 DEMO_CREDITS = {"acct-ada": 100, "acct-bob": 3}
 
@@ -72,7 +100,8 @@ def create_app(url: str | None = None) -> FastAPI:
     ``memory://``) names the ledger's store.
     """
     url = url or os.environ.get("JOBCREDITS_URL", "memory://")
-    ledger = Ledger.from_url(url, balances=True)
+    lease = float(os.environ.get("JOBCREDITS_LEASE", "60"))
+    ledger = Ledger.from_url(url, balances=True, lease=lease)
     if url.startswith("memory://"):
         # A fresh in-memory ledger per process: give the demo accounts their
         # credits. A shared store is granted once, with `jobcredits grant`.
@@ -94,10 +123,24 @@ def create_app(url: str | None = None) -> FastAPI:
     JobCredits(
         ledger,
         account=account_from_api_key,
+        fail_open=os.environ.get("JOBCREDITS_FAIL_OPEN", "") == "1",
         # Hook plugins registered on the ledger: objects as here, or import
         # strings ("myapp.audit:AuditTrail"; a class is instantiated).
         plugins=[PrometheusMetrics(registry=registry)] if registry else [],
     ).install(app)
+
+    async def summary(text: str, charge: Charge | None, fail: bool) -> dict[str, Any]:
+        """The work itself, paid or not."""
+        if fail:
+            # The upstream model failed: a 5xx answer refunds the job's charge,
+            # so the client's retry with the same job id is charged again.
+            raise HTTPException(502, "the upstream model failed")
+        await asyncio.sleep(latency)
+        return {
+            "summary": text[:80],
+            "charge": charge.outcome if charge else None,  # None: failed open
+            "credits": charge.balance if charge else None,
+        }
 
     @app.post("/v1/summarize")
     async def summarize(
@@ -106,16 +149,12 @@ def create_app(url: str | None = None) -> FastAPI:
         fail: bool = False,
     ) -> dict[str, Any]:
         """The job's first step, charged through the dependency."""
-        if fail:
-            # The upstream model failed: a 5xx answer refunds the job's charge,
-            # so the client's retry with the same job id is charged again.
-            raise HTTPException(502, "the upstream model failed")
-        await asyncio.sleep(latency)
-        return {
-            "summary": body.text[:80],
-            "charge": charge.outcome if charge else None,  # None: failed open
-            "credits": charge.balance if charge else None,
-        }
+        return await summary(body.text, charge, fail)
+
+    @app.post("/v1/summarize/free", include_in_schema=False)
+    async def summarize_free(body: Text, fail: bool = False) -> dict[str, Any]:
+        """The same work, uncharged: the baseline for measuring the adapter."""
+        return await summary(body.text, None, fail)
 
     @app.post("/v1/analyze")
     @charges_credit(scope="summarize")

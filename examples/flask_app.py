@@ -15,6 +15,25 @@ the CLI first: a shared store is loaded once, not by every worker at start)::
 
 The first call of a job answers ``X-Job-Charge: charged``, its follow-ups
 ``reused``; ``?fail=1`` makes the call answer 502, which refunds its charge.
+``POST /v1/summarize/free`` does the same work uncharged: the baseline the
+system tests (``tests/system``) measure the decorator's cost against.
+``GET /healthz`` answers the serving process's pid, for free.
+
+Environment variables, besides ``JOBCREDITS_URL``:
+
+``EXAMPLE_API_KEYS``
+    more API keys, as ``key-x=acct-x,key-y=acct-y`` (added to the demo keys
+    ``key-ada`` and ``key-bob``); the system tests' load runs on such accounts.
+``JOBCREDITS_LEASE``
+    seconds a first call may run before it is presumed dead (default 60); the
+    system tests use a few seconds, so that a killed worker's charges are
+    refunded soon.
+``JOBCREDITS_FAIL_OPEN``
+    ``1`` lets calls through *uncharged* while the store is unreachable
+    (logged) instead of answering 503; the system tests' Redis outage runs
+    both ways.
+``SUMMARIZE_LATENCY``
+    seconds each summary sleeps, standing in for the upstream model.
 
 ``GET /metrics`` serves the ledger's Prometheus counters
 (``jobcredits_charges_total`` and friends), from the
@@ -33,6 +52,7 @@ from typing import Any
 
 from flask import Flask, Request, Response, request
 
+from jobcredits_plugin import Charge
 from jobcredits_plugin.flask import JobCredits, charges_credit, get_ledger, job_credit
 
 try:
@@ -46,6 +66,15 @@ except ImportError:  # the "prometheus" extra is not installed: no /metrics
 #: user database; what matters is that the account comes from authentication,
 #: never from a header in which the client could name someone else's account.
 API_KEYS = {"key-ada": "acct-ada", "key-bob": "acct-bob"}
+
+
+def _more_api_keys(spec: str) -> dict[str, str]:
+    """``key-x=acct-x,key-y=acct-y`` -> ``{"key-x": "acct-x", "key-y": "acct-y"}``."""
+    pairs = (item.partition("=") for item in spec.split(",") if item.strip())
+    return {key.strip(): account.strip() for key, _, account in pairs}
+
+
+API_KEYS.update(_more_api_keys(os.environ.get("EXAMPLE_API_KEYS", "")))
 
 #: Credits the demo accounts start with on the in-memory ledger.
 DEMO_CREDITS = {"acct-ada": 100, "acct-bob": 3}
@@ -69,6 +98,8 @@ def create_app(url: str | None = None) -> Flask:
     app.config.update(
         JOBCREDITS_URL=url or os.environ.get("JOBCREDITS_URL", "memory://"),
         JOBCREDITS_BALANCES=True,
+        JOBCREDITS_LEASE=float(os.environ.get("JOBCREDITS_LEASE", "60")),
+        JOBCREDITS_FAIL_OPEN=os.environ.get("JOBCREDITS_FAIL_OPEN", "") == "1",
         JOBCREDITS_ACCOUNT=account_from_api_key,
         # Hook plugins for the ledger JobCredits builds: objects as here, or
         # import strings ("myapp.audit:AuditTrail"; a class is instantiated).
@@ -85,10 +116,8 @@ def create_app(url: str | None = None) -> Flask:
         for account, credits in DEMO_CREDITS.items():
             ledger.grant(account, credits)
 
-    @app.post("/v1/summarize")
-    @charges_credit(cost=1, scope="summarize", tier=lambda r: r.args.get("tier", "standard"))
-    def summarize() -> Any:
-        charge = job_credit()  # None only when the store is down and fail-open is on
+    def summary(charge: Charge | None) -> Any:
+        """The work itself, paid or not."""
         if request.args.get("fail"):
             # The upstream model failed: a 5xx answer refunds the job's charge,
             # so the client's retry with the same job id is charged again.
@@ -101,6 +130,21 @@ def create_app(url: str | None = None) -> Flask:
             "tier": charge.record.tier if charge else None,
             "credits_left": charge.balance if charge else None,
         }
+
+    @app.post("/v1/summarize")
+    @charges_credit(cost=1, scope="summarize", tier=lambda r: r.args.get("tier", "standard"))
+    def summarize() -> Any:
+        # job_credit() is None only when the store is down and fail-open is on.
+        return summary(job_credit())
+
+    @app.post("/v1/summarize/free")
+    def summarize_free() -> Any:
+        """The same work, uncharged: the baseline for measuring the decorator."""
+        return summary(None)
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return {"ok": True, "pid": os.getpid()}
 
     @app.get("/metrics")
     def metrics() -> Response:

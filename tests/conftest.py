@@ -9,6 +9,18 @@ from jobcredits_plugin import Ledger
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here rather than in tests/system/conftest.py: pytest reads options only
+    # from the conftest files it loads at startup.
+    parser.addoption(
+        "--system-report",
+        metavar="PATH",
+        default=None,
+        help="write the figures of tests/system as JSON to PATH "
+        "(default: system-report.json in the pytest temporary directory)",
+    )
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

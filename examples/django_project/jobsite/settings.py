@@ -2,6 +2,24 @@
 
 Only what the example needs: no database (accounts come from API keys), and
 the job ledger in a SQLite file every worker process shares.
+
+Environment variables:
+
+``JOBCREDITS_URL``
+    the ledger's store (default: ``jobcredits.db`` next to ``manage.py``).
+``EXAMPLE_API_KEYS``
+    more API keys, as ``key-x=acct-x,key-y=acct-y`` (added to the demo keys
+    ``key-ada`` and ``key-bob``); the system tests' load runs on such accounts.
+``JOBCREDITS_LEASE``
+    seconds a first call may run before it is presumed dead (default 60); the
+    system tests use a few seconds, so that a killed worker's charges are
+    refunded soon.
+``JOBCREDITS_FAIL_OPEN``
+    ``1`` lets calls through *uncharged* while the store is unreachable
+    (logged) instead of answering 503; the system tests' Redis outage runs
+    both ways.
+``SUMMARIZE_LATENCY``
+    seconds each call sleeps, standing in for the upstream model (default 0).
 """
 
 from __future__ import annotations
@@ -34,6 +52,8 @@ JOBCREDITS = {
     # One SQLite file for every worker: a job is charged once whichever
     # worker serves its calls. (memory:// would give each worker its own.)
     "URL": os.environ.get("JOBCREDITS_URL", f"sqlite:///{BASE_DIR / 'jobcredits.db'}"),
+    "LEASE": float(os.environ.get("JOBCREDITS_LEASE", "60")),
+    "FAIL_OPEN": os.environ.get("JOBCREDITS_FAIL_OPEN", "") == "1",
     "BALANCES": True,  # load credits with: manage.py jobcredits grant ada 100
     "ACCOUNT": "jobsite.accounts.api_key_account",
     # Hook plugins, by import string ("package.module:attribute" or
@@ -44,3 +64,13 @@ JOBCREDITS = {
 
 #: API key -> account. A real project keeps these in its database.
 API_KEYS = {"key-ada": "ada", "key-bob": "bob"}
+API_KEYS.update(
+    (key.strip(), account.strip())
+    for key, _, account in (
+        item.partition("=") for item in os.environ.get("EXAMPLE_API_KEYS", "").split(",")
+    )
+    if key.strip()
+)
+
+#: Seconds each call sleeps, standing in for the upstream model.
+SUMMARIZE_LATENCY = float(os.environ.get("SUMMARIZE_LATENCY", "0"))
