@@ -769,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobCreditsError as exc:
         _error(str(exc))
         return 1
+    except ImportError as exc:
+        # a store URL whose driver is an extra that is not installed: the
+        # message names the extra
+        _error(str(exc))
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -59,9 +59,36 @@ _LAZY = {"RedisStore": "._redis", "PostgresStore": "._postgres"}
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    try:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    except ImportError as exc:
+        # The driver is not installed. Hand back a stand-in that raises this
+        # ImportError (it names the extra) when used, not when named: an
+        # attribute lookup that raised ImportError would break hasattr(),
+        # getattr(..., default) and tools that list the API, and Python turns
+        # it into a bare "cannot import name" for ``from ... import``. Not
+        # cached, so installing the driver later in the process works.
+        return _missing_driver(name, exc)
     globals()[name] = value
     return value
+
+
+def _missing_driver(name: str, error: ImportError) -> type[Any]:
+    message = str(error)
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise ImportError(message)
+
+    return type(
+        name,
+        (),
+        {
+            "__doc__": f"{name} is not available: {message}",
+            "__module__": __name__,
+            "__init__": unavailable,
+            "from_url": staticmethod(unavailable),
+        },
+    )
 
 
 def _lazy_store(name: str) -> Any:
