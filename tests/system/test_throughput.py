@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("httpx")  # the servers' readiness checks use it
+
 from tests.system._bench import BenchResult, bench_sync, cpu_seconds
 from tests.system._servers import KINDS, grant, provision_store, require, start_server
 from tests.system.conftest import SIZES, Report, Sizes
