@@ -22,8 +22,9 @@ from ._errors import (
     NotAuthenticated,
     StoreUnavailable,
 )
+from ._journal import JournalCursor
 from ._ledger import Ledger
-from ._records import Charge, JobRecord
+from ._records import Charge, JobRecord, JournalEntry
 from ._version import __version__
 from .hookspecs import hookimpl
 
@@ -37,6 +38,8 @@ __all__ = [
     "JobExhausted",
     "JobInProgress",
     "JobRecord",
+    "JournalCursor",
+    "JournalEntry",
     "Ledger",
     "MissingJobId",
     "NotAuthenticated",

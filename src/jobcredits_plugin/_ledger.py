@@ -31,15 +31,19 @@ from ._errors import (
     JobInProgress,
     StoreUnavailable,
 )
-from ._records import Charge, JobRecord
+from ._journal import JournalCursor
+from ._records import Charge, JobRecord, JournalEntry
 from ._validation import (
     check_account,
     check_amount,
     check_charge_id,
     check_cost,
+    check_cursor_name,
     check_job_id,
+    check_journal_limit,
     check_label,
     check_optional_count,
+    check_position,
     check_positive_seconds,
     check_scope,
     compile_job_id_pattern,
@@ -538,7 +542,14 @@ class Ledger:
         """Add ``amount`` credits (negative to take some away; a balance never
         goes below zero). Stored even while balances are off, so balances can
         be loaded before they are switched on. Returns the new balance."""
-        return self._call("grant", self._store.grant, check_account(account), check_amount(amount))
+        return self._call(
+            "grant",
+            self._store.grant,
+            check_account(account),
+            check_amount(amount),
+            self._clock(),
+            _new_charge_id(),
+        )
 
     def balance(self, account: str) -> int | None:
         """The account's credits, or None when balances are off."""
@@ -546,6 +557,97 @@ class Ledger:
         if not self._balances:
             return None
         return self._call("balance", self._store.balance, account)
+
+    # -- the journal ---------------------------------------------------------------
+
+    def _journal_call(self, op: str, method: str, *args: Any) -> Any:
+        fn = getattr(self._store, method, None)
+        if fn is None:
+            raise InvalidArgument(f"store {self._store!r} keeps no journal")
+        try:
+            return self._call(op, fn, *args)
+        except NotImplementedError as exc:
+            raise InvalidArgument(f"store {self._store!r} keeps no journal") from exc
+
+    async def _ajournal_call(self, op: str, method: str, *args: Any) -> Any:
+        fn = getattr(self._store, method, None)
+        if fn is None:
+            raise InvalidArgument(f"store {self._store!r} keeps no journal")
+        try:
+            return await self._acall(op, fn, *args)
+        except NotImplementedError as exc:
+            raise InvalidArgument(f"store {self._store!r} keeps no journal") from exc
+
+    def journal(self, *, after: int = 0, limit: int = 100) -> list[JournalEntry]:
+        """Journal entries with ``seq`` above ``after``, oldest first, at most
+        ``limit`` (1 to 10,000).
+
+        Every committed charge, refund, expiry and grant (and reuse, when the
+        store journals them) has exactly one entry, written in the same atomic
+        step as the change, so a reader that keeps the last ``seq`` it handled
+        and asks again from there sees every entry exactly once, in order:
+        no entry can turn up later below a ``seq`` already returned. Keep the
+        position in a named :meth:`cursor` so trimming never drops what the
+        reader has not seen.
+        """
+        return self._journal_call(  # type: ignore[no-any-return]
+            "journal",
+            "read_journal",
+            check_position("after", after),
+            check_journal_limit(limit),
+        )
+
+    def _trim_bounds(self, before: Any, max_age: Any) -> tuple[int | None, float | None]:
+        through = None if before is None else check_position("before", before)
+        if max_age is None and through is None:
+            max_age = getattr(self._store, "journal_max_age", None)
+            if max_age is None:
+                return None, None
+        cutoff = None
+        if max_age is not None:
+            cutoff = self._clock() - check_positive_seconds("max_age", max_age)
+        return through, cutoff
+
+    def trim_journal(self, before: int | None = None, *, max_age: float | None = None) -> int:
+        """Delete journal entries that are done with; returns how many went.
+
+        ``before`` deletes the entries up to and including that seq (the
+        position of a reader that has handled them); ``max_age`` those older
+        than that many seconds; both together, those that are both. With
+        neither, the store's ``journal_max_age`` applies (``jobcredits prune``
+        calls this). Whatever the bounds, an entry that a stored cursor has not
+        read yet is never deleted.
+        """
+        through, cutoff = self._trim_bounds(before, max_age)
+        if through is None and cutoff is None:
+            return 0
+        return self._journal_call(  # type: ignore[no-any-return]
+            "trim_journal", "trim_journal", through, cutoff
+        )
+
+    def cursor(self, name: str) -> JournalCursor:
+        """The named journal cursor, created at position 0 (the start of what
+        the journal still holds) if the store has none by that name. From then
+        on it holds back trimming of every entry it has not read."""
+        name = check_cursor_name(name)
+        self._journal_call("cursor", "set_cursor", name, 0, False)
+        return JournalCursor(self, name)
+
+    def cursors(self) -> dict[str, int]:
+        """Every stored cursor and its position."""
+        return self._journal_call("cursors", "cursors")  # type: ignore[no-any-return]
+
+    def _cursor_position(self, name: str) -> int:
+        position = self._journal_call("cursor", "get_cursor", name)
+        if position is None:
+            raise InvalidArgument(f"journal cursor {name!r} does not exist (it was deleted)")
+        return int(position)
+
+    def _set_cursor(self, name: str, position: int, force: bool) -> int:
+        return int(self._journal_call("cursor", "set_cursor", name, position, force))
+
+    def _delete_cursor(self, name: str) -> bool:
+        return bool(self._journal_call("cursor", "delete_cursor", name))
 
     def close(self) -> None:
         """Release the store's connections. Idempotent."""
@@ -633,7 +735,12 @@ class Ledger:
     async def agrant(self, account: str, amount: int) -> int:
         """Async twin of :meth:`grant`."""
         return await self._acall(
-            "grant", self._store.agrant, check_account(account), check_amount(amount)
+            "grant",
+            self._store.agrant,
+            check_account(account),
+            check_amount(amount),
+            self._clock(),
+            _new_charge_id(),
         )
 
     async def abalance(self, account: str) -> int | None:
@@ -642,6 +749,48 @@ class Ledger:
         if not self._balances:
             return None
         return await self._acall("balance", self._store.abalance, account)
+
+    async def ajournal(self, *, after: int = 0, limit: int = 100) -> list[JournalEntry]:
+        """Async twin of :meth:`journal`."""
+        return await self._ajournal_call(  # type: ignore[no-any-return]
+            "journal",
+            "aread_journal",
+            check_position("after", after),
+            check_journal_limit(limit),
+        )
+
+    async def atrim_journal(
+        self, before: int | None = None, *, max_age: float | None = None
+    ) -> int:
+        """Async twin of :meth:`trim_journal`."""
+        through, cutoff = self._trim_bounds(before, max_age)
+        if through is None and cutoff is None:
+            return 0
+        return await self._ajournal_call(  # type: ignore[no-any-return]
+            "trim_journal", "atrim_journal", through, cutoff
+        )
+
+    async def acursor(self, name: str) -> JournalCursor:
+        """Async twin of :meth:`cursor`."""
+        name = check_cursor_name(name)
+        await self._ajournal_call("cursor", "aset_cursor", name, 0, False)
+        return JournalCursor(self, name)
+
+    async def acursors(self) -> dict[str, int]:
+        """Async twin of :meth:`cursors`."""
+        return await self._ajournal_call("cursors", "acursors")  # type: ignore[no-any-return]
+
+    async def _acursor_position(self, name: str) -> int:
+        position = await self._ajournal_call("cursor", "aget_cursor", name)
+        if position is None:
+            raise InvalidArgument(f"journal cursor {name!r} does not exist (it was deleted)")
+        return int(position)
+
+    async def _aset_cursor(self, name: str, position: int, force: bool) -> int:
+        return int(await self._ajournal_call("cursor", "aset_cursor", name, position, force))
+
+    async def _adelete_cursor(self, name: str) -> bool:
+        return bool(await self._ajournal_call("cursor", "adelete_cursor", name))
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""

@@ -11,10 +11,24 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["CHARGED", "PENDING", "REFUNDED", "Charge", "JobRecord", "JobState", "Outcome"]
+__all__ = [
+    "CHARGED",
+    "JOURNAL_KINDS",
+    "PENDING",
+    "REFUNDED",
+    "Charge",
+    "JobRecord",
+    "JobState",
+    "JournalEntry",
+    "JournalKind",
+    "Outcome",
+]
 
 JobState = Literal["pending", "charged", "refunded"]
 Outcome = Literal["charged", "reused"]
+JournalKind = Literal["charge", "reuse", "refund", "expire", "grant"]
+
+JOURNAL_KINDS: tuple[JournalKind, ...] = ("charge", "reuse", "refund", "expire", "grant")
 
 PENDING: JobState = "pending"
 CHARGED: JobState = "charged"
@@ -122,3 +136,73 @@ class Charge:
     def charged(self) -> bool:
         """True when this call is the one that paid for the job."""
         return self.outcome == "charged"
+
+
+@attrs.frozen(slots=True)
+class JournalEntry:
+    """One committed change to the books, as the store wrote it into its journal
+    in the same atomic step as the change itself.
+
+    Hooks are told about a change after it commits, so a process that dies in
+    between never tells them; the journal cannot miss it, because the entry
+    and the change commit together or not at all. Billing exports read it
+    (see :meth:`Ledger.journal <jobcredits_plugin.Ledger.journal>`).
+
+    ``seq`` only grows within one store, and a reader that has seen ``seq``
+    ``n`` will never later find an entry below ``n`` it did not see: entries
+    become readable in ``seq`` order. ``kind`` is ``"charge"`` (a job was
+    charged; ``cost`` is its price), ``"reuse"`` (a follow-up rode on the
+    charge; only written when the store journals reuses), ``"refund"`` (the
+    charge was given back), ``"expire"`` (the job's window closed; nothing
+    moves) or ``"grant"`` (credits added or taken away: ``scope``, ``job_id``,
+    ``tier`` and ``backend`` are None and ``cost`` is the amount asked for).
+
+    ``delta`` is what the change did to the account's stored balance (``-cost``
+    for a charge with balances on, ``+`` what was debited for a refund, the
+    actual change for a grant, 0 otherwise), and ``balance`` is that balance
+    right after it; so a journal read from its start rebuilds every balance.
+    ``at`` is the ledger clock's time of the change.
+    """
+
+    seq: int
+    kind: JournalKind
+    account: str
+    scope: str | None
+    job_id: str | None
+    charge_id: str
+    cost: int
+    tier: str | None
+    backend: str | None
+    delta: int
+    balance: int
+    at: float
+
+    @property
+    def idempotency_key(self) -> str:
+        """A stable identifier for this entry, to hand a billing API as its
+        idempotency key: ``"<charge_id>:<kind>"`` (a charge is charged,
+        refunded or expired at most once), ``"<charge_id>:reuse:<seq>"`` for
+        reuses, of which one charge can have many. An exporter that crashes
+        after sending and sends again is deduplicated by the receiver."""
+        if self.kind == "reuse":
+            return f"{self.charge_id}:reuse:{self.seq}"
+        return f"{self.charge_id}:{self.kind}"
+
+    def to_dict(self) -> dict[str, object]:
+        """The entry as JSON-ready values, ``idempotency_key`` included (the
+        shape ``jobcredits export`` prints, one object a line)."""
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "idempotency_key": self.idempotency_key,
+            "account": self.account,
+            "scope": self.scope,
+            "job_id": self.job_id,
+            "charge_id": self.charge_id,
+            "cost": self.cost,
+            "tier": self.tier,
+            "backend": self.backend,
+            "delta": self.delta,
+            "balance": self.balance,
+            "at": self.at,
+        }

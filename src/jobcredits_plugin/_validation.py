@@ -146,3 +146,34 @@ def check_optional_count(name: str, value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidArgument(f"{name} must be None or an int >= 1, not {value!r}")
     return value
+
+
+JOURNAL_LIMIT_MAX = 10_000
+CURSOR_NAME_MAX = 64
+
+
+def check_position(name: str, value: Any) -> int:
+    """A journal position (a ``seq``, 0 before the first entry)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{name} must be an int >= 0 (a journal seq), not {value!r}")
+    return value
+
+
+def check_journal_limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= JOURNAL_LIMIT_MAX:
+        raise InvalidArgument(f"limit must be an int from 1 to {JOURNAL_LIMIT_MAX}, not {value!r}")
+    return value
+
+
+def check_cursor_name(value: Any) -> str:
+    """A cursor's name: it becomes a key in the store, so the job id rules apply."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= CURSOR_NAME_MAX
+        or DEFAULT_JOB_ID_PATTERN.fullmatch(value) is None
+    ):
+        raise InvalidArgument(
+            f"cursor name must be 1-{CURSOR_NAME_MAX} characters of A-Z a-z 0-9 . _ : -, "
+            f"not {value!r}"
+        )
+    return value

@@ -21,7 +21,9 @@ import datetime as dt
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -260,11 +262,111 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def prune_lines(ledger: Ledger) -> list[str]:
+    """Prune the ledger and trim its journal to the store's ``journal_max_age``
+    (never past a cursor); the report every ``prune`` command prints."""
+    removed = ledger.prune()
+    refunded = sum(1 for r in removed if r.state == "refunded")
+    lines = [f"expired {len(removed) - refunded}, refunded {refunded}"]
+    if getattr(ledger.store, "journal", False):
+        trimmed = ledger.trim_journal()
+        if trimmed:
+            lines.append(f"trimmed {trimmed} journal entries")
+    return lines
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     with _open(args) as ledger:
-        removed = ledger.prune()
-    refunded = sum(1 for r in removed if r.state == "refunded")
-    _out(f"expired {len(removed) - refunded}, refunded {refunded}")
+        for line in prune_lines(ledger):
+            _out(line)
+    return 0
+
+
+def _batch(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise ValueError(text)
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0.05 <= value <= 3600:
+        raise ValueError(text)
+    return value
+
+
+def export_journal(
+    ledger: Ledger,
+    cursor_name: str,
+    out: IO[str],
+    *,
+    batch: int = 500,
+    follow: bool = False,
+    poll: float = 1.0,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], object] = time.sleep,
+) -> int:
+    """Write the journal after the named cursor to ``out`` as JSON lines and
+    advance the cursor; returns how many entries were written.
+
+    The cursor moves only after a page's lines are written and flushed, so a
+    crash (or a closed pipe) re-sends at most one page on the next run and
+    never skips one: receivers deduplicate on ``idempotency_key``. With
+    ``follow``, an empty read waits ``poll`` seconds before asking again
+    (never a busy loop) until ``stop()`` says so.
+    """
+    cursor = ledger.cursor(cursor_name)
+    written = 0
+    while not stop():
+        page = cursor.read(limit=batch)
+        if page:
+            for entry in page:
+                out.write(json.dumps(entry.to_dict(), separators=(",", ":")) + "\n")
+            out.flush()
+            cursor.advance(page[-1])
+            written += len(page)
+            if len(page) == batch:
+                continue  # more may be waiting: no pause
+        if not follow:
+            break
+        sleep(poll)
+    return written
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    stopping = threading.Event()
+    previous = None
+    if args.follow and threading.current_thread() is threading.main_thread():
+        # SIGTERM (a deploy, systemd stop) ends the loop between pages, after
+        # the cursor has caught up with what was written.
+        def _stop(signum: int, frame: object) -> None:
+            stopping.set()
+
+        previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with _open(args) as ledger:
+            if not getattr(ledger.store, "journal", True):
+                _out(
+                    f"{PROG}: warning: this store's journal is off; nothing new will appear",
+                    sys.stderr,
+                )
+            export_journal(
+                ledger,
+                args.cursor,
+                sys.stdout,
+                batch=args.batch,
+                follow=args.follow,
+                poll=args.poll,
+                stop=stopping.is_set,
+                sleep=stopping.wait,
+            )
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -722,6 +824,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--url", help=url_help)
     prune.set_defaults(func=_cmd_prune)
+
+    export = sub.add_parser(
+        "export",
+        help="print the journal as JSON lines, for billing",
+        description="Print the journal entries after a named cursor as JSON lines (one "
+        "entry a line, with its idempotency_key) and advance the cursor once they are "
+        "written. Entries are never skipped; after a crash at most one batch is printed "
+        "again, so receivers must deduplicate on idempotency_key.",
+    )
+    export.add_argument("--url", help=url_help)
+    export.add_argument(
+        "--cursor",
+        required=True,
+        metavar="NAME",
+        help="the cursor to read from and advance, stored in the store (created at the "
+        "start of the journal if new)",
+    )
+    export.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep waiting for new entries (until interrupted or SIGTERM)",
+    )
+    export.add_argument(
+        "--batch",
+        type=_batch,
+        default=500,
+        metavar="N",
+        help="entries per read, 1 to 10000 (default: 500)",
+    )
+    export.add_argument(
+        "--poll",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --follow, how long to wait when there is nothing new (0.05 to 3600, default: 1)",
+    )
+    export.set_defaults(func=_cmd_export)
 
     grant = sub.add_parser(
         "grant",

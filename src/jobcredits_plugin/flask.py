@@ -63,7 +63,7 @@ from ._web import (
     resolve,
     start_call,
 )
-from .cli import snapshot_lines
+from .cli import prune_lines, snapshot_lines
 
 __all__ = [
     "JobCredits",
@@ -505,9 +505,9 @@ def _snapshot_command(as_json: bool, limit: int) -> None:
 def _prune_command() -> None:
     """Remove expired jobs and refund first calls whose lease ran out."""
     with _reported():
-        removed = get_ledger().prune()
-    refunded = sum(1 for r in removed if r.state == "refunded")
-    click.echo(f"expired {len(removed) - refunded}, refunded {refunded}")
+        lines = prune_lines(get_ledger())
+    for line in lines:
+        click.echo(line)
 
 
 @cli.command("grant")

@@ -27,7 +27,7 @@ from .._errors import InvalidArgument
 from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
-from ._urls import parse_options, redact_url
+from ._urls import JOURNAL_OPTIONS, parse_options, redact_url
 
 __all__ = [
     "AsyncStore",
@@ -98,7 +98,12 @@ def _lazy_store(name: str) -> Any:
 def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgument(f"memory:// takes no host or path, got {redact_url(url)!r}")
-    return MemoryStore(**parse_options(parts.query, {"settle_batch": int}, url))
+    allowed: dict[str, Callable[[str], Any]] = {
+        "settle_batch": int,
+        "journal_limit": int,
+        **JOURNAL_OPTIONS,
+    }
+    return MemoryStore(**parse_options(parts.query, allowed, url))
 
 
 def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
@@ -112,7 +117,9 @@ def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     path = urllib.parse.unquote(path) or ":memory:"
     opts = parse_options(
-        parts.query, {"timeout": float, "synchronous": str, "prune_batch": int}, url
+        parts.query,
+        {"timeout": float, "synchronous": str, "prune_batch": int, **JOURNAL_OPTIONS},
+        url,
     )
     return SQLiteStore(path, **opts)
 

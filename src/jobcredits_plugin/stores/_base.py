@@ -17,12 +17,12 @@ statement) are tested against the same store suite.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .._records import CHARGED, PENDING, REFUNDED, JobRecord
+from .._records import CHARGED, PENDING, REFUNDED, JobRecord, JournalEntry, JournalKind
 
 __all__ = [
     "AsyncStore",
@@ -31,8 +31,13 @@ __all__ = [
     "ClaimResult",
     "Event",
     "EventKind",
+    "JournalRow",
     "Key",
     "Store",
+    "entry_delta",
+    "entry_from_row",
+    "grant_row",
+    "journal_rows",
     "plan_claim",
     "plan_confirm",
     "plan_refund",
@@ -239,6 +244,105 @@ def plan_settle(existing: JobRecord, now: float) -> Event | None:
     return None
 
 
+#: One journal entry before the store gives it its sequence number: kind,
+#: account, scope, job_id, charge_id, cost, tier, backend, delta, balance, at
+#: (the fields of :class:`JournalEntry` after ``seq``, in order).
+JournalRow = tuple[
+    JournalKind,
+    str,
+    "str | None",
+    "str | None",
+    str,
+    int,
+    "str | None",
+    "str | None",
+    int,
+    int,
+    float,
+]
+
+
+def entry_delta(event: Event) -> int:
+    """What an event did to its account's stored balance: a charge took what it
+    debited, a refund gave that back, reuses and expiries move nothing."""
+    if event.kind == "charge":
+        return -event.record.debited
+    if event.kind == "refund":
+        return event.record.debited
+    return 0
+
+
+def journal_rows(
+    events: Iterable[Event],
+    balance_before: Callable[[str], int],
+    now: float,
+    reuses: bool,
+) -> list[JournalRow]:
+    """The journal rows for events committed in one atomic step, in order.
+
+    ``balance_before`` gives an account's balance before the step; each row's
+    balance is that plus the deltas of the rows before it (a claim that takes
+    over a stale charge refunds, then charges: two rows, two balances). No
+    clamping is needed: a charge only debits what the balance holds, and
+    refunds only add. Reuses are left out unless ``reuses``.
+    """
+    running: dict[str, int] = {}
+    rows: list[JournalRow] = []
+    for event in events:
+        if event.kind == "reuse" and not reuses:
+            continue
+        r = event.record
+        delta = entry_delta(event)
+        balance = running.get(r.account)
+        if balance is None:
+            balance = balance_before(r.account)
+        balance += delta
+        running[r.account] = balance
+        rows.append(
+            (
+                event.kind,
+                r.account,
+                r.scope,
+                r.job_id,
+                r.charge_id,
+                r.cost,
+                r.tier,
+                r.backend,
+                delta,
+                balance,
+                now,
+            )
+        )
+    return rows
+
+
+def grant_row(
+    account: str, amount: int, grant_id: str, before: int, after: int, now: float
+) -> JournalRow:
+    """The journal row of a grant: ``cost`` is the amount asked for, ``delta``
+    what the (never negative) balance really moved."""
+    return ("grant", account, None, None, grant_id, amount, None, None, after - before, after, now)
+
+
+def entry_from_row(seq: int, row: Sequence[Any]) -> JournalEntry:
+    """A :class:`JournalEntry` from its sequence number and a row laid out as
+    :data:`JournalRow` (stores that keep rows as tuples read them back so)."""
+    return JournalEntry(
+        seq=int(seq),
+        kind=row[0],
+        account=row[1],
+        scope=row[2],
+        job_id=row[3],
+        charge_id=row[4],
+        cost=int(row[5]),
+        tier=row[6],
+        backend=row[7],
+        delta=int(row[8]),
+        balance=int(row[9]),
+        at=float(row[10]),
+    )
+
+
 def deadline(record: JobRecord) -> float:
     """When the record next needs attention: its lease end while pending, its
     expiry once charged. Stores index this one number for pruning."""
@@ -255,8 +359,14 @@ class Store(Protocol):
     def lookup(self, key: Key, now: float) -> JobRecord | None: ...
     def prune(self, now: float, limit: int | None = None) -> list[Event]: ...
     def snapshot(self, now: float) -> list[JobRecord]: ...
-    def grant(self, account: str, amount: int) -> int: ...
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int: ...
     def balance(self, account: str) -> int: ...
+    def read_journal(self, after: int, limit: int) -> list[JournalEntry]: ...
+    def trim_journal(self, through: int | None, cutoff: float | None) -> int: ...
+    def get_cursor(self, name: str) -> int | None: ...
+    def set_cursor(self, name: str, position: int, force: bool = False) -> int: ...
+    def delete_cursor(self, name: str) -> bool: ...
+    def cursors(self) -> dict[str, int]: ...
     def close(self) -> None: ...
 
 
@@ -270,8 +380,16 @@ class AsyncStore(Protocol):
     async def alookup(self, key: Key, now: float) -> JobRecord | None: ...
     async def aprune(self, now: float, limit: int | None = None) -> list[Event]: ...
     async def asnapshot(self, now: float) -> list[JobRecord]: ...
-    async def agrant(self, account: str, amount: int) -> int: ...
+    async def agrant(
+        self, account: str, amount: int, now: float = 0.0, grant_id: str = ""
+    ) -> int: ...
     async def abalance(self, account: str) -> int: ...
+    async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]: ...
+    async def atrim_journal(self, through: int | None, cutoff: float | None) -> int: ...
+    async def aget_cursor(self, name: str) -> int | None: ...
+    async def aset_cursor(self, name: str, position: int, force: bool = False) -> int: ...
+    async def adelete_cursor(self, name: str) -> bool: ...
+    async def acursors(self) -> dict[str, int]: ...
     async def aclose(self) -> None: ...
 
 
@@ -287,6 +405,16 @@ class BaseStore:
     #: caller cannot leave a committed change behind unreported; the ledger
     #: then awaits them directly instead of shielding them in a task.
     cancel_safe: bool = False
+    #: Whether the store writes a journal entry with every change (see
+    #: :class:`~jobcredits_plugin.JournalEntry`); stores take it as ``journal=``.
+    journal: bool = True
+    #: Whether reuses get journal entries too (off by default: one job can
+    #: have many, and no balance moves).
+    journal_reuses: bool = False
+    #: Seconds a journal entry is kept by
+    #: :meth:`~jobcredits_plugin.Ledger.trim_journal` when it is called with no
+    #: bound (``jobcredits prune`` does), unless a cursor has not read it yet.
+    journal_max_age: float | None = 7 * 86400.0
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
         raise NotImplementedError
@@ -306,10 +434,44 @@ class BaseStore:
     def snapshot(self, now: float) -> list[JobRecord]:
         raise NotImplementedError
 
-    def grant(self, account: str, amount: int) -> int:
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         raise NotImplementedError
 
     def balance(self, account: str) -> int:
+        raise NotImplementedError
+
+    # -- the journal -------------------------------------------------------------
+
+    def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        """Up to ``limit`` entries with ``seq > after``, in order. Never returns
+        an entry while one with a lower ``seq`` could still commit."""
+        raise NotImplementedError
+
+    def trim_journal(self, through: int | None, cutoff: float | None) -> int:
+        """Delete entries with ``seq <= through`` (no bound when None) and
+        ``at < cutoff`` (no bound when None), but none that a stored cursor has
+        not read (``seq`` above the lowest cursor's position). Returns how many
+        went. Both bounds None deletes nothing."""
+        raise NotImplementedError
+
+    def get_cursor(self, name: str) -> int | None:
+        """The named cursor's position (the last ``seq`` its reader finished),
+        or None when there is no such cursor."""
+        raise NotImplementedError
+
+    def set_cursor(self, name: str, position: int, force: bool = False) -> int:
+        """Store a cursor's position, creating it if needed, and return the
+        stored position. Without ``force`` a cursor only moves forward, so two
+        exporters racing on one cursor can never move it back over entries
+        one of them already sent."""
+        raise NotImplementedError
+
+    def delete_cursor(self, name: str) -> bool:
+        """Forget a cursor (so it no longer holds entries back); True if it existed."""
+        raise NotImplementedError
+
+    def cursors(self) -> dict[str, int]:
+        """Every stored cursor and its position."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -333,11 +495,29 @@ class BaseStore:
     async def asnapshot(self, now: float) -> list[JobRecord]:
         return await asyncio.to_thread(self.snapshot, now)
 
-    async def agrant(self, account: str, amount: int) -> int:
-        return await asyncio.to_thread(self.grant, account, amount)
+    async def agrant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
+        return await asyncio.to_thread(self.grant, account, amount, now, grant_id)
 
     async def abalance(self, account: str) -> int:
         return await asyncio.to_thread(self.balance, account)
+
+    async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        return await asyncio.to_thread(self.read_journal, after, limit)
+
+    async def atrim_journal(self, through: int | None, cutoff: float | None) -> int:
+        return await asyncio.to_thread(self.trim_journal, through, cutoff)
+
+    async def aget_cursor(self, name: str) -> int | None:
+        return await asyncio.to_thread(self.get_cursor, name)
+
+    async def aset_cursor(self, name: str, position: int, force: bool = False) -> int:
+        return await asyncio.to_thread(self.set_cursor, name, position, force)
+
+    async def adelete_cursor(self, name: str) -> bool:
+        return await asyncio.to_thread(self.delete_cursor, name)
+
+    async def acursors(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.cursors)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

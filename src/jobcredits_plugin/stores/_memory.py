@@ -14,18 +14,25 @@ it comes up. That keeps every write O(log n) without a decrease-key.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
+from collections import deque
 
 import attrs
 
-from .._records import PENDING, JobRecord
+from .._errors import InvalidArgument
+from .._records import PENDING, JobRecord, JournalEntry
 from ._base import (
     BaseStore,
     ClaimRequest,
     ClaimResult,
     Event,
+    JournalRow,
     Key,
     deadline,
+    entry_from_row,
+    grant_row,
+    journal_rows,
     plan_claim,
     plan_confirm,
     plan_refund,
@@ -33,6 +40,8 @@ from ._base import (
 )
 
 __all__ = ["MemoryStore"]
+
+log = logging.getLogger("jobcredits_plugin")
 
 # (deadline, charge_id, account, scope, job_id): flat, so a heap entry holds
 # references to the record's own strings and allocates nothing else.
@@ -55,17 +64,43 @@ class MemoryStore(BaseStore):
     Records are kept in one bucket per ``(account, scope)``, keyed by job id:
     the job key stays three separate parts (no joined string to collide), and
     no per-job key tuple is allocated, which keeps a live job under 512 bytes.
+
+    The journal (``journal=True``, the default) is a deque of entries appended
+    under the same lock as the change. It lives and dies with the process, so
+    it is bounded: past ``journal_limit`` entries the oldest go even if a
+    cursor has not read them, and a reader asking for them gets an
+    :class:`~jobcredits_plugin.InvalidArgument` saying so instead of a silent
+    gap. For a journal that must survive, use a durable store.
     """
 
     schemes = ("memory",)
     cancel_safe = True
 
     settle_batch: int = 8
+    journal: bool = True
+    journal_reuses: bool = False
+    journal_max_age: float | None = 7 * 86400.0
+    journal_limit: int = 100_000
     _buckets: dict[tuple[str, str], _Bucket] = attrs.field(init=False, factory=dict)
     _count: int = attrs.field(init=False, default=0)
     _balances: dict[str, int] = attrs.field(init=False, factory=dict)
     _heap: list[_HeapEntry] = attrs.field(init=False, factory=list)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+    _entries: deque[tuple[int, JournalRow]] = attrs.field(init=False, factory=deque)
+    _seq: int = attrs.field(init=False, default=0)
+    #: The highest seq dropped by ``journal_limit`` (not by a trim someone asked for).
+    _lost_through: int = attrs.field(init=False, default=0)
+    _cursors: dict[str, int] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if not (isinstance(self.journal_limit, int) and self.journal_limit >= 1):
+            raise InvalidArgument(
+                f"journal_limit must be a positive integer, not {self.journal_limit!r}"
+            )
+        if self.journal_max_age is not None and not self.journal_max_age > 0:
+            raise InvalidArgument(
+                f"journal_max_age must be positive or None, not {self.journal_max_age!r}"
+            )
 
     # -- internals (called with the lock held) ---------------------------------
 
@@ -95,6 +130,31 @@ class MemoryStore(BaseStore):
         if not bucket:
             del self._buckets[bucket_key]
 
+    def _append(self, rows: list[JournalRow]) -> None:
+        entries = self._entries
+        for row in rows:
+            self._seq += 1
+            entries.append((self._seq, row))
+        excess = len(entries) - self.journal_limit
+        if excess > 0:
+            for _ in range(excess):
+                self._lost_through = entries.popleft()[0]
+            if any(pos < self._lost_through for pos in self._cursors.values()):
+                log.warning(
+                    "jobcredits memory store: journal_limit (%d) dropped entries up to "
+                    "seq %d that a cursor had not read",
+                    self.journal_limit,
+                    self._lost_through,
+                )
+
+    def _journal_events(self, events: list[Event], before: int | None, now: float) -> None:
+        """Journal events of one account whose balance before them was
+        ``before`` (None: read it now, nothing has moved it yet)."""
+        if self.journal and events:
+            balances = self._balances
+            start = (lambda _a: before) if before is not None else (lambda a: balances.get(a, 0))
+            self._append(journal_rows(events, start, now, self.journal_reuses))
+
     def _settle_due(
         self, now: float, *, max_entries: int | None = None, max_events: int | None = None
     ) -> list[Event]:
@@ -121,8 +181,10 @@ class MemoryStore(BaseStore):
                 self._schedule(record)
                 continue
             self._delete(key)
+            before = self._balances.get(record.account, 0)
             if event.kind == "refund" and record.debited:
                 self._credit(record.account, record.debited)
+            self._journal_events([event], before, now)
             events.append(event)
         return events
 
@@ -137,7 +199,8 @@ class MemoryStore(BaseStore):
         key = req.key
         with self._lock:
             swept = self._settle_due(req.now, max_entries=self.settle_batch)
-            plan = plan_claim(self._get(key), self._balances.get(req.account, 0), req)
+            before = self._balances.get(req.account, 0)
+            plan = plan_claim(self._get(key), before, req)
             if plan.write is not None:
                 # A new charge gets a heap entry; a reuse keeps the one it has.
                 self._put(plan.write, schedule=plan.write.state == PENDING)
@@ -145,6 +208,7 @@ class MemoryStore(BaseStore):
                 self._delete(key)
             if plan.balance_delta:
                 self._credit(req.account, plan.balance_delta)
+            self._journal_events(list(plan.result.events), before, req.now)
         if swept:
             return attrs.evolve(plan.result, events=(*swept, *plan.result.events))
         return plan.result
@@ -162,8 +226,10 @@ class MemoryStore(BaseStore):
             event = plan_refund(existing, charge_id, now)
             if event is not None and existing is not None:
                 self._delete(key)
+                before = self._balances.get(existing.account, 0)
                 if existing.debited:
                     self._credit(existing.account, existing.debited)
+                self._journal_events([event], before, now)
         return event
 
     def lookup(self, key: Key, now: float) -> JobRecord | None:
@@ -184,12 +250,74 @@ class MemoryStore(BaseStore):
         live.sort(key=lambda r: (r.charged_at, r.key))
         return live
 
-    def grant(self, account: str, amount: int) -> int:
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._lock:
-            return self._credit(account, amount)
+            before = self._balances.get(account, 0)
+            after = self._credit(account, amount)
+            if self.journal:
+                self._append([grant_row(account, amount, grant_id, before, after, now)])
+            return after
 
     def balance(self, account: str) -> int:
         return self._balances.get(account, 0)
+
+    # -- the journal -------------------------------------------------------------
+
+    def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        with self._lock:
+            if after < self._lost_through:
+                raise InvalidArgument(
+                    f"journal entries after {after} up to {self._lost_through} were dropped: "
+                    f"the memory store keeps at most journal_limit={self.journal_limit} "
+                    "entries; use a durable store for a journal that must be complete"
+                )
+            entries = self._entries
+            if not entries or entries[-1][0] <= after:
+                return []
+            # seqs are consecutive in the deque: index arithmetic, no scan
+            start = max(0, after - entries[0][0] + 1)
+            stop = min(len(entries), start + limit)
+            picked = [entries[i] for i in range(start, stop)]
+        return [entry_from_row(seq, row) for seq, row in picked]
+
+    def trim_journal(self, through: int | None, cutoff: float | None) -> int:
+        if through is None and cutoff is None:
+            return 0
+        with self._lock:
+            cap = self._seq if through is None else through
+            if self._cursors:
+                cap = min(cap, min(self._cursors.values()))
+            entries = self._entries
+            removed = 0
+            while entries and entries[0][0] <= cap:
+                if cutoff is not None and not entries[0][1][10] < cutoff:
+                    break
+                entries.popleft()
+                removed += 1
+            return removed
+
+    def get_cursor(self, name: str) -> int | None:
+        with self._lock:
+            return self._cursors.get(name)
+
+    def set_cursor(self, name: str, position: int, force: bool = False) -> int:
+        with self._lock:
+            old = self._cursors.get(name)
+            new = position if force or old is None else max(old, position)
+            self._cursors[name] = new
+            return new
+
+    def delete_cursor(self, name: str) -> bool:
+        with self._lock:
+            return self._cursors.pop(name, None) is not None
+
+    def cursors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._cursors)
+
+    def journal_size(self) -> int:
+        """How many journal entries are held (for tests and operators)."""
+        return len(self._entries)
 
     def close(self) -> None:
         """Nothing to release; the data lives as long as the object."""
@@ -215,11 +343,29 @@ class MemoryStore(BaseStore):
     async def asnapshot(self, now: float) -> list[JobRecord]:
         return self.snapshot(now)
 
-    async def agrant(self, account: str, amount: int) -> int:
-        return self.grant(account, amount)
+    async def agrant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
+        return self.grant(account, amount, now, grant_id)
 
     async def abalance(self, account: str) -> int:
         return self.balance(account)
+
+    async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        return self.read_journal(after, limit)
+
+    async def atrim_journal(self, through: int | None, cutoff: float | None) -> int:
+        return self.trim_journal(through, cutoff)
+
+    async def aget_cursor(self, name: str) -> int | None:
+        return self.get_cursor(name)
+
+    async def aset_cursor(self, name: str, position: int, force: bool = False) -> int:
+        return self.set_cursor(name, position, force)
+
+    async def adelete_cursor(self, name: str) -> bool:
+        return self.delete_cursor(name)
+
+    async def acursors(self) -> dict[str, int]:
+        return self.cursors()
 
     async def aclose(self) -> None:
         self.close()

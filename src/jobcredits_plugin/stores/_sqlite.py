@@ -17,20 +17,25 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidArgument, StoreUnavailable
-from .._records import JobRecord
+from .._records import JobRecord, JournalEntry
 from ._base import (
     BaseStore,
     ClaimRequest,
     ClaimResult,
     Event,
+    JournalRow,
     Key,
     deadline,
+    entry_from_row,
+    grant_row,
+    journal_rows,
     plan_claim,
     plan_confirm,
     plan_refund,
@@ -64,6 +69,25 @@ CREATE TABLE IF NOT EXISTS jobcredits_balances (
     account TEXT    NOT NULL PRIMARY KEY,
     credits INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobcredits_journal (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind      TEXT    NOT NULL,
+    account   TEXT    NOT NULL,
+    scope     TEXT,
+    job_id    TEXT,
+    charge_id TEXT    NOT NULL,
+    cost      INTEGER NOT NULL,
+    tier      TEXT,
+    backend   TEXT,
+    delta     INTEGER NOT NULL,
+    balance   INTEGER NOT NULL,
+    at        REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobcredits_cursors (
+    name       TEXT    NOT NULL PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at REAL    NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS jobcredits_meta (
     name  TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
@@ -88,6 +112,27 @@ _CREDIT = (
     "ON CONFLICT (account) DO UPDATE SET credits = MAX(0, credits + ?)"
 )
 _BALANCE = "SELECT credits FROM jobcredits_balances WHERE account = ?"
+_JOURNAL_COLUMNS = (
+    "kind, account, scope, job_id, charge_id, cost, tier, backend, delta, balance, at"
+)
+_JOURNAL_INSERT = (
+    f"INSERT INTO jobcredits_journal ({_JOURNAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_JOURNAL_READ = (
+    f"SELECT seq, {_JOURNAL_COLUMNS} FROM jobcredits_journal WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+# A cursor only moves forward unless forced: two exporters racing on one
+# cursor cannot move it back over entries one of them already sent.
+_CURSOR_SET = (
+    "INSERT INTO jobcredits_cursors (name, position, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position), "
+    "updated_at = excluded.updated_at"
+)
+_CURSOR_FORCE = (
+    "INSERT INTO jobcredits_cursors (name, position, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
+    "updated_at = excluded.updated_at"
+)
 
 # SQLite error messages that mean "could not get to the data right now", as
 # opposed to a bug in the SQL: these become StoreUnavailable.
@@ -146,6 +191,18 @@ class SQLiteStore(BaseStore):
     :param prune_batch: how many records one transaction of
         :meth:`~jobcredits_plugin.Ledger.prune` settles, so that pruning a
         large backlog never holds the write lock for long.
+    :param journal: write a :class:`~jobcredits_plugin.JournalEntry` row into
+        ``jobcredits_journal`` in the same transaction as each change.
+    :param journal_reuses: journal reuses too (one row per follow-up call).
+    :param journal_max_age: seconds :meth:`~jobcredits_plugin.Ledger.trim_journal`
+        keeps entries when called without bounds (None: until trimmed by
+        cursor); entries a stored cursor has not read are always kept.
+
+    The journal's ``seq`` is an ``AUTOINCREMENT`` key assigned inside the
+    ``BEGIN IMMEDIATE`` transaction: writers are serialised by the file's write
+    lock, so seqs commit in order and a reader can never see seq ``n + 1``
+    while ``n`` is still to come; ``AUTOINCREMENT`` never reuses a seq, even
+    after a trim empties the table.
     """
 
     schemes = ("sqlite",)
@@ -157,7 +214,17 @@ class SQLiteStore(BaseStore):
         timeout: float = 5.0,
         synchronous: str = "NORMAL",
         prune_batch: int = 500,
+        journal: bool = True,
+        journal_reuses: bool = False,
+        journal_max_age: float | None = 7 * 86400.0,
     ) -> None:
+        if journal_max_age is not None and not journal_max_age > 0:
+            raise InvalidArgument(
+                f"journal_max_age must be positive or None, not {journal_max_age!r}"
+            )
+        self.journal = bool(journal)
+        self.journal_reuses = bool(journal_reuses)
+        self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise InvalidArgument(
                 f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
@@ -304,13 +371,22 @@ class SQLiteStore(BaseStore):
     def _credit(conn: sqlite3.Connection, account: str, amount: int) -> None:
         conn.execute(_CREDIT, (account, amount, amount))
 
+    def _journal(
+        self, conn: sqlite3.Connection, events: list[Event], before: int, now: float
+    ) -> None:
+        """Journal events of one account whose balance before them was ``before``."""
+        rows: list[JournalRow] = journal_rows(events, lambda _a: before, now, self.journal_reuses)
+        if rows:
+            conn.executemany(_JOURNAL_INSERT, rows)
+
     # -- the store protocol ----------------------------------------------------
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
         key = req.key
         with self._transaction() as conn:
             existing = self._get(conn, key)
-            balance = self._balance(conn, req.account) if req.balances else 0
+            journal = self.journal
+            balance = self._balance(conn, req.account) if req.balances or journal else 0
             plan = plan_claim(existing, balance, req)
             if plan.write is not None:
                 conn.execute(_UPSERT, _record_params(plan.write))
@@ -318,6 +394,8 @@ class SQLiteStore(BaseStore):
                 conn.execute(_DELETE, key)
             if plan.balance_delta:
                 self._credit(conn, req.account, plan.balance_delta)
+            if journal and plan.result.events:
+                self._journal(conn, list(plan.result.events), balance, req.now)
         return plan.result
 
     def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
@@ -333,6 +411,9 @@ class SQLiteStore(BaseStore):
             event = plan_refund(existing, charge_id, now)
             if event is not None and existing is not None:
                 conn.execute(_DELETE, key)
+                if self.journal:
+                    before = self._balance(conn, existing.account)
+                    self._journal(conn, [event], before, now)
                 if existing.debited:
                     self._credit(conn, existing.account, existing.debited)
         return event
@@ -362,6 +443,9 @@ class SQLiteStore(BaseStore):
                         continue  # deadline column is what plan_settle checks)
                     found += 1
                     conn.execute(_DELETE, record.key)
+                    if self.journal:
+                        before = self._balance(conn, record.account)
+                        self._journal(conn, [event], before, now)
                     if event.kind == "refund" and record.debited:
                         self._credit(conn, record.account, record.debited)
                     events.append(event)
@@ -373,14 +457,71 @@ class SQLiteStore(BaseStore):
         rows = self._read(_SELECT + " ORDER BY charged_at, account, scope, job_id")
         return [r for r in map(_row_to_record, rows) if r.is_live(now)]
 
-    def grant(self, account: str, amount: int) -> int:
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._transaction() as conn:
+            before = self._balance(conn, account)
             self._credit(conn, account, amount)
-            return self._balance(conn, account)
+            after = self._balance(conn, account)
+            if self.journal:
+                row = grant_row(account, amount, grant_id, before, after, now)
+                conn.execute(_JOURNAL_INSERT, row)
+            return after
 
     def balance(self, account: str) -> int:
         rows = self._read(_BALANCE, (account,))
         return int(rows[0][0]) if rows else 0
+
+    # -- the journal -------------------------------------------------------------
+
+    def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        rows = self._read(_JOURNAL_READ, (after, limit))
+        return [entry_from_row(row[0], row[1:]) for row in rows]
+
+    def trim_journal(self, through: int | None, cutoff: float | None) -> int:
+        if through is None and cutoff is None:
+            return 0
+        removed = 0
+        while True:
+            # In batches, so a large trim never holds the write lock for long.
+            with self._transaction() as conn:
+                row = conn.execute("SELECT MIN(position) FROM jobcredits_cursors").fetchone()
+                cap = row[0] if row is not None else None
+                if through is not None:
+                    cap = through if cap is None else min(cap, through)
+                where = "seq <= ?" if cap is not None else "1"
+                params: list[Any] = [cap] if cap is not None else []
+                if cutoff is not None:
+                    where += " AND at < ?"
+                    params.append(cutoff)
+                done = conn.execute(
+                    "DELETE FROM jobcredits_journal WHERE seq IN (SELECT seq FROM "
+                    f"jobcredits_journal WHERE {where} ORDER BY seq LIMIT ?)",
+                    (*params, self.prune_batch),
+                ).rowcount
+            removed += done
+            if done < self.prune_batch:
+                return removed
+
+    def get_cursor(self, name: str) -> int | None:
+        rows = self._read("SELECT position FROM jobcredits_cursors WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
+    def set_cursor(self, name: str, position: int, force: bool = False) -> int:
+        with self._transaction() as conn:
+            conn.execute(_CURSOR_FORCE if force else _CURSOR_SET, (name, position, time.time()))
+            row = conn.execute(
+                "SELECT position FROM jobcredits_cursors WHERE name = ?", (name,)
+            ).fetchone()
+            return int(row[0])
+
+    def delete_cursor(self, name: str) -> bool:
+        with self._transaction() as conn:
+            done = conn.execute("DELETE FROM jobcredits_cursors WHERE name = ?", (name,))
+            return done.rowcount > 0
+
+    def cursors(self) -> dict[str, int]:
+        rows = self._read("SELECT name, position FROM jobcredits_cursors ORDER BY name")
+        return {name: int(position) for name, position in rows}
 
     def close(self) -> None:
         """Close the idle connections; those lent out close when returned."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import InvalidArgument
 
-__all__ = ["parse_options", "redact_url"]
+__all__ = ["JOURNAL_OPTIONS", "parse_bool", "parse_optional_seconds", "parse_options", "redact_url"]
 
 
 def redact_url(url: str) -> str:
@@ -56,3 +56,28 @@ def parse_options(
                 f"bad value for {name!r} in {what} {redact_url(url)!r}: {exc}"
             ) from exc
     return opts
+
+
+def parse_bool(value: str) -> bool:
+    """A URL flag: 1/true/yes/on or 0/false/no/off (any case)."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {value!r}")
+
+
+def parse_optional_seconds(value: str) -> float | None:
+    """Seconds, or none/off/empty for no limit."""
+    if value.strip().lower() in ("", "none", "off"):
+        return None
+    return float(value)
+
+
+#: The journal's options, which every store's URL accepts.
+JOURNAL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "journal": parse_bool,
+    "journal_reuses": parse_bool,
+    "journal_max_age": parse_optional_seconds,
+}

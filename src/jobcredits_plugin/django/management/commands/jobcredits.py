@@ -17,7 +17,7 @@ from django.core.management.base import (  # type: ignore[import-untyped]
 
 from ...._errors import JobCreditsError
 from ...._ledger import Ledger
-from ....cli import non_negative, snapshot_lines
+from ....cli import non_negative, prune_lines, snapshot_lines
 from ..._conf import get_ledger
 
 
@@ -52,9 +52,8 @@ class Command(BaseCommand):  # type: ignore[misc]
             if action == "snapshot":
                 self._snapshot(ledger, as_json=options["json"], limit=options["limit"])
             elif action == "prune":
-                removed = ledger.prune()
-                refunded = sum(1 for r in removed if r.state == "refunded")
-                self.stdout.write(f"expired {len(removed) - refunded}, refunded {refunded}")
+                for line in prune_lines(ledger):
+                    self.stdout.write(line)
             elif action == "grant":
                 self.stdout.write(str(ledger.grant(options["account"], options["amount"])))
             else:
