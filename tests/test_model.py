@@ -23,6 +23,7 @@ import itertools
 import math
 import shutil
 import tempfile
+from collections import Counter
 from typing import Any
 from unittest import mock
 
@@ -38,6 +39,7 @@ from jobcredits_plugin import (
     JobExhausted,
     JobInProgress,
     JobRecord,
+    JournalEntry,
     Ledger,
 )
 from jobcredits_plugin.stores import BaseStore, MemoryStore, SQLiteStore
@@ -123,6 +125,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.balances_on = False
         self.max_uses: int | None = None
         self.ids_patch: Any = None
+        self.journal: list[JournalEntry] = []
+        self.journal_after = 0
+        self.grants = 0
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -160,6 +165,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for account in ACCOUNTS:
             assert self.ledger.grant(account, credits) == credits
             self.balances[account] = credits
+            self.grants += 1
 
     def teardown(self) -> None:
         if self.ledger is not None:
@@ -342,6 +348,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def grant(self, account: str, amount: int) -> None:
         self.balances[account] = max(0, self.balances[account] + amount)
         assert self.led.grant(account, amount) == self.balances[account]
+        self.grants += 1
         assert self.take_events() == []
 
     @rule()
@@ -391,6 +398,40 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def no_unexplained_events(self) -> None:
         assert self.take_events() == []
+
+    @invariant()
+    def the_journal_is_the_books(self) -> None:
+        """One journal entry per hook event (reuses are not journaled by
+        default) and per grant; each entry's balance is the running sum of its
+        account's deltas, which ends at the model's balance."""
+        if self.ledger is None:
+            return
+        while True:
+            page = self.ledger.journal(after=self.journal_after, limit=10_000)
+            if not page:
+                break
+            self.journal.extend(page)
+            self.journal_after = page[-1].seq
+        seqs = [e.seq for e in self.journal]
+        assert seqs == sorted(set(seqs))
+
+        def view(kind: str, r: JobRecord) -> tuple[object, ...]:
+            return (kind, r.charge_id, r.account, r.scope, r.job_id, r.cost, r.tier)
+
+        entries = Counter(
+            view(e.kind, e)  # type: ignore[arg-type]
+            for e in self.journal
+            if e.kind != "grant"
+        )
+        hooks = Counter(view(ev.kind, ev.record) for ev in self.events.events if ev.kind != "reuse")
+        assert entries == hooks
+        running: dict[str, int] = {}
+        for e in self.journal:
+            running[e.account] = running.get(e.account, 0) + e.delta
+            assert e.balance == running[e.account], e
+        for account in ACCOUNTS:
+            assert running.get(account, 0) == self.balances[account]
+        assert sum(1 for e in self.journal if e.kind == "grant") == self.grants
 
 
 class MemoryLedgerMachine(LedgerMachine):

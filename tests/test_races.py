@@ -258,6 +258,7 @@ def _charging_worker(
         ledger.close()
         return {
             "charges": [r.key for r in events.of("charge")],
+            "charge_ids": [r.charge_id for r in events.of("charge")],
             "reuses": len(events.of("reuse")),
             "refunds": len(events.of("refund")),
             "outcomes": dict(outcomes),
@@ -340,6 +341,16 @@ def test_processes_charging_the_same_jobs_charge_each_once(tmp_path: Path) -> No
             assert charged == min(credits, 50), account
             assert check.balance(account) == credits - charged
         assert len(check.snapshot()) == len(per_key)
+        # the journal, written by 4 processes: one entry per committed charge
+        # (exactly the ones the hooks heard), seqs strictly increasing, and
+        # each account's deltas add up to its balance
+        journal = check.journal(limit=10_000)
+        assert [e.seq for e in journal] == sorted({e.seq for e in journal})
+        hooked = sorted(cid for r in reports for cid in r["charge_ids"])
+        assert sorted(e.charge_id for e in journal if e.kind == "charge") == hooked
+        assert [e.kind for e in journal if e.kind != "charge"] == ["grant", "grant"]
+        for account in grants:
+            assert sum(e.delta for e in journal if e.account == account) == check.balance(account)
 
 
 def test_processes_pruning_the_same_expired_set_settle_each_record_once(tmp_path: Path) -> None:
@@ -367,3 +378,7 @@ def test_processes_pruning_the_same_expired_set_settle_each_record_once(tmp_path
     with Ledger(_sqlite(path), clock=FakeClock(clock.now + 3600)) as check:
         assert check.prune() == []
         assert check.snapshot() == []
+        journal = check.journal(limit=10_000)
+        settled = [(e.kind, e.charge_id) for e in journal if e.kind != "charge"]
+        assert sorted(settled) == sorted((kind, cid) for kind, _, cid in fired)
+        assert len(set(settled)) == len(settled) == len(expected)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import JobInProgress, Ledger
-from jobcredits_plugin.stores import MemoryStore
+from jobcredits_plugin import InvalidArgument, JobInProgress, Ledger
+from jobcredits_plugin.stores import MemoryStore, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
 
@@ -162,3 +162,54 @@ def test_concurrent_threads_keep_the_memory_store_consistent(
     assert len(events.of("refund")) == 160
     assert len(store) == 8 * 200 + 200 - 160
     assert ledger.balance("acct") == 10_000 - len(charges) + 160
+
+
+def test_the_journal_stays_bounded_and_says_what_it_dropped() -> None:
+    store = MemoryStore(journal_limit=5)
+    ledger = Ledger(store, clock=FakeClock())
+    cursor = ledger.cursor("slow")
+    for i in range(8):
+        ledger.charge("acct", f"job-{i}")
+    assert store.journal_size() == 5
+    assert [e.seq for e in ledger.journal(after=3)] == [4, 5, 6, 7, 8]
+    with pytest.raises(InvalidArgument, match="journal_limit=5"):
+        cursor.read()  # it had read nothing: 1-3 are gone, and it is told
+    ledger.confirm("acct", "job-0")
+    for _ in range(1000):
+        ledger.charge("acct", "job-0")  # reuses are not journaled: no growth
+    assert store.journal_size() == 5
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("memory://?journal=off", {"journal": False}),
+        ("memory://?journal_reuses=yes&journal_limit=10", {"journal_reuses": True}),
+        ("memory://?journal_max_age=none", {"journal_max_age": None}),
+        ("memory://?journal_max_age=60", {"journal_max_age": 60.0}),
+        ("sqlite://?journal=0&journal_reuses=1", {"journal": False, "journal_reuses": True}),
+        ("sqlite://?journal_max_age=off", {"journal_max_age": None}),
+    ],
+)
+def test_journal_options_from_the_url(url: str, expected: dict[str, object]) -> None:
+    store = from_url(url)
+    try:
+        for name, value in expected.items():
+            assert getattr(store, name) == value
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://?journal=maybe",
+        "memory://?journal_limit=0",
+        "memory://?journal_max_age=-1",
+        "sqlite://?journal_max_age=0",
+        "sqlite://?journal_reuse=1",
+    ],
+)
+def test_bad_journal_options_are_refused(url: str) -> None:
+    with pytest.raises(InvalidArgument):
+        from_url(url)
