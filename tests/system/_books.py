@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from jobcredits_plugin import JobRecord, Ledger
+from jobcredits_plugin import JobRecord, JournalEntry, Ledger
 
 from ._load import Call, LoadResult, account_of
 
@@ -62,6 +62,8 @@ class Books:
     calls: int
     statuses: dict[str, int] = field(default_factory=dict)
     balances: dict[str, int] = field(default_factory=dict)
+    #: Journal entries by kind: the same books, rebuilt from the journal alone.
+    journal: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -273,6 +275,9 @@ def check_books(
                 f"x {cost} -> {expected} expected, but the ledger holds {balance}"
             )
 
+    # -- the same books, rebuilt from the journal alone --------------------------------
+    journal = _check_journal(ledger, granted, records, balances, problems)
+
     # -- every 402 went to an account really out of credits --------------------------
     _check_rejections(calls, granted, cost, unknown, problems)
 
@@ -311,7 +316,79 @@ def check_books(
         calls=len(calls),
         statuses={str(k): v for k, v in sorted(statuses.items(), key=str)},
         balances=balances,
+        journal=journal,
     )
+
+
+def read_journal(ledger: Ledger) -> list[JournalEntry]:
+    """The whole journal, page by page, as an exporter reads it."""
+    entries: list[JournalEntry] = []
+    after = 0
+    while True:
+        page = ledger.journal(after=after, limit=1000)
+        if not page:
+            return entries
+        entries.extend(page)
+        after = page[-1].seq
+
+
+def _check_journal(
+    ledger: Ledger,
+    granted: Mapping[str, int],
+    records: list[JobRecord],
+    balances: Mapping[str, int],
+    problems: _Problems,
+) -> dict[str, int]:
+    """Rebuild the books from the journal alone and compare them with the
+    ledger: grants, each balance as the running sum of its account's deltas,
+    every charge refunded at most once and only after it was made, and the
+    charges that stand exactly the live records."""
+    entries = read_journal(ledger)
+    seqs = [e.seq for e in entries]
+    if seqs != sorted(set(seqs)):
+        problems.add("journal seqs are not strictly increasing")
+    running: dict[str, int] = defaultdict(int)
+    grants: dict[str, int] = defaultdict(int)
+    charged: dict[str, JournalEntry] = {}
+    refunded: set[str] = set()
+    kinds: Counter[str] = Counter()
+    for e in entries:
+        kinds[e.kind] += 1
+        running[e.account] += e.delta
+        if e.balance != running[e.account]:
+            problems.add(
+                f"journal entry {e.seq}: balance {e.balance}, deltas say {running[e.account]}"
+            )
+        if e.kind == "grant":
+            grants[e.account] += e.delta
+        elif e.kind == "charge":
+            if e.charge_id in charged:
+                problems.add(f"charge {e.charge_id} journaled twice (seq {e.seq})")
+            charged[e.charge_id] = e
+        elif e.kind == "refund":
+            if e.charge_id not in charged:
+                problems.add(f"refund of {e.charge_id} (seq {e.seq}) before or without its charge")
+            if e.charge_id in refunded:
+                problems.add(f"charge {e.charge_id} refunded twice in the journal (seq {e.seq})")
+            refunded.add(e.charge_id)
+            if e.delta != charged.get(e.charge_id, e).cost:
+                problems.add(f"refund {e.seq} gave back {e.delta}, not what was charged")
+    for account, credits in granted.items():
+        if grants.get(account, 0) != credits:
+            problems.add(f"journal grants {grants.get(account, 0)} to {account}, not {credits}")
+        if account in balances and running.get(account, 0) != balances[account]:
+            problems.add(
+                f"{account}: the journal rebuilds a balance of {running.get(account, 0)}, "
+                f"the ledger holds {balances[account]}"
+            )
+    standing = set(charged) - refunded
+    live = {r.charge_id for r in records}
+    if standing != live:
+        problems.add(
+            f"charges standing in the journal ({len(standing)}) are not the live records "
+            f"({len(live)}): {sorted(standing ^ live)[:5]}"
+        )
+    return dict(kinds)
 
 
 def _check_rejections(

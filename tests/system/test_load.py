@@ -65,6 +65,11 @@ def test_load_balances_the_books(
     assert books.rejected > 0
     assert sum(1 for c in result.calls if c.duplicate) > 0
     assert books.charged_jobs == result.jobs_by_outcome()["done"]
+    # The journal alone tells the same story (check_books rebuilt every
+    # balance from it): one refund entry per refund the clients or the
+    # settling saw, and the charges left standing are the charged jobs.
+    assert books.journal.get("refund", 0) == books.refunded + books.settled
+    assert books.journal["charge"] - books.journal.get("refund", 0) == books.charged_jobs
     system_report.load.append(
         {
             "server": kind,
