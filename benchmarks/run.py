@@ -813,8 +813,16 @@ def bench_metrics(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
     return _bench_modules(METRICS_MODULES, "metrics", "f", cfg.adapters_quick, log)
 
 
+#: What the journal adds to a charge on each store (journal on / off).
+JOURNAL_MODULES = ("journal_bench",)
+
+
+def bench_journal(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    return _bench_modules(JOURNAL_MODULES, "journal", "g", cfg.adapters_quick, log)
+
+
 #: The benchmarks by name, for ``--only``.
-BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores", "metrics")
+BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores", "metrics", "journal")
 
 
 def run(
@@ -838,6 +846,8 @@ def run(
         figures += bench_stores(cfg, log)
     if "metrics" in only:
         figures += bench_metrics(cfg, log)
+    if "journal" in only:
+        figures += bench_journal(cfg, log)
     return Report(cfg, figures, breakdown, time.perf_counter() - t0)
 
 
@@ -857,7 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=BENCHMARKS,
         help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), "
         "adapters (d), stores (e: Redis and PostgreSQL, when their servers answer), "
-        "metrics (f: the Prometheus plugin's cost per charge)",
+        "metrics (f: the Prometheus plugin's cost per charge), journal (g: the journal's "
+        "cost per charge on each store, and the memory store's retention bound)",
     )
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config.full()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +79,27 @@ def test_quick_metrics_run_produces_its_figures(bench: ModuleType, tmp_path: Pat
     for key, figure in figures.items():
         assert math.isfinite(figure["value"]), key
         assert figure["value"] > 0, key
+
+
+def test_quick_journal_run_produces_its_figures(bench: ModuleType, tmp_path: Path) -> None:
+    """Section (g), the journal's cost per charge. Memory and SQLite always;
+    Redis and PostgreSQL when their servers answer (their figures are then
+    required: with CI=true the servers are part of the run)."""
+    out = tmp_path / "figures.json"
+    assert bench.main(["--quick", "--json", str(out), "--only", "journal"]) == 0
+    figures = {f["key"]: f for f in json.loads(out.read_text())["figures"]}
+    required = {
+        "journal_memory_ratio",
+        "journal_sqlite_ratio",
+        "journal_memory_entries_held",
+        "journal_memory_bytes_per_entry",
+    }
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        required |= {"journal_redis_ratio", "journal_postgres_ratio"}
+    assert required <= set(figures)
+    held = figures["journal_memory_entries_held"]
+    assert held["value"] == held["target"]  # bounded by journal_limit: a count, not a timing
+    for key, figure in figures.items():
+        assert math.isfinite(figure["value"]), key
+        if key.endswith("_ratio"):
+            assert figure["value"] > 0, key

@@ -376,7 +376,9 @@ class SQLiteStore(BaseStore):
     ) -> None:
         """Journal events of one account whose balance before them was ``before``."""
         rows: list[JournalRow] = journal_rows(events, lambda _a: before, now, self.journal_reuses)
-        if rows:
+        if len(rows) == 1:  # the common case; executemany costs more for one row
+            conn.execute(_JOURNAL_INSERT, rows[0])
+        elif rows:
             conn.executemany(_JOURNAL_INSERT, rows)
 
     # -- the store protocol ----------------------------------------------------
