@@ -79,3 +79,34 @@ def test_an_unreachable_server_is_an_error_without_the_password(
     err = capsys.readouterr().err
     assert "s3cret" not in err
     assert "cannot connect" in err
+
+
+def test_migrate_upgrades_a_version_1_schema(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schema left at version 1 (before the journal) is brought to the current
+    version, its data kept, and the journal works afterwards."""
+    from jobcredits_plugin import Ledger
+    from jobcredits_plugin.stores._postgres import SCHEMA_VERSION, PostgresStore
+    from tests.stores.test_postgres_journal import make_v1_schema
+
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    parts = urllib.parse.urlsplit(pg_url)
+    query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("schema", schema)])
+    url = urllib.parse.urlunsplit(parts._replace(query=query))
+    try:
+        make_v1_schema(pg_url, schema)
+        store = PostgresStore.from_url(url, auto_migrate=False)
+        try:
+            assert store.schema_version() == 1
+            assert main(["migrate", "--url", url]) == 0
+            assert f"is at version {SCHEMA_VERSION}" in capsys.readouterr().out
+            assert store.schema_version() == SCHEMA_VERSION == 2
+            ledger = Ledger(store, balances=True)
+            assert ledger.balance("acct") == 5
+            ledger.grant("acct", 1)
+            assert [(e.kind, e.balance) for e in store.read_journal(0, 10)] == [("grant", 6)]
+        finally:
+            store.close()
+    finally:
+        PostgresStore.from_url(pg_url, schema=schema).drop()

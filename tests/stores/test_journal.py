@@ -37,7 +37,7 @@ MakeLedger = Callable[..., Ledger]
 
 @pytest.fixture
 def journaled(store_kind: str, request: pytest.FixtureRequest) -> None:
-    if store_kind == "redis-cluster" and "cluster" not in request.node.name:
+    if store_kind == "redis-cluster" and "cluster" not in request.node.originalname:
         pytest.skip("Redis Cluster keeps no journal (see test_redis_cluster_has_no_journal)")
 
 

@@ -106,7 +106,7 @@ def test_schema_is_created_on_first_use_and_its_version_recorded(
                 psycopg.sql.Identifier(store.schema)
             )
         ).fetchall()
-    assert rows == [(SCHEMA_VERSION,)]
+    assert rows == [(v,) for v in range(1, SCHEMA_VERSION + 1)]  # one row per step
 
 
 def test_migrate_is_idempotent(make_store: Callable[..., PostgresStore]) -> None:
@@ -207,6 +207,37 @@ def test_from_url_rejects_unknown_options_and_bad_values(url: str) -> None:
         PostgresStore.from_url(url, max_size=0)
     with pytest.raises(InvalidArgument):
         PostgresStore.from_url(url, schema="x" * 64)
+
+
+def test_journal_options_from_the_url_and_their_checks(url: str) -> None:
+    store = PostgresStore.from_url(
+        _with_query(url, journal="off", journal_reuses="yes", journal_max_age="3600")
+    )
+    assert (store.journal, store.journal_reuses, store.journal_max_age) == (False, True, 3600.0)
+    assert "journal" not in store.conninfo
+    store.close()
+    defaults = PostgresStore.from_url(url)
+    assert (defaults.journal, defaults.journal_reuses) == (True, False)
+    assert defaults.journal_max_age == 7 * 86400.0
+    defaults.close()
+    for none in ("none", "off", ""):
+        store = PostgresStore.from_url(_with_query(url, journal_max_age=none))
+        assert store.journal_max_age is None
+        store.close()
+    for bad in ({"journal": "maybe"}, {"journal_reuses": "2"}, {"journal_max_age": "soon"}):
+        with pytest.raises(InvalidArgument, match=next(iter(bad))):
+            PostgresStore.from_url(_with_query(url, **bad))
+    for kwargs in (
+        {"journal": 1},
+        {"journal_reuses": None},
+        {"journal_max_age": 0},
+        {"journal_max_age": -5},
+        {"journal_max_age": float("inf")},
+        {"journal_max_age": True},
+        {"journal_max_age": "60"},
+    ):
+        with pytest.raises(InvalidArgument):
+            PostgresStore(url, **kwargs)
 
 
 def test_generic_from_url_builds_a_postgres_store(url: str) -> None:

@@ -464,6 +464,51 @@ def test_a_lost_answer_charges_and_refunds_exactly_once(
     assert ledger.balance("acct") == 20 - 1 - 1 - 1  # warm-ups and the second job-1
 
 
+def test_a_lost_answer_journals_each_change_once(lossy: tuple[RedisStore, Proxy]) -> None:
+    """A script whose answer is lost is re-sent and recognises its own work:
+    it answers again without journaling again. One charge entry and one
+    refund entry per job (and one grant entry), on both paths."""
+    store, proxy = lossy
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events, balances=True)
+    ledger.grant("acct", 20)
+    ledger.charge("acct", "warm-up")  # connected, scripts loaded
+    start = store.read_journal(0, 100)[-1].seq
+
+    proxy.lose_next_answer(b"EVALSHA")
+    assert ledger.charge("acct", "job-1", cost=3).charged
+    proxy.lose_next_answer(b"EVALSHA")
+    assert ledger.refund("acct", "job-1") is True
+    proxy.lose_next_answer(b"EVALSHA")
+    assert ledger.grant("acct", 5) == 24
+    assert proxy.lost == 3
+
+    async def async_part() -> None:
+        await ledger.acharge("acct", "async-warm-up")
+        proxy.lose_next_answer(b"EVALSHA")
+        assert (await ledger.acharge("acct", "async-1", cost=2)).charged
+        proxy.lose_next_answer(b"EVALSHA")
+        assert await ledger.arefund("acct", "async-1") is True
+        proxy.lose_next_answer(b"EVALSHA")
+        assert await ledger.agrant("acct", 1) == 24
+
+    asyncio.run(async_part())
+    assert proxy.lost == 6
+    entries = store.read_journal(start, 100)
+    assert [(e.kind, e.job_id, e.delta, e.balance) for e in entries] == [
+        ("charge", "job-1", -3, 16),
+        ("refund", "job-1", 3, 19),
+        ("grant", None, 5, 24),
+        ("charge", "async-warm-up", -1, 23),
+        ("charge", "async-1", -2, 21),
+        ("refund", "async-1", 2, 23),
+        ("grant", None, 1, 24),
+    ]
+    assert ledger.balance("acct") == 24
+    charge_ids = [e.charge_id for e in entries if e.kind == "charge"]
+    assert charge_ids[0] == events.of("charge")[1].charge_id
+
+
 @needs_binaries
 @pytest.mark.slow
 def test_server_stopped_then_restarted(private_redis: PrivateRedis) -> None:
@@ -668,6 +713,7 @@ def test_cluster_runs_the_rules_across_nodes(cluster_store: RedisStore) -> None:
     prune work for accounts spread over every node."""
     clock, events = FakeClock(), RecordingPlugin()
     ledger = _ledger(cluster_store, clock, events, balances=True)
+    assert cluster_store.journal is False  # a cluster keeps no journal
     accounts = [f"acct-{n}" for n in range(30)] + ["{a}", "a|b:c", "用户"]
     for account in accounts:
         assert ledger.grant(account, 3) == 3

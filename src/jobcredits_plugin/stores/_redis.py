@@ -18,11 +18,20 @@ account, ``lp(x)`` is ``<utf-8 byte length>:<x>``)::
     P:{T}:j:lp(account)lp(scope)lp(job_id)   hash   one job record
     P:{T}:b:lp(account)                      string the account's balance
     P:{T}:due                                zset   job keys by deadline()
+    P:{T}:g:lp(account)lp(grant_id)          string a grant's marker, for 60 s
+    P:journal                                stream the journal (standalone only)
+    P:journal:cursors                        hash   cursor name -> position
 
 The ``{T}`` hash tag puts an account's jobs, balance and due-set in one cluster
 slot, so every script touches one slot; the digest keeps an account that
 contains ``{``, ``}``, ``:`` or ``|`` from choosing its own tag. Length
 prefixes make the job key injective in ``(account, scope, job_id)``.
+
+The journal is one stream for the whole store, passed as a key to every script
+that changes the books, which appends the change's entry (``XADD P:journal
+0-*``: the entry's id is ``0-<seq>``) in the same atomic step. A script on
+Redis Cluster may only touch keys of one slot, so a cluster store keeps no
+journal.
 
 Clock: every time comparison uses the ``now`` the ledger passes in (never
 Redis ``TIME``), and every float is passed and stored as Python's ``repr``,
@@ -44,7 +53,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
 
 from .._errors import InvalidArgument, StoreUnavailable
-from .._records import JobRecord, JobState
+from .._records import JobRecord, JobState, JournalEntry, JournalKind
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -87,23 +96,51 @@ __all__ = ["RedisStore"]
 # The claim's control values come packed too, in ARGV[1], separated by the
 # unit separator (\31, which no number or charge id contains): now, charge_id,
 # cost, max_uses (0: none), balances (1/0), expires_at, lease_until, safety
-# expiry in ms (0: none). ARGV[2] is the account, ARGV[3] the x field.
+# expiry in ms (0: none), journal (0: off, 1: on, 2: on with reuses). ARGV[2]
+# is the account, ARGV[3] the x field.
+#
+# The journal is one stream (KEYS[4] of the claim, passed only when the
+# journal is on), written by the very script that makes the change, so the
+# entry and the change commit together. An entry's fields: k kind, a account,
+# c charge id (the grant id for a grant), x the record's packed x field (for a
+# grant [null, null, null, null, amount asked, null]), d what the change did to
+# the stored balance, b the stored balance after it, t the operation's now.
+# Its id is 0-<seq>: "XADD key 0-*" (Redis >= 7.0) numbers entries 0-1, 0-2,
+# ... and a stream trimmed to empty keeps its last id, so seq never goes back.
+# Balances are integers that Lua holds as doubles: '%d' prints them as
+# integers (tostring would print 1e+15). A script that journals first checks
+# the server is 7.0 or newer, before it writes anything: a Lua script is not
+# rolled back when a command fails half-way, so an XADD refused by an older
+# server after the change would leave the change without its entry.
+
 
 _CLAIM = """
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
 local p = {}
 for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
 local now, cid, cost, max_uses, balances = tonumber(p[1]), p[2], p[3], tonumber(p[4]), p[5]
+local jr = p[9]
+if jr ~= '0' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
 local raw = redis.call('HGETALL', job)
+local stored = '0'
+if balances == '1' or jr ~= '0' then stored = redis.call('GET', bal) or '0' end
 local balance = '0'
-if balances == '1' then balance = redis.call('GET', bal) or '0' end
+if balances == '1' then balance = stored end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+local function log(kind, c, x, d, b)
+  redis.call('XADD', KEYS[4], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
+             'b', string.format('%d', b), 't', p[1])
+end
 local refund_debited = nil
+local expired = false
 local settled = false
 if #raw > 0 then
   if rec['c'] == cid then
     -- our own charge, committed by an attempt whose answer was lost: a retry
+    -- (journaled by that attempt, so not again)
     return {'replay', raw, balance}
   end
   local st = rec['st']
@@ -116,29 +153,37 @@ if #raw > 0 then
       return {'exhausted', raw, balance}
     end
     redis.call('HINCRBY', job, 'u', 1)
+    if jr == '2' then log('reuse', rec['c'], rec['x'], '0', tonumber(stored)) end
     return {'reused', raw, balance}
   else
     settled = true
+    expired = st == 'charged'
   end
 end
+local run = tonumber(stored)
 local available = tonumber(balance)
 if refund_debited ~= nil then available = available + tonumber(refund_debited) end
 local debit = '0'
+local enough = true
 if balances == '1' then
-  if available < tonumber(cost) then
-    if refund_debited ~= nil and refund_debited ~= '0' then
-      redis.call('INCRBY', bal, refund_debited)
-    end
-    if settled then
-      redis.call('DEL', job)
-      redis.call('ZREM', due, job)
-    end
-    return {'insufficient', raw, balance}
-  end
-  debit = cost
+  if available < tonumber(cost) then enough = false else debit = cost end
 end
-if refund_debited ~= nil and refund_debited ~= '0' then
-  redis.call('INCRBY', bal, refund_debited)
+-- The settlement of what was there commits whether or not the charge does.
+if refund_debited ~= nil then
+  if refund_debited ~= '0' then redis.call('INCRBY', bal, refund_debited) end
+  if jr ~= '0' then
+    run = run + tonumber(refund_debited)
+    log('refund', rec['c'], rec['x'], refund_debited, run)
+  end
+elseif expired and jr ~= '0' then
+  log('expire', rec['c'], rec['x'], '0', run)
+end
+if not enough then
+  if settled then
+    redis.call('DEL', job)
+    redis.call('ZREM', due, job)
+  end
+  return {'insufficient', raw, balance}
 end
 if debit ~= '0' then redis.call('DECRBY', bal, debit) end
 if #raw > 0 then redis.call('DEL', job) end
@@ -149,6 +194,11 @@ if p[8] ~= '0' then
   redis.call('PEXPIRE', job, p[8])
   local ttl = redis.call('PTTL', due)
   if ttl < tonumber(p[8]) then redis.call('PEXPIRE', due, p[8]) end
+end
+if jr ~= '0' then
+  local d = '0'
+  if debit ~= '0' then d = '-' .. debit end
+  log('charge', cid, ARGV[3], d, run - tonumber(debit))
 end
 return {'charged', raw, balance}
 """
@@ -171,10 +221,15 @@ return raw
 # token rt) instead of deleting the record at once: when the answer is lost and
 # redis-py re-sends the same call, the script recognises its own refund and
 # answers it again, so the caller still learns it refunded (and on_refund
-# fires once) instead of reading "nothing to refund". Every other script
-# treats a refunded record as absent. Answers {'refunded' | 'replay', raw}.
+# fires once) instead of reading "nothing to refund"; the journal entry was
+# written by the first run. Every other script treats a refunded record as
+# absent. ARGV[6] is the journal flag (KEYS[4] the stream when it is on).
+# Answers {'refunded' | 'replay', raw}.
 _REFUND = """
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
+if ARGV[6] == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
 local raw = redis.call('HGETALL', job)
 if #raw == 0 then return {} end
 local rec = {}
@@ -186,19 +241,31 @@ end
 if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
 if tonumber(ARGV[3]) >= tonumber(rec['ea']) then return {} end
 redis.call('ZREM', due, job)
-if rec['d'] ~= '0' then redis.call('INCRBY', bal, rec['d']) end
+local after = nil
+if rec['d'] ~= '0' then after = redis.call('INCRBY', bal, rec['d']) end
 redis.call('HSET', job, 'st', 'refunded', 'rt', ARGV[4])
 redis.call('PEXPIRE', job, ARGV[5])
+if ARGV[6] == '1' then
+  if after == nil then after = tonumber(redis.call('GET', bal) or '0') end
+  redis.call('XADD', KEYS[4], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
+             'd', rec['d'], 'b', string.format('%d', after), 't', ARGV[3])
+end
 return {'refunded', raw}
 """
 
 # Settles up to ARGV[2] due records of one due-set (one account slot). Answers
 # {examined, raw1, raw2, ...}: examined counts members taken off the set (also
 # those whose hash had vanished), so the caller knows whether more remain.
+# ARGV[4] is the journal flag (KEYS[2] the stream when it is on): one entry
+# per settled record, in the order of the answer.
 _PRUNE = """
 local due = KEYS[1]
 local now = tonumber(ARGV[1])
 local base = ARGV[3]
+local jr = ARGV[4] == '1'
+if jr and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {#members}
 for _, job in ipairs(members) do
@@ -217,8 +284,16 @@ for _, job in ipairs(members) do
     if settle then
       redis.call('DEL', job)
       redis.call('ZREM', due, job)
-      if rec['st'] == 'pending' and rec['d'] ~= '0' then
-        redis.call('INCRBY', base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a'], rec['d'])
+      local bal = base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a']
+      local kind, d, after = 'expire', '0', nil
+      if rec['st'] == 'pending' then
+        kind, d = 'refund', rec['d']
+        if d ~= '0' then after = redis.call('INCRBY', bal, d) end
+      end
+      if jr then
+        if after == nil then after = tonumber(redis.call('GET', bal) or '0') end
+        redis.call('XADD', KEYS[2], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
+                   'x', rec['x'], 'd', d, 'b', string.format('%d', after), 't', ARGV[1])
       end
       out[#out + 1] = raw
     end
@@ -237,15 +312,97 @@ end
 return out
 """
 
+# KEYS: the balance, the grant's marker, the stream (when the journal is on).
+# ARGV: amount, journal flag, the marker's life in ms ('' : no grant id, no
+# marker), then account, grant id, x, now. The marker is what the refund's
+# tombstone is to a refund: a grant whose answer was lost and that redis-py
+# re-sends finds it and answers the balance instead of crediting (and
+# journaling) the grant twice.
 _GRANT = """
+if ARGV[2] == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
+if ARGV[3] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then
+  return redis.call('GET', KEYS[1]) or '0'
+end
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if v < 0 then redis.call('SET', KEYS[1], '0') end
+if v < 0 then
+  redis.call('SET', KEYS[1], '0')
+  v = 0
+end
+if ARGV[2] == '1' then
+  redis.call('XADD', KEYS[3], '0-*', 'k', 'grant', 'a', ARGV[4], 'c', ARGV[5], 'x', ARGV[6],
+             'd', string.format('%d', v - before), 'b', string.format('%d', v), 't', ARGV[7])
+end
 return redis.call('GET', KEYS[1])
+"""
+
+# A cursor only moves forward unless forced (ARGV[3] = '1'); answers the
+# stored position.
+_SET_CURSOR = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] ~= '1' and old and tonumber(old) >= tonumber(ARGV[2]) then return old end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ARGV[2]
+"""
+
+# Deletes journal entries from the start of the stream, in order, while their
+# seq is at most ARGV[1] ('' : no bound) and at most every cursor's position
+# (the cursors hash, KEYS[2]), and their t is below ARGV[2] ('' : no bound);
+# stops at the first entry that is too new, and after ARGV[3] entries, so one
+# call never blocks the server for long. Answers how many went.
+_TRIM = """
+local stream, curs = KEYS[1], KEYS[2]
+local cap = nil
+if ARGV[1] ~= '' then cap = tonumber(ARGV[1]) end
+for _, v in ipairs(redis.call('HVALS', curs)) do
+  local n = tonumber(v)
+  if n ~= nil and (cap == nil or n < cap) then cap = n end
+end
+local cutoff = nil
+if ARGV[2] ~= '' then cutoff = tonumber(ARGV[2]) end
+local bound = tonumber(ARGV[3])
+local start = '-'
+local last = nil
+local count = 0
+while count < bound do
+  local want = math.min(1000, bound - count)
+  local chunk = redis.call('XRANGE', stream, start, '+', 'COUNT', want)
+  local stop = false
+  for _, e in ipairs(chunk) do
+    local id = e[1]
+    local seq = tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
+    if cap ~= nil and seq > cap then
+      stop = true
+      break
+    end
+    if cutoff ~= nil then
+      local f, t = e[2], nil
+      for i = 1, #f, 2 do
+        if f[i] == 't' then t = tonumber(f[i + 1]) end
+      end
+      if t == nil or t >= cutoff then
+        stop = true
+        break
+      end
+    end
+    last = seq
+    count = count + 1
+  end
+  if stop or #chunk < want then break end
+  start = '(' .. chunk[#chunk][1]
+end
+if count == 0 then return 0 end
+return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1))
 """
 
 #: How long a refunded record stays as a tombstone (see _REFUND): far longer
 #: than a retry takes, short enough not to matter for memory.
 _TOMBSTONE_MS = "60000"
+
+#: Journal entries one trim script deletes at most (the caller loops).
+_TRIM_BATCH = 10_000
 
 _SCRIPTS = {
     "claim": _CLAIM,
@@ -254,6 +411,8 @@ _SCRIPTS = {
     "prune": _PRUNE,
     "snapshot": _SNAPSHOT,
     "grant": _GRANT,
+    "set_cursor": _SET_CURSOR,
+    "trim": _TRIM,
 }
 
 _OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -265,6 +424,9 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "safety_expiry": lambda v: None if v.lower() in ("", "none", "off") else float(v),
     "prune_batch": int,
     "db": int,
+    "journal": lambda v: _parse_bool(v),
+    "journal_reuses": lambda v: _parse_bool(v),
+    "journal_max_age": lambda v: None if v.lower() in ("", "none", "off") else float(v),
 }
 
 
@@ -321,6 +483,35 @@ def _decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
     )
 
 
+def _entries(reply: Iterable[Any]) -> list[JournalEntry]:
+    """Journal entries from an XRANGE answer: ``[(id, {field: value}), ...]``."""
+    out = []
+    for entry_id, fields in reply:
+        f = {_s(k): _s(v) for k, v in fields.items()}
+        scope, job_id, tier, backend, cost, _charged_at = json.loads(f["x"])
+        out.append(
+            JournalEntry(
+                seq=int(_s(entry_id).rpartition("-")[2]),
+                kind=cast(JournalKind, f["k"]),
+                account=f["a"],
+                scope=scope,
+                job_id=job_id,
+                charge_id=f["c"],
+                cost=int(cost),
+                tier=tier,
+                backend=backend,
+                delta=int(f["d"]),
+                balance=int(f["b"]),
+                at=float(f["t"]),
+            )
+        )
+    return out
+
+
+def _cursor_map(raw: dict[Any, Any] | None) -> dict[str, int]:
+    return {_s(k): int(_s(v)) for k, v in (raw or {}).items()}
+
+
 def _escape_glob(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
@@ -351,6 +542,19 @@ class RedisStore(BaseStore):
         deleted this way fire no hook: run ``prune`` well within this margin.
     :param prune_batch: records one prune script settles at most, so a large
         backlog never blocks the server for long.
+    :param journal: write a :class:`~jobcredits_plugin.JournalEntry` for every
+        charge, refund, expiry and grant into the stream ``<prefix>:journal``,
+        inside the script that makes the change. ``None`` (the default) means
+        on for a standalone server and off for ``cluster=True``, which cannot
+        keep one (asking for it there is an
+        :class:`~jobcredits_plugin.InvalidArgument`): a script may only touch
+        keys of one slot, and accounts live in different slots. Needs Redis
+        7.0 or newer (entry ids are ``0-<seq>``, given by ``XADD key 0-*``).
+    :param journal_reuses: journal reuses too (one job can have many).
+    :param journal_max_age: seconds a journal entry is kept by
+        :meth:`~jobcredits_plugin.Ledger.trim_journal` called without bounds
+        (``jobcredits prune`` does), unless a cursor has not read it; ``None``
+        keeps entries until they are trimmed explicitly.
     """
 
     schemes = ("redis", "rediss", "redis+unix")
@@ -368,6 +572,9 @@ class RedisStore(BaseStore):
         safety_expiry: float | None = 86400.0,
         prune_batch: int = 500,
         async_client: Any = None,
+        journal: bool | None = None,
+        journal_reuses: bool = False,
+        journal_max_age: float | None = 7 * 86400.0,
     ) -> None:
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise InvalidArgument(f"prefix must be a string without braces, not {prefix!r}")
@@ -379,6 +586,19 @@ class RedisStore(BaseStore):
             raise InvalidArgument(f"prune_batch must be >= 1, not {prune_batch}")
         if safety_expiry is not None and not safety_expiry > 0:
             raise InvalidArgument(f"safety_expiry must be positive or None, not {safety_expiry}")
+        if journal_max_age is not None and not journal_max_age > 0:
+            raise InvalidArgument(
+                f"journal_max_age must be positive or None, not {journal_max_age!r}"
+            )
+        if journal is None:
+            journal = not cluster
+        elif journal and cluster:
+            raise InvalidArgument(
+                "journal=True cannot be used with cluster=True: Redis Cluster cannot keep one "
+                "ordered journal, because a Lua script may only touch keys of one hash slot "
+                "and accounts live in different slots. The journal needs a standalone (or "
+                "Sentinel-managed) Redis, SQLite or PostgreSQL."
+            )
         if client is None and url is None:
             url = "redis://127.0.0.1:6379/0"
         self.prefix = prefix
@@ -386,6 +606,12 @@ class RedisStore(BaseStore):
         self.cluster = cluster
         self.safety_expiry = safety_expiry
         self.prune_batch = int(prune_batch)
+        self.journal = bool(journal)
+        self.journal_reuses = bool(journal_reuses)
+        self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
+        #: The journal stream and its cursors hash (unused on a cluster).
+        self.journal_key = f"{prefix}:journal"
+        self.cursors_key = f"{prefix}:journal:cursors"
         self._label = "Redis store " + (
             redact_url(url) if url is not None else type(client).__name__
         )
@@ -537,6 +763,7 @@ class RedisStore(BaseStore):
                 repr(expires_at),
                 repr(lease_until),
                 self._expiry_ms(max(expires_at, lease_until) - now) or "0",
+                self._journal_flag(),
             )
         )
         packed = json.dumps(
@@ -544,7 +771,15 @@ class RedisStore(BaseStore):
             ensure_ascii=False,
             separators=(",", ":"),
         )
+        if self.journal:
+            keys.append(self.journal_key)
         return keys, [control, account, packed]
+
+    def _journal_flag(self) -> str:
+        """The claim's journal control value: 0 off, 1 on, 2 on with reuses."""
+        if not self.journal:
+            return "0"
+        return "2" if self.journal_reuses else "1"
 
     def _expiry_ms(self, seconds_ahead: float) -> str:
         if self.safety_expiry is None:
@@ -578,7 +813,15 @@ class RedisStore(BaseStore):
         # The token is drawn once per call: redis-py re-sends these very
         # arguments when it retries, which is how the script knows its own.
         token = secrets.token_hex(8)
-        args = [*self._key_call(key, charge_id), repr(float(now)), token, _TOMBSTONE_MS]
+        args = [
+            *self._key_call(key, charge_id),
+            repr(float(now)),
+            token,
+            _TOMBSTONE_MS,
+            "1" if self.journal else "0",
+        ]
+        if self.journal:
+            keys.append(self.journal_key)
         return keys, args
 
     @staticmethod
@@ -591,8 +834,50 @@ class RedisStore(BaseStore):
             return Event("refund", raw)
         return plan_refund(raw, charge_id, now)
 
-    def _prune_args(self, due: str, now: float, batch: int) -> list[str]:
-        return [repr(float(now)), str(batch), due[: -len("due")]]
+    def _prune_call(self, due: str, now: float, batch: int) -> tuple[list[str], list[str]]:
+        keys = [due, self.journal_key] if self.journal else [due]
+        args = [repr(float(now)), str(batch), due[: -len("due")], "1" if self.journal else "0"]
+        return keys, args
+
+    def _grant_call(
+        self, account: str, amount: int, now: float, grant_id: str
+    ) -> tuple[list[str], list[str]]:
+        keys = [self.balance_key(account), f"{self._base(account)}g:{_lp(account)}{_lp(grant_id)}"]
+        args = [str(int(amount)), "1" if self.journal else "0", _TOMBSTONE_MS if grant_id else ""]
+        if not self.journal:
+            return keys, args
+        keys.append(self.journal_key)
+        packed = json.dumps([None, None, None, None, int(amount), None], separators=(",", ":"))
+        return keys, [*args, account, grant_id, packed, repr(float(now))]
+
+    # -- the journal's keys and answers ----------------------------------------------
+
+    def _journal_keys(self) -> tuple[str, str]:
+        """The journal stream and cursors hash, or InvalidArgument on a cluster."""
+        if self.cluster:
+            raise InvalidArgument(
+                f"{self._label}: the journal is not available on Redis Cluster (a Lua "
+                "script may only touch keys of one slot and accounts live in different "
+                "slots, so no script can append to one ordered journal); use a "
+                "standalone (or Sentinel-managed) Redis, SQLite or PostgreSQL for a journal"
+            )
+        return self.journal_key, self.cursors_key
+
+    @staticmethod
+    def _xrange_args(after: int) -> tuple[str, str]:
+        return f"(0-{max(0, int(after))}", "+"
+
+    @staticmethod
+    def _trim_args(through: int | None, cutoff: float | None) -> list[str]:
+        return [
+            "" if through is None else str(int(through)),
+            "" if cutoff is None else repr(float(cutoff)),
+            str(_TRIM_BATCH),
+        ]
+
+    @staticmethod
+    def _set_cursor_args(name: str, position: int, force: bool) -> list[str]:
+        return [name, str(int(position)), "1" if force else "0"]
 
     @staticmethod
     def _prune_events(reply: Sequence[Any], now: float) -> tuple[int, list[Event]]:
@@ -648,9 +933,8 @@ class RedisStore(BaseStore):
                     if limit is None
                     else min(self.prune_batch, limit - len(events))
                 )
-                reply = self._run(
-                    self._scripts["prune"], keys=[due], args=self._prune_args(due, now, batch)
-                )
+                keys, args = self._prune_call(due, now, batch)
+                reply = self._run(self._scripts["prune"], keys=keys, args=args)
                 examined, settled = self._prune_events(reply, now)
                 events.extend(settled)
                 if examined < batch:
@@ -663,13 +947,53 @@ class RedisStore(BaseStore):
         replies = [self._run(self._scripts["snapshot"], keys=[due]) for due in self._due_keys()]
         return self._snapshot_records(replies, now)
 
-    def grant(self, account: str, amount: int) -> int:
-        reply = self._run(self._scripts["grant"], keys=[self.balance_key(account)], args=[amount])
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
+        keys, args = self._grant_call(account, amount, now, grant_id)
+        reply = self._run(self._scripts["grant"], keys=keys, args=args)
         return int(_s(reply))
 
     def balance(self, account: str) -> int:
         value = self._run(self._client.get, self.balance_key(account))
         return 0 if value is None else int(_s(value))
+
+    # -- the journal ---------------------------------------------------------------------
+
+    def read_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        stream, _ = self._journal_keys()
+        if limit < 1:
+            return []
+        low, high = self._xrange_args(after)
+        return _entries(self._run(self._client.xrange, stream, low, high, count=int(limit)))
+
+    def trim_journal(self, through: int | None, cutoff: float | None) -> int:
+        keys = list(self._journal_keys())
+        if through is None and cutoff is None:
+            return 0
+        args = self._trim_args(through, cutoff)
+        removed = 0
+        while True:
+            n = int(self._run(self._scripts["trim"], keys=keys, args=args))
+            removed += n
+            if n < _TRIM_BATCH:
+                return removed
+
+    def get_cursor(self, name: str) -> int | None:
+        _, cursors = self._journal_keys()
+        value = self._run(self._client.hget, cursors, name)
+        return None if value is None else int(_s(value))
+
+    def set_cursor(self, name: str, position: int, force: bool = False) -> int:
+        _, cursors = self._journal_keys()
+        args = self._set_cursor_args(name, position, force)
+        return int(_s(self._run(self._scripts["set_cursor"], keys=[cursors], args=args)))
+
+    def delete_cursor(self, name: str) -> bool:
+        _, cursors = self._journal_keys()
+        return bool(self._run(self._client.hdel, cursors, name))
+
+    def cursors(self) -> dict[str, int]:
+        _, cursors = self._journal_keys()
+        return _cursor_map(self._run(self._client.hgetall, cursors))
 
     def close(self) -> None:
         """Close the sync client's connections; async clients close with their
@@ -767,9 +1091,8 @@ class RedisStore(BaseStore):
                     if limit is None
                     else min(self.prune_batch, limit - len(events))
                 )
-                reply = await self._arun(
-                    scripts["prune"](keys=[due], args=self._prune_args(due, now, batch))
-                )
+                keys, args = self._prune_call(due, now, batch)
+                reply = await self._arun(scripts["prune"](keys=keys, args=args))
                 examined, settled = self._prune_events(reply, now)
                 events.extend(settled)
                 if examined < batch:
@@ -789,11 +1112,12 @@ class RedisStore(BaseStore):
         ]
         return self._snapshot_records(replies, now)
 
-    async def agrant(self, account: str, amount: int) -> int:
+    async def agrant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         got = await self._aclient()
         if got is None:
-            return await super().agrant(account, amount)
-        reply = await self._arun(got[1]["grant"](keys=[self.balance_key(account)], args=[amount]))
+            return await super().agrant(account, amount, now, grant_id)
+        keys, args = self._grant_call(account, amount, now, grant_id)
+        reply = await self._arun(got[1]["grant"](keys=keys, args=args))
         return int(_s(reply))
 
     async def abalance(self, account: str) -> int:
@@ -802,6 +1126,61 @@ class RedisStore(BaseStore):
             return await super().abalance(account)
         value = await self._arun(got[0].get(self.balance_key(account)))
         return 0 if value is None else int(_s(value))
+
+    async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]:
+        stream, _ = self._journal_keys()
+        got = await self._aclient()
+        if got is None:
+            return await super().aread_journal(after, limit)
+        if limit < 1:
+            return []
+        low, high = self._xrange_args(after)
+        return _entries(await self._arun(got[0].xrange(stream, low, high, count=int(limit))))
+
+    async def atrim_journal(self, through: int | None, cutoff: float | None) -> int:
+        keys = list(self._journal_keys())
+        got = await self._aclient()
+        if got is None:
+            return await super().atrim_journal(through, cutoff)
+        if through is None and cutoff is None:
+            return 0
+        args = self._trim_args(through, cutoff)
+        removed = 0
+        while True:
+            n = int(await self._arun(got[1]["trim"](keys=keys, args=args)))
+            removed += n
+            if n < _TRIM_BATCH:
+                return removed
+
+    async def aget_cursor(self, name: str) -> int | None:
+        _, cursors = self._journal_keys()
+        got = await self._aclient()
+        if got is None:
+            return await super().aget_cursor(name)
+        value = await self._arun(got[0].hget(cursors, name))
+        return None if value is None else int(_s(value))
+
+    async def aset_cursor(self, name: str, position: int, force: bool = False) -> int:
+        _, cursors = self._journal_keys()
+        got = await self._aclient()
+        if got is None:
+            return await super().aset_cursor(name, position, force)
+        args = self._set_cursor_args(name, position, force)
+        return int(_s(await self._arun(got[1]["set_cursor"](keys=[cursors], args=args))))
+
+    async def adelete_cursor(self, name: str) -> bool:
+        _, cursors = self._journal_keys()
+        got = await self._aclient()
+        if got is None:
+            return await super().adelete_cursor(name)
+        return bool(await self._arun(got[0].hdel(cursors, name)))
+
+    async def acursors(self) -> dict[str, int]:
+        _, cursors = self._journal_keys()
+        got = await self._aclient()
+        if got is None:
+            return await super().acursors()
+        return _cursor_map(await self._arun(got[0].hgetall(cursors)))
 
     async def aclose(self) -> None:
         """Close this loop's async client now, then the sync client."""
