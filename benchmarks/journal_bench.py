@@ -2,12 +2,14 @@
 
 For each store kind, two stores built alike, one with ``journal=True`` (the
 default) and one with ``journal=False``, on the same file system or server.
-The request path of a new job (``Ledger.charge`` then ``Ledger.confirm``, as
-the decorator calls them, balances off: the journal then has to read the
-balance the charge itself does not need, the worst case) is timed on both in
-short chunks that take turns, in alternating order, so drift in the machine's
-speed hits both alike; the figure is the median of the per-round ratios
-journal on / journal off.
+New jobs are charged (``Ledger.charge``, balances off: the journal then has
+to read the balance the charge itself does not need, the worst case) and
+then confirmed, on both, in short chunks that take turns in alternating
+order, so drift in the machine's speed hits both alike. The figure held to
+the target is the ratio of the total times, journal on / journal off, of
+the charges alone (the confirm writes no entry, so adding it would only
+dilute the cost); charge + confirm, what a charged call costs, is reported
+beside it.
 
 Targets (issue 7): at most 1.3 on SQLite and PostgreSQL, at most 1.2 on
 Redis. The memory store has no target for time; what it must show is that
@@ -108,14 +110,16 @@ def _pair(kind: str, directory: Path) -> Iterator[tuple[BaseStore, BaseStore]]:
     raise ValueError(kind)
 
 
-def _chunk(ledger: Ledger, n: int, prefix: str) -> float:
+def _chunk(ledger: Ledger, n: int, prefix: str) -> tuple[float, float]:
+    """Charge ``n`` new jobs, then confirm them; the two times apart."""
     ids = [f"{prefix}-{i}" for i in range(n)]
     charge, confirm = ledger.charge, ledger.confirm
     start = time.perf_counter()
-    for job_id in ids:
-        c = charge("bench", job_id)
-        confirm("bench", job_id, charge_id=c.record.charge_id)
-    return time.perf_counter() - start
+    charge_ids = [charge("bench", job_id).record.charge_id for job_id in ids]
+    middle = time.perf_counter()
+    for job_id, charge_id in zip(ids, charge_ids, strict=True):
+        confirm("bench", job_id, charge_id=charge_id)
+    return middle - start, time.perf_counter() - middle
 
 
 def measure(kind: str, rounds: int, chunk: int, directory: Path) -> dict[str, Any]:
@@ -123,26 +127,39 @@ def measure(kind: str, rounds: int, chunk: int, directory: Path) -> dict[str, An
         on, off = Ledger(on_store), Ledger(off_store)
         _chunk(on, chunk, "warm")  # connections, plans, scripts
         _chunk(off, chunk, "warm")
-        ratios: list[float] = []
+        charge_ratios: list[float] = []
+        path_ratios: list[float] = []
         times_on: list[float] = []
         times_off: list[float] = []
+        path_on: list[float] = []
+        path_off: list[float] = []
         gc.disable()
         try:
             for r in range(rounds):
                 order: list[tuple[str, Ledger]] = [("on", on), ("off", off)]
                 if r % 2:
                     order.reverse()
-                t: dict[str, float] = {}
+                t: dict[str, tuple[float, float]] = {}
                 for name, ledger in order:
                     t[name] = _chunk(ledger, chunk, f"r{r}")
-                ratios.append(t["on"] / t["off"])
-                times_on.append(t["on"] / chunk)
-                times_off.append(t["off"] / chunk)
+                charge_ratios.append(t["on"][0] / t["off"][0])
+                path_ratios.append(sum(t["on"]) / sum(t["off"]))
+                path_on.append(sum(t["on"]))
+                path_off.append(sum(t["off"]))
+                times_on.append(t["on"][0] / chunk)
+                times_off.append(t["off"][0] / chunk)
         finally:
             gc.enable()
         entries = len(on.journal(limit=10_000))
+        # Ratios of the totals, not medians of per-round ratios: SQLite's WAL
+        # checkpoints (every 1,000 pages; the journal's extra page per commit
+        # brings them sooner) land in some chunks and not others, and only
+        # the totals share their cost out fairly.
         return {
-            "ratio": statistics.median(ratios),
+            "ratio": sum(times_on) / sum(times_off),
+            "path_ratio": sum(path_on) / sum(path_off),
+            "median_round_ratio": statistics.median(charge_ratios),
+            "median_round_path_ratio": statistics.median(path_ratios),
             "us_on": statistics.median(times_on) * 1e6,
             "us_off": statistics.median(times_off) * 1e6,
             "entries_sample": entries,
@@ -221,22 +238,33 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> list[dict[st
             rows.append(
                 {
                     "key": f"journal_{kind}_ratio",
-                    "name": f"{kind}: charge+confirm, journal on / off",
+                    "name": f"{kind}: ledger.charge, journal on / off",
                     "figure": m["ratio"],
                     "unit": "x",
                     "op": "<=" if target is not None else None,
                     "target": target,
                     "details": {
-                        "us_per_call_on": round(m["us_on"], 1),
-                        "us_per_call_off": round(m["us_off"], 1),
+                        "us_per_charge_on": round(m["us_on"], 1),
+                        "us_per_charge_off": round(m["us_off"], 1),
                         "rounds": rounds,
                         "chunk": chunk,
                     },
                 }
             )
+            rows.append(
+                {
+                    "key": f"journal_{kind}_path_ratio",
+                    "name": f"{kind}: charge+confirm (a charged call), journal on / off",
+                    "figure": m["path_ratio"],
+                    "unit": "x",
+                    "op": None,
+                    "target": None,
+                }
+            )
             log(
-                f"journal on {kind}: {m['ratio']:.2f}x "
-                f"({m['us_on']:.0f} us vs {m['us_off']:.0f} us per charge+confirm)"
+                f"journal on {kind}: charge {m['ratio']:.2f}x "
+                f"({m['us_on']:.0f} us vs {m['us_off']:.0f} us), "
+                f"charge+confirm {m['path_ratio']:.2f}x"
             )
     limit = 1_000 if quick else 10_000
     ret = memory_retention(limit, limit * 3)
