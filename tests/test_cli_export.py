@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jobcredits_plugin import Ledger
+from jobcredits_plugin import InvalidArgument, Ledger
 from jobcredits_plugin.cli import export_journal, main
 from jobcredits_plugin.testing import FakeClock
 
@@ -218,3 +218,21 @@ def test_prune_trims_the_journal_to_its_max_age_but_not_past_a_cursor(
     with Ledger.from_url(url) as ledger:
         # seq 3 (unread by "slow") and the 3 expiries (newer than 60 s) remain
         assert [e.seq for e in ledger.journal()] == [3, 4, 5, 6]
+
+
+def test_prune_on_a_store_that_keeps_no_journal_still_prunes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jobcredits_plugin.cli import prune_lines
+    from jobcredits_plugin.stores import BaseStore, MemoryStore
+
+    class Journalless(MemoryStore):
+        """A store of one's own, built before the journal existed."""
+
+        read_journal = BaseStore.read_journal
+        trim_journal = BaseStore.trim_journal
+
+    ledger = Ledger(Journalless())
+    assert prune_lines(ledger) == ["expired 0, refunded 0"]
+    with pytest.raises(InvalidArgument, match="keeps no journal"):
+        ledger.journal()
