@@ -413,9 +413,16 @@ class SQLiteStore(BaseStore):
                 self._credit(conn, req.account, plan.balance_delta)
             if self.journal and events:
                 if fast:
-                    rows = journal_rows(events, lambda _a: 0, req.now, self.journal_reuses)
-                    for row in rows:
-                        conn.execute(_JOURNAL_INSERT_READING_BALANCE, (*row[:9], row[1], row[10]))
+                    # nothing moved the balance: every delta is 0
+                    for event in events:
+                        if event.kind == "reuse" and not self.journal_reuses:
+                            continue
+                        r = event.record
+                        conn.execute(
+                            _JOURNAL_INSERT_READING_BALANCE,
+                            (event.kind, r.account, r.scope, r.job_id, r.charge_id, r.cost,
+                             r.tier, r.backend, 0, r.account, req.now),
+                        )  # fmt: skip
                 else:
                     self._journal(conn, list(events), balance, req.now)
         return plan.result
