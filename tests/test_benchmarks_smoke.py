@@ -26,6 +26,7 @@ EXPECTED = {
     "memory_bytes_per_job",
     "sqlite_charge_rate",
     "sqlite_charge_rate_balances",
+    "sqlite_charge_rate_journal",
 }
 
 

@@ -184,8 +184,15 @@ def check_books(
         elif status == 402:
             if call.code != "insufficient_credits":
                 problems.add(f"402 without code insufficient_credits: {_describe(call)}")
-            if call.index != 0:
-                problems.add(f"402 on a follow-up call of a served job: {_describe(call)}")
+            if call.index != 0 and any(
+                c.end <= call.start and c.status == 200 and c.charge in ("charged", "reused")
+                for c in by_job.get(call.job_id, [])
+            ):
+                # A follow-up of a job that was charged rides free; one whose
+                # earlier calls were all let through uncharged (fail-open
+                # during an outage) is a new job to the ledger, and may be
+                # refused like any other.
+                problems.add(f"402 on a follow-up call of a charged job: {_describe(call)}")
             if call.balance is not None and call.balance >= cost:
                 problems.add(f"402 while the body says the balance covers it: {_describe(call)}")
         elif status == 409:
