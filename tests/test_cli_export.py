@@ -236,3 +236,34 @@ def test_prune_on_a_store_that_keeps_no_journal_still_prunes(
     assert prune_lines(ledger) == ["expired 0, refunded 0"]
     with pytest.raises(InvalidArgument, match="keeps no journal"):
         ledger.journal()
+
+
+def test_cursors_lists_and_deletes(capsys: pytest.CaptureFixture[str], db: str) -> None:
+    assert run(capsys, "cursors", "--url", db) == (0, "no journal cursors\n", "")
+    run(capsys, "export", "--url", db, "--cursor", "stripe")
+    with Ledger.from_url(db) as ledger:
+        ledger.cursor("warehouse")
+        assert ledger.cursor_exists("stripe")
+        assert not ledger.cursor_exists("nobody")
+    code, out, _ = run(capsys, "cursors", "--url", db)
+    assert code == 0
+    assert out.splitlines() == ["cursor     position", "stripe            6", "warehouse         0"]
+    assert json.loads(run(capsys, "cursors", "--url", db, "--json")[1]) == {
+        "stripe": 6,
+        "warehouse": 0,
+    }
+    assert run(capsys, "cursors", "--url", db, "--delete", "warehouse") == (
+        0,
+        "deleted warehouse\n",
+        "",
+    )
+    code, out, err = run(capsys, "cursors", "--url", db, "--delete", "warehouse")
+    assert (code, out) == (1, "")
+    assert "no journal cursor named 'warehouse'" in err
+    code, _, err = run(capsys, "cursors", "--url", db, "--delete", "bad name")
+    assert code == 1
+    assert "cursor name" in err
+    with Ledger.from_url(db) as ledger:
+        assert ledger.cursors() == {"stripe": 6}
+        # a deleted cursor no longer holds entries back
+        assert ledger.trim_journal(6) == 5  # SQLite keeps its newest entry

@@ -637,6 +637,17 @@ class Ledger:
         """Every stored cursor and its position."""
         return self._journal_call("cursors", "cursors")  # type: ignore[no-any-return]
 
+    def cursor_exists(self, name: str) -> bool:
+        """Whether the store has a cursor by that name (without creating it,
+        as :meth:`cursor` would)."""
+        name = check_cursor_name(name)
+        return self._journal_call("cursor", "get_cursor", name) is not None
+
+    def delete_cursor(self, name: str) -> bool:
+        """Forget a stored cursor, so it no longer holds entries back from
+        trimming (a retired exporter's). True if it existed."""
+        return self._delete_cursor(check_cursor_name(name))
+
     def _cursor_position(self, name: str) -> int:
         position = self._journal_call("cursor", "get_cursor", name)
         if position is None:

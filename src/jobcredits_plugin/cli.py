@@ -388,6 +388,26 @@ def _cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cursors(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        if args.delete:
+            for name in args.delete:
+                if not ledger.cursor_exists(name):
+                    raise CliError(f"no journal cursor named {name!r}")
+                ledger.delete_cursor(name)
+                _out(f"deleted {name}")
+            return 0
+        cursors = ledger.cursors()
+    if args.json:
+        _out(json.dumps(cursors, sort_keys=True))
+    elif not cursors:
+        _out("no journal cursors")
+    else:
+        for line in _table(("cursor", "position"), sorted(cursors.items())):
+            _out(line)
+    return 0
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     # Only stores with a server-side schema have anything to migrate; the
     # others create their tables themselves (SQLite) or keep none (memory).
@@ -864,6 +884,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --follow, how long to wait when there is nothing new (0.05 to 3600, default: 1)",
     )
     export.set_defaults(func=_cmd_export)
+
+    cursors = sub.add_parser(
+        "cursors",
+        help="list or delete the journal's named cursors",
+        description="List the journal cursors stored in the store and their positions "
+        "(the last seq each exporter finished with), or delete the cursor of a retired "
+        "exporter: a cursor holds back the trimming of every entry it has not read.",
+    )
+    cursors.add_argument("--url", help=url_help)
+    cursors.add_argument("--json", action="store_true", help="print them as a JSON object")
+    cursors.add_argument(
+        "--delete", action="append", metavar="NAME", help="delete this cursor (repeatable)"
+    )
+    cursors.set_defaults(func=_cmd_cursors)
 
     grant = sub.add_parser(
         "grant",

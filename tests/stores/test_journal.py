@@ -266,8 +266,13 @@ def test_cursors_move_forward_unless_rewound(make_ledger: MakeLedger) -> None:
     assert ledger.cursor("billing").position() == seqs[2]  # asking again keeps it
     assert cursor.rewind(seqs[0]) == seqs[0]
     assert [e.seq for e in cursor.read()] == seqs[1:]
+    assert ledger.cursor_exists("billing")
     assert cursor.delete() is True
     assert cursor.delete() is False
+    assert not ledger.cursor_exists("billing")
+    ledger.cursor("other")
+    assert ledger.delete_cursor("other") is True
+    assert ledger.cursors() == {}
     with pytest.raises(InvalidArgument, match="does not exist"):
         cursor.position()
     for bad in ("", "a b", "x" * 65, "x\n", 3):
