@@ -213,3 +213,17 @@ def test_journal_options_from_the_url(url: str, expected: dict[str, object]) -> 
 def test_bad_journal_options_are_refused(url: str) -> None:
     with pytest.raises(InvalidArgument):
         from_url(url)
+
+
+def test_a_cursor_falling_behind_the_limit_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore(journal_limit=3)
+    ledger = Ledger(store, clock=FakeClock())
+    ledger.cursor("slow")
+    with caplog.at_level("WARNING", logger="jobcredits_plugin"):
+        for i in range(10):
+            ledger.charge("acct", f"job-{i}")
+    warnings = [r for r in caplog.records if "journal_limit" in r.getMessage()]
+    assert len(warnings) == 1
+    assert [e.seq for e in ledger.journal(after=7)] == [8, 9, 10]

@@ -14,6 +14,7 @@ it comes up. That keeps every write O(log n) without a decrease-key.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import threading
 from collections import deque
@@ -137,9 +138,11 @@ class MemoryStore(BaseStore):
             entries.append((self._seq, row))
         excess = len(entries) - self.journal_limit
         if excess > 0:
+            was = self._lost_through
             for _ in range(excess):
                 self._lost_through = entries.popleft()[0]
-            if any(pos < self._lost_through for pos in self._cursors.values()):
+            # once per cursor falling behind, not on every later append
+            if any(was <= pos < self._lost_through for pos in self._cursors.values()):
                 log.warning(
                     "jobcredits memory store: journal_limit (%d) dropped entries up to "
                     "seq %d that a cursor had not read",
@@ -276,8 +279,7 @@ class MemoryStore(BaseStore):
                 return []
             # seqs are consecutive in the deque: index arithmetic, no scan
             start = max(0, after - entries[0][0] + 1)
-            stop = min(len(entries), start + limit)
-            picked = [entries[i] for i in range(start, stop)]
+            picked = list(itertools.islice(entries, start, start + limit))
         return [entry_from_row(seq, row) for seq, row in picked]
 
     def trim_journal(self, through: int | None, cutoff: float | None) -> int:
