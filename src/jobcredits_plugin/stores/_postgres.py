@@ -49,7 +49,7 @@ from ._base import (
     plan_refund,
     plan_settle,
 )
-from ._urls import redact_url
+from ._urls import JOURNAL_OPTIONS, parse_bool, redact_url
 
 try:
     import psycopg
@@ -818,27 +818,9 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "timeout": float,
     "statement_timeout": float,
     "prune_batch": int,
-    "auto_migrate": lambda v: _boolean(v),
-    "journal": lambda v: _boolean(v),
-    "journal_reuses": lambda v: _boolean(v),
-    "journal_max_age": lambda v: _optional_seconds(v),
+    "auto_migrate": parse_bool,
+    **JOURNAL_OPTIONS,
 }
-
-
-def _boolean(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def _optional_seconds(text: str) -> float | None:
-    """A number of seconds, or None for ``none``, ``off`` or nothing."""
-    if text.strip().lower() in ("", "none", "off"):
-        return None
-    return float(text)
 
 
 def redact_conninfo(conninfo: str) -> str:

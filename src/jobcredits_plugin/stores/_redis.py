@@ -65,7 +65,7 @@ from ._base import (
     plan_refund,
     plan_settle,
 )
-from ._urls import parse_options, redact_url
+from ._urls import JOURNAL_OPTIONS, parse_bool, parse_optional_seconds, parse_options, redact_url
 
 try:
     import redis
@@ -419,24 +419,13 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,
     "socket_timeout": float,
     "socket_connect_timeout": float,
-    "cluster": lambda v: _parse_bool(v),
+    "cluster": parse_bool,
     "retries": int,
-    "safety_expiry": lambda v: None if v.lower() in ("", "none", "off") else float(v),
+    "safety_expiry": parse_optional_seconds,
     "prune_batch": int,
     "db": int,
-    "journal": lambda v: _parse_bool(v),
-    "journal_reuses": lambda v: _parse_bool(v),
-    "journal_max_age": lambda v: None if v.lower() in ("", "none", "off") else float(v),
+    **JOURNAL_OPTIONS,
 }
-
-
-def _parse_bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, not {value!r}")
 
 
 def _s(value: Any) -> str:
