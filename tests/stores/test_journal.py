@@ -353,6 +353,27 @@ def test_the_async_twins(make_ledger: MakeLedger, clock: FakeClock) -> None:
 # -- races -------------------------------------------------------------------------------
 
 
+def charge_refund_confirm(
+    ledger: Ledger, prefix: str, *, calls: int, jobs: int, errors: list[BaseException]
+) -> None:
+    """One writer thread's work: ``calls`` charges over ``jobs`` reused ids
+    (charge, refund, charge again), every other charge refunded, the rest
+    confirmed. Errors go to ``errors`` for the test to report."""
+    try:
+        for i in range(calls):
+            job = f"{prefix}-{i % jobs}"
+            try:
+                c = ledger.charge("acct", job)
+            except JobInProgress:
+                continue
+            if c.charged and i % 2:
+                ledger.refund("acct", job, charge_id=c.record.charge_id)
+            elif c.charged:
+                ledger.confirm("acct", job, charge_id=c.record.charge_id)
+    except BaseException as exc:  # pragma: no cover - reported by the test
+        errors.append(exc)
+
+
 def test_concurrent_writers_and_readers_lose_and_repeat_nothing(
     make_ledger: MakeLedger, events: RecordingPlugin
 ) -> None:
@@ -366,19 +387,7 @@ def test_concurrent_writers_and_readers_lose_and_repeat_nothing(
     read: dict[int, list[JournalEntry]] = {0: [], 1: []}
 
     def writer(n: int) -> None:
-        try:
-            for i in range(25):
-                job = f"w{n}-{i % 10}"  # reused ids: charge, refund, charge again
-                try:
-                    c = ledger.charge("acct", job)
-                except JobInProgress:
-                    continue
-                if c.charged and i % 2:
-                    ledger.refund("acct", job, charge_id=c.record.charge_id)
-                elif c.charged:
-                    ledger.confirm("acct", job, charge_id=c.record.charge_id)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        charge_refund_confirm(ledger, f"w{n}", calls=25, jobs=10, errors=errors)
 
     def reader(r: int) -> None:
         after = 0

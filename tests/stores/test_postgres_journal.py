@@ -37,6 +37,7 @@ from jobcredits_plugin import (
 from jobcredits_plugin.stores import ClaimRequest
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+from tests.stores.test_journal import charge_refund_confirm
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -264,19 +265,7 @@ def test_many_writers_and_two_readers_see_every_entry_exactly_once(
     seen: dict[str, list[JournalEntry]] = {"r0": [], "r1": []}
 
     def writer(w: int) -> None:
-        try:
-            for i in range(50):
-                job = f"w{w}-{i % 20}"
-                try:
-                    c = ledger.charge("acct", job)
-                except JobInProgress:
-                    continue
-                if c.charged and i % 2:
-                    ledger.refund("acct", job, charge_id=c.record.charge_id)
-                elif c.charged:
-                    ledger.confirm("acct", job, charge_id=c.record.charge_id)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        charge_refund_confirm(ledger, f"w{w}", calls=50, jobs=20, errors=errors)
 
     def reader(name: str, limit: int) -> None:
         try:

@@ -150,13 +150,10 @@ class MemoryStore(BaseStore):
                     self._lost_through,
                 )
 
-    def _journal_events(self, events: list[Event], before: int | None, now: float) -> None:
-        """Journal events of one account whose balance before them was
-        ``before`` (None: read it now, nothing has moved it yet)."""
+    def _journal_events(self, events: list[Event], before: int, now: float) -> None:
+        """Journal events of one account whose balance before them was ``before``."""
         if self.journal and events:
-            balances = self._balances
-            start = (lambda _a: before) if before is not None else (lambda a: balances.get(a, 0))
-            self._append(journal_rows(events, start, now, self.journal_reuses))
+            self._append(journal_rows(events, lambda _a: before, now, self.journal_reuses))
 
     def _settle_due(
         self, now: float, *, max_entries: int | None = None, max_events: int | None = None
