@@ -11,6 +11,7 @@ when used.
 
 from ._decorator import charges_credit, current_charge, header
 from ._errors import (
+    ConfigurationError,
     InsufficientCredits,
     InvalidAccount,
     InvalidArgument,
@@ -30,6 +31,7 @@ from .hookspecs import hookimpl
 
 __all__ = [
     "Charge",
+    "ConfigurationError",
     "InsufficientCredits",
     "InvalidAccount",
     "InvalidArgument",

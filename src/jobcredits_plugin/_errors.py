@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 __all__ = [
+    "ConfigurationError",
     "InsufficientCredits",
     "InvalidAccount",
     "InvalidArgument",
@@ -159,6 +160,22 @@ class JobExhausted(JobCreditsError):
 
     def _extra(self) -> dict[str, Any]:
         return {"max_uses": self.max_uses}
+
+
+class ConfigurationError(JobCreditsError, ValueError):
+    """The app set the library up wrongly: a bad URL option, store setting,
+    ledger option or adapter setting, or an app callable (the account, the
+    clock) that returned something it must not.
+
+    Not an :class:`InvalidArgument`: that one describes a *client's* input and
+    answers 400, while this is the app's own bug, raised at construction where
+    it can be, and answered 500 when it can only show up during a request.
+    Also a :class:`ValueError`, like the bad-value errors Python code expects.
+    """
+
+    status = 500
+    code = "configuration_error"
+    title = "Credit ledger misconfigured"
 
 
 class StoreUnavailable(JobCreditsError):

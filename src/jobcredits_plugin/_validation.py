@@ -19,6 +19,18 @@ SCOPE_MAX = 64
 ACCOUNT_MAX = 256
 LABEL_MAX = 64
 
+#: The largest amount of credits anything may hold or move: a cost, a grant,
+#: a balance, ``max_uses``. 2**53 - 1 is the largest integer every store keeps
+#: exactly (Redis's Lua numbers are doubles; SQLite and PostgreSQL hold 64-bit
+#: integers), so no store ever rounds, wraps or overflows a figure.
+MAX_CREDITS = 2**53 - 1
+
+#: The longest duration any time option may name (ttl, lease, timeouts,
+#: expiry margins): ten years, in seconds. Far beyond any sensible setting,
+#: and small enough that a clock reading plus it stays exact everywhere (as
+#: milliseconds too, which Redis expiries use).
+MAX_SECONDS = 315_576_000.0
+
 #: The default character set of job ids and scopes: a UUID, a ULID or a
 #: ``namespace:counter`` id all fit, and none of these characters needs quoting
 #: in a header, a URL, a log line or a storage key.
