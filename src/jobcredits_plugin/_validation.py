@@ -9,10 +9,12 @@ key that was silently rewritten is a key that can collide.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
-from ._errors import InvalidAccount, InvalidArgument, InvalidJobId
+from ._errors import ConfigurationError, InvalidAccount, InvalidArgument, InvalidJobId
 
 JOB_ID_MAX = 128
 SCOPE_MAX = 64
@@ -39,6 +41,25 @@ _SCOPE_PATTERN = DEFAULT_JOB_ID_PATTERN
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators
 # that some log viewers treat as newlines.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@contextlib.contextmanager
+def configuring(what: str | None = None) -> Iterator[None]:
+    """Report a failed check as the app's :class:`ConfigurationError`.
+
+    The checks below raise :class:`InvalidArgument`, the 400 that describes a
+    client's input. The same check made while the app sets the library up (a
+    Ledger option, a store URL, a decorator's fixed cost, an adapter setting)
+    finds the app's own bug instead; wrapping that code in ``configuring()``
+    keeps one set of checks and still tells the two apart. ``what`` prefixes
+    the message (``"JOBCREDITS_TTL"``, ``"store URL ..."``).
+    """
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except InvalidArgument as exc:
+        raise ConfigurationError(f"{what}: {exc.detail}" if what else exc.detail) from exc
 
 
 def compile_job_id_pattern(pattern: str | re.Pattern[str] | None) -> re.Pattern[str]:
