@@ -181,13 +181,15 @@ def test_tcp_bounds_are_set_unless_the_url_names_them(url: str) -> None:
     """libpq's tcp_user_timeout and keepalives bound a server that vanishes
     without a FIN or RST; the connections really carry them, and the URL wins."""
     seen: list[dict[str, str]] = []
+    # A schema of its own: the default one may hold another version's tables.
     store = PostgresStore.from_url(
-        _with_query(url, keepalives_idle="30"),
+        _with_query(url, keepalives_idle="30", schema=f"jctest_{uuid.uuid4().hex[:12]}"),
         configure=lambda c: seen.append(c.info.get_parameters()),
     )
     try:
         store.lookup(("a", "default", "j"), 0.0)
     finally:
+        store.drop()
         store.close()
     params = seen[0]
     assert params["tcp_user_timeout"] == str(
