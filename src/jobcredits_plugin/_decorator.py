@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._ledger import Ledger
 from ._records import Charge
+from ._validation import check_flag, configuring
 
 __all__ = ["charges_credit", "current_charge", "header"]
 
@@ -100,7 +101,7 @@ def begin(
     try:
         return ledger.charge(account, job_id, scope=scope, cost=cost, tier=tier, backend=backend)
     except StoreUnavailable as exc:
-        if not fail_open:
+        if fail_open is not True:
             raise
         log.warning(
             "jobcredits store unavailable (%s); fail_open lets job %r of account %r through "
@@ -129,7 +130,7 @@ async def abegin(
             account, job_id, scope=scope, cost=cost, tier=tier, backend=backend
         )
     except StoreUnavailable as exc:
-        if not fail_open:
+        if fail_open is not True:
             raise
         log.warning(
             "jobcredits store unavailable (%s); fail_open lets job %r of account %r through "
@@ -225,6 +226,8 @@ def charges_credit(
     if not callable(account) or not callable(job_id):
         raise InvalidArgument("charges_credit: account and job_id must be callables")
     _check_on_missing(on_missing)
+    with configuring("charges_credit"):
+        check_flag("fail_open", fail_open)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from ._errors import (
 from ._journal import JournalCursor
 from ._records import Charge, JobRecord, JournalEntry
 from ._validation import (
+    CLOCK_MAX,
     check_account,
     check_amount,
     check_charge_id,
+    check_clock_reading,
     check_cost,
     check_cursor_name,
     check_job_id,
@@ -222,6 +224,17 @@ class Ledger:
     def clock(self) -> Callable[[], float]:
         return self._clock
 
+    def now(self) -> float:
+        """The clock's reading, checked: seconds since the epoch as a finite
+        float from 0 to below 2**33. A clock that returns anything else (None,
+        NaN, infinity, a negative or a millisecond reading) is the app's bug:
+        :class:`~jobcredits_plugin.ConfigurationError`, before any store is
+        touched, so nothing is recorded on a time that means nothing."""
+        now = self._clock()
+        if type(now) is float and 0.0 <= now < CLOCK_MAX:
+            return now  # the charge path's case: no call, one comparison
+        return check_clock_reading(now)
+
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
         """This ledger's own pluggy manager (never shared with another ledger)."""
@@ -353,7 +366,7 @@ class Ledger:
             cost=check_cost(cost),
             tier=check_label("tier", tier),
             backend=check_label("backend", backend),
-            now=self._clock(),
+            now=self.now(),
             ttl=self._ttl,
             lease=self._lease,
             max_uses=self._max_uses,
@@ -497,7 +510,7 @@ class Ledger:
         """
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        return self._call("confirm", self._store.confirm, key, cid, self._clock())
+        return self._call("confirm", self._store.confirm, key, cid, self.now())
 
     def refund(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -508,7 +521,7 @@ class Ledger:
         """
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        event = self._call("refund", self._store.refund, key, cid, self._clock())
+        event = self._call("refund", self._store.refund, key, cid, self.now())
         if event is None:
             return False
         self._fire((event,))
@@ -517,7 +530,7 @@ class Ledger:
     def lookup(self, account: str, job_id: str, *, scope: str = "default") -> JobRecord | None:
         """The job's live record, or None (never a refunded or expired one)."""
         key = self._key(account, job_id, scope)
-        return self._call("lookup", self._store.lookup, key, self._clock())
+        return self._call("lookup", self._store.lookup, key, self.now())
 
     def prune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Remove expired jobs (``on_expire``) and refund first calls whose lease
@@ -528,7 +541,7 @@ class Ledger:
         (run it again for the rest).
         """
         events = self._call(
-            "prune", self._store.prune, self._clock(), check_optional_count("limit", limit)
+            "prune", self._store.prune, self.now(), check_optional_count("limit", limit)
         )
         self._fire(events)
         return [e.record for e in events]
@@ -536,7 +549,7 @@ class Ledger:
     def snapshot(self) -> list[JobRecord]:
         """Every live job, oldest charge first. Reads the whole store: for
         operators, not for the request path."""
-        return self._call("snapshot", self._store.snapshot, self._clock())
+        return self._call("snapshot", self._store.snapshot, self.now())
 
     def grant(self, account: str, amount: int) -> int:
         """Add ``amount`` credits (negative to take some away; a balance never
@@ -547,7 +560,7 @@ class Ledger:
             self._store.grant,
             check_account(account),
             check_amount(amount),
-            self._clock(),
+            self.now(),
             _new_charge_id(),
         )
 
@@ -605,7 +618,7 @@ class Ledger:
                 return None, None
         cutoff = None
         if max_age is not None:
-            cutoff = self._clock() - check_positive_seconds("max_age", max_age)
+            cutoff = self.now() - check_positive_seconds("max_age", max_age)
         return through, cutoff
 
     def trim_journal(self, before: int | None = None, *, max_age: float | None = None) -> int:
@@ -704,7 +717,7 @@ class Ledger:
         """Async twin of :meth:`confirm`."""
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        return await self._acall("confirm", self._store.aconfirm, key, cid, self._clock())
+        return await self._acall("confirm", self._store.aconfirm, key, cid, self.now())
 
     async def arefund(
         self, account: str, job_id: str, *, scope: str = "default", charge_id: str | None = None
@@ -713,7 +726,7 @@ class Ledger:
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
         event = await self._acall(
-            "refund", self._store.arefund, key, cid, self._clock(), late=_one_event
+            "refund", self._store.arefund, key, cid, self.now(), late=_one_event
         )
         if event is None:
             return False
@@ -725,14 +738,14 @@ class Ledger:
     ) -> JobRecord | None:
         """Async twin of :meth:`lookup`."""
         key = self._key(account, job_id, scope)
-        return await self._acall("lookup", self._store.alookup, key, self._clock())
+        return await self._acall("lookup", self._store.alookup, key, self.now())
 
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
         events = await self._acall(
             "prune",
             self._store.aprune,
-            self._clock(),
+            self.now(),
             check_optional_count("limit", limit),
             late=_all_events,
         )
@@ -741,7 +754,7 @@ class Ledger:
 
     async def asnapshot(self) -> list[JobRecord]:
         """Async twin of :meth:`snapshot`."""
-        return await self._acall("snapshot", self._store.asnapshot, self._clock())
+        return await self._acall("snapshot", self._store.asnapshot, self.now())
 
     async def agrant(self, account: str, amount: int) -> int:
         """Async twin of :meth:`grant`."""
@@ -750,7 +763,7 @@ class Ledger:
             self._store.agrant,
             check_account(account),
             check_amount(amount),
-            self._clock(),
+            self.now(),
             _new_charge_id(),
         )
 

@@ -39,8 +39,31 @@ MAX_SECONDS = 315_576_000.0
 DEFAULT_JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+")
 _SCOPE_PATTERN = DEFAULT_JOB_ID_PATTERN
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators
-# that some log viewers treat as newlines.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# that some log viewers treat as newlines: refused in accounts and labels.
+# Lone surrogates: valid in a JSON string ("\\ud800") and in a Python str, but
+# not text: no store can encode them (UTF-8 refuses), so they are refused here
+# like control characters, before anything is recorded.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Either of the two, in one scan (the common case finds neither).
+_BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _bad_text(value: str) -> str | None:
+    """What is wrong with ``value``'s characters, or None when nothing is."""
+    found = _BAD_TEXT.search(value)
+    if found is None:
+        return None
+    if _SURROGATE.match(found.group()):
+        return "lone surrogates (U+D800..U+DFFF)"
+    return "control characters"
+
+
+def check_text(name: str, value: str) -> str:
+    """Refuse control characters and lone surrogates in a string ``name``."""
+    problem = _bad_text(value)
+    if problem is not None:
+        raise InvalidArgument(f"{name} must not contain {problem}")
+    return value
 
 
 @contextlib.contextmanager
@@ -101,6 +124,9 @@ def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN)
             f"job id {_preview(job_id)} has characters outside the allowed pattern "
             f"{pattern.pattern!r}"
         )
+    if pattern is not DEFAULT_JOB_ID_PATTERN and _SURROGATE.search(job_id) is not None:
+        # An app's own pattern (``.+``) may admit them; no store can hold them.
+        raise InvalidJobId("job id must not contain lone surrogates (U+D800..U+DFFF)")
     return job_id
 
 
@@ -123,8 +149,9 @@ def check_account(account: Any) -> str:
         raise InvalidAccount(
             f"account is {len(account)} characters long; at most {ACCOUNT_MAX} allowed"
         )
-    if _CONTROL.search(account) is not None:
-        raise InvalidAccount("account must not contain control characters")
+    problem = _bad_text(account)
+    if problem is not None:
+        raise InvalidAccount(f"account must not contain {problem}")
     return account
 
 
@@ -151,8 +178,9 @@ def check_label(name: str, value: Any) -> str | None:
         raise InvalidArgument(f"{name} must be a string or None, not {type(value).__name__}")
     if not value or len(value) > LABEL_MAX:
         raise InvalidArgument(f"{name} must be 1-{LABEL_MAX} characters long")
-    if _CONTROL.search(value) is not None:
-        raise InvalidArgument(f"{name} must not contain control characters")
+    problem = _bad_text(value)
+    if problem is not None:
+        raise InvalidArgument(f"{name} must not contain {problem}")
     return value
 
 
@@ -161,7 +189,45 @@ def check_charge_id(charge_id: Any) -> str | None:
         return None
     if not isinstance(charge_id, str) or not charge_id or len(charge_id) > 64:
         raise InvalidArgument("charge_id must be None or a non-empty string of at most 64 chars")
+    problem = _bad_text(charge_id)
+    if problem is not None:
+        raise InvalidArgument(f"charge_id must not contain {problem}")
     return charge_id
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A yes/no option (``fail_open``, ``balances``): True or False only.
+
+    ``fail_open="false"`` from a settings file is a non-empty string, and a
+    truthy one: read as a flag it would silently give the service away for
+    free during an outage.
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+#: Clock readings are seconds since the epoch: 0 up to (not including) 2**33,
+#: the year 2242. A reading outside, or one that is not a finite number, means
+#: the app's clock is broken (a millisecond clock, a None, a NaN).
+CLOCK_MAX = float(2**33)
+
+
+def check_clock_reading(now: Any) -> float:
+    """A clock reading as a float, or :class:`ConfigurationError`: a broken
+    clock is the app's bug, never the client's (a NaN, for one, compares
+    false with every lease and expiry, and would let a job be charged again)."""
+    if type(now) is float and 0.0 <= now < CLOCK_MAX:
+        return now
+    if isinstance(now, (int, float)) and not isinstance(now, bool):
+        value = float(now) if abs(now) < 2**64 else float("inf")
+        if 0.0 <= value < CLOCK_MAX:
+            return value
+    raise ConfigurationError(
+        f"the ledger's clock returned {now!r} ({type(now).__name__}); it must return "
+        f"seconds since the epoch as a finite number from 0 to below 2**33 "
+        "(time.time() does)"
+    )
 
 
 def check_positive_seconds(name: str, value: Any) -> float:

@@ -26,7 +26,7 @@ from ._decorator import _current, abegin, afinish, begin, finish, header, identi
 from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_cost, check_label, check_scope
+from ._validation import check_cost, check_flag, check_label, check_scope, configuring
 
 __all__ = [
     "CREDITS_HEADER",
@@ -369,6 +369,8 @@ class RoutedMiddleware(Generic[AppT]):
         if not callable(account):
             raise InvalidArgument(f"account must be a callable of the {request_kind}")
         check_on_missing(on_missing)
+        with configuring():
+            check_flag("fail_open", fail_open)
         self.app = app
         self.ledger = ledger
         self.routes = compile_routes(routes)

@@ -256,7 +256,7 @@ def stats_lines(stats: dict[str, Any], *, as_json: bool) -> list[str]:
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _open(args) as ledger:
         records = ledger.snapshot()
-        now = ledger.clock()
+        now = ledger.now()
     for line in stats_lines(stats_of(records, now), as_json=args.json):
         _out(line)
     return 0

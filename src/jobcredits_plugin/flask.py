@@ -51,6 +51,7 @@ from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
+from ._validation import check_flag, configuring
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
@@ -395,6 +396,9 @@ def charges_credit(
         raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
     if account is not None and not callable(account):
         raise InvalidArgument("account must be a callable of the Flask request")
+    if fail_open is not None:
+        with configuring("charges_credit"):
+            check_flag("fail_open", fail_open)
 
     def prepare() -> tuple[Ledger, dict[str, Any], str]:
         state = get_state()

@@ -54,6 +54,7 @@ from typing import Any, cast
 
 from .._errors import InvalidArgument, StoreUnavailable
 from .._records import JobRecord, JobState, JournalEntry, JournalKind
+from .._validation import check_text, configuring
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -567,6 +568,8 @@ class RedisStore(BaseStore):
     ) -> None:
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise InvalidArgument(f"prefix must be a string without braces, not {prefix!r}")
+        with configuring("RedisStore"):
+            check_text("prefix", prefix)
         if not socket_timeout > 0 or not socket_connect_timeout > 0:
             raise InvalidArgument("socket timeouts must be positive numbers of seconds")
         if retries < 0:
