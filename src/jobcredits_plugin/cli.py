@@ -9,9 +9,12 @@ figures are the same for the same seed.
 
 Only :mod:`argparse`: the core depends on attrs and pluggy alone, and a command
 line for a billing store must not add more. Errors come out as one
-``jobcredits: error: ...`` line on stderr, never a traceback: exit status 2
-for a command line argparse rejects, 1 for an error the ledger or the store
-reports.
+``jobcredits: error: ...`` line on stderr, never a traceback (unless asked
+for with ``--traceback`` or ``JOBCREDITS_TRACEBACK=1``), with a URL's
+password masked: exit status 2 for a command line argparse rejects, 1 for an
+error the ledger or the store reports (a bad value, a store that cannot be
+reached), 70 (``EX_SOFTWARE``) for an unexpected one (a bug: the line says
+so), 130 for Ctrl-C. :func:`describe_error` is that one mapping.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import random
 import signal
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 from collections import Counter
@@ -48,6 +53,16 @@ __all__ = ["main"]
 
 PROG = "jobcredits"
 URL_ENV = "JOBCREDITS_URL"
+#: Set to 1 (or true/yes/on) to print the traceback of an error, as --traceback does.
+TRACEBACK_ENV = "JOBCREDITS_TRACEBACK"
+
+#: Exit statuses: a mistake in what the operator asked for (or a store that
+#: cannot be reached), a command line argparse rejects, a bug (sysexits.h's
+#: EX_SOFTWARE), and an interrupt (128 + SIGINT, as shells report it).
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOFTWARE = 70
+EXIT_INTERRUPTED = 130
 
 Environ = dict[str, Any]
 Headers = list[tuple[str, str]]
@@ -58,7 +73,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 class CliError(Exception):
     """A failure to report as one line on stderr, with the exit status to use."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.status = status
 
@@ -71,7 +86,7 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        raise CliError(f"{message} (see '{self.prog} --help')", status=2)
+        raise CliError(f"{message} (see '{self.prog} --help')", status=EXIT_USAGE)
 
 
 # -- shared helpers -------------------------------------------------------------------
@@ -98,8 +113,47 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], left: int =
 
 def _iso(ts: float) -> str:
     """Seconds since the epoch as ISO-8601 UTC: unambiguous whatever the
-    operator's time zone, and what log search tools parse."""
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    operator's time zone, and what log search tools parse.
+
+    A time no calendar date can show (past the year 9999: a store written by
+    a clock that counted milliseconds, a ttl of 1e12 seconds; or not a finite
+    number) is printed as the number of seconds it holds, so that the
+    operator sees the odd record instead of a crash.
+    """
+    try:
+        if math.isfinite(ts):
+            return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # out of the datetime range
+        pass
+    return _seconds(ts)
+
+
+def _seconds(ts: float) -> str:
+    """A number of seconds as plain digits (no exponent), to the millisecond."""
+    if not math.isfinite(ts):
+        return str(ts)
+    if float(ts).is_integer():
+        return str(int(ts))
+    return f"{ts:.3f}".rstrip("0").rstrip(".")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by None,
+    in nested dicts and lists: JSON has no such numbers, and a reader (jq, a
+    billing import) rejects Python's ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (RFC 8259) for everything the commands print: NaN and
+    infinity become null rather than the invalid ``NaN`` tokens."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -153,7 +207,7 @@ def snapshot_lines(records: Sequence[JobRecord], *, as_json: bool, limit: int) -
     ``manage.py jobcredits``): all records as JSON, or a table of the first
     ``limit`` with a line saying how many more there are."""
     if as_json:
-        return [json.dumps([attrs.asdict(r) for r in records], indent=2)]
+        return [dumps([attrs.asdict(r) for r in records], indent=2)]
     if not records:
         return ["no live jobs"]
     shown = records[:limit]
@@ -228,7 +282,7 @@ def _age(seconds: float) -> str:
 def stats_lines(stats: dict[str, Any], *, as_json: bool) -> list[str]:
     """What ``jobcredits stats`` prints: a short report, or the JSON object."""
     if as_json:
-        return [json.dumps(stats, indent=2)]
+        return [dumps(stats, indent=2)]
     states = stats["by_state"]
     lines = [
         f"live jobs: {stats['live_jobs']} (pending {states['pending']}, "
@@ -325,7 +379,7 @@ def export_journal(
         page = cursor.read(limit=batch)
         if page:
             for entry in page:
-                out.write(json.dumps(entry.to_dict(), separators=(",", ":")) + "\n")
+                out.write(dumps(entry.to_dict(), separators=(",", ":")) + "\n")
             out.flush()
             cursor.advance(page[-1])
             written += len(page)
@@ -399,7 +453,7 @@ def _cmd_cursors(args: argparse.Namespace) -> int:
             return 0
         cursors = ledger.cursors()
     if args.json:
-        _out(json.dumps(cursors, sort_keys=True))
+        _out(dumps(cursors, sort_keys=True))
     elif not cursors:
         _out("no journal cursors")
     else:
@@ -796,6 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-job credits: run the demo, or inspect and settle a store.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    traceback_help = f"on an error, print its traceback too (or set {TRACEBACK_ENV}=1)"
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser(
@@ -925,13 +981,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--url", help=url_help)
     migrate.set_defaults(func=_cmd_migrate)
+    for command in sub.choices.values():
+        # Also after the command's name; SUPPRESS keeps a --traceback given
+        # before it from being reset.
+        command.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=traceback_help
+        )
     return parser
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one line to print for an error that ended a command, and the exit
+    status: the mapping every command shares.
+
+    - the command line argparse rejects (``CliError`` with status 2): 2;
+    - what the operator asked for is wrong, or the store cannot be reached
+      (``CliError``, every :class:`~jobcredits_plugin.JobCreditsError`:
+      ``InvalidArgument``, ``ConfigurationError``, ``StoreUnavailable``...; an
+      ``ImportError`` naming the extra a URL needs; an ``OSError`` of the
+      machine): 1, with the error's own message;
+    - Ctrl-C: 130;
+    - anything else is a bug, in this package or in a store driver: 70
+      (``EX_SOFTWARE``), as ``internal error: <type>: <message>`` and how to
+      get the traceback for a report.
+    """
+    if isinstance(exc, CliError):
+        return str(exc), exc.status
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, (JobCreditsError, ImportError, OSError)):
+        return str(exc) or type(exc).__name__, EXIT_ERROR
+    text = str(exc)
+    name = type(exc).__name__
+    return (f"internal error: {name}: {text} " if text else f"internal error: {name} ") + (
+        f"(a bug in jobcredits-plugin or a store driver; run again with --traceback "
+        f"or {TRACEBACK_ENV}=1 for the traceback, and report it)"
+    ), EXIT_SOFTWARE
+
+
+def _redact(text: str, args: argparse.Namespace | None) -> str:
+    """``text`` with the password of every store URL the command was given masked.
+
+    TODO(issue 12, item 2): once ``stores._urls.redact_text`` exists, use it:
+    it also masks URLs a driver quotes in a form other than the one given.
+    """
+    urls = {os.environ.get(URL_ENV)}
+    if args is not None:
+        urls |= {getattr(args, "url", None), getattr(args, "store", None)}
+    for url in sorted(u for u in urls if u):
+        safe = redact_url(url)
+        if safe != url:
+            text = text.replace(url, safe)
+    return text
+
+
+def _want_traceback(args: argparse.Namespace | None) -> bool:
+    if args is not None and getattr(args, "traceback", False):
+        return True
+    return os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``jobcredits`` command; returns the exit status instead of
     exiting, so tests and other tools can call it."""
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
         try:
             args = parser.parse_args(argv)
@@ -939,19 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except CliError as exc:
-        _error(str(exc))
-        return exc.status
-    except JobCreditsError as exc:
-        _error(str(exc))
-        return 1
-    except ImportError as exc:
-        # a store URL whose driver is an extra that is not installed: the
-        # message names the extra
-        _error(str(exc))
-        return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader (``| head``) went away: stop quietly, and keep Python
         # from complaining again when it flushes stdout at exit.
@@ -960,7 +1063,14 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):
             pass
-        return 1
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line, never a traceback
+        message, status = describe_error(exc)
+        if _want_traceback(args) and not isinstance(exc, CliError):
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            sys.stderr.write(_redact(text, args))
+        _error(_redact(message, args))
+        return status
 
 
 def _error(message: str) -> None:
