@@ -14,6 +14,7 @@ import pytest
 
 from jobcredits_plugin import (
     Charge,
+    ConfigurationError,
     InvalidArgument,
     InvalidJobId,
     JobInProgress,
@@ -590,20 +591,66 @@ def test_concurrent_calls_with_one_job_id_charge_exactly_once(
 
 def test_charges_credit_rejects_bad_arguments(ledger: Ledger) -> None:
     """A non-Ledger, non-callable account/job_id or an unknown on_missing raise
-    InvalidArgument at decoration time."""
-    with pytest.raises(InvalidArgument):
+    ConfigurationError (the app's mistake, not a caller's 400) at decoration
+    time."""
+    with pytest.raises(ConfigurationError):
         charges_credit(object(), account=account_of, job_id=job_of)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(ledger, account="acct", job_id=job_of)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(ledger, account=account_of, job_id="job")  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(
             ledger,
             account=account_of,
             job_id=job_of,
             on_missing="ignore",  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cost": -1},
+        {"cost": 1.5},
+        {"cost": True},
+        {"cost": "1"},
+        {"scope": "no spaces"},
+        {"scope": ""},
+        {"scope": "s\ud800"},
+        {"scope": None},
+        {"tier": "\x00"},
+        {"tier": ""},
+        {"tier": "t" * 65},
+        {"backend": 5},
+        {"fail_open": "no"},
+        {"fail_open": None},
+        {"fail_open": 1},
+    ],
+)
+def test_charges_credit_checks_fixed_options_at_decoration(
+    ledger: Ledger, options: dict[str, Any]
+) -> None:
+    """A fixed cost, scope, tier, backend or fail_open that could never be
+    charged fails when the app is defined (ConfigurationError), not with a
+    400 (or a raw store error) at every call; a truthy string must never turn
+    fail-open on. Nothing is recorded."""
+    with pytest.raises(ConfigurationError):
+        charges_credit(ledger, account=account_of, job_id=job_of, **options)
+    assert ledger.snapshot() == []
+
+
+def test_charges_credit_leaves_callable_options_to_the_call(ledger: Ledger) -> None:
+    """Callables are checked per call; their bad result is refused then, with
+    nothing recorded."""
+
+    @charges_credit(ledger, account=account_of, job_id=job_of, cost=lambda *a: -1)
+    def summarize(req: Mapping[str, Any]) -> str:
+        return "done"
+
+    with pytest.raises(InvalidArgument):
+        summarize({"account": "acct", "job": "job-1"})
+    assert ledger.snapshot() == []
 
 
 # -- header() ---------------------------------------------------------------------------------

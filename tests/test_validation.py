@@ -4,6 +4,7 @@ nothing; distinct job keys never collide (DESIGN §2, "Validation" and "job key"
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -339,3 +340,33 @@ def test_keys_that_a_joined_string_would_confuse_stay_distinct(
         # refunding one leaves the other alone
         assert ledger.refund(first[0], first[2], scope=first[1]) is True
         assert ledger.lookup(second[0], second[2], scope=second[1]) == b.record
+
+
+# -- hostile input found by tests/test_hostile_input.py ------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["x{99999999999}", "a{5,3}", re.compile(b"x")])
+def test_job_id_pattern_that_cannot_work_is_refused(pattern: Any) -> None:
+    """A repeat count beyond re's limit raised a bare OverflowError, and a
+    bytes pattern made every charge raise TypeError: both are a bad pattern."""
+    with pytest.raises(JobCreditsError) as info:
+        Ledger(job_id_pattern=pattern)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "charge_id", ["\x00", "a\nb", "\x1b[31m", "\x7f", "\x85", "\u2028", "\ud800", "c\udc80"]
+)
+def test_charge_id_with_control_characters_or_surrogates_is_refused(charge_id: str) -> None:
+    """The ledger's charge ids are hex: one with a control character (a log
+    line splitter) or a lone surrogate (no store can encode it) is a 400, and
+    nothing changes."""
+    ledger = make_ledger(balances=True)
+    ledger.grant(A, 5)
+    charge = ledger.charge(A, J)
+    with pytest.raises(InvalidArgument):
+        ledger.confirm(A, J, charge_id=charge_id)
+    with pytest.raises(InvalidArgument):
+        ledger.refund(A, J, charge_id=charge_id)
+    assert ledger.lookup(A, J) == charge.record
+    assert ledger.balance(A) == 4

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from ._errors import (
+    ConfigurationError,
     InvalidArgument,
     JobCreditsError,
     MissingJobId,
@@ -27,7 +28,7 @@ from ._errors import (
 )
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_flag, configuring
+from ._validation import check_cost, check_flag, check_label, check_scope, configuring
 
 __all__ = ["charges_credit", "current_charge", "header"]
 
@@ -221,13 +222,24 @@ def charges_credit(
     unavailable (logged); by default they get :class:`StoreUnavailable`.
     Works on sync and async functions alike.
     """
+    # Every fixed option is checked here, when the app is defined: left to
+    # the first call, a typo would refuse every caller (or, for a cost out of
+    # range, fail on one store and not another) instead of failing the deploy.
+    # These are the app's own mistakes, so ConfigurationError, not the 400
+    # that describes a caller's input; callables can only be checked per call.
     if not isinstance(ledger, Ledger):
-        raise InvalidArgument(f"charges_credit needs a Ledger, not {type(ledger).__name__}")
+        raise ConfigurationError(f"charges_credit needs a Ledger, not {type(ledger).__name__}")
     if not callable(account) or not callable(job_id):
-        raise InvalidArgument("charges_credit: account and job_id must be callables")
-    _check_on_missing(on_missing)
+        raise ConfigurationError("charges_credit: account and job_id must be callables")
     with configuring("charges_credit"):
         check_flag("fail_open", fail_open)
+        _check_on_missing(on_missing)
+        check_scope(scope)
+        if not callable(cost):
+            check_cost(cost)
+        for label, value in (("tier", tier), ("backend", backend)):
+            if not callable(value):
+                check_label(label, value)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -94,11 +94,18 @@ def compile_job_id_pattern(pattern: str | re.Pattern[str] | None) -> re.Pattern[
     if pattern is None:
         return DEFAULT_JOB_ID_PATTERN
     if isinstance(pattern, re.Pattern):
+        if not isinstance(pattern.pattern, str):
+            # A bytes pattern cannot match a str id: every charge would raise
+            # TypeError instead of the ledger refusing it here.
+            raise InvalidArgument("job_id_pattern must be a str pattern, not a bytes one")
         return pattern
     if isinstance(pattern, str):
         try:
             return re.compile(pattern)
-        except re.error as exc:
+        # re raises OverflowError for a repeat count beyond its limit
+        # (``x{99999999999}``) and RecursionError for very deep nesting: the
+        # same bad expression as any other.
+        except (re.error, OverflowError, RecursionError) as exc:
             raise InvalidArgument(
                 f"job_id_pattern is not a valid regular expression: {exc}"
             ) from exc

@@ -108,7 +108,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # One reader per header name: the same few names are read on every request,
 # and building the reader validates the name once.
-_reader = functools.lru_cache(maxsize=64)(_header)
+_cached_reader = functools.lru_cache(maxsize=64)(_header)
+
+
+def _reader(name: Any) -> Callable[..., str | None]:
+    # Only a str reaches the cache: a list from a settings file would make
+    # lru_cache raise a bare TypeError ("unhashable") instead of the header
+    # check's own error.
+    return _cached_reader(name) if isinstance(name, str) else _header(name)
 
 
 @attrs.define(slots=True)

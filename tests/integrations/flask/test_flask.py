@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException  # noqa: E402
 
 from jobcredits_plugin import (  # noqa: E402
     InvalidArgument,
+    JobCreditsError,
     JobExhausted,
     Ledger,
     current_charge,
@@ -942,6 +943,21 @@ def test_bad_config_fails_at_init_app(key: str, value: Any) -> None:
     app.config[key] = value
     with pytest.raises(InvalidArgument):
         JobCredits(app)
+
+
+@pytest.mark.parametrize("value", [[], ["X-Job-Id"], {"X-Job-Id": 1}, None, 5, b"X-Job-Id"])
+def test_a_job_header_that_is_not_a_string_is_a_config_error(value: Any) -> None:
+    """JOBCREDITS_JOB_HEADER = [] raised a bare TypeError ("unhashable") from
+    the header cache; it is a setup mistake like any bad header name, and so
+    is a view's header=[]."""
+    app = flask.Flask(__name__)
+    app.config["JOBCREDITS_JOB_HEADER"] = value
+    with pytest.raises(JobCreditsError) as info:
+        JobCredits(app)
+    assert isinstance(info.value, ValueError)
+    if value is not None:  # a view's header=None means the app's header
+        with pytest.raises(JobCreditsError):
+            charges_credit(header=value)
 
 
 def test_a_view_on_an_app_without_the_extension_is_a_clear_error() -> None:
