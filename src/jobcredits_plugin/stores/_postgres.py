@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'PostgresStore needs psycopg 3 and psycopg_pool: pip install "jobcredits-plugin[postgres]"'
     ) from exc
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "is_unavailable"]
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -886,7 +886,11 @@ def _dead(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
 
 
 #: Errors after which the operation is known not to have committed, or is
-#: unknown; either way the caller sees StoreUnavailable (see PostgresStore).
+#: unknown; either way the caller sees StoreUnavailable (see PostgresStore):
+#: the OperationalError family (SQLSTATE classes 08 connection, 40 rolled
+#: back, 53 insufficient resources, 55 lock not available, 57 shutdown or
+#: statement timeout, 58 I/O) and the pool's own. Integrity, programming and
+#: data errors (classes 23, 42, 22) are bugs and are raised as they are.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
@@ -896,6 +900,19 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg_pool.TooManyRequests,
     OSError,
 )
+#: OperationalError classes that are bugs all the same: 54, a program limit
+#: exceeded (a statement too complex, too many arguments).
+_BUG_CLASSES = ("54",)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a driver error means the server could not be reached or could
+    not serve right now (StoreUnavailable, which fail_open may let through),
+    rather than a bug (raised as it is)."""
+    if not isinstance(exc, _UNAVAILABLE):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    return not (isinstance(sqlstate, str) and sqlstate.startswith(_BUG_CLASSES))
 
 
 #: libpq's TCP keepalive settings the store uses unless the URL names them.
@@ -1253,6 +1270,8 @@ class PostgresStore(BaseStore):
                         (version + 1,),
                     )
         except _UNAVAILABLE as exc:
+            if not is_unavailable(exc):
+                raise
             raise self._unavailable(exc) from exc
         with self._lock:
             self._ready = True
@@ -1268,6 +1287,8 @@ class PostgresStore(BaseStore):
         try:
             version = self.schema_version()
         except _UNAVAILABLE as exc:
+            if not is_unavailable(exc):
+                raise
             raise self._unavailable(exc) from exc
         if version != SCHEMA_VERSION:
             raise StoreUnavailable(
@@ -1353,6 +1374,8 @@ class PostgresStore(BaseStore):
             except psycopg.errors.QueryCanceled as exc:
                 raise self._unavailable(exc) from exc
             except _UNAVAILABLE as exc:
+                if not is_unavailable(exc):
+                    raise
                 if not retry or attempt or isinstance(exc, psycopg_pool.PoolTimeout):
                     raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover

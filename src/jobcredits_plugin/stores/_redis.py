@@ -81,7 +81,69 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         'RedisStore needs the redis driver: pip install "jobcredits-plugin[redis]"'
     ) from exc
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "is_unavailable"]
+
+
+def _exception_types(*names: str) -> tuple[type[BaseException], ...]:
+    """The named redis-py exception classes this version of redis-py has."""
+    found = (getattr(redis.exceptions, name, None) for name in names)
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, BaseException))
+
+
+#: Driver errors that mean "could not reach the server, or it cannot serve
+#: right now": only these become StoreUnavailable, the 503 that fail_open may
+#: let through. Connection failures (refused, reset, auth, too many clients),
+#: timeouts, a server still loading its data, a replica that became read-only
+#: in a failover, a cluster that is down, resharding or unreachable, a server
+#: out of memory, and a garbled reply from a dying connection.
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,
+    *_exception_types(
+        "ConnectionError",  # also BusyLoadingError, AuthenticationError, MaxConnectionsError
+        "TimeoutError",
+        "BusyLoadingError",
+        "ReadOnlyError",
+        "TryAgainError",
+        "ClusterError",  # ClusterDownError, MasterDownError, "TTL exhausted"
+        "ClusterDownError",
+        "MasterDownError",
+        "SlotNotCoveredError",
+        "RedisClusterUnreachableError",
+        "OutOfMemoryError",
+        "InvalidResponse",
+    ),
+)
+#: Error replies that say the same, for the ones redis-py has no class for
+#: (a script running past its time limit answers BUSY to everyone else).
+_UNAVAILABLE_REPLIES = (
+    "BUSY ",
+    "LOADING ",
+    "MASTERDOWN ",
+    "READONLY ",
+    "TRYAGAIN ",
+    "CLUSTERDOWN ",
+    "NOREPLICAS ",
+    "OOM ",
+)
+#: Every error the driver raises (the cluster client's own are no RedisError).
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    OSError,
+    *_exception_types("RedisClusterException"),
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a driver error means the server could not be reached or cannot
+    serve right now (StoreUnavailable), rather than a bug: a script's error
+    reply, a DataError, a wrong type (raised as they are, and never passed by
+    fail_open)."""
+    if isinstance(exc, _UNAVAILABLE_TYPES):
+        return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return str(exc).startswith(_UNAVAILABLE_REPLIES)
+    return False
+
 
 # -- the scripts -----------------------------------------------------------------------
 #
@@ -662,8 +724,11 @@ class RedisStore(BaseStore):
             return redis.Redis.from_url(driver_url, **self._client_kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
-        except RedisError as exc:  # the cluster client reads the topology at once
-            raise self._unavailable(exc) from exc
+        except _DRIVER_ERRORS as exc:  # the cluster client reads the topology at once
+            fault = self._fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
 
     def _cluster_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self._client_kwargs)
@@ -710,6 +775,14 @@ class RedisStore(BaseStore):
 
     # -- errors --------------------------------------------------------------------------
 
+    def _fault(self, exc: BaseException) -> BaseException:
+        """What to raise for a driver error: StoreUnavailable when the server
+        could not be reached or cannot serve right now, the error itself when
+        it is a bug (a script error, bad data), which fail_open never passes."""
+        if is_unavailable(exc):
+            return self._unavailable(exc)
+        return exc
+
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in str(exc):
             return StoreUnavailable(
@@ -722,14 +795,20 @@ class RedisStore(BaseStore):
             raise StoreUnavailable(f"{self._label} is closed")
         try:
             return fn(*args, **kwargs)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        except _DRIVER_ERRORS as exc:
+            fault = self._fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
 
     async def _arun(self, coro: Any) -> Any:
         try:
             return await coro
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+        except _DRIVER_ERRORS as exc:
+            fault = self._fault(exc)
+            if fault is exc:
+                raise
+            raise fault from exc
 
     # -- arguments and answers, shared by the sync and async paths ---------------------
 

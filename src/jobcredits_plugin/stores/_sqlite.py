@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .._errors import InvalidArgument, StoreUnavailable
+from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import JobRecord, JournalEntry
 from ._base import (
     BaseStore,
@@ -141,9 +141,48 @@ _CURSOR_FORCE = (
     "updated_at = excluded.updated_at"
 )
 
-# SQLite error messages that mean "could not get to the data right now", as
-# opposed to a bug in the SQL: these become StoreUnavailable.
-_TRANSIENT = (sqlite3.OperationalError, sqlite3.DatabaseError)
+# SQLite's primary result codes that mean "could not get to the data right
+# now" (another writer held the lock past the busy timeout, the file could not
+# be opened, the disk failed or is full): these, and only these, become
+# StoreUnavailable, the 503 that fail_open may let through. Anything else (a
+# constraint, a type mismatch, a malformed statement, a corrupt file) is a bug
+# or a broken deployment and is raised as it is: fail_open must never turn a
+# bug into free service.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        10,  # SQLITE_IOERR (and its extended codes)
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL (a WAL lock race)
+    }
+)
+_NOTADB = 26  # SQLITE_NOTADB: the file is something else
+# The same, by message, for Pythons before 3.11 (no ``sqlite_errorcode``).
+_UNAVAILABLE_MESSAGES = (
+    "database is locked",
+    "database table is locked",
+    "database schema is locked",
+    "out of memory",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "locking protocol",
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a driver error means the database could not be reached right
+    now (StoreUnavailable), rather than a bug (raised as it is)."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _UNAVAILABLE_CODES
+    text = str(exc).lower()
+    return any(text.startswith(m) for m in _UNAVAILABLE_MESSAGES)
 
 
 def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
@@ -296,10 +335,18 @@ class SQLiteStore(BaseStore):
                 "INSERT OR IGNORE INTO jobcredits_meta (name, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        except _TRANSIENT as exc:
+        except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
-            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            if getattr(exc, "sqlite_errorcode", None) == _NOTADB or "not a database" in str(exc):
+                # The path names some other file: the app's setup mistake,
+                # not an outage to wait out (or to fail open through).
+                raise ConfigurationError(
+                    f"SQLite store {self.path!r}: the file is not a SQLite database ({exc})"
+                ) from exc
+            raise
         return conn
 
     @contextmanager
@@ -338,14 +385,19 @@ class SQLiteStore(BaseStore):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error.
 
-        SQLite's own errors (locked past the busy timeout, disk full, I/O)
-        surface as :class:`StoreUnavailable`: the transaction did not commit.
+        SQLite's "cannot get to the data" errors (locked past the busy
+        timeout, disk full, I/O, cannot open) surface as
+        :class:`StoreUnavailable`: the transaction did not commit. Other
+        errors (constraints, type mismatches) are bugs, raised as they are,
+        also rolled back.
         """
         with self._connection() as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except _TRANSIENT as exc:
-                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            except sqlite3.Error as exc:
+                if is_unavailable(exc):
+                    raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+                raise
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -353,7 +405,7 @@ class SQLiteStore(BaseStore):
                 # A failed COMMIT may already have rolled back by itself.
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                if isinstance(exc, _TRANSIENT):
+                if is_unavailable(exc):
                     raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
                 raise
 
@@ -361,8 +413,10 @@ class SQLiteStore(BaseStore):
         try:
             with self._connection() as conn:
                 return conn.execute(sql, params).fetchall()
-        except _TRANSIENT as exc:
-            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+        except sqlite3.Error as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            raise
 
     # -- helpers inside a transaction ------------------------------------------
 
