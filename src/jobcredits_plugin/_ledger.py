@@ -52,7 +52,7 @@ from ._validation import (
 )
 from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
 from .stores import from_url as store_from_url
-from .stores._base import Key
+from .stores._base import Key, settled_so_far
 
 __all__ = ["Ledger"]
 
@@ -444,7 +444,11 @@ class Ledger:
                 self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
 
     def _fire_late(self, late: Callable[[Any], Iterable[Event]], task: asyncio.Future[Any]) -> None:
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._fire(settled_so_far(error))  # batches a failed prune committed
             return
         self._fire(late(task.result()))
 
@@ -540,9 +544,14 @@ class Ledger:
         exactly one of them. ``limit`` caps how many records one call settles
         (run it again for the rest).
         """
-        events = self._call(
-            "prune", self._store.prune, self.now(), check_optional_count("limit", limit)
-        )
+        limit = check_optional_count("limit", limit)
+        try:
+            events = self._call("prune", self._store.prune, self.now(), limit)
+        except BaseException as exc:
+            # A store that prunes in batches commits each one: the hooks of
+            # the batches done before the failure still fire, exactly once.
+            self._fire(settled_so_far(exc))
+            raise
         self._fire(events)
         return [e.record for e in events]
 
@@ -742,13 +751,16 @@ class Ledger:
 
     async def aprune(self, *, limit: int | None = None) -> list[JobRecord]:
         """Async twin of :meth:`prune`."""
-        events = await self._acall(
-            "prune",
-            self._store.aprune,
-            self.now(),
-            check_optional_count("limit", limit),
-            late=_all_events,
-        )
+        limit = check_optional_count("limit", limit)
+        try:
+            events = await self._acall(
+                "prune", self._store.aprune, self.now(), limit, late=_all_events
+            )
+        except asyncio.CancelledError:
+            raise  # the late callback fires what the shielded prune commits
+        except BaseException as exc:
+            self._fire(settled_so_far(exc))
+            raise
         self._fire(events)
         return [e.record for e in events]
 

@@ -162,19 +162,36 @@ def check_account(account: Any) -> str:
     return account
 
 
-def check_cost(cost: Any) -> int:
+def _figure(value: int) -> str:
+    """An out-of-range int for a message: huge ones by their size, not 4000 digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"an int of {len(text)} digits"
+
+
+def check_credits(name: str, value: Any, *, low: int = 0) -> int:
+    """An amount of credits: an int from ``low`` to :data:`MAX_CREDITS`.
+
+    The one range every store holds exactly; anything outside it is refused
+    here, before a store is touched, instead of overflowing (SQLite, PostgreSQL),
+    rounding (Redis's Lua doubles) or growing without bound (memory) there.
+    """
     # bool is an int subclass; ``cost=True`` is a bug, not a price.
-    if not isinstance(cost, int) or isinstance(cost, bool):
-        raise InvalidArgument(f"cost must be an int, not {type(cost).__name__}")
-    if cost < 0:
-        raise InvalidArgument(f"cost must be >= 0, not {cost}")
-    return cost
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= MAX_CREDITS:
+        raise InvalidArgument(
+            f"{name} must be an int from {low} to {MAX_CREDITS}, not {_figure(value)}"
+        )
+    return value
+
+
+def check_cost(cost: Any) -> int:
+    return check_credits("cost", cost)
 
 
 def check_amount(amount: Any) -> int:
-    if not isinstance(amount, int) or isinstance(amount, bool):
-        raise InvalidArgument(f"amount must be an int, not {type(amount).__name__}")
-    return amount
+    """A grant's amount: negative takes credits away, so -MAX..MAX."""
+    return check_credits("amount", amount, low=-MAX_CREDITS)
 
 
 def check_label(name: str, value: Any) -> str | None:
@@ -237,20 +254,43 @@ def check_clock_reading(now: Any) -> float:
     )
 
 
-def check_positive_seconds(name: str, value: Any) -> float:
+def check_positive_seconds(name: str, value: Any, *, most: float = MAX_SECONDS) -> float:
+    """A duration: a finite number of seconds in (0, ``most``] (ten years
+    unless a store's driver needs less)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgument(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0 or value == float("inf"):
-        raise InvalidArgument(f"{name} must be a positive, finite number of seconds, not {value}")
+    # ``not 0 < value <= most`` is also true for NaN; an int too large for a
+    # float compares fine with Python's exact int/float comparison.
+    if not 0 < value <= most:
+        shown = _figure(value) if isinstance(value, int) else repr(value)
+        raise InvalidArgument(
+            f"{name} must be a positive, finite number of seconds of at most {most:g}, not {shown}"
+        )
     return float(value)
 
 
+def check_optional_seconds(name: str, value: Any, *, most: float = MAX_SECONDS) -> float | None:
+    """A duration option that ``None`` switches off."""
+    return None if value is None else check_positive_seconds(name, value, most=most)
+
+
+def check_int_option(name: str, value: Any, low: int, high: int) -> int:
+    """An integer option (a pool size, a batch, a retry count) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise InvalidArgument(f"{name} must be an int from {low} to {high}, not {_figure(value)}")
+    return value
+
+
 def check_optional_count(name: str, value: Any) -> int | None:
-    """``max_uses``, a prune ``limit``: None (no bound) or an int >= 1."""
+    """``max_uses``, a prune ``limit``: None (no bound) or an int from 1 to
+    :data:`MAX_CREDITS`."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"{name} must be None or an int >= 1, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CREDITS:
+        shown = _figure(value) if isinstance(value, int) else repr(value)
+        raise InvalidArgument(f"{name} must be None or an int from 1 to {MAX_CREDITS}, not {shown}")
     return value
 
 
@@ -260,8 +300,11 @@ CURSOR_NAME_MAX = 64
 
 def check_position(name: str, value: Any) -> int:
     """A journal position (a ``seq``, 0 before the first entry)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument(f"{name} must be an int >= 0 (a journal seq), not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CREDITS:
+        shown = _figure(value) if isinstance(value, int) else repr(value)
+        raise InvalidArgument(
+            f"{name} must be an int from 0 to {MAX_CREDITS} (a journal seq), not {shown}"
+        )
     return value
 
 

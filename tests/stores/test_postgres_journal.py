@@ -551,14 +551,14 @@ def test_a_version_1_schema_is_upgraded_on_first_use(
     old = ledger.lookup("acct", "old-job")
     assert old is not None
     assert old.charge_id == "c-old"
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     with psycopg.connect(url, autocommit=True) as conn:
         versions = conn.execute(
             sql.SQL("SELECT version FROM {}.schema_version ORDER BY version").format(
                 sql.Identifier(schema)
             )
         ).fetchall()
-    assert versions == [(1,), (2,)]
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
     assert store.read_journal(0, 10) == []  # nothing before the upgrade is invented
     ledger.charge("acct", "new-job")
     assert ledger.refund("acct", "old-job")

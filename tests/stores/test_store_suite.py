@@ -16,6 +16,7 @@ import pytest
 from jobcredits_plugin import (
     Charge,
     InsufficientCredits,
+    InvalidArgument,
     JobExhausted,
     JobInProgress,
     Ledger,
@@ -754,3 +755,124 @@ def test_expired_records_of_one_key_do_not_hide_others(
     assert b is not None
     assert ledger.lookup("acct", "b") == b
     assert ledger.charge("acct", "b").outcome == "reused"
+
+
+# -- the credit range (issue 12, item 4) ------------------------------------------------
+
+MAX_CREDITS = 2**53 - 1
+OUT_OF_RANGE = [2**53, 2**63, 2**64, 2**200]
+
+
+def _nothing_recorded(ledger: Ledger, store: BaseStore, balance: int, journal: int) -> None:
+    assert ledger.lookup("acct", "job-1") is None
+    assert ledger.snapshot() == []
+    assert store.balance("acct") == balance
+    if getattr(store, "journal", False):
+        assert len(ledger.journal(limit=1000)) == journal
+
+
+def _journal_size(ledger: Ledger, store: BaseStore) -> int:
+    return len(ledger.journal(limit=1000)) if getattr(store, "journal", False) else 0
+
+
+def test_the_largest_amounts_every_store_holds_are_accepted(
+    make_ledger: MakeLedger, store: BaseStore
+) -> None:
+    """MAX_CREDITS (2**53 - 1) as a grant, a cost and max_uses: exact everywhere."""
+    ledger = make_ledger(balances=True, max_uses=MAX_CREDITS)
+    assert ledger.grant("acct", MAX_CREDITS) == MAX_CREDITS
+    c = ledger.charge("acct", "job-1", cost=MAX_CREDITS)
+    assert c.balance == 0
+    assert c.record.cost == MAX_CREDITS
+    assert ledger.refund("acct", "job-1", charge_id=c.record.charge_id)
+    assert ledger.balance("acct") == MAX_CREDITS
+    assert ledger.charge("acct", "job-2", cost=MAX_CREDITS - 1).balance == 1
+    assert ledger.grant("acct", -MAX_CREDITS) == 0
+
+
+@pytest.mark.parametrize("figure", OUT_OF_RANGE)
+def test_out_of_range_cost_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore, events: RecordingPlugin, figure: int
+) -> None:
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 5)
+    before = _journal_size(ledger, store)
+    with pytest.raises(InvalidArgument, match="cost must be an int from 0 to 9007199254740991"):
+        ledger.charge("acct", "job-1", cost=figure)
+    _nothing_recorded(ledger, store, 5, before)
+    assert events.kinds() == []
+
+
+@pytest.mark.parametrize("figure", OUT_OF_RANGE)
+def test_out_of_range_grant_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore, figure: int
+) -> None:
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 5)
+    before = _journal_size(ledger, store)
+    for amount in (figure, -figure):
+        with pytest.raises(InvalidArgument, match="amount must be an int from"):
+            ledger.grant("acct", amount)
+    _nothing_recorded(ledger, store, 5, before)
+
+
+@pytest.mark.parametrize("figure", OUT_OF_RANGE)
+def test_out_of_range_max_uses_is_refused_at_construction(
+    make_ledger: MakeLedger, figure: int
+) -> None:
+    with pytest.raises(InvalidArgument, match="max_uses must be None or an int from 1"):
+        make_ledger(max_uses=figure)
+
+
+def test_a_grant_past_the_cap_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore
+) -> None:
+    """The store checks the cap in the same atomic step as the write."""
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", MAX_CREDITS - 3)
+    before = _journal_size(ledger, store)
+    with pytest.raises(InvalidArgument, match="past 9007199254740991") as info:
+        ledger.grant("acct", 4)
+    assert info.value.status == 400
+    _nothing_recorded(ledger, store, MAX_CREDITS - 3, before)
+    assert ledger.grant("acct", 3) == MAX_CREDITS  # up to the cap is fine
+    with pytest.raises(InvalidArgument):
+        ledger.grant("acct", 1)
+    assert ledger.grant("acct", 0) == MAX_CREDITS
+    assert ledger.grant("acct", -1) == MAX_CREDITS - 1  # taking away is never refused
+
+
+def test_an_async_grant_past_the_cap_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore
+) -> None:
+    ledger = make_ledger(balances=True)
+    journaled = getattr(store, "journal", False)
+
+    async def scenario() -> None:
+        await ledger.agrant("acct", MAX_CREDITS)
+        before = len(await ledger.ajournal(limit=1000)) if journaled else 0
+        with pytest.raises(InvalidArgument, match="past 9007199254740991"):
+            await ledger.agrant("acct", 1)
+        assert await ledger.abalance("acct") == MAX_CREDITS
+        if journaled:
+            assert len(await ledger.ajournal(limit=1000)) == before
+
+    asyncio.run(scenario())
+
+
+def test_a_refund_is_never_lost_even_past_the_cap(
+    make_ledger: MakeLedger, store: BaseStore, events: RecordingPlugin
+) -> None:
+    """A refund gives back what was charged even when a grant filled the
+    balance to the cap meanwhile (docs: concepts, credit range); a further
+    grant that adds is then refused, one that takes away is not."""
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 10)
+    c = ledger.charge("acct", "job-1", cost=10)
+    assert ledger.grant("acct", MAX_CREDITS) == MAX_CREDITS
+    assert ledger.refund("acct", "job-1", charge_id=c.record.charge_id)
+    assert ledger.balance("acct") == MAX_CREDITS + 10
+    with pytest.raises(InvalidArgument):
+        ledger.grant("acct", 1)
+    assert ledger.grant("acct", -20) == MAX_CREDITS - 10
+    assert events.kinds() == ["charge", "refund"]

@@ -22,7 +22,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from .._errors import InvalidArgument
 from .._records import CHARGED, PENDING, REFUNDED, JobRecord, JournalEntry, JournalKind
+from .._validation import MAX_CREDITS
 
 __all__ = [
     "AsyncStore",
@@ -34,14 +36,18 @@ __all__ = [
     "JournalRow",
     "Key",
     "Store",
+    "balance_cap_error",
     "entry_delta",
     "entry_from_row",
+    "grant_exceeds_cap",
     "grant_row",
     "journal_rows",
     "plan_claim",
     "plan_confirm",
     "plan_refund",
     "plan_settle",
+    "settled_so_far",
+    "with_settled",
 ]
 
 Key = tuple[str, str, str]
@@ -322,6 +328,50 @@ def grant_row(
     """The journal row of a grant: ``cost`` is the amount asked for, ``delta``
     what the (never negative) balance really moved."""
     return ("grant", account, None, None, grant_id, amount, None, None, after - before, after, now)
+
+
+def grant_exceeds_cap(before: int, amount: int) -> bool:
+    """Whether a grant of ``amount`` onto a balance of ``before`` would take it
+    past :data:`~jobcredits_plugin._validation.MAX_CREDITS`.
+
+    Only a grant that adds is refused: one that takes credits away is always
+    allowed, also from a balance that refunds took past the cap (see the
+    "credit range" section of the concepts docs). Every store makes this check
+    inside the atomic step that would write the grant.
+    """
+    return amount > 0 and before + amount > MAX_CREDITS
+
+
+def balance_cap_error(before: int, amount: int) -> InvalidArgument:
+    """The 400 a store raises, having written nothing, for a grant that
+    :func:`grant_exceeds_cap` refuses."""
+    return InvalidArgument(
+        f"granting {amount} credits would take the balance ({before}) past {MAX_CREDITS}, "
+        "the most a balance may hold; nothing was granted"
+    )
+
+
+_SETTLED = "jobcredits_settled"
+
+
+def with_settled(exc: BaseException, events: list[Event]) -> BaseException:
+    """Attach the events a multi-step operation (``prune``, which commits one
+    batch at a time) had already committed when a later step failed, so the
+    ledger still fires their hooks before it re-raises ``exc``."""
+    setattr(exc, _SETTLED, list(events))
+    return exc
+
+
+def settled_so_far(exc: BaseException) -> list[Event]:
+    """The committed events :func:`with_settled` attached to ``exc`` (or to
+    the error it was raised from), else an empty list."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        events = getattr(seen, _SETTLED, None)
+        if events is not None:
+            return list(events)
+        seen = seen.__cause__
+    return []
 
 
 def entry_from_row(seq: int, row: Sequence[Any]) -> JournalEntry:

@@ -30,8 +30,10 @@ from ._base import (
     Event,
     JournalRow,
     Key,
+    balance_cap_error,
     deadline,
     entry_from_row,
+    grant_exceeds_cap,
     grant_row,
     journal_rows,
     plan_claim,
@@ -253,6 +255,8 @@ class MemoryStore(BaseStore):
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._lock:
             before = self._balances.get(account, 0)
+            if grant_exceeds_cap(before, amount):
+                raise balance_cap_error(before, amount)
             after = self._credit(account, amount)
             if self.journal:
                 self._append([grant_row(account, amount, grant_id, before, after, now)])

@@ -43,11 +43,13 @@ from ._base import (
     ClaimResult,
     Event,
     Key,
+    balance_cap_error,
     entry_from_row,
     plan_claim,
     plan_confirm,
     plan_refund,
     plan_settle,
+    with_settled,
 )
 from ._urls import JOURNAL_OPTIONS, parse_bool, redact_url
 
@@ -68,7 +70,13 @@ Row = tuple[Any, ...]
 
 #: The schema version this code reads and writes. ``migrate()`` brings a
 #: database up to it, one step of ``_MIGRATIONS`` at a time.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: The SQLSTATE ``grant_credits`` raises (having written nothing) for a grant
+#: that would take a balance past MAX_CREDITS; the store turns it into the
+#: same InvalidArgument every store raises. Class "JC" is no class PostgreSQL
+#: uses, so no server error can be mistaken for it.
+_CAP_SQLSTATE = "JC001"
 
 #: First key of the advisory lock that serialises migrations (the second is
 #: the schema name's hash), so concurrent ``migrate()`` calls take turns.
@@ -791,8 +799,45 @@ END
 $fn$;
 """
 
+# Version 3: a grant that adds credits is refused, with nothing written, when
+# it would take the balance past MAX_CREDITS (2**53 - 1, the most every store
+# holds exactly). The check runs under the balance row's lock, so two grants
+# racing cannot both pass it. Written without an overflow: a balance that
+# refunds took past the cap still compares correctly. Grants that take
+# credits away are never refused.
+_V3 = """
+CREATE OR REPLACE FUNCTION {schema}.grant_credits(
+    p_account text, p_amount bigint, p_now double precision, p_grant_id text,
+    p_journal boolean)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_before bigint;
+    v_after bigint;
+BEGIN
+    INSERT INTO {schema}.balances (account, credits) VALUES (p_account, 0)
+    ON CONFLICT (account) DO NOTHING;
+    SELECT credits INTO v_before FROM {schema}.balances WHERE account = p_account FOR UPDATE;
+    IF p_amount > 0 AND v_before > 9007199254740991 - p_amount THEN
+        RAISE EXCEPTION 'jobcredits: grant past the balance cap'
+            USING ERRCODE = 'JC001', DETAIL = v_before::text;
+    END IF;
+    v_after := greatest(0, v_before + p_amount);
+    IF v_after <> v_before THEN
+        UPDATE {schema}.balances SET credits = v_after WHERE account = p_account;
+    END IF;
+    IF p_journal THEN
+        INSERT INTO {schema}.journal (kind, account, scope, job_id, charge_id, cost, tier,
+                backend, delta, balance, at)
+        VALUES ('grant', p_account, NULL, NULL, p_grant_id, p_amount, NULL, NULL,
+                v_after - v_before, v_after, p_now);
+    END IF;
+    RETURN v_after;
+END
+$fn$;
+"""
+
 #: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
-_MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 
 #: The columns of a journal row in :data:`._base.JournalRow` order, after seq.
 _JOURNAL_COLUMNS = (
@@ -1475,12 +1520,17 @@ class PostgresStore(BaseStore):
 
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         events: list[Event] = []
-        while limit is None or len(events) < limit:
-            batch = self._batches(limit, len(events))
-            rows = self._run(self._sql_prune, (now, batch, self.journal), retry=False)
-            events.extend(self._settled(rows, now))
-            if len(rows) < batch:
-                break
+        try:
+            while limit is None or len(events) < limit:
+                batch = self._batches(limit, len(events))
+                rows = self._run(self._sql_prune, (now, batch, self.journal), retry=False)
+                events.extend(self._settled(rows, now))
+                if len(rows) < batch:
+                    break
+        except BaseException as exc:
+            # Each batch committed on its own: the ledger still fires theirs.
+            with_settled(exc, events)
+            raise
         return events
 
     def snapshot(self, now: float) -> list[JobRecord]:
@@ -1488,7 +1538,14 @@ class PostgresStore(BaseStore):
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         params = (account, amount, now, grant_id, self.journal)
-        return int(self._run(self._sql_grant, params, retry=False)[0][0])
+        try:
+            rows = self._run(self._sql_grant, params, retry=False)
+        except psycopg.Error as exc:
+            if exc.sqlstate == _CAP_SQLSTATE:
+                before = int(exc.diag.message_detail or 0)
+                raise balance_cap_error(before, amount) from None
+            raise
+        return int(rows[0][0])
 
     def balance(self, account: str) -> int:
         rows = self._run(self._sql_balance, (account,), retry=True)

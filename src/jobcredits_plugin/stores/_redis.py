@@ -61,10 +61,12 @@ from ._base import (
     ClaimResult,
     Event,
     Key,
+    balance_cap_error,
     plan_claim,
     plan_confirm,
     plan_refund,
     plan_settle,
+    with_settled,
 )
 from ._urls import JOURNAL_OPTIONS, parse_bool, parse_optional_seconds, parse_options, redact_url
 
@@ -177,22 +179,89 @@ def is_unavailable(exc: BaseException) -> bool:
 # server after the change would leave the change without its entry.
 
 
+# Every script that writes starts with _CHECKS and validates everything it
+# will use (its arguments, and the stored fields and balances it will write
+# from) *before its first write*: Redis does not roll a script back when a
+# command fails half-way, so a command that can fail after a write would leave
+# a change without its record, journal entry or hook (a claim whose PEXPIRE
+# was refused after HSET, ZADD and DECRBY once debited a balance and answered
+# "unavailable"). The Python side only ever sends values in range (the ledger
+# and the constructor bound them), so a failed check is a bug, reported as an
+# error reply naming the value, with nothing written. Numbers must be spelled
+# the way Redis's own INCRBY/PEXPIRE/ZADD parse them: Lua's tonumber alone
+# would also take "nan", "inf", "0x10" and " 5 ", which Redis refuses later.
+_CHECKS = """
+local JC_MAX = 9007199254740991
+local JC_I64 = 9223372036854775807
+local JC_MS = 1000000000000
+local function jc_fail(what, v)
+  error({err = 'jobcredits: bad ' .. what .. ': ' .. tostring(v)})
+end
+local function jc_num(v, what)
+  if type(v) ~= 'string' or #v > 40 or not string.find(v, '^%-?%d[%d%.eE%+%-]*$') then
+    jc_fail(what, v)
+  end
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then jc_fail(what, v) end
+  return n
+end
+local function jc_int(v, what, lo, hi)
+  if type(v) ~= 'string' or #v > 20 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then
+    jc_fail(what, v)
+  end
+  local n = tonumber(v)
+  if n < lo or n > hi then jc_fail(what, v) end
+  return n
+end
+local function jc_flag(v, what, allowed)
+  if type(v) ~= 'string' or not string.find(allowed, v, 1, true) or #v ~= 1 then
+    jc_fail(what, v)
+  end
+  return v
+end
+local function jc_str(v, what)
+  if type(v) ~= 'string' then jc_fail(what, v) end
+  return v
+end
+local function jc_arity(nk, na)
+  if #KEYS < nk or #ARGV < na then jc_fail('number of keys/arguments', #KEYS .. '/' .. #ARGV) end
+end
+local function jc_credit_ok(b, add, what)
+  if b + add >= JC_I64 then jc_fail(what .. ' (the balance would overflow)', add) end
+end
+"""
+
 _CLAIM = """
+jc_arity(3, 3)
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
 local p = {}
 for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
-local now, cid, cost, max_uses, balances = tonumber(p[1]), p[2], p[3], tonumber(p[4]), p[5]
-local jr = p[9]
+if #p ~= 9 then jc_fail('claim arguments', ARGV[1]) end
+local now = jc_num(p[1], 'now')
+local cid = p[2]
+local cost = p[3]
+local ncost = jc_int(cost, 'cost', 0, JC_MAX)
+local max_uses = jc_int(p[4], 'max_uses', 0, JC_MAX)
+local balances = jc_flag(p[5], 'balances flag', '01')
+jc_num(p[6], 'expires_at')
+jc_num(p[7], 'lease_until')
+local expiry_ms = jc_int(p[8], 'safety expiry', 0, JC_MS)
+local jr = jc_flag(p[9], 'journal flag', '012')
+if jr ~= '0' then jc_arity(4, 3) end
 if jr ~= '0' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
 local raw = redis.call('HGETALL', job)
-local stored = '0'
-if balances == '1' or jr ~= '0' then stored = redis.call('GET', bal) or '0' end
-local balance = '0'
-if balances == '1' then balance = stored end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
+local st = rec['st']
+local takeover = #raw > 0 and rec['c'] ~= cid and st == 'pending'
+local stored = '0'
+if balances == '1' or jr ~= '0' or takeover then stored = redis.call('GET', bal) or '0' end
+local nstored = jc_int(stored, 'stored balance', -JC_I64, JC_I64)
+if #raw > 0 and rec['c'] ~= cid and jr ~= '0' then jc_str(rec['x'], 'stored record') end
+local balance = '0'
+if balances == '1' then balance = stored end
 local function log(kind, c, x, d, b)
   redis.call('XADD', KEYS[4], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
              'b', string.format('%d', b), 't', p[1])
@@ -206,30 +275,32 @@ if #raw > 0 then
     -- (journaled by that attempt, so not again)
     return {'replay', raw, balance}
   end
-  local st = rec['st']
   if st == 'pending' then
-    if now < tonumber(rec['lu']) then return {'in_progress', raw, balance} end
+    if now < jc_num(rec['lu'], 'stored lease_until') then return {'in_progress', raw, balance} end
     refund_debited = rec['d']
+    jc_credit_ok(nstored, jc_int(refund_debited, 'stored debit', 0, JC_I64), 'stored debit')
     settled = true
-  elseif st == 'charged' and now < tonumber(rec['ea']) then
-    if max_uses > 0 and tonumber(rec['u']) >= max_uses then
+  elseif st == 'charged' and now < jc_num(rec['ea'], 'stored expires_at') then
+    local uses = jc_int(rec['u'], 'stored uses', 0, JC_I64 - 1)
+    if max_uses > 0 and uses >= max_uses then
       return {'exhausted', raw, balance}
     end
     redis.call('HINCRBY', job, 'u', 1)
-    if jr == '2' then log('reuse', rec['c'], rec['x'], '0', tonumber(stored)) end
+    if jr == '2' then log('reuse', rec['c'], rec['x'], '0', nstored) end
     return {'reused', raw, balance}
   else
     settled = true
     expired = st == 'charged'
   end
 end
-local run = tonumber(stored)
+-- Everything is checked: from here on, the writes.
+local run = nstored
 local available = tonumber(balance)
 if refund_debited ~= nil then available = available + tonumber(refund_debited) end
 local debit = '0'
 local enough = true
 if balances == '1' then
-  if available < tonumber(cost) then enough = false else debit = cost end
+  if available < ncost then enough = false else debit = cost end
 end
 -- The settlement of what was there commits whether or not the charge does.
 if refund_debited ~= nil then
@@ -253,10 +324,10 @@ if #raw > 0 then redis.call('DEL', job) end
 redis.call('HSET', job, 'a', ARGV[2], 'x', ARGV[3], 'c', cid, 'st', 'pending',
            'ea', p[6], 'lu', p[7], 'u', '1', 'd', debit)
 redis.call('ZADD', due, p[7], job)
-if p[8] ~= '0' then
+if expiry_ms > 0 then
   redis.call('PEXPIRE', job, p[8])
   local ttl = redis.call('PTTL', due)
-  if ttl < tonumber(p[8]) then redis.call('PEXPIRE', due, p[8]) end
+  if ttl < expiry_ms then redis.call('PEXPIRE', due, p[8]) end
 end
 if jr ~= '0' then
   local d = '0'
@@ -267,15 +338,18 @@ return {'charged', raw, balance}
 """
 
 _CONFIRM = """
+jc_arity(2, 2)
 local job, due = KEYS[1], KEYS[2]
+jc_flag(ARGV[2], 'charge id flag', '01')
 local raw = redis.call('HGETALL', job)
 if #raw == 0 then return {} end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
 if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
 if rec['st'] == 'pending' then
-  redis.call('HSET', job, 'st', 'charged')
+  jc_num(rec['ea'], 'stored expires_at')
   redis.call('ZADD', due, rec['ea'], job)
+  redis.call('HSET', job, 'st', 'charged')
 end
 return raw
 """
@@ -289,8 +363,15 @@ return raw
 # absent. ARGV[6] is the journal flag (KEYS[4] the stream when it is on).
 # Answers {'refunded' | 'replay', raw}.
 _REFUND = """
+jc_arity(3, 6)
 local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
-if ARGV[6] == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+jc_flag(ARGV[2], 'charge id flag', '01')
+local now = jc_num(ARGV[3], 'now')
+if type(ARGV[4]) ~= 'string' or ARGV[4] == '' then jc_fail('refund token', ARGV[4]) end
+jc_int(ARGV[5], 'tombstone life', 1, JC_MS)
+local jr = jc_flag(ARGV[6], 'journal flag', '01')
+if jr == '1' then jc_arity(4, 6) end
+if jr == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
 local raw = redis.call('HGETALL', job)
@@ -302,16 +383,22 @@ if rec['st'] == 'refunded' then
   return {}
 end
 if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
-if tonumber(ARGV[3]) >= tonumber(rec['ea']) then return {} end
+if now >= jc_num(rec['ea'], 'stored expires_at') then return {} end
+local d = jc_int(rec['d'], 'stored debit', 0, JC_I64)
+local before = jc_int(redis.call('GET', bal) or '0', 'stored balance', -JC_I64, JC_I64)
+if jr == '1' then
+  jc_str(rec['a'], 'stored account')
+  jc_str(rec['x'], 'stored record')
+end
+jc_credit_ok(before, d, 'stored debit')
+-- Everything is checked: from here on, the writes.
 redis.call('ZREM', due, job)
-local after = nil
-if rec['d'] ~= '0' then after = redis.call('INCRBY', bal, rec['d']) end
+if d ~= 0 then redis.call('INCRBY', bal, rec['d']) end
 redis.call('HSET', job, 'st', 'refunded', 'rt', ARGV[4])
 redis.call('PEXPIRE', job, ARGV[5])
-if ARGV[6] == '1' then
-  if after == nil then after = tonumber(redis.call('GET', bal) or '0') end
+if jr == '1' then
   redis.call('XADD', KEYS[4], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
-             'd', rec['d'], 'b', string.format('%d', after), 't', ARGV[3])
+             'd', rec['d'], 'b', redis.call('GET', bal) or '0', 't', ARGV[3])
 end
 return {'refunded', raw}
 """
@@ -320,46 +407,73 @@ return {'refunded', raw}
 # {examined, raw1, raw2, ...}: examined counts members taken off the set (also
 # those whose hash had vanished), so the caller knows whether more remain.
 # ARGV[4] is the journal flag (KEYS[2] the stream when it is on): one entry
-# per settled record, in the order of the answer.
+# per settled record, in the order of the answer. Two passes: the first reads
+# and checks every record it will settle (and the balances it will credit),
+# the second writes, so a bad record stops the batch before anything of it is
+# written.
 _PRUNE = """
+jc_arity(1, 4)
 local due = KEYS[1]
-local now = tonumber(ARGV[1])
+local now = jc_num(ARGV[1], 'now')
+local limit = jc_int(ARGV[2], 'batch', 1, 1000000)
 local base = ARGV[3]
-local jr = ARGV[4] == '1'
+local jr = jc_flag(ARGV[4], 'journal flag', '01') == '1'
+if jr then jc_arity(2, 4) end
 if jr and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
-local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {#members}
+local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, limit)
+local plan = {}
+local credited = {}
 for _, job in ipairs(members) do
   local raw = redis.call('HGETALL', job)
-  if #raw == 0 then
-    redis.call('ZREM', due, job)
-  else
+  local item = {job = job, raw = raw}
+  if #raw > 0 then
     local rec = {}
     for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-    local settle = false
     if rec['st'] == 'pending' then
-      settle = now >= tonumber(rec['lu'])
+      item.settle = now >= jc_num(rec['lu'], 'stored lease_until')
     elseif rec['st'] ~= 'refunded' then
-      settle = now >= tonumber(rec['ea'])
+      item.settle = now >= jc_num(rec['ea'], 'stored expires_at')
     end
-    if settle then
-      redis.call('DEL', job)
-      redis.call('ZREM', due, job)
-      local bal = base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a']
-      local kind, d, after = 'expire', '0', nil
+    if item.settle then
+      jc_str(rec['a'], 'stored account')
+      jc_str(rec['c'], 'stored charge id')
+      jc_str(rec['x'], 'stored record')
+      item.rec = rec
+      item.bal = base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a']
       if rec['st'] == 'pending' then
-        kind, d = 'refund', rec['d']
-        if d ~= '0' then after = redis.call('INCRBY', bal, d) end
+        local d = jc_int(rec['d'], 'stored debit', 0, JC_I64)
+        local b = credited[item.bal]
+        if b == nil then
+          b = jc_int(redis.call('GET', item.bal) or '0', 'stored balance', -JC_I64, JC_I64)
+        end
+        jc_credit_ok(b, d, 'stored debit')
+        credited[item.bal] = b + d
       end
-      if jr then
-        if after == nil then after = tonumber(redis.call('GET', bal) or '0') end
-        redis.call('XADD', KEYS[2], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
-                   'x', rec['x'], 'd', d, 'b', string.format('%d', after), 't', ARGV[1])
-      end
-      out[#out + 1] = raw
     end
+  end
+  plan[#plan + 1] = item
+end
+-- Everything is checked: from here on, the writes.
+local out = {#members}
+for _, item in ipairs(plan) do
+  if #item.raw == 0 then
+    redis.call('ZREM', due, item.job)
+  elseif item.settle then
+    local rec = item.rec
+    redis.call('DEL', item.job)
+    redis.call('ZREM', due, item.job)
+    local kind, d = 'expire', '0'
+    if rec['st'] == 'pending' then
+      kind, d = 'refund', rec['d']
+      if d ~= '0' then redis.call('INCRBY', item.bal, d) end
+    end
+    if jr then
+      redis.call('XADD', KEYS[2], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
+                 'x', rec['x'], 'd', d, 'b', redis.call('GET', item.bal) or '0', 't', ARGV[1])
+    end
+    out[#out + 1] = item.raw
   end
 end
 return out
@@ -380,32 +494,57 @@ return out
 # marker), then account, grant id, x, now. The marker is what the refund's
 # tombstone is to a refund: a grant whose answer was lost and that redis-py
 # re-sends finds it and answers the balance instead of crediting (and
-# journaling) the grant twice.
+# journaling) the grant twice. A grant that adds credits and would take the
+# balance past MAX_CREDITS writes nothing and answers {'cap', balance}; the
+# others answer {'ok' | 'replay', balance}.
 _GRANT = """
-if ARGV[2] == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+jc_arity(2, 3)
+local amount = jc_int(ARGV[1], 'amount', -JC_MAX, JC_MAX)
+local jr = jc_flag(ARGV[2], 'journal flag', '01')
+if ARGV[3] ~= '' then jc_int(ARGV[3], 'marker life', 1, JC_MS) end
+if jr == '1' then
+  jc_arity(3, 7)
+  jc_num(ARGV[7], 'now')
+  if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+    return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+  end
 end
-if ARGV[3] ~= '' and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then
-  return redis.call('GET', KEYS[1]) or '0'
-end
-local before = tonumber(redis.call('GET', KEYS[1]) or '0')
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if v < 0 then
+local stored = redis.call('GET', KEYS[1]) or '0'
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'replay', stored} end
+local before = jc_int(stored, 'stored balance', -JC_I64, JC_I64)
+if amount > 0 and before + amount > JC_MAX then return {'cap', stored} end
+-- Everything is checked: from here on, the writes.
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+local d = ARGV[1]
+if before + amount < 0 then
+  -- a grant never takes a balance below zero: it moves it by -before
   redis.call('SET', KEYS[1], '0')
-  v = 0
+  if before == 0 then
+    d = '0'
+  elseif string.sub(stored, 1, 1) == '-' then
+    d = string.sub(stored, 2)
+  else
+    d = '-' .. stored
+  end
+elseif amount ~= 0 then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
 end
-if ARGV[2] == '1' then
+local after = redis.call('GET', KEYS[1]) or '0'
+if jr == '1' then
   redis.call('XADD', KEYS[3], '0-*', 'k', 'grant', 'a', ARGV[4], 'c', ARGV[5], 'x', ARGV[6],
-             'd', string.format('%d', v - before), 'b', string.format('%d', v), 't', ARGV[7])
+             'd', d, 'b', after, 't', ARGV[7])
 end
-return redis.call('GET', KEYS[1])
+return {'ok', after}
 """
 
 # A cursor only moves forward unless forced (ARGV[3] = '1'); answers the
 # stored position.
 _SET_CURSOR = """
+jc_arity(1, 3)
+local position = jc_int(ARGV[2], 'position', 0, JC_MAX)
+local force = jc_flag(ARGV[3], 'force flag', '01')
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[3] ~= '1' and old and tonumber(old) >= tonumber(ARGV[2]) then return old end
+if force ~= '1' and old and tonumber(old) ~= nil and tonumber(old) >= position then return old end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return ARGV[2]
 """
@@ -414,18 +553,20 @@ return ARGV[2]
 # seq is at most ARGV[1] ('' : no bound) and at most every cursor's position
 # (the cursors hash, KEYS[2]), and their t is below ARGV[2] ('' : no bound);
 # stops at the first entry that is too new, and after ARGV[3] entries, so one
-# call never blocks the server for long. Answers how many went.
+# call never blocks the server for long. Answers how many went. Its one write
+# is the XTRIM at the end.
 _TRIM = """
+jc_arity(2, 3)
 local stream, curs = KEYS[1], KEYS[2]
 local cap = nil
-if ARGV[1] ~= '' then cap = tonumber(ARGV[1]) end
+if ARGV[1] ~= '' then cap = jc_int(ARGV[1], 'through', 0, JC_MAX) end
 for _, v in ipairs(redis.call('HVALS', curs)) do
   local n = tonumber(v)
   if n ~= nil and (cap == nil or n < cap) then cap = n end
 end
 local cutoff = nil
-if ARGV[2] ~= '' then cutoff = tonumber(ARGV[2]) end
-local bound = tonumber(ARGV[3])
+if ARGV[2] ~= '' then cutoff = jc_num(ARGV[2], 'cutoff') end
+local bound = jc_int(ARGV[3], 'batch', 1, 1000000)
 local start = '-'
 local last = nil
 local count = 0
@@ -468,14 +609,17 @@ _TOMBSTONE_MS = "60000"
 _TRIM_BATCH = 10_000
 
 _SCRIPTS = {
-    "claim": _CLAIM,
-    "confirm": _CONFIRM,
-    "refund": _REFUND,
-    "prune": _PRUNE,
-    "snapshot": _SNAPSHOT,
-    "grant": _GRANT,
-    "set_cursor": _SET_CURSOR,
-    "trim": _TRIM,
+    name: _CHECKS + src
+    for name, src in {
+        "claim": _CLAIM,
+        "confirm": _CONFIRM,
+        "refund": _REFUND,
+        "prune": _PRUNE,
+        "snapshot": _SNAPSHOT,
+        "grant": _GRANT,
+        "set_cursor": _SET_CURSOR,
+        "trim": _TRIM,
+    }.items()
 }
 
 _OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -558,6 +702,15 @@ def _entries(reply: Iterable[Any]) -> list[JournalEntry]:
             )
         )
     return out
+
+
+def _grant_result(reply: Sequence[Any], amount: int) -> int:
+    """The balance the grant script answered, or the 400 for a grant it
+    refused (having written nothing) because the balance would pass the cap."""
+    status, balance = _s(reply[0]), int(_s(reply[1]))
+    if status == "cap":
+        raise balance_cap_error(balance, amount)
+    return balance
 
 
 def _cursor_map(raw: dict[Any, Any] | None) -> dict[str, int]:
@@ -905,6 +1058,9 @@ class RedisStore(BaseStore):
             return Event("refund", raw)
         return plan_refund(raw, charge_id, now)
 
+    def _prune_size(self, limit: int | None, done: int) -> int:
+        return self.prune_batch if limit is None else min(self.prune_batch, limit - done)
+
     def _prune_call(self, due: str, now: float, batch: int) -> tuple[list[str], list[str]]:
         keys = [due, self.journal_key] if self.journal else [due]
         args = [repr(float(now)), str(batch), due[: -len("due")], "1" if self.journal else "0"]
@@ -997,21 +1153,22 @@ class RedisStore(BaseStore):
 
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         events: list[Event] = []
-        for due in self._due_keys():
-            while limit is None or len(events) < limit:
-                batch = (
-                    self.prune_batch
-                    if limit is None
-                    else min(self.prune_batch, limit - len(events))
-                )
-                keys, args = self._prune_call(due, now, batch)
-                reply = self._run(self._scripts["prune"], keys=keys, args=args)
-                examined, settled = self._prune_events(reply, now)
-                events.extend(settled)
-                if examined < batch:
+        try:
+            for due in self._due_keys():
+                while limit is None or len(events) < limit:
+                    batch = self._prune_size(limit, len(events))
+                    keys, args = self._prune_call(due, now, batch)
+                    reply = self._run(self._scripts["prune"], keys=keys, args=args)
+                    examined, settled = self._prune_events(reply, now)
+                    events.extend(settled)
+                    if examined < batch:
+                        break
+                if limit is not None and len(events) >= limit:
                     break
-            if limit is not None and len(events) >= limit:
-                break
+        except BaseException as exc:
+            # Each script committed its batch: the ledger still fires theirs.
+            with_settled(exc, events)
+            raise
         return events
 
     def snapshot(self, now: float) -> list[JobRecord]:
@@ -1021,7 +1178,7 @@ class RedisStore(BaseStore):
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         keys, args = self._grant_call(account, amount, now, grant_id)
         reply = self._run(self._scripts["grant"], keys=keys, args=args)
-        return int(_s(reply))
+        return _grant_result(reply, amount)
 
     def balance(self, account: str) -> int:
         value = self._run(self._client.get, self.balance_key(account))
@@ -1155,21 +1312,21 @@ class RedisStore(BaseStore):
             return await super().aprune(now, limit)
         client, scripts = got
         events: list[Event] = []
-        for due in await self._adue_keys(client):
-            while limit is None or len(events) < limit:
-                batch = (
-                    self.prune_batch
-                    if limit is None
-                    else min(self.prune_batch, limit - len(events))
-                )
-                keys, args = self._prune_call(due, now, batch)
-                reply = await self._arun(scripts["prune"](keys=keys, args=args))
-                examined, settled = self._prune_events(reply, now)
-                events.extend(settled)
-                if examined < batch:
+        try:
+            for due in await self._adue_keys(client):
+                while limit is None or len(events) < limit:
+                    batch = self._prune_size(limit, len(events))
+                    keys, args = self._prune_call(due, now, batch)
+                    reply = await self._arun(scripts["prune"](keys=keys, args=args))
+                    examined, settled = self._prune_events(reply, now)
+                    events.extend(settled)
+                    if examined < batch:
+                        break
+                if limit is not None and len(events) >= limit:
                     break
-            if limit is not None and len(events) >= limit:
-                break
+        except BaseException as exc:
+            with_settled(exc, events)
+            raise
         return events
 
     async def asnapshot(self, now: float) -> list[JobRecord]:
@@ -1189,7 +1346,7 @@ class RedisStore(BaseStore):
             return await super().agrant(account, amount, now, grant_id)
         keys, args = self._grant_call(account, amount, now, grant_id)
         reply = await self._arun(got[1]["grant"](keys=keys, args=args))
-        return int(_s(reply))
+        return _grant_result(reply, amount)
 
     async def abalance(self, account: str) -> int:
         got = await self._aclient()

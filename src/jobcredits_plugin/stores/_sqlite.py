@@ -32,14 +32,17 @@ from ._base import (
     Event,
     JournalRow,
     Key,
+    balance_cap_error,
     deadline,
     entry_from_row,
+    grant_exceeds_cap,
     grant_row,
     journal_rows,
     plan_claim,
     plan_confirm,
     plan_refund,
     plan_settle,
+    with_settled,
 )
 
 __all__ = ["SQLiteStore"]
@@ -510,10 +513,20 @@ class SQLiteStore(BaseStore):
 
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         events: list[Event] = []
+        try:
+            self._prune_batches(now, limit, events)
+        except BaseException as exc:
+            # Each batch committed on its own: the ledger still fires theirs.
+            with_settled(exc, events)
+            raise
+        return events
+
+    def _prune_batches(self, now: float, limit: int | None, events: list[Event]) -> None:
         while limit is None or len(events) < limit:
             batch = (
                 self.prune_batch if limit is None else min(self.prune_batch, limit - len(events))
             )
+            done: list[Event] = []  # this batch's, reported once it committed
             with self._transaction() as conn:
                 rows = conn.execute(
                     _SELECT + " WHERE deadline <= ? ORDER BY deadline LIMIT ?", (now, batch)
@@ -531,10 +544,10 @@ class SQLiteStore(BaseStore):
                         self._journal(conn, [event], before, now)
                     if event.kind == "refund" and record.debited:
                         self._credit(conn, record.account, record.debited)
-                    events.append(event)
+                    done.append(event)
+            events.extend(done)
             if len(rows) < batch or found == 0:
                 break
-        return events
 
     def snapshot(self, now: float) -> list[JobRecord]:
         rows = self._read(_SELECT + " ORDER BY charged_at, account, scope, job_id")
@@ -543,6 +556,8 @@ class SQLiteStore(BaseStore):
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._transaction() as conn:
             before = self._balance(conn, account)
+            if grant_exceeds_cap(before, amount):
+                raise balance_cap_error(before, amount)  # rolled back: nothing written
             self._credit(conn, account, amount)
             after = self._balance(conn, account)
             if self.journal:
