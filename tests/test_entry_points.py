@@ -111,6 +111,7 @@ def test_flask_entry_points_setting(counter: Any) -> None:
 
     def make_app(**config: Any) -> Any:
         app = flask.Flask(__name__)
+        app.testing = True  # on memory://: no InProcessStoreWarning in testing mode
         app.config.update(JOBCREDITS_ACCOUNT=header("X-Account"), **config)
         JobCredits(app)
 

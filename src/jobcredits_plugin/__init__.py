@@ -27,16 +27,19 @@ from ._journal import JournalCursor
 from ._ledger import Ledger
 from ._records import Charge, JobRecord, JournalEntry
 from ._version import __version__
+from ._warnings import InProcessStoreWarning, JobCreditsWarning
 from .hookspecs import hookimpl
 
 __all__ = [
     "Charge",
     "ConfigurationError",
+    "InProcessStoreWarning",
     "InsufficientCredits",
     "InvalidAccount",
     "InvalidArgument",
     "InvalidJobId",
     "JobCreditsError",
+    "JobCreditsWarning",
     "JobExhausted",
     "JobInProgress",
     "JobRecord",

@@ -50,6 +50,7 @@ from ._validation import (
     check_scope,
     compile_job_id_pattern,
 )
+from ._warnings import mark_in_process
 from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
 from .stores import from_url as store_from_url
 from .stores._base import Key, settled_so_far
@@ -165,6 +166,7 @@ class Ledger:
             raise InvalidArgument("clock must be a callable returning seconds")
         if store is None:
             store = MemoryStore()
+            mark_in_process(store)  # the adapters warn about this one
         for method in ("claim", "confirm", "refund", "lookup", "prune", "snapshot"):
             if not callable(getattr(store, method, None)):
                 raise InvalidArgument(f"store {store!r} has no {method}() method")

@@ -27,6 +27,7 @@ from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge
 from ._validation import check_cost, check_flag, check_label, check_scope, configuring
+from ._warnings import is_in_process_default, warn_in_process
 
 __all__ = [
     "CREDITS_HEADER",
@@ -385,6 +386,11 @@ class RoutedMiddleware(Generic[AppT]):
             name: header(name)
             for name in {job_header, *(r.header for r in self.routes if r.header)}
         }
+        if is_in_process_default(ledger.store):
+            warn_in_process(
+                f"{type(self).__module__}.{type(self).__name__}",
+                "build its ledger with Ledger.from_url(url)",
+            )
 
     def _route(self, method: str, path: str) -> tuple[Route, str] | None:
         """The route a request falls under and the job header it reads, or None

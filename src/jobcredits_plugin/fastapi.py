@@ -55,6 +55,7 @@ from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
+from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     CREDITS_HEADER,
     DEFAULT_JOB_HEADER,
@@ -202,7 +203,17 @@ class JobCredits:
         refunds each charged request when its response starts (and adds the
         ``X-Job-Charge`` headers), and documents the charging endpoints in
         ``app.openapi()`` (see :meth:`document`). Returns ``self``.
+
+        Unless ``app.debug`` is on, a ledger on the in-process default store
+        (``Ledger()``, ``Ledger.from_url("memory://")``) issues an
+        :class:`~jobcredits_plugin.InProcessStoreWarning`: under
+        ``uvicorn --workers 2`` each worker would charge the same job again.
         """
+        if is_in_process_default(self.ledger.store) and not app.debug:
+            warn_in_process(
+                "FastAPI app " + repr(app.title),
+                "build the ledger given to JobCredits with Ledger.from_url(url)",
+            )
         app.state.jobcredits = self
         app.add_exception_handler(JobCreditsError, _problem_response)
         app.add_middleware(_ResponseStart)

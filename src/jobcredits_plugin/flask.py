@@ -47,11 +47,12 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
 
 from ._decorator import _check_on_missing, current_charge
 from ._decorator import header as _header
-from ._errors import InvalidArgument, JobCreditsError
+from ._errors import ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
 from ._validation import check_flag, configuring
+from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
@@ -88,7 +89,8 @@ EXTENSION_KEY = "jobcredits"
 #: one of the same app (a test client called from a view) shares its ``g``.
 _CALL_KEY = "jobcredits.call"
 
-#: What ``app.config`` holds before the app says otherwise.
+#: What ``app.config`` holds before the app says otherwise. Not
+#: ``JOBCREDITS_ACCOUNT``: who pays is the app's decision (see ``init_app``).
 DEFAULTS: Mapping[str, Any] = {
     "JOBCREDITS_URL": "memory://",
     "JOBCREDITS_TTL": 3600.0,
@@ -96,7 +98,6 @@ DEFAULTS: Mapping[str, Any] = {
     "JOBCREDITS_BALANCES": False,
     "JOBCREDITS_MAX_USES": None,
     "JOBCREDITS_JOB_HEADER": DEFAULT_JOB_HEADER,
-    "JOBCREDITS_ACCOUNT": None,
     "JOBCREDITS_ON_MISSING": "charge",
     "JOBCREDITS_FAIL_OPEN": False,
     "JOBCREDITS_PLUGINS": (),
@@ -237,7 +238,17 @@ class JobCredits:
         this app's ledger) and, with ``JOBCREDITS_ENTRY_POINTS``, those of the
         installed packages' ``jobcredits_plugin`` entry points. A bad entry
         raises :class:`~jobcredits_plugin.InvalidArgument` here, before any
-        store is opened."""
+        store is opened.
+
+        Who pays must be said: ``JOBCREDITS_ACCOUNT`` (or ``account=``), or
+        ``JOBCREDITS_ACCOUNT = None`` set on purpose when every charged view
+        passes its own ``account=``; with neither, this raises
+        :class:`~jobcredits_plugin.ConfigurationError` (not a 500 at the first
+        request). Outside debug and testing mode, a ledger on the in-process
+        default store (``memory://``) issues an
+        :class:`~jobcredits_plugin.InProcessStoreWarning`: with several worker
+        processes, each would charge the same job again."""
+        account_said = self._account is not None or "JOBCREDITS_ACCOUNT" in app.config
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         cfg = app.config
@@ -245,14 +256,18 @@ class JobCredits:
         _reader(job_header)  # validates the header name
         on_missing = cfg["JOBCREDITS_ON_MISSING"]
         _check_on_missing(on_missing)
-        account = self._account or _import_account(cfg["JOBCREDITS_ACCOUNT"], "JOBCREDITS_ACCOUNT")
+        account = self._account or _import_account(
+            cfg.get("JOBCREDITS_ACCOUNT"), "JOBCREDITS_ACCOUNT"
+        )
         fail_open = _flag("JOBCREDITS_FAIL_OPEN", cfg["JOBCREDITS_FAIL_OPEN"])
         entry_points = _flag("JOBCREDITS_ENTRY_POINTS", cfg["JOBCREDITS_ENTRY_POINTS"])
         chosen = ledger if ledger is not None else self._ledger
+        built = chosen is None
         if chosen is None:
             # Plugins first: an import string that fails must fail before any
             # store is opened (a SQLite URL would create its file).
             plugins = resolve_plugins(cfg["JOBCREDITS_PLUGINS"], key="JOBCREDITS_PLUGINS")
+            _check_account_said(app, account_said)
             chosen = ledger_from_url(
                 cfg["JOBCREDITS_URL"],
                 ttl=_number("JOBCREDITS_TTL", cfg["JOBCREDITS_TTL"]),
@@ -266,7 +281,16 @@ class JobCredits:
             )
         elif not isinstance(chosen, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(chosen).__name__}")
-        elif cfg["JOBCREDITS_PLUGINS"] or entry_points:
+        else:
+            _check_account_said(app, account_said)
+        if is_in_process_default(chosen.store) and not (app.debug or app.testing):
+            warn_in_process(
+                f"Flask app {app.name!r}",
+                "set app.config['JOBCREDITS_URL']"
+                if built
+                else "build the ledger given to JobCredits with Ledger.from_url(url)",
+            )
+        if not built and (cfg["JOBCREDITS_PLUGINS"] or entry_points):
             # Like JOBCREDITS_TTL, these describe the ledger the extension
             # builds; a ledger passed in was built, plugins and all, by the app
             # (registering them on it here would register them twice when one
@@ -294,6 +318,18 @@ class JobCredits:
     def ledger(self) -> Ledger:
         """The ledger of the current app (needs an app context)."""
         return get_ledger()
+
+
+def _check_account_said(app: flask.Flask, said: bool) -> None:
+    """Who pays is the app's decision, so not saying it fails the setup, not
+    the first request (as a 500)."""
+    if not said:
+        raise ConfigurationError(
+            f"app {app.name!r}: JOBCREDITS_ACCOUNT is not set: set it to a callable of "
+            "flask.request returning the paying account (or a dotted path to one), pass "
+            "JobCredits(account=...), or set JOBCREDITS_ACCOUNT = None if every charged "
+            "view passes its own account= (or the app charges no view)"
+        )
 
 
 def get_state(app: flask.Flask | None = None) -> JobCreditsState:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import InvalidArgument
+from .._warnings import mark_in_process
 from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
@@ -103,7 +104,9 @@ def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
         "journal_limit": int,
         **JOURNAL_OPTIONS,
     }
-    return MemoryStore(**parse_options(parts.query, allowed, url))
+    store = MemoryStore(**parse_options(parts.query, allowed, url))
+    mark_in_process(store)  # one process's memory, named by a URL: the adapters warn
+    return store
 
 
 def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
@@ -121,7 +124,10 @@ def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
         {"timeout": float, "synchronous": str, "prune_batch": int, **JOURNAL_OPTIONS},
         url,
     )
-    return SQLiteStore(path, **opts)
+    store = SQLiteStore(path, **opts)
+    if path == ":memory:":
+        mark_in_process(store)  # like memory://, private to this process
+    return store
 
 
 def _redis_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:

@@ -11,9 +11,19 @@ httpx = pytest.importorskip("httpx")
 from examples.fastapi_app import create_app  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from jobcredits_plugin import Ledger  # noqa: E402
+from jobcredits_plugin import InProcessStoreWarning, Ledger  # noqa: E402
+
+# The quickstart runs on memory:// on purpose (one process, demo credits); that it
+# warns is checked once, below.
+pytestmark = pytest.mark.filterwarnings("ignore::jobcredits_plugin.InProcessStoreWarning")
 
 ADA = {"X-Api-Key": "key-ada"}
+
+
+@pytest.mark.filterwarnings("error::jobcredits_plugin.InProcessStoreWarning")
+def test_the_quickstart_on_memory_warns_about_workers() -> None:
+    with pytest.warns(InProcessStoreWarning, match="uvicorn --workers 2"):
+        create_app("memory://")
 
 
 def session(app: FastAPI, *requests: tuple[str, str, dict[str, str]]) -> list[Any]:

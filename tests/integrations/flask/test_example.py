@@ -11,9 +11,22 @@ pytest.importorskip("flask")
 
 from examples.flask_app import DEMO_CREDITS, create_app
 
+from jobcredits_plugin import InProcessStoreWarning
 from jobcredits_plugin.flask import get_ledger
 
+# The quickstart runs on memory:// on purpose (one process, demo credits); that it
+# warns is checked once, below.
+pytestmark = pytest.mark.filterwarnings("ignore::jobcredits_plugin.InProcessStoreWarning")
+
 ADA = {"X-Api-Key": "key-ada"}
+
+
+@pytest.mark.filterwarnings("error::jobcredits_plugin.InProcessStoreWarning")
+def test_the_quickstart_on_memory_warns_about_workers() -> None:
+    with pytest.warns(InProcessStoreWarning, match="JOBCREDITS_URL"):
+        create_app("memory://")
+
+
 BOB = {"X-Api-Key": "key-bob"}
 
 

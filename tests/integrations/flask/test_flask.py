@@ -18,6 +18,7 @@ flask = pytest.importorskip("flask")
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 from jobcredits_plugin import (  # noqa: E402
+    InProcessStoreWarning,
     InvalidArgument,
     JobCreditsError,
     JobExhausted,
@@ -828,6 +829,7 @@ def test_init_app_factory_keeps_a_ledger_per_app() -> None:
 
     def create_app() -> Any:
         app = flask.Flask(__name__)
+        app.testing = True  # memory://: no InProcessStoreWarning in testing mode
         app.config["JOBCREDITS_ACCOUNT"] = header("X-Account")
         ext.init_app(app)
 
@@ -854,7 +856,7 @@ def test_ledger_passed_to_the_extension_wins_over_the_url(tmp_path: Path) -> Non
     db = tmp_path / "never.db"
     ledger = make_ledger()
     app = flask.Flask(__name__)
-    app.config["JOBCREDITS_URL"] = f"sqlite:///{db}"
+    app.config.update(JOBCREDITS_URL=f"sqlite:///{db}", JOBCREDITS_ACCOUNT=header("X-Account"))
     JobCredits(app, ledger=ledger)
     assert get_ledger(app) is ledger
     assert not db.exists()
@@ -863,7 +865,7 @@ def test_ledger_passed_to_the_extension_wins_over_the_url(tmp_path: Path) -> Non
 def test_init_app_ledger_wins_over_the_constructors() -> None:
     """init_app(app, ledger=...) wins over JobCredits(ledger=...)."""
     first, second = make_ledger(), make_ledger()
-    ext = JobCredits(ledger=first)
+    ext = JobCredits(ledger=first, account=header("X-Account"))
     app = flask.Flask(__name__)
     ext.init_app(app, ledger=second)
     assert get_ledger(app) is second
@@ -881,6 +883,7 @@ def test_config_builds_the_ledger(tmp_path: Path) -> None:
         JOBCREDITS_BALANCES="yes",
         JOBCREDITS_MAX_USES="3",
         JOBCREDITS_FAIL_OPEN="0",
+        JOBCREDITS_ACCOUNT=header("X-Account"),
     )
     JobCredits(app)
     ledger = get_ledger(app)
@@ -898,14 +901,18 @@ def test_config_builds_the_ledger(tmp_path: Path) -> None:
 
 
 def test_config_defaults() -> None:
-    """Without config the app gets a memory ledger, X-Job-Id, on_missing="charge" and
-    fail-closed; the defaults are written into app.config."""
+    """With only the account said, the app gets a memory ledger (and the warning that
+    comes with it), X-Job-Id, on_missing="charge" and fail-closed; the defaults are
+    written into app.config."""
     app = flask.Flask(__name__)
-    JobCredits(app)
+    account = header("X-Account")
+    app.config["JOBCREDITS_ACCOUNT"] = account
+    with pytest.warns(InProcessStoreWarning, match="JOBCREDITS_URL"):
+        JobCredits(app)
     state = get_state(app)
     assert isinstance(state.ledger.store, MemoryStore)
     assert (state.job_header, state.on_missing, state.fail_open) == ("X-Job-Id", "charge", False)
-    assert state.account is None
+    assert state.account is account
     assert app.config["JOBCREDITS_URL"] == "memory://"
     assert state.ledger.ttl == 3600.0
 
@@ -940,6 +947,7 @@ def test_account_from_a_dotted_path(ledger: Ledger) -> None:
 def test_bad_config_fails_at_init_app(key: str, value: Any) -> None:
     """A config mistake raises InvalidArgument when the app is set up, not per request."""
     app = flask.Flask(__name__)
+    app.config["JOBCREDITS_ACCOUNT"] = header("X-Account")
     app.config[key] = value
     with pytest.raises(InvalidArgument):
         JobCredits(app)
@@ -976,9 +984,11 @@ def test_a_view_on_an_app_without_the_extension_is_a_clear_error() -> None:
 
 
 def test_no_account_callable_anywhere_is_a_clear_error() -> None:
-    """Neither JOBCREDITS_ACCOUNT nor account=: a RuntimeError naming both."""
+    """JOBCREDITS_ACCOUNT = None said on purpose, and a view without account=: a
+    RuntimeError naming both at the request."""
     app = flask.Flask(__name__)
     app.testing = True
+    app.config["JOBCREDITS_ACCOUNT"] = None
     JobCredits(app)
 
     @app.get("/v")
@@ -993,6 +1003,8 @@ def test_no_account_callable_anywhere_is_a_clear_error() -> None:
 def test_the_extension_registers_the_cli_and_the_error_handler() -> None:
     """init_app adds the `flask jobcredits` group and a JobCreditsError handler."""
     app = flask.Flask(__name__)
+    app.testing = True
+    app.config["JOBCREDITS_ACCOUNT"] = None
     JobCredits(app)
     assert "jobcredits" in app.cli.commands
     from jobcredits_plugin import JobCreditsError

@@ -34,6 +34,7 @@ def _fresh_targets() -> Iterator[None]:
 def make_app(**config: Any) -> flask.Flask:
     """An app whose one view charges; the account comes from X-Account."""
     app = flask.Flask(__name__)
+    app.testing = True  # on memory://: no InProcessStoreWarning in testing mode
     app.config.update(JOBCREDITS_ACCOUNT=header("X-Account"), **config)
     JobCredits(app)
 
@@ -115,6 +116,7 @@ def test_plugins_from_a_prefixed_environment(monkeypatch: pytest.MonkeyPatch) ->
     app = flask.Flask(__name__)
     app.config.from_prefixed_env()
     app.config["JOBCREDITS_ACCOUNT"] = header("X-Account")
+    app.testing = True
     JobCredits(app)
     assert get_ledger(app).plugin_manager.is_registered(EVENTS)
 
@@ -140,7 +142,11 @@ def test_a_bad_entry_fails_init_app_naming_it(plugins: Any, fragment: str, tmp_p
     init_app, naming the key and the entry; no store is left behind."""
     db = tmp_path / "jobs.db"
     app = flask.Flask(__name__)
-    app.config.update(JOBCREDITS_URL=f"sqlite:///{db}", JOBCREDITS_PLUGINS=plugins)
+    app.config.update(
+        JOBCREDITS_URL=f"sqlite:///{db}",
+        JOBCREDITS_PLUGINS=plugins,
+        JOBCREDITS_ACCOUNT=header("X-Account"),
+    )
     with pytest.raises(InvalidArgument, match="JOBCREDITS_PLUGINS") as info:
         JobCredits(app)
     assert fragment in str(info.value)
@@ -196,5 +202,5 @@ def test_a_passed_ledger_without_plugin_keys_logs_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="jobcredits_plugin"):
-        JobCredits(flask.Flask(__name__), make_ledger())
+        JobCredits(flask.Flask(__name__), make_ledger(), account=header("X-Account"))
     assert caplog.records == []
