@@ -48,7 +48,8 @@ class App:
     ``?status=N`` answers N; ``?mode=raise`` raises before answering,
     ``mode=silent`` returns without answering, ``mode=stream-break`` sends the
     start and a first chunk and then raises, ``mode=state`` answers with the
-    job's state as the ledger saw it after the start was sent.
+    job's state as the ledger saw it after the start was sent (``before``)
+    and after a first byte of the body was (``state``).
     """
 
     def __init__(self, ledger: Ledger | None = None) -> None:
@@ -56,6 +57,10 @@ class App:
         self.charges: list[Charge | None] = []
         self.scopes: list[Scope] = []
         self.lifespan: list[str] = []
+
+    def _state(self, charge: Charge) -> str | None:
+        assert self.ledger is not None
+        return _state_of(self.ledger, charge)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scopes.append(scope)
@@ -86,13 +91,21 @@ class App:
         if mode == "stream-break":
             await send(body(b"first chunk", more=True))
             raise RuntimeError("the stream broke")
+        if mode == "break-before-body":
+            await send(body(b"", more=True))
+            raise RuntimeError("the stream broke before its first byte")
         payload: dict[str, Any] = {"outcome": charge.outcome if charge else None}
         if mode == "state" and self.ledger is not None and charge is not None:
-            record = self.ledger.lookup(
-                charge.record.account, charge.record.job_id, scope=charge.record.scope
-            )
-            payload["state"] = record.state if record else None
+            payload["before"] = self._state(charge)
+            await send(body(b" ", more=True))  # the first byte
+            payload["state"] = self._state(charge)
         await send(body(json.dumps(payload).encode()))
+
+
+def _state_of(ledger: Ledger, charge: Charge) -> str | None:
+    r = charge.record
+    record = ledger.lookup(r.account, r.job_id, scope=r.scope)
+    return record.state if record else None
 
 
 def client(app: Any, *, raise_app_exceptions: bool = True) -> Any:
@@ -157,12 +170,26 @@ def test_credits_remaining_header_with_balances() -> None:
     assert call(app, job="job-2").headers["X-Credits-Remaining"] == "1"
 
 
-def test_confirmed_when_the_response_starts_before_the_body(ledger: Ledger) -> None:
-    """The charge is confirmed as soon as the app sends http.response.start,
-    while the body has not been sent yet."""
+def test_confirmed_at_the_first_body_byte(ledger: Ledger) -> None:
+    """The charge is confirmed when the app sends the first byte of its body,
+    not at http.response.start (still pending then), and before the rest of
+    the body has been sent."""
     app = middleware(App(ledger), ledger)
     response = call(app, "/v1/summarize?mode=state")
-    assert response.json() == {"outcome": "charged", "state": "charged"}
+    assert response.json() == {"outcome": "charged", "before": "pending", "state": "charged"}
+
+
+def test_stream_breaking_before_its_first_byte_refunds(
+    ledger: Ledger, events: RecordingPlugin
+) -> None:
+    """A response that started but raised before its first body byte (an
+    empty chunk is none) is refunded: nothing reached the client, whose
+    server answers 500."""
+    app = middleware(App(), ledger)
+    with pytest.raises(RuntimeError, match="before its first byte"):
+        call(app, "/v1/summarize?mode=break-before-body")
+    assert ledger.lookup("acct", "job-1", scope="summarize") is None
+    assert events.kinds() == ["charge", "refund"]
 
 
 def test_stream_breaking_after_start_stays_charged(ledger: Ledger, events: RecordingPlugin) -> None:
@@ -591,3 +618,30 @@ async def empty_receive() -> Message:
 
 async def drop(message: Message) -> None:
     return None
+
+
+# -- the headers tell what really happened ----------------------------------------------
+
+
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
+    clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """A handler that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+    ledger = make_ledger(clock=clock, balances=True, plugins=[events])
+    ledger.grant("acct", 5)
+
+    async def late(scope: Scope, receive: Receive, send: Send) -> None:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in await ledger.aprune()] == ["job-1"]
+        await send(start())
+        await send(body(b"{}"))
+
+    response = call(middleware(late, ledger))
+    assert response.status_code == 200
+    assert response.headers["X-Job-Charge"] == "refunded"
+    assert response.headers["X-Credits-Remaining"] == "5"
+    assert ledger.balance("acct") == 5
+    assert ledger.lookup("acct", "job-1", scope="summarize") is None
+    assert events.kinds() == ["charge", "refund"]

@@ -335,23 +335,31 @@ def test_fail_open_lets_the_call_through_uncharged(clock: FakeClock) -> None:
 # -- confirm and refund by the response ------------------------------------------------------
 
 
-def test_confirmed_when_the_response_starts(ledger: Ledger) -> None:
-    """The charge is confirmed when the app calls start_response, before the body has
-    been sent."""
+def test_confirmed_at_the_first_body_byte(ledger: Ledger) -> None:
+    """The charge is confirmed when the body produces its first byte, before
+    the rest of the body has been sent: still pending while the body is being
+    prepared (start_response alone settles nothing), charged right after."""
     states: list[str | None] = []
+
+    def state() -> None:
+        record = ledger.lookup(ACCT, JOB)
+        states.append(None if record is None else record.state)
 
     def inner(env: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
         start_response("200 OK", [])
 
         def body() -> Iterator[bytes]:
-            record = ledger.lookup(ACCT, JOB)
-            states.append(None if record is None else record.state)
+            state()
+            yield b""  # an empty chunk is not a byte
+            state()
             yield b"chunk"
+            state()
+            yield b" more"
 
         return body()
 
-    assert call(mw(inner, ledger), req()).body == b"chunk"
-    assert states == ["charged"]
+    assert call(mw(inner, ledger), req()).body == b"chunk more"
+    assert states == ["pending", "pending", "charged"]
 
 
 @pytest.mark.parametrize("status", ["400 Bad Request", "404 Not Found", "429 Too Many"])
@@ -427,6 +435,72 @@ def test_a_lazy_body_starting_late_is_settled_by_its_status(ledger: Ledger) -> N
     record = ledger.lookup(ACCT, JOB)
     assert record is not None
     assert record.state == "charged"
+
+
+def test_a_body_failing_before_its_first_byte_refunds(
+    ledger: Ledger, events: RecordingPlugin
+) -> None:
+    """start_response called, then the body raises before producing a byte
+    (an empty chunk is none): refunded, and the server, which was handed no
+    status yet, answers 500 itself."""
+    started: list[str] = []
+
+    def inner(env: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b""
+        raise RuntimeError("stream broke before its first byte")
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda data: None
+
+    body = mw(inner, ledger)(req(), start_response)
+    with pytest.raises(RuntimeError, match="before its first byte"):
+        list(body)
+    body.close()  # type: ignore[attr-defined]
+    assert started == []
+    assert ledger.lookup(ACCT, JOB) is None
+    assert ledger.balance(ACCT) == 10
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_an_empty_body_is_settled_at_its_end(ledger: Ledger) -> None:
+    """A response without a body (HEAD, 204) is confirmed when the body ends."""
+
+    def inner(env: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("204 No Content", [])
+        return []
+
+    r = call(mw(inner, ledger), req())
+    assert r.status == 204
+    assert r.header("X-Job-Charge") == "charged"
+    record = ledger.lookup(ACCT, JOB)
+    assert record is not None
+    assert record.state == "charged"
+
+
+def test_the_write_callable_settles_at_its_first_byte(ledger: Ledger) -> None:
+    """An app using the legacy write() callable: its first data is the first byte."""
+    written: list[bytes] = []
+
+    def inner(env: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        write = start_response("200 OK", [])
+        write(b"")
+        assert ledger.lookup(ACCT, JOB).state == "pending"  # type: ignore[union-attr]
+        write(b"data")
+        assert ledger.lookup(ACCT, JOB).state == "charged"  # type: ignore[union-attr]
+        return []
+
+    headers: list[Any] = []
+
+    def start_response(status: str, hdrs: Any, exc_info: Any = None) -> Any:
+        headers.extend(hdrs)
+        return written.append
+
+    body = mw(inner, ledger)(req(), start_response)
+    assert list(body) == []
+    assert written == [b"data"]
+    assert ("X-Job-Charge", "charged") in headers
 
 
 def test_a_body_failing_after_the_start_keeps_the_charge(ledger: Ledger) -> None:
@@ -628,3 +702,28 @@ def test_middleware_checks_its_arguments(ledger: Ledger, kwargs: dict[str, Any])
     args: dict[str, Any] = {"account": header("X-Account"), "routes": {"/x": 1}, **kwargs}
     with pytest.raises(InvalidArgument):
         JobCreditsMiddleware(inner, args.pop("ledger", ledger), **args)
+
+
+# -- the headers tell what really happened ----------------------------------------------------
+
+
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
+    ledger: Ledger, clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """A handler that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+
+    def inner(env: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in ledger.prune()] == [JOB]
+        start_response("200 OK", [])
+        return [b"late"]
+
+    r = call(mw(inner, ledger), req())
+    assert r.status == 200
+    assert r.header("X-Job-Charge") == "refunded"
+    assert r.header("X-Credits-Remaining") == "10"
+    assert ledger.balance(ACCT) == 10
+    assert ledger.lookup(ACCT, JOB) is None
+    assert events.kinds() == ["charge", "refund"]

@@ -27,7 +27,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._ledger import Ledger
-from ._records import Charge
+from ._records import Charge, JobRecord
 from ._validation import check_cost, check_flag, check_label, check_scope, configuring
 
 __all__ = ["charges_credit", "current_charge", "header"]
@@ -143,23 +143,49 @@ async def abegin(
         return None
 
 
-def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | None:
+#: What :func:`finish` did: the charge was confirmed, or it was refunded
+#: (by this call, or earlier by a prune or a takeover when the confirm found
+#: nothing); None when there was nothing to do or the store failed.
+Settled = Literal["confirmed", "refunded"] | None
+
+
+def _confirm_missed(r: JobRecord) -> None:
+    log.warning(
+        "jobcredits: job %r's charge %s was refunded before its call finished (the call "
+        "outlived its lease, and a prune or the job's next call settled it): the call "
+        "was served free",
+        r.job_id,
+        r.charge_id,
+    )
+
+
+def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
     """Confirm (``ok``) or refund the charging call; follow-ups need neither.
 
     Never raises: the handler's answer is already decided. If the store fails
     here, the charge stays ``pending`` and the lease settles it later (a refund:
     the client is never charged for a call whose outcome was not recorded).
-    Returns True when the charge was refunded, False when confirmed, None when
-    there was nothing to do or the store failed.
+
+    A confirm that matches nothing means the charge is gone: the call outlived
+    its lease and was refunded meanwhile (a prune, or the job's next call
+    taking it over). That is reported as ``"refunded"``, so that the response
+    says what really happened; the refund is repeated by charge id, which
+    does nothing if it was done already and settles at once a charge that
+    only its expiry hid.
     """
     if charge is None or not charge.charged:
         return None
     r = charge.record
     try:
         if ok:
-            ledger.confirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
-            return False
-        return ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id) or None
+            if ledger.confirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
+                return "confirmed"
+            _confirm_missed(r)
+            ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            return "refunded"
+        if ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
+            return "refunded"
+        return None
     except StoreUnavailable as exc:
         log.error(
             "jobcredits could not %s job %r (%s); its lease will settle it",
@@ -170,17 +196,21 @@ def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | None:
         return None
 
 
-async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> bool | None:
+async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
     """Async twin of :func:`finish`."""
     if charge is None or not charge.charged:
         return None
     r = charge.record
     try:
         if ok:
-            await ledger.aconfirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
-            return False
-        refunded = await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
-        return refunded or None
+            if await ledger.aconfirm(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
+                return "confirmed"
+            _confirm_missed(r)
+            await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            return "refunded"
+        if await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
+            return "refunded"
+        return None
     except StoreUnavailable as exc:
         log.error(
             "jobcredits could not %s job %r (%s); its lease will settle it",

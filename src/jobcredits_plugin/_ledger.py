@@ -72,18 +72,6 @@ def _new_charge_id() -> str:
     return secrets.token_hex(8)
 
 
-def _claim_events(result: ClaimResult) -> Iterable[Event]:
-    return result.events
-
-
-def _one_event(event: Event | None) -> Iterable[Event]:
-    return () if event is None else (event,)
-
-
-def _all_events(events: list[Event]) -> Iterable[Event]:
-    return events
-
-
 def _valid_or_none(check: Callable[..., Any], *args: Any) -> Any:
     try:
         return check(*args)
@@ -291,7 +279,14 @@ class Ledger:
     def _notify(self, hook_name: str, impls: tuple[_Impl, ...], values: tuple[Any, ...]) -> None:
         """Call each implementation with the spec's argument ``values``, each
         in isolation: pluggy would stop at the first one that raises, and a
-        metrics bug must not hide the event from the audit log plugin."""
+        metrics bug must not hide the event from the audit log plugin.
+
+        An ``Exception`` is logged and skipped. A ``BaseException`` (a
+        cancellation, ``KeyboardInterrupt``, ``SystemExit``) must reach the
+        caller, but only after every other implementation has seen the event:
+        the first one is re-raised once all of them ran.
+        """
+        interrupt: BaseException | None = None
         for function, picks, plugin_name in impls:
             try:
                 if picks is None:
@@ -308,14 +303,28 @@ class Ledger:
                         hook_name,
                         plugin_name,
                     )
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if interrupt is None:
+                    interrupt = exc
+        if interrupt is not None:
+            raise interrupt
 
     def _fire(self, events: Iterable[Event]) -> None:
-        """Call each hook implementation for each committed event."""
+        """Call each hook implementation for each committed event; an
+        interrupting hook (see :meth:`_notify`) is re-raised after every
+        event was reported."""
+        interrupt: BaseException | None = None
         for event in events:
             name = "on_" + event.kind
             impls = self._impls(name)
             if impls:
-                self._notify(name, impls, (event.record,))
+                try:
+                    self._notify(name, impls, (event.record,))
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    if interrupt is None:
+                        interrupt = exc
+        if interrupt is not None:
+            raise interrupt
 
     def report_rejection(
         self,
@@ -382,9 +391,20 @@ class Ledger:
     def _unreachable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"store {self._store!r} unreachable: {exc}")
 
-    def _call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+    def _call(
+        self,
+        op: str,
+        fn: Callable[..., T],
+        *args: Any,
+        late: Callable[[T], None] | None = None,
+    ) -> T:
         """Make one store call, turning "could not reach it" into
-        StoreUnavailable and timing it for ``on_store_call`` when observed."""
+        StoreUnavailable and timing it for ``on_store_call`` when observed.
+
+        ``late`` settles a committed result that will not reach the caller
+        (an ``on_store_call`` implementation interrupted the call after the
+        commit): it fires the result's hooks and takes back a new charge.
+        """
         self._check_open()
         impls = self._impls("on_store_call")
         if not impls:
@@ -402,7 +422,12 @@ class Ledger:
         except BaseException as exc:
             self._notify("on_store_call", impls, (op, time.perf_counter() - start, exc))
             raise
-        self._notify("on_store_call", impls, (op, time.perf_counter() - start, None))
+        try:
+            self._notify("on_store_call", impls, (op, time.perf_counter() - start, None))
+        except BaseException:
+            if late is not None:
+                self._settle_late(late, result)
+            raise
         return result
 
     async def _acall(
@@ -410,30 +435,34 @@ class Ledger:
         op: str,
         fn: Callable[..., Awaitable[T]],
         *args: Any,
-        late: Callable[[T], Iterable[Event]] | None = None,
+        late: Callable[[T], None] | None = None,
     ) -> T:
         """Await one store operation, keeping its hooks exactly once even when
         the caller is cancelled mid-way.
 
         A store whose async twin runs in a worker thread (or on a network
         round trip) commits whether or not its awaiting task is cancelled. So
-        the operation is shielded, and if the caller is cancelled the events it
-        commits later (``late`` extracts them from the result) still fire.
+        the operation is shielded, and if the caller is cancelled, ``late``
+        settles what it commits later: the events still fire, and a new
+        charge, whose Charge never reaches the cancelled caller, is refunded.
         Stores that never suspend (``cancel_safe``) skip the extra task.
         """
         self._check_open()
         impls = self._impls("on_store_call")
         error: BaseException | None = None
+        result: Any = None
         start = time.perf_counter()
         try:
             if getattr(self._store, "cancel_safe", False):
-                return await fn(*args)
+                result = await fn(*args)
+                return result  # type: ignore[no-any-return]
             task = asyncio.ensure_future(fn(*args))
             try:
-                return await asyncio.shield(task)
+                result = await asyncio.shield(task)
+                return result  # type: ignore[no-any-return]
             except asyncio.CancelledError:
                 if late is not None:
-                    task.add_done_callback(functools.partial(self._fire_late, late))
+                    task.add_done_callback(functools.partial(self._late_done, late))
                 raise
         except _UNREACHABLE as exc:
             error = self._unreachable(exc)
@@ -443,21 +472,85 @@ class Ledger:
             raise
         finally:
             if impls:
-                self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
+                try:
+                    self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
+                except BaseException:
+                    if error is None and late is not None:
+                        self._settle_late(late, result)
+                    raise
 
-    def _fire_late(self, late: Callable[[Any], Iterable[Event]], task: asyncio.Future[Any]) -> None:
+    def _late_done(self, late: Callable[[Any], None], task: asyncio.Future[Any]) -> None:
+        """The done callback of a store operation whose caller was cancelled."""
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            self._fire(settled_so_far(error))  # batches a failed prune committed
+            # Batches a failed prune committed before the failure.
+            self._settle_late(self._fire, settled_so_far(error))
             return
-        self._fire(late(task.result()))
+        self._settle_late(late, task.result())
+
+    def _settle_late(self, late: Callable[[Any], None], result: Any) -> None:
+        """Run ``late`` for a committed result whose caller is gone or already
+        leaving with an exception of its own: that exception is the one the
+        caller sees, so nothing ``late`` raises may replace it."""
+        try:
+            late(result)
+        except BaseException:  # the caller's own exception wins
+            with contextlib.suppress(Exception):
+                log.warning(
+                    "jobcredits: settling a store result its caller never received was interrupted",
+                    exc_info=True,
+                )
+
+    def _take_back(self, result: ClaimResult) -> None:
+        """Refund a charge that committed but whose :class:`Charge` never
+        reached the caller (a hook interrupted it, or the caller was cancelled
+        while the claim was in flight): nobody would confirm or refund it, so
+        the credit would stay debited until its lease ran out. The refund
+        fires ``on_refund`` like any other. Never raises: the caller is
+        already leaving with an exception of its own; if the store fails
+        here, the lease still settles the charge."""
+        if result.status != "charged" or result.record is None:
+            return  # a reuse or a refusal debited nothing
+        record = result.record
+        key = (record.account, record.scope, record.job_id)
+        try:
+            event = self._store.refund(key, record.charge_id, self.now())
+            if event is not None:
+                self._fire((event,))
+        except BaseException:  # see the docstring
+            with contextlib.suppress(Exception):
+                log.warning(
+                    "jobcredits could not take back charge %s of job %r (its caller never "
+                    "received it); its lease will refund it",
+                    record.charge_id,
+                    record.job_id,
+                    exc_info=True,
+                )
+
+    def _abandon_claim(self, req: ClaimRequest, result: ClaimResult) -> None:
+        """``late`` for a claim: report its events, then take its charge back."""
+        try:
+            self._fire(result.events)
+        finally:
+            self._take_back(result)
+
+    def _fire_one(self, event: Event | None) -> None:
+        """``late`` for a refund."""
+        if event is not None:
+            self._fire((event,))
 
     def _settle_claim(self, req: ClaimRequest, result: ClaimResult) -> Charge:
         """Fire the hooks of a committed claim, then turn its status into a
-        Charge or the error the caller must see."""
-        self._fire(result.events)
+        Charge or the error the caller must see. A hook that interrupts the
+        call (see :meth:`_notify`) takes the new charge back before its
+        exception goes on: the caller never gets the Charge to settle."""
+        try:
+            self._fire(result.events)
+        except BaseException:
+            self._take_back(result)
+            raise
         status = result.status
         if status == "charged" or status == "reused":
             assert result.record is not None
@@ -501,7 +594,10 @@ class Ledger:
         """
         try:
             req = self._claim_request(account, job_id, scope, cost, tier, backend)
-            return self._settle_claim(req, self._call("claim", self._store.claim, req))
+            result = self._call(
+                "claim", self._store.claim, req, late=functools.partial(self._abandon_claim, req)
+            )
+            return self._settle_claim(req, result)
         except JobCreditsError as exc:
             self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
             raise
@@ -527,7 +623,7 @@ class Ledger:
         """
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
-        event = self._call("refund", self._store.refund, key, cid, self.now())
+        event = self._call("refund", self._store.refund, key, cid, self.now(), late=self._fire_one)
         if event is None:
             return False
         self._fire((event,))
@@ -548,7 +644,7 @@ class Ledger:
         """
         limit = check_optional_count("limit", limit)
         try:
-            events = self._call("prune", self._store.prune, self.now(), limit)
+            events = self._call("prune", self._store.prune, self.now(), limit, late=self._fire)
         except BaseException as exc:
             # A store that prunes in batches commits each one: the hooks of
             # the batches done before the failure still fire, exactly once.
@@ -716,7 +812,9 @@ class Ledger:
         """Async twin of :meth:`charge`; never blocks the event loop."""
         try:
             req = self._claim_request(account, job_id, scope, cost, tier, backend)
-            result = await self._acall("claim", self._store.aclaim, req, late=_claim_events)
+            result = await self._acall(
+                "claim", self._store.aclaim, req, late=functools.partial(self._abandon_claim, req)
+            )
             return self._settle_claim(req, result)
         except JobCreditsError as exc:
             self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
@@ -737,7 +835,7 @@ class Ledger:
         key = self._key(account, job_id, scope)
         cid = check_charge_id(charge_id)
         event = await self._acall(
-            "refund", self._store.arefund, key, cid, self.now(), late=_one_event
+            "refund", self._store.arefund, key, cid, self.now(), late=self._fire_one
         )
         if event is None:
             return False
@@ -756,7 +854,7 @@ class Ledger:
         limit = check_optional_count("limit", limit)
         try:
             events = await self._acall(
-                "prune", self._store.aprune, self.now(), limit, late=_all_events
+                "prune", self._store.aprune, self.now(), limit, late=self._fire
             )
         except asyncio.CancelledError:
             raise  # the late callback fires what the shielded prune commits

@@ -137,15 +137,15 @@ class JobCall:
         if self.finished:
             return
         self.finished = True
-        self.refunded = finish(self.ledger, self.charge, ok=not is_failure(status)) is True
+        self.refunded = finish(self.ledger, self.charge, ok=not is_failure(status)) == "refunded"
 
     async def afinish(self, status: int | None) -> None:
         """Async twin of :meth:`finish`."""
         if self.finished:
             return
         self.finished = True
-        refunded = await afinish(self.ledger, self.charge, ok=not is_failure(status))
-        self.refunded = refunded is True
+        settled = await afinish(self.ledger, self.charge, ok=not is_failure(status))
+        self.refunded = settled == "refunded"
 
 
 def start_call(

@@ -15,10 +15,15 @@ would rather not annotate endpoint by endpoint::
 
 A pure ASGI middleware: it imports no framework, and passes ``lifespan`` and
 ``websocket`` connections, and HTTP requests that match no route, through
-untouched. The charge is confirmed when the wrapped app starts its response
-(``http.response.start``: status and headers decided), not after a streamed
-body has been sent; it is refunded when that status is 5xx, or when the app
-raises or is cancelled before starting a response.
+untouched. The charge is settled when the response's first body byte is
+produced (the first non-empty ``http.response.body``, or the last one when
+the body is empty), not after a streamed body has been sent: confirmed for a
+status below 500, refunded for a 5xx. It is refunded when the app raises, is
+cancelled or returns before that first byte: a streamed response that fails
+before producing anything is answered 500 by the server and costs nothing.
+A body that fails after its first byte stays charged (the client was
+answered). The app's ``http.response.start`` is held back until then, so
+that ``X-Job-Charge`` always says what really happened.
 """
 
 from __future__ import annotations
@@ -90,53 +95,82 @@ class _Watch:
     lets the dependency :meth:`attach` the call.
     """
 
-    __slots__ = ("call", "job_header", "started")
+    __slots__ = ("call", "held", "job_header", "started")
 
     def __init__(self, call: JobCall | None = None, job_header: str = DEFAULT_JOB_HEADER) -> None:
         self.call = call
         self.job_header = job_header
         self.started = False
+        #: The app's ``http.response.start``, held back until the first byte.
+        self.held: Message | None = None
 
     def attach(self, call: JobCall, job_header: str) -> None:
         self.call = call
         self.job_header = job_header
 
 
+def _is_first_byte(message: Message) -> bool:
+    """Whether a message held behind ``http.response.start`` releases it: a
+    body chunk with data, the body's end, or anything other than a body chunk
+    (a ``pathsend``, trailers: the response is under way)."""
+    if message["type"] != "http.response.body":
+        return True
+    return bool(message.get("body")) or not message.get("more_body", False)
+
+
 async def _run_watched(
     app: ASGIApp, scope: Scope, receive: Receive, send: Send, watch: _Watch
 ) -> None:
-    """Run ``app``, settling the watched call when its response starts.
+    """Run ``app``, settling the watched call at its response's first byte.
 
-    The status of ``http.response.start`` decides (see
-    ``_web.is_failure``), and the call's headers are
-    added to that message. Confirming there rather than after the body is
-    what lets a follow-up sent the moment the client has the headers be
-    ``reused`` instead of 409, and what keeps a long stream from outliving the
-    lease. A failure after the start (a stream that breaks) leaves the charge
-    as the status decided: the client was answered. If the app raises, is
-    cancelled or returns before starting a response, the call is refunded.
+    The app's ``http.response.start`` is held until the first non-empty body
+    chunk (or the body's end); then the start's status decides (see
+    ``_web.is_failure``), the call's headers are added to the start, and
+    both go to the server. Settling there rather than after the body is what
+    lets a follow-up sent the moment the client has the first bytes be
+    ``reused`` instead of 409, and keeps a long stream from outliving the
+    lease; settling no earlier is what keeps a stream that fails before its
+    first byte (the server answers 500) from being charged. A failure after
+    the first byte leaves the charge as the status decided: the client was
+    answered. If the app raises, is cancelled or returns before its first
+    byte, the call is refunded (and, nothing having been sent, the server
+    answers the failure itself).
     """
+
+    async def release() -> None:
+        start, watch.held = watch.held, None
+        assert start is not None
+        assert watch.call is not None
+        await watch.call.afinish(start.get("status"))
+        start = dict(start)
+        start["headers"] = [
+            *start.get("headers", ()),
+            *_encode_headers(watch.call.headers(watch.job_header)),
+        ]
+        await send(start)
 
     async def watched_send(message: Message) -> None:
         if message["type"] == "http.response.start" and not watch.started:
             watch.started = True
-            call = watch.call
-            if call is not None:
-                await call.afinish(message.get("status"))
-                message = dict(message)
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    *_encode_headers(call.headers(watch.job_header)),
-                ]
+            if watch.call is not None:
+                watch.held = message
+                return
+        elif watch.held is not None:
+            if not _is_first_byte(message):
+                return  # an empty chunk: nothing produced yet
+            await release()
         await send(message)
 
     try:
         await app(scope, receive, watched_send)
     except BaseException as exc:
+        watch.held = None  # never sent: the server answers the failure
         if watch.call is not None:
-            await afinish_raised(watch.call, exc)  # a no-op once the response started
+            await afinish_raised(watch.call, exc)  # a no-op after the first byte
         raise
-    if watch.call is not None:
+    if watch.held is not None:
+        await release()  # started, then returned without a body: ended cleanly
+    elif watch.call is not None:
         await watch.call.afinish(None)  # returned without answering: nothing was served
 
 

@@ -13,9 +13,16 @@ decorate view by view::
         account=lambda environ: environ.get("REMOTE_USER"),
     )
 
-The charge is confirmed when the wrapped app starts its response (status and
-headers decided), not after the body has streamed; it is refunded when that
-status is 5xx, or when the app raises before starting a response.
+The charge is settled when the response's first body byte is produced (the
+first non-empty chunk of the body, or its clean end when it is empty), not
+after the whole body has streamed: confirmed for a status below 500,
+refunded for a 5xx. It is refunded when the app raises, or its body raises
+or is closed, before that first byte: a streamed response that fails before
+producing anything is answered 500 by the server and costs nothing. A body
+that fails after its first byte stays charged (the client was answered).
+The headers the server sends are held until then as well (a WSGI server
+sends nothing before the first byte anyway), so ``X-Job-Charge`` always says
+what really happened.
 """
 
 from __future__ import annotations
@@ -53,20 +60,92 @@ def _status_line(code: int) -> str:
         return str(code)
 
 
-class _Body:
-    """The app's response body, passed through, watching for a failure that
-    comes before the response started (a lazy app that raises on its first
-    iteration): that failure refunds the charge like any other."""
+class _Held:
+    """One charged response, held back from the server until its first body
+    byte: ``start_response`` is recorded, and passed on (with the call's
+    headers added) only once the call is settled."""
 
-    def __init__(self, body: Iterable[bytes], call: JobCall) -> None:
+    __slots__ = ("call", "exc_info", "headers", "job_header", "sent", "start_response", "status")
+
+    def __init__(self, call: JobCall, start_response: StartResponse, job_header: str) -> None:
+        self.call = call
+        self.start_response = start_response
+        self.job_header = job_header
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: ExcInfo | None = None
+        self.sent: Callable[[bytes], object] | None = None
+
+    def app_start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        """The ``start_response`` the wrapped app sees."""
+        if self.sent is not None:
+            # Already passed on: the server decides (it re-raises exc_info).
+            return self.start_response(status, headers, exc_info)
+        self.status, self.headers, self.exc_info = status, list(headers), exc_info
+        return self.write
+
+    def write(self, data: bytes) -> object:
+        """The legacy ``write()`` callable: its first non-empty data is the
+        response's first byte."""
+        if self.sent is None:
+            if not data:
+                return None
+            self.release()
+        assert self.sent is not None
+        return self.sent(data)
+
+    def release(self) -> None:
+        """The first byte is ready (or the body ended cleanly): settle the
+        call by the status, then start the response with its headers."""
+        if self.sent is not None:
+            return
+        if self.status is None:
+            # The app produced a body without starting a response: not a
+            # success; the server will report the app's mistake.
+            self.call.finish(None)
+            return
+        try:
+            code: int | None = int(self.status.split(None, 1)[0])
+        except (ValueError, IndexError):  # a malformed status line: not a success
+            code = None
+        self.call.finish(code)
+        headers = [*self.headers, *self.call.headers(self.job_header)]
+        self.sent = self.start_response(self.status, headers, self.exc_info)
+        self.exc_info = None
+
+
+class _Body:
+    """The app's response body, passed through once its first byte is ready.
+
+    Empty chunks before it are swallowed (a server may send the headers on
+    one); a failure before it refunds the call and goes on to the server,
+    which, having sent nothing yet, answers 500.
+    """
+
+    def __init__(self, body: Iterable[bytes], held: _Held) -> None:
         self._body = body
-        self._call = call
+        self._held = held
 
     def __iter__(self) -> Iterator[bytes]:
+        held = self._held
         try:
-            yield from self._body
+            iterator = iter(self._body)
+            for chunk in iterator:
+                if held.sent is None:
+                    if not chunk:
+                        continue
+                    held.release()
+                yield chunk
+                if held.sent is not None:
+                    break
+            else:
+                held.release()  # an empty body, ended cleanly
+                return
+            yield from iterator
         except BaseException:
-            self._call.finish(None)  # a no-op when the response already started
+            held.call.finish(None)  # a no-op once the first byte was produced
             raise
 
     def close(self) -> None:
@@ -75,9 +154,9 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            # The server is done with the call; if the app never started a
-            # response, it did not serve the client.
-            self._call.finish(None)
+            # The server is done with the call; if the body never produced
+            # its first byte, it did not serve the client.
+            self._held.call.finish(None)
 
 
 class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
@@ -138,22 +217,13 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
             start_response(_status_line(err.status), headers)
             return [problem]
 
-        def charged_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            try:
-                code: int | None = int(status.split(None, 1)[0])
-            except (ValueError, IndexError):  # a malformed status line: not a success
-                code = None
-            call.finish(code)  # the response starts: its status decides
-            return start_response(status, [*headers, *call.headers(job_header)], exc_info)
-
+        held = _Held(call, start_response, job_header)
         try:
             # The app (unless it defers its work to the body's iteration) sees
             # its Charge through current_charge(), as a decorated function does.
             with bound(call):
-                body = self.app(environ, charged_start_response)
+                body = self.app(environ, held.app_start_response)
         except BaseException:
             call.finish(None)
             raise
-        return _Body(body, call)
+        return _Body(body, held)
