@@ -195,7 +195,7 @@ def test_app_answers_errors_as_problem_json() -> None:
         (dup,) = seen
         assert dup.status == 409
         assert dup.body["code"] == "job_in_progress"
-        assert dup.headers["Retry-After"] == str(JobInProgress(retry_after=60).retry_after)
+        assert dup.headers["Retry-After"] == JobInProgress(retry_after=60).headers()["Retry-After"]
 
         bad = call(app, "/transcribe", "acct", "no spaces allowed")
         assert (bad.status, bad.body["code"]) == (400, "invalid_job_id")

@@ -3,6 +3,7 @@ Retry-After headers (DESIGN §3, "Errors carry .status ... and a stable .code").
 
 from __future__ import annotations
 
+import http
 import json
 
 import pytest
@@ -72,12 +73,10 @@ def test_to_problem_has_the_rfc9457_fields_and_is_json(cls: type[JobCreditsError
     assert {"type", "title", "status", "detail", "code"} <= doc.keys()
     assert doc["status"] == cls.status
     assert doc["code"] == cls.code
-    assert doc["detail"] == "the detail"
-    assert isinstance(doc["title"], str)
-    assert doc["title"]
-    assert doc["title"] == cls.title
-    assert doc["type"].startswith("https://")
-    assert doc["type"].endswith(cls.code.replace("_", "-"))
+    assert doc["detail"] == ("the detail" if cls.status < 500 else err.client_detail)
+    # No base configured: about:blank, whose title is the status phrase (RFC 9457 §4.2.1).
+    assert doc["type"] == "about:blank"
+    assert doc["title"] == http.HTTPStatus(cls.status).phrase
     assert "instance" not in doc
     assert json.loads(json.dumps(doc)) == doc
 
@@ -87,7 +86,7 @@ def test_detail_defaults_to_the_title(cls: type[JobCreditsError]) -> None:
     """An error raised without a message still has a human detail."""
     err = cls()
     assert err.detail == cls.title
-    assert err.to_problem()["detail"] == cls.title
+    assert err.to_problem()["detail"] == err.client_detail
 
 
 def test_to_problem_takes_an_instance_uri() -> None:
@@ -96,10 +95,23 @@ def test_to_problem_takes_an_instance_uri() -> None:
     assert doc["instance"] == "/v1/summarize"
 
 
-def test_problem_types_differ_per_code() -> None:
-    """Each code has its own problem `type` URI."""
-    types = {cls().to_problem()["type"] for cls in ALL_ERRORS}
-    assert len(types) == len(ALL_ERRORS)
+def test_problem_types_differ_per_code_under_a_base() -> None:
+    """With a configured base, each code has its own problem `type` URI: the
+    base followed by the code, with the error's own title."""
+    base = "https://api.example.com/problems/"
+    docs = [cls().to_problem(type_base=base) for cls in ALL_ERRORS]
+    assert len({doc["type"] for doc in docs}) == len(ALL_ERRORS)
+    for cls, doc in zip(ALL_ERRORS, docs, strict=True):
+        assert doc["type"] == base + cls.code
+        assert doc["title"] == cls.title
+
+
+def test_no_problem_type_points_at_the_library_documentation() -> None:
+    """Without a base the type is about:blank: no third party's host reaches an
+    app's customers."""
+    for cls in ALL_ERRORS:
+        assert cls().to_problem()["type"] == "about:blank"
+        assert cls().to_problem(type_base="about:blank")["type"] == "about:blank"
 
 
 @pytest.mark.parametrize(
@@ -127,13 +139,26 @@ def test_errors_other_than_in_progress_and_unavailable_have_no_retry_after(
 def test_job_in_progress_retry_after_is_whole_seconds_rounded_up() -> None:
     """JobInProgress turns the lease left into a Retry-After of whole seconds,
     rounded up and at least 1."""
-    assert JobInProgress(retry_after=49.2).headers() == {"Retry-After": "50"}
+    uncapped = {"retry_after_max": None}
+    assert JobInProgress(retry_after=49.2).headers(**uncapped) == {"Retry-After": "50"}
     assert JobInProgress(retry_after=50).retry_after == 50
     assert JobInProgress(retry_after=0.01).headers() == {"Retry-After": "1"}
     assert JobInProgress(retry_after=0).retry_after == 1
-    doc = JobInProgress(retry_after=7.5).to_problem()
+    doc = JobInProgress(retry_after=7.5).to_problem(**uncapped)
     assert doc["retry_after"] == 8
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_retry_after_is_capped_at_five_seconds_unless_told() -> None:
+    """A 409 for a job whose first call holds a 60 s lease says Retry-After 5 (the
+    default cap), in the header and the body alike; the cap is a parameter."""
+    err = JobInProgress(retry_after=60)
+    assert err.headers() == {"Retry-After": "5"}
+    assert err.to_problem()["retry_after"] == 5
+    assert err.headers(retry_after_max=20) == {"Retry-After": "20"}
+    assert err.to_problem(retry_after_max=20)["retry_after"] == 20
+    assert err.headers(retry_after_max=None) == {"Retry-After": "60"}
+    assert JobInProgress(retry_after=2).headers(retry_after_max=20) == {"Retry-After": "2"}
 
 
 def test_store_unavailable_has_retry_after() -> None:

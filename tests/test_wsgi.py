@@ -294,7 +294,8 @@ def test_insufficient_credits_is_402(ledger: Ledger) -> None:
 
 def test_job_in_progress_is_409_with_retry_after(ledger: Ledger, clock: FakeClock) -> None:
     """A call of a job whose first call is still running: 409 job_in_progress with
-    Retry-After, the lease left."""
+    Retry-After, the lease left when uncapped (retry_after_max=None), else at most
+    the cap."""
     inner_result: list[Response] = []
     app: JobCreditsMiddleware
 
@@ -304,12 +305,24 @@ def test_job_in_progress_is_409_with_retry_after(ledger: Ledger, clock: FakeCloc
         start_response("200 OK", [])
         return [b"first"]
 
-    app = mw(inner, ledger)
+    app = mw(inner, ledger, retry_after_max=None)
     outer = call(app, req())
     assert outer.header("X-Job-Charge") == "charged"
     doc = assert_problem(inner_result[0], 409, "job_in_progress")
     assert inner_result[0].header("Retry-After") == "45"
     assert doc["retry_after"] == 45
+
+    def inner_capped(env: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        inner_result.append(call(app, req(job="job-capped")))
+        start_response("200 OK", [])
+        return [b"first"]
+
+    inner_result.clear()
+    app = mw(inner_capped, ledger, retry_after_max=10)
+    call(app, req(job="job-capped"))
+    doc = assert_problem(inner_result[0], 409, "job_in_progress")
+    assert inner_result[0].header("Retry-After") == "10"
+    assert doc["retry_after"] == 10
 
 
 def test_store_down_is_503_with_retry_after(clock: FakeClock) -> None:

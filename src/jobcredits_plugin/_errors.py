@@ -8,6 +8,7 @@ that clients can branch on ``code`` rather than on prose that may change.
 
 from __future__ import annotations
 
+import http
 import math
 from typing import Any
 
@@ -25,8 +26,21 @@ __all__ = [
     "StoreUnavailable",
 ]
 
-#: Where the ``type`` URIs of the problem documents point.
-PROBLEM_BASE = "https://jobcredits-plugin.readthedocs.io/en/latest/errors.html#"
+#: The problem ``type`` when the app configured no base (RFC 9457 §4.2.1):
+#: the type adds nothing to the status, and the ``code`` member carries the
+#: meaning. Pointing at the library's documentation host instead would show
+#: an app's customers a third party's host in its errors.
+ABOUT_BLANK = "about:blank"
+
+#: The ``Retry-After`` cap (seconds) when the app sets none: a 409 for a job
+#: whose first call holds a 60 s lease must not tell a client to wait 60 s for
+#: a call that ends in 2.
+DEFAULT_RETRY_AFTER_MAX = 5
+
+#: What a client is told about a server-side (5xx) error it cannot act on.
+#: The error's own text (a store URL, host, user, a driver's message) is for
+#: the server's log only.
+GENERIC_DETAIL = "the credit ledger failed to process this call; this is not the client's error"
 
 
 class JobCreditsError(Exception):
@@ -42,30 +56,87 @@ class JobCreditsError(Exception):
     title: str = "Job credits error"
     #: Seconds after which retrying may succeed (``Retry-After``), if any.
     retry_after: int | None = None
+    #: The detail a client is shown when the status is a 5xx (see
+    #: :attr:`client_detail`).
+    generic_detail: str = GENERIC_DETAIL
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail or self.title
         super().__init__(self.detail)
 
-    def headers(self) -> dict[str, str]:
-        """HTTP headers that belong with this error's response."""
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(self.retry_after)}
+    @property
+    def client_detail(self) -> str:
+        """The detail an HTTP client may see.
 
-    def to_problem(self, *, instance: str | None = None) -> dict[str, Any]:
-        """The RFC 9457 problem document for this error, as a JSON-ready dict."""
+        A 4xx detail describes the client's own request and is shown as it
+        is. A 5xx detail describes the server (a store's URL, host, user and
+        database, a driver's message, the app's configuration): the client
+        gets a generic sentence, and the full :attr:`detail` belongs in the
+        server's log (the web adapters log it when they answer).
+        """
+        if self.status >= 500:
+            return self.generic_detail
+        return self.detail
+
+    def capped_retry_after(
+        self, retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX
+    ) -> int | None:
+        """:attr:`retry_after`, at most ``retry_after_max`` seconds (None: no cap)."""
+        if self.retry_after is None or retry_after_max is None:
+            return self.retry_after
+        return max(1, min(self.retry_after, retry_after_max))
+
+    def headers(self, *, retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX) -> dict[str, str]:
+        """HTTP headers that belong with this error's response.
+
+        ``Retry-After`` is capped at ``retry_after_max`` seconds (None: the
+        whole wait): a client told to come back after the whole 60 s lease of
+        a call that ends in 2 s waits for nothing; one told 5 s polls a few
+        times, each poll a cheap 409.
+        """
+        retry_after = self.capped_retry_after(retry_after_max)
+        if retry_after is None:
+            return {}
+        return {"Retry-After": str(retry_after)}
+
+    def problem_type(self, type_base: str | None = None) -> str:
+        """The problem ``type`` URI: ``about:blank`` without a base, else the
+        base followed by :attr:`code`."""
+        if type_base is None or type_base == ABOUT_BLANK:
+            return ABOUT_BLANK
+        return type_base + self.code
+
+    def to_problem(
+        self,
+        *,
+        instance: str | None = None,
+        type_base: str | None = None,
+        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
+    ) -> dict[str, Any]:
+        """The RFC 9457 problem document a client is sent, as a JSON-ready dict.
+
+        ``type`` is ``about:blank`` unless ``type_base`` is given (then
+        ``type_base + code``); with ``about:blank`` the ``title`` is the HTTP
+        status phrase, as RFC 9457 §4.2.1 asks, and the stable ``code``
+        member says which problem it is. ``detail`` is :attr:`client_detail`
+        (generic for a 5xx). ``retry_after`` matches the capped header.
+        """
+        type_uri = self.problem_type(type_base)
+        title = self.title
+        if type_uri == ABOUT_BLANK:
+            title = _status_phrase(self.status, title)
         doc: dict[str, Any] = {
-            "type": PROBLEM_BASE + self.code.replace("_", "-"),
-            "title": self.title,
+            "type": type_uri,
+            "title": title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": self.client_detail,
             "code": self.code,
         }
         if instance is not None:
             doc["instance"] = instance
-        if self.retry_after is not None:
-            doc["retry_after"] = self.retry_after
+        retry_after = self.capped_retry_after(retry_after_max)
+        if retry_after is not None:
+            doc["retry_after"] = retry_after
         doc.update(self._extra())
         return doc
 
@@ -176,6 +247,9 @@ class ConfigurationError(JobCreditsError, ValueError):
     status = 500
     code = "configuration_error"
     title = "Credit ledger misconfigured"
+    generic_detail = (
+        "the credit ledger is misconfigured on the server; this is not the client's error"
+    )
 
 
 class StoreUnavailable(JobCreditsError):
@@ -188,7 +262,15 @@ class StoreUnavailable(JobCreditsError):
     status = 503
     code = "store_unavailable"
     title = "Credit store unavailable"
+    generic_detail = "the credit ledger is unavailable; retry later"
 
     def __init__(self, detail: str | None = None, *, retry_after: float = 1.0) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
         super().__init__(detail)
+
+
+def _status_phrase(status: int, fallback: str) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return fallback

@@ -54,6 +54,7 @@ from ._warnings import mark_in_process
 from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
 from .stores import from_url as store_from_url
 from .stores._base import Key, settled_so_far
+from .stores._urls import redact_text
 
 __all__ = ["Ledger"]
 
@@ -389,7 +390,8 @@ class Ledger:
             raise StoreUnavailable("this ledger is closed")
 
     def _unreachable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"store {self._store!r} unreachable: {exc}")
+        # A driver's message may echo the connection string: one redactor.
+        return StoreUnavailable(redact_text(f"store {self._store!r} unreachable: {exc}"))
 
     def _call(
         self,

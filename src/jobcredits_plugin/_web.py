@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -23,10 +24,23 @@ import attrs
 
 from ._decorator import _check_on_missing as check_on_missing
 from ._decorator import _current, abegin, afinish, begin, finish, header, identify
-from ._errors import InvalidArgument, JobCreditsError
+from ._errors import (
+    ABOUT_BLANK,
+    DEFAULT_RETRY_AFTER_MAX,
+    ConfigurationError,
+    InvalidArgument,
+    JobCreditsError,
+)
 from ._ledger import Ledger
 from ._records import Charge
-from ._validation import check_cost, check_flag, check_label, check_scope, configuring
+from ._validation import (
+    MAX_SECONDS,
+    check_cost,
+    check_flag,
+    check_label,
+    check_scope,
+    configuring,
+)
 from ._warnings import is_in_process_default, warn_in_process
 
 __all__ = [
@@ -35,6 +49,7 @@ __all__ = [
     "JOB_CHARGE_HEADER",
     "PROBLEM_CONTENT_TYPE",
     "JobCall",
+    "Problems",
     "Route",
     "afinish_raised",
     "astart_call",
@@ -46,6 +61,8 @@ __all__ = [
     "isolated",
     "problem_body",
     "problem_headers",
+    "problems",
+    "render_problem",
     "resolve",
     "start_call",
 ]
@@ -72,14 +89,145 @@ def is_failure(status: int | None) -> bool:
     return status is None or status >= 500
 
 
-def problem_body(err: JobCreditsError, instance: str | None = None) -> bytes:
-    """The problem+json body for an error, as bytes ready to send."""
-    return json.dumps(err.to_problem(instance=instance), separators=(",", ":")).encode()
+log = logging.getLogger("jobcredits_plugin")
+
+#: The longest problem type base accepted (a URI prefix, not a document).
+_TYPE_BASE_MAX = 2000
 
 
-def problem_headers(err: JobCreditsError) -> list[tuple[str, str]]:
+@attrs.frozen
+class Problems:
+    """How an adapter renders its errors as problem+json (RFC 9457).
+
+    ``type_base`` None means ``type: about:blank`` (the ``code`` member
+    carries the meaning); a base makes the type ``type_base + code``, a page
+    of the app's own. ``retry_after_max`` caps ``Retry-After`` (None: no
+    cap). Build one with :func:`problems`, which checks the settings.
+    """
+
+    type_base: str | None = None
+    retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX
+
+    def document(self, err: JobCreditsError, instance: str | None = None) -> dict[str, Any]:
+        """The problem document a client is sent for ``err``."""
+        return err.to_problem(
+            instance=instance, type_base=self.type_base, retry_after_max=self.retry_after_max
+        )
+
+    def body(self, err: JobCreditsError, instance: str | None = None) -> bytes:
+        """The problem+json body, as bytes ready to send."""
+        return json.dumps(self.document(err, instance), separators=(",", ":")).encode()
+
+    def headers(self, err: JobCreditsError) -> list[tuple[str, str]]:
+        """Content-Type plus the error's own headers (``Retry-After``, capped)."""
+        return [
+            ("Content-Type", PROBLEM_CONTENT_TYPE),
+            *err.headers(retry_after_max=self.retry_after_max).items(),
+        ]
+
+
+#: The settings an adapter renders with when the app configured none.
+DEFAULT_PROBLEMS = Problems()
+
+
+def problems(
+    type_base: Any = None,
+    retry_after_max: Any = DEFAULT_RETRY_AFTER_MAX,
+    *,
+    type_base_key: str = "problem_type_base",
+    retry_after_max_key: str = "retry_after_max",
+) -> Problems:
+    """Check an adapter's problem settings and bundle them.
+
+    The ``*_key`` arguments name the settings as the app spelled them
+    (``JOBCREDITS_PROBLEM_TYPE_BASE``, ``JOBCREDITS["RETRY_AFTER_MAX"]``) in
+    the :class:`~jobcredits_plugin.ConfigurationError` a bad value raises.
+    ``retry_after_max`` also takes a string of digits (a setting read from
+    the environment).
+    """
+    return Problems(
+        type_base=check_type_base(type_base, type_base_key),
+        retry_after_max=check_retry_after_max(retry_after_max, retry_after_max_key),
+    )
+
+
+def check_type_base(value: Any, key: str = "problem_type_base") -> str | None:
+    """None or ``about:blank`` for about:blank, else a URI prefix of printable
+    ASCII without spaces (it is sent to every client of the app)."""
+    if value is None or value == "" or value == ABOUT_BLANK:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{key} must be a string (a URI prefix), not {type(value).__name__}"
+        )
+    if len(value) > _TYPE_BASE_MAX or not all("!" <= c <= "~" for c in value):
+        raise ConfigurationError(
+            f"{key} must be a URI prefix of at most {_TYPE_BASE_MAX} printable ASCII "
+            f"characters without spaces, not {value[:80]!r}"
+        )
+    return value
+
+
+def check_retry_after_max(value: Any, key: str = "retry_after_max") -> int | None:
+    """None (no cap) or a whole number of seconds from 1 to ten years; a
+    string (from the environment) may say ``none`` or give the digits."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("none", "off"):
+            return None
+        if text.isascii() and text.isdigit():
+            value = int(text)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SECONDS:
+        raise ConfigurationError(
+            f"{key} must be a whole number of seconds from 1 to {int(MAX_SECONDS)} "
+            f"(or None for no cap), not {value!r}"
+        )
+    return value
+
+
+def render_problem(
+    err: JobCreditsError,
+    instance: str | None = None,
+    settings: Problems | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of the answer to ``err``, and a log line for a 5xx.
+
+    A 5xx answer tells the client only a generic sentence (its detail would
+    name a store's URL, host, user and database, or echo a driver), so the
+    full detail is logged here, once per answer: WARNING for a 503 (the store
+    was out of reach: an outage to watch, retried by the client), ERROR for
+    any other 5xx (a bug or a misconfiguration to fix). Every adapter renders
+    through this function.
+    """
+    settings = settings if settings is not None else DEFAULT_PROBLEMS
+    if err.status >= 500:
+        log.log(
+            logging.WARNING if err.status == 503 else logging.ERROR,
+            "jobcredits answered %d %s to %s: %s",
+            err.status,
+            err.code,
+            instance or "a call",
+            err.detail,
+            exc_info=err if err.status != 503 else None,
+        )
+    return err.status, settings.headers(err), settings.body(err, instance)
+
+
+def problem_body(
+    err: JobCreditsError, instance: str | None = None, settings: Problems | None = None
+) -> bytes:
+    """The problem+json body for an error, as bytes ready to send (logs
+    nothing: adapters answer through :func:`render_problem`)."""
+    return (settings or DEFAULT_PROBLEMS).body(err, instance)
+
+
+def problem_headers(
+    err: JobCreditsError, settings: Problems | None = None
+) -> list[tuple[str, str]]:
     """Content-Type plus the error's own headers (``Retry-After``)."""
-    return [("Content-Type", PROBLEM_CONTENT_TYPE), *err.headers().items()]
+    return (settings or DEFAULT_PROBLEMS).headers(err)
 
 
 @attrs.define(slots=True)
@@ -364,6 +512,8 @@ class RoutedMiddleware(Generic[AppT]):
         on_missing: str,
         fail_open: bool,
         request_kind: str,
+        problem_type_base: Any = None,
+        retry_after_max: Any = DEFAULT_RETRY_AFTER_MAX,
     ) -> None:
         if not isinstance(ledger, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
@@ -382,6 +532,7 @@ class RoutedMiddleware(Generic[AppT]):
         self.job_header = job_header
         self.on_missing = on_missing
         self.fail_open = fail_open
+        self.problems = problems(problem_type_base, retry_after_max)
         self._readers = {
             name: header(name)
             for name in {job_header, *(r.header for r in self.routes if r.header)}
@@ -391,6 +542,11 @@ class RoutedMiddleware(Generic[AppT]):
                 f"{type(self).__module__}.{type(self).__name__}",
                 "build its ledger with Ledger.from_url(url)",
             )
+
+    def _render(self, err: JobCreditsError, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers (Content-Length included) and body of an error's answer."""
+        status, headers, body = render_problem(err, path, self.problems)
+        return status, [*headers, ("Content-Length", str(len(body)))], body
 
     def _route(self, method: str, path: str) -> tuple[Route, str] | None:
         """The route a request falls under and the job header it reads, or None

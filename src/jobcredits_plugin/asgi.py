@@ -32,18 +32,18 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ._errors import JobCreditsError
+from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
 from ._ledger import Ledger
 from ._web import (
     DEFAULT_JOB_HEADER,
     JobCall,
+    Problems,
     Route,
     RoutedMiddleware,
     afinish_raised,
     astart_call,
     bound,
-    problem_body,
-    problem_headers,
+    render_problem,
 )
 
 __all__ = ["JobCreditsMiddleware"]
@@ -79,11 +79,13 @@ def _encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
 
-async def _send_problem(send: Send, err: JobCreditsError, instance: str | None) -> None:
+async def _send_problem(
+    send: Send, err: JobCreditsError, instance: str | None, settings: Problems | None = None
+) -> None:
     """Answer a request with ``err`` as an RFC 9457 problem document."""
-    body = problem_body(err, instance=instance)
-    headers = _encode_headers([*problem_headers(err), ("Content-Length", str(len(body)))])
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    status, headers, body = render_problem(err, instance, settings)
+    encoded = _encode_headers([*headers, ("Content-Length", str(len(body)))])
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -192,6 +194,10 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
         (the fresh id is echoed in the job header), or ``"reject"`` it (400).
     :param fail_open: let calls through *uncharged* while the store is down,
         instead of answering 503.
+    :param problem_type_base: the base of the problem ``type`` URIs (the type
+        is the base followed by the error's ``code``); None: ``about:blank``.
+    :param retry_after_max: the cap, in seconds, on a 409's ``Retry-After``
+        (None: the whole lease left).
 
     While the app handles a charged request,
     :func:`jobcredits_plugin.current_charge` returns its
@@ -208,6 +214,8 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
         job_header: str = DEFAULT_JOB_HEADER,
         on_missing: str = "charge",
         fail_open: bool = False,
+        problem_type_base: str | None = None,
+        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
     ) -> None:
         super().__init__(
             app,
@@ -218,6 +226,8 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
             on_missing=on_missing,
             fail_open=fail_open,
             request_kind="ASGI scope",
+            problem_type_base=problem_type_base,
+            retry_after_max=retry_after_max,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -237,7 +247,7 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
                 self.ledger, account=account, **self._charge_options(route, job_header, scope)
             )
         except JobCreditsError as err:
-            await _send_problem(send, err, instance=scope.get("path"))
+            await _send_problem(send, err, scope.get("path"), self.problems)
             return
         with bound(call):
             await _run_watched(self.app, scope, receive, send, _Watch(call, job_header))

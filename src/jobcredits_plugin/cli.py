@@ -47,6 +47,7 @@ from ._records import Charge, JobRecord
 from ._version import __version__
 from .hookspecs import hookimpl
 from .stores import from_url, redact_url
+from .stores._urls import redact_text
 from .testing import FakeClock
 
 __all__ = ["main"]
@@ -1020,19 +1021,14 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
 
 def _redact(text: str, args: argparse.Namespace | None) -> str:
-    """``text`` with the password of every store URL the command was given masked.
-
-    TODO(issue 12, item 2): once ``stores._urls.redact_text`` exists, use it:
-    it also masks URLs a driver quotes in a form other than the one given.
-    """
+    """``text`` with every secret masked (the one redactor,
+    :func:`~jobcredits_plugin.stores._urls.redact_text`): any URL in it, any
+    ``password=...`` pair, and the secrets of the store URLs the command was
+    given, wherever a driver echoes them."""
     urls = {os.environ.get(URL_ENV)}
     if args is not None:
         urls |= {getattr(args, "url", None), getattr(args, "store", None)}
-    for url in sorted(u for u in urls if u):
-        safe = redact_url(url)
-        if safe != url:
-            text = text.replace(url, safe)
-    return text
+    return redact_text(text, *sorted(u for u in urls if isinstance(u, str) and u))
 
 
 def _want_traceback(args: argparse.Namespace | None) -> bool:
@@ -1074,7 +1070,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    text = " ".join(message.split())  # one line, whatever the message held
+    # One line, whatever the message held, and no secret (callers pass the
+    # message through _redact, which knows the command's URLs; this catches
+    # any URL or password=... pair a message quotes).
+    text = redact_text(" ".join(message.split()))
     _out(f"{PROG}: error: {text}", sys.stderr)
 
 

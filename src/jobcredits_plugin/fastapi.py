@@ -51,7 +51,7 @@ import attrs
 
 from ._decorator import _check_on_missing
 from ._decorator import header as _header_reader
-from ._errors import InvalidArgument, JobCreditsError
+from ._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
@@ -67,7 +67,8 @@ from ._web import (
     bound,
     check_options,
     isolated,
-    problem_body,
+    problems,
+    render_problem,
     resolve,
 )
 from .asgi import ASGIApp, Receive, Scope, Send, _run_watched, _Watch
@@ -155,6 +156,10 @@ class JobCredits:
     :param entry_points: also register the plugins installed packages declare
         in the ``jobcredits_plugin`` entry point group, as
         ``Ledger(entry_points=True)`` does (those already loaded are skipped).
+    :param problem_type_base: the base of the problem ``type`` URIs (the type
+        is the base followed by the error's ``code``); None: ``about:blank``.
+    :param retry_after_max: the cap, in seconds, on a 409's ``Retry-After``
+        (None: the whole lease left).
 
     Nothing else happens until :meth:`install` puts it on an app.
     """
@@ -169,6 +174,8 @@ class JobCredits:
         fail_open: bool = False,
         plugins: Sequence[object] = (),
         entry_points: bool = False,
+        problem_type_base: str | None = None,
+        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
     ) -> None:
         if not isinstance(ledger, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
@@ -179,6 +186,7 @@ class JobCredits:
             raise InvalidArgument(f"fail_open must be True or False, not {fail_open!r}")
         if not isinstance(entry_points, bool):
             raise InvalidArgument(f"entry_points must be True or False, not {entry_points!r}")
+        self.problems = problems(problem_type_base, retry_after_max)
         added = add_plugins(ledger, plugins, key="plugins")
         if entry_points:
             try:
@@ -464,12 +472,16 @@ def _installed(request: Request) -> JobCredits:
 
 async def _problem_response(request: Request, exc: Exception) -> Response:
     """Every :class:`JobCreditsError` as the same problem+json document the
-    other adapters send, with ``Retry-After`` where the error has one."""
+    other adapters send, with ``Retry-After`` where the error has one
+    (rendered with the installed :class:`JobCredits`' problem settings)."""
     assert isinstance(exc, JobCreditsError)
+    ext = getattr(request.app.state, "jobcredits", None)
+    settings = ext.problems if isinstance(ext, JobCredits) else None
+    status, headers, body = render_problem(exc, request.url.path, settings)
     return Response(
-        content=problem_body(exc, instance=request.url.path),
-        status_code=exc.status,
-        headers=exc.headers(),
+        content=body,
+        status_code=status,
+        headers={k: v for k, v in headers if k != "Content-Type"},
         media_type=PROBLEM_CONTENT_TYPE,
     )
 

@@ -47,7 +47,12 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
 
 from ._decorator import _check_on_missing, current_charge
 from ._decorator import header as _header
-from ._errors import ConfigurationError, InvalidArgument, JobCreditsError
+from ._errors import (
+    DEFAULT_RETRY_AFTER_MAX,
+    ConfigurationError,
+    InvalidArgument,
+    JobCreditsError,
+)
 from ._ledger import Ledger
 from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
@@ -55,13 +60,15 @@ from ._validation import check_flag, configuring
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     DEFAULT_JOB_HEADER,
+    DEFAULT_PROBLEMS,
     JobCall,
+    Problems,
     afinish_raised,
     astart_call,
     bound,
     check_options,
-    problem_body,
-    problem_headers,
+    problems,
+    render_problem,
     resolve,
     start_call,
 )
@@ -102,6 +109,8 @@ DEFAULTS: Mapping[str, Any] = {
     "JOBCREDITS_FAIL_OPEN": False,
     "JOBCREDITS_PLUGINS": (),
     "JOBCREDITS_ENTRY_POINTS": False,
+    "JOBCREDITS_PROBLEM_TYPE_BASE": None,
+    "JOBCREDITS_RETRY_AFTER_MAX": DEFAULT_RETRY_AFTER_MAX,
 }
 
 AccountFunc = Callable[[flask.Request], "str | None"]
@@ -133,6 +142,9 @@ class JobCreditsState:
     job_header: str = DEFAULT_JOB_HEADER
     on_missing: str = "charge"
     fail_open: bool = False
+    #: How errors are rendered (``JOBCREDITS_PROBLEM_TYPE_BASE``,
+    #: ``JOBCREDITS_RETRY_AFTER_MAX``).
+    problems: Problems = DEFAULT_PROBLEMS
 
 
 # -- configuration ------------------------------------------------------------------
@@ -260,6 +272,12 @@ class JobCredits:
             cfg.get("JOBCREDITS_ACCOUNT"), "JOBCREDITS_ACCOUNT"
         )
         fail_open = _flag("JOBCREDITS_FAIL_OPEN", cfg["JOBCREDITS_FAIL_OPEN"])
+        rendering = problems(
+            cfg["JOBCREDITS_PROBLEM_TYPE_BASE"],
+            cfg["JOBCREDITS_RETRY_AFTER_MAX"],
+            type_base_key="JOBCREDITS_PROBLEM_TYPE_BASE",
+            retry_after_max_key="JOBCREDITS_RETRY_AFTER_MAX",
+        )
         entry_points = _flag("JOBCREDITS_ENTRY_POINTS", cfg["JOBCREDITS_ENTRY_POINTS"])
         chosen = ledger if ledger is not None else self._ledger
         built = chosen is None
@@ -308,6 +326,7 @@ class JobCredits:
             job_header=job_header,
             on_missing=on_missing,
             fail_open=fail_open,
+            problems=rendering,
         )
         app.extensions[EXTENSION_KEY] = state
         app.register_error_handler(JobCreditsError, problem_response)
@@ -352,11 +371,19 @@ def get_ledger(app: flask.Flask | None = None) -> Ledger:
 
 def problem_response(err: JobCreditsError) -> flask.Response:
     """The RFC 9457 answer to a :class:`~jobcredits_plugin.JobCreditsError` (the error handler
-    :meth:`JobCredits.init_app` registers; an app may register its own)."""
+    :meth:`JobCredits.init_app` registers; an app may register its own).
+
+    Rendered with the current app's ``JOBCREDITS_PROBLEM_TYPE_BASE`` and
+    ``JOBCREDITS_RETRY_AFTER_MAX``; a 5xx tells the client a generic
+    sentence and logs the full detail."""
     instance = flask.request.path if flask.has_request_context() else None
-    return flask.Response(
-        problem_body(err, instance=instance), status=err.status, headers=problem_headers(err)
-    )
+    settings = DEFAULT_PROBLEMS
+    if flask.has_app_context():
+        state = flask.current_app.extensions.get(EXTENSION_KEY)
+        if isinstance(state, JobCreditsState):
+            settings = state.problems
+    status, headers, body = render_problem(err, instance, settings)
+    return flask.Response(body, status=status, headers=headers)
 
 
 def job_credit() -> Charge | None:

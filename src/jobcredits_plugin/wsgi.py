@@ -32,7 +32,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from ._errors import JobCreditsError
+from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
 from ._ledger import Ledger
 from ._web import (
     DEFAULT_JOB_HEADER,
@@ -40,8 +40,6 @@ from ._web import (
     Route,
     RoutedMiddleware,
     bound,
-    problem_body,
-    problem_headers,
     start_call,
 )
 
@@ -174,6 +172,10 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
         (the fresh id is echoed in the job header), or ``"reject"`` it (400).
     :param fail_open: let calls through *uncharged* while the store is down,
         instead of answering 503.
+    :param problem_type_base: the base of the problem ``type`` URIs (the type
+        is the base followed by the error's ``code``); None: ``about:blank``.
+    :param retry_after_max: the cap, in seconds, on a 409's ``Retry-After``
+        (None: the whole lease left).
     """
 
     def __init__(
@@ -186,6 +188,8 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
         job_header: str = DEFAULT_JOB_HEADER,
         on_missing: str = "charge",
         fail_open: bool = False,
+        problem_type_base: str | None = None,
+        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
     ) -> None:
         super().__init__(
             app,
@@ -196,6 +200,8 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
             on_missing=on_missing,
             fail_open=fail_open,
             request_kind="WSGI environ",
+            problem_type_base=problem_type_base,
+            retry_after_max=retry_after_max,
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -212,9 +218,8 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
                 **self._charge_options(route, job_header, environ),
             )
         except JobCreditsError as err:
-            problem = problem_body(err, instance=path)
-            headers = [*problem_headers(err), ("Content-Length", str(len(problem)))]
-            start_response(_status_line(err.status), headers)
+            status, headers, problem = self._render(err, path)
+            start_response(_status_line(status), headers)
             return [problem]
 
         held = _Held(call, start_response, job_header)

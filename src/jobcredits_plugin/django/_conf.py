@@ -27,11 +27,13 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
 
 from .._decorator import header
-from .._errors import InvalidArgument, JobCreditsError
+from .._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
 from .._ledger import Ledger
 from .._plugins import import_object, instantiate, ledger_from_url, load_plugin
-from .._web import DEFAULT_JOB_HEADER
+from .._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems
+from .._web import problems as problem_settings
 from ..stores import from_url, redact_url
+from ..stores._urls import redact_text
 
 SETTING = "JOBCREDITS"
 
@@ -48,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "FAIL_OPEN": False,
     "PLUGINS": (),
     "ENTRY_POINTS": False,
+    "PROBLEM_TYPE_BASE": None,
+    "RETRY_AFTER_MAX": DEFAULT_RETRY_AFTER_MAX,
 }
 
 ON_MISSING = ("charge", "reject")
@@ -93,6 +97,8 @@ class Config:
     fail_open: bool
     plugins: tuple[Any, ...]
     entry_points: bool = False
+    #: How errors are rendered (``PROBLEM_TYPE_BASE``, ``RETRY_AFTER_MAX``).
+    problems: Problems = DEFAULT_PROBLEMS
 
 
 def import_path(path: str) -> Any:
@@ -121,7 +127,7 @@ def url_problem(url: Any) -> str | None:
     try:
         store = from_url(probe)
     except JobCreditsError as exc:
-        return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {exc}"
+        return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"
     store.close()
     return None
 
@@ -204,6 +210,16 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
                     "E005", f"settings.JOBCREDITS[{key!r}] must be True or False, not {v[key]!r}"
                 )
             )
+    rendering = DEFAULT_PROBLEMS
+    try:
+        rendering = problem_settings(
+            v["PROBLEM_TYPE_BASE"],
+            v["RETRY_AFTER_MAX"],
+            type_base_key="settings.JOBCREDITS['PROBLEM_TYPE_BASE']",
+            retry_after_max_key="settings.JOBCREDITS['RETRY_AFTER_MAX']",
+        )
+    except JobCreditsError as exc:
+        problems.append(Problem("E005", exc.detail))
     try:
         header(v["JOB_HEADER"])
     except InvalidArgument as exc:
@@ -261,6 +277,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
         fail_open=v["FAIL_OPEN"],
         plugins=tuple(plugins),
         entry_points=v["ENTRY_POINTS"],
+        problems=rendering,
     )
     return config, []
 

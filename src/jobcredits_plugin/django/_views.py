@@ -38,12 +38,12 @@ from .._ledger import Ledger
 from .._records import Charge
 from .._web import (
     JobCall,
+    Problems,
     afinish_raised,
     astart_call,
     bound,
     check_options,
-    problem_body,
-    problem_headers,
+    render_problem,
     resolve,
     start_call,
 )
@@ -141,12 +141,19 @@ class _Options:
         }
 
 
-def problem_response(err: JobCreditsError, request: Any) -> HttpResponse:
+def problem_response(
+    err: JobCreditsError, request: Any, settings: Problems | None = None
+) -> HttpResponse:
     """The ``application/problem+json`` answer for an error (RFC 9457), with
-    ``Retry-After`` where the error has one."""
-    response = HttpResponse(problem_body(err, instance=getattr(request, "path", None)))
-    response.status_code = err.status
-    for name, value in problem_headers(err):
+    ``Retry-After`` where the error has one, rendered as
+    ``JOBCREDITS["PROBLEM_TYPE_BASE"]`` and ``JOBCREDITS["RETRY_AFTER_MAX"]``
+    say (a 5xx tells the client a generic sentence and logs the detail)."""
+    if settings is None:
+        settings = get_config().problems
+    status, headers, body = render_problem(err, getattr(request, "path", None), settings)
+    response = HttpResponse(body)
+    response.status_code = status
+    for name, value in headers:
         response[name] = value
     return response
 
@@ -229,7 +236,7 @@ def _sync_view(view: Callable[..., Any], opts: _Options) -> Callable[..., Any]:
             ledger = opts.ledger if opts.ledger is not None else get_ledger()
             call = start_call(ledger, account=account, **opts.charge_args(config, request))
         except JobCreditsError as err:
-            return problem_response(err, request)
+            return problem_response(err, request, config.problems)
         _attach(request, call.charge)
         with bound(call):
             try:
@@ -264,7 +271,7 @@ def _async_view(view: Callable[..., Awaitable[Any]], opts: _Options) -> Callable
             ledger = opts.ledger if opts.ledger is not None else await aget_ledger()
             call = await astart_call(ledger, account=account, **opts.charge_args(config, request))
         except JobCreditsError as err:
-            return problem_response(err, request)
+            return problem_response(err, request, config.problems)
         _attach(request, call.charge)
         with bound(call):
             try:

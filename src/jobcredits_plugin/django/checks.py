@@ -27,6 +27,7 @@ from typing import Any
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.checks import CheckMessage, Error, Warning  # type: ignore[import-untyped]
 
+from ..stores import redact_url
 from ._conf import DEFAULTS, per_process, raw_setting, read
 
 __all__ = ["check_settings"]
@@ -61,7 +62,8 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
     if not settings.DEBUG and isinstance(url, str) and per_process(url):
         messages.append(
             Warning(
-                f"JOBCREDITS['URL'] is {url!r}: the job ledger lives in each process's memory",
+                f"JOBCREDITS['URL'] is {redact_url(url)!r}: "
+                "the job ledger lives in each process's memory",
                 hint=W001_HINT,
                 id="jobcredits.W001",
             )

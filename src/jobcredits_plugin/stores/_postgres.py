@@ -51,7 +51,7 @@ from ._base import (
     plan_settle,
     with_settled,
 )
-from ._urls import JOURNAL_OPTIONS, parse_bool, redact_url
+from ._urls import JOURNAL_OPTIONS, MASK, is_secret_option, parse_bool, redact_text, redact_url
 
 try:
     import psycopg
@@ -877,8 +877,9 @@ def redact_conninfo(conninfo: str) -> str:
         params = conninfo_to_dict(conninfo)
     except psycopg.Error:
         return "<unparsable conninfo>"
-    if "password" in params:
-        params["password"] = "***"  # noqa: S105 - the mask, not a password
+    for key in params:
+        if is_secret_option(key) and params[key] is not None:
+            params[key] = MASK
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
@@ -1068,7 +1069,8 @@ class PostgresStore(BaseStore):
             params = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
             raise InvalidArgument(
-                f"bad PostgreSQL connection string {redact_conninfo(conninfo)!r}: {exc}"
+                f"bad PostgreSQL connection string {redact_conninfo(conninfo)!r}: "
+                f"{redact_text(str(exc), conninfo)}"
             ) from exc
         if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
             # Longer names are silently truncated by the server: two stores
@@ -1242,8 +1244,9 @@ class PostgresStore(BaseStore):
             conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
             raise InvalidArgument(
-                f"bad PostgreSQL URL {redact_url(url)!r}: {exc}; store options: "
-                f"{', '.join(sorted(_URL_OPTIONS))}; other query options go to libpq"
+                f"bad PostgreSQL URL {redact_url(url)!r}: {redact_text(str(exc), url)}; "
+                f"store options: {', '.join(sorted(_URL_OPTIONS))}; "
+                "other query options go to libpq"
             ) from exc
         store_opts.update(options)
         return cls(conninfo, **store_opts)
@@ -1266,8 +1269,9 @@ class PostgresStore(BaseStore):
         try:
             return psycopg.connect(self.conninfo, **self._kwargs)
         except psycopg.Error as exc:
+            text = redact_text(" ".join(str(exc).split()), self.conninfo)
             raise StoreUnavailable(
-                f"PostgreSQL store {self._where}: cannot connect: {' '.join(str(exc).split())}"
+                f"PostgreSQL store {self._where}: cannot connect: {text}"
             ) from exc
 
     def schema_version(self) -> int:
@@ -1355,7 +1359,8 @@ class PostgresStore(BaseStore):
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, StoreUnavailable):
             return exc
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        # libpq's messages may echo parts of the connection string.
+        text = redact_text(" ".join(str(exc).split()), self.conninfo) or type(exc).__name__
         return StoreUnavailable(f"PostgreSQL store {self._where} unavailable: {text}")
 
     def _sync_pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:

@@ -68,7 +68,14 @@ from ._base import (
     plan_settle,
     with_settled,
 )
-from ._urls import JOURNAL_OPTIONS, parse_bool, parse_optional_seconds, parse_options, redact_url
+from ._urls import (
+    JOURNAL_OPTIONS,
+    parse_bool,
+    parse_optional_seconds,
+    parse_options,
+    redact_text,
+    redact_url,
+)
 
 try:
     import redis
@@ -849,7 +856,9 @@ class RedisStore(BaseStore):
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018 - validates the port
         except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
+            raise InvalidArgument(
+                f"bad Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
+            ) from exc
         scheme = parts.scheme.lower()
         if scheme not in cls.schemes:
             raise InvalidArgument(
@@ -876,7 +885,9 @@ class RedisStore(BaseStore):
                 return redis.cluster.RedisCluster.from_url(driver_url, **self._cluster_kwargs())
             return redis.Redis.from_url(driver_url, **self._client_kwargs)
         except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}: {exc}") from exc
+            raise InvalidArgument(
+                f"bad Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
+            ) from exc
         except _DRIVER_ERRORS as exc:  # the cluster client reads the topology at once
             fault = self._fault(exc)
             if fault is exc:
@@ -937,11 +948,13 @@ class RedisStore(BaseStore):
         return exc
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        # The driver's message may name the URL or echo a credential.
+        text = redact_text(str(exc), self.url)
         if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in str(exc):
             return StoreUnavailable(
-                f"{self._label}: authentication failed (check the user and password): {exc}"
+                f"{self._label}: authentication failed (check the user and password): {text}"
             )
-        return StoreUnavailable(f"{self._label}: {type(exc).__name__}: {exc}")
+        return StoreUnavailable(f"{self._label}: {type(exc).__name__}: {text}")
 
     def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._closed:

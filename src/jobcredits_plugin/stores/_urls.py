@@ -7,27 +7,145 @@ module so that no store grows its own, subtly different, parser.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import InvalidArgument
 
-__all__ = ["JOURNAL_OPTIONS", "parse_bool", "parse_optional_seconds", "parse_options", "redact_url"]
+__all__ = [
+    "JOURNAL_OPTIONS",
+    "MASK",
+    "is_secret_option",
+    "parse_bool",
+    "parse_optional_seconds",
+    "parse_options",
+    "redact_text",
+    "redact_url",
+]
+
+#: What a secret is replaced with.
+MASK = "***"
+
+#: An option whose name contains one of these holds a secret (``password``,
+#: ``sslpassword``, ``passfile``, ``sslkey``, ``token``, ``auth``...). Broad
+#: on purpose: masking a harmless option costs a reader nothing, printing a
+#: password costs a rotation.
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "cred", "auth")
+
+# A URL inside free text: a scheme, ``://``, then up to a space, a quote or a
+# closing bracket (how messages and reprs delimit the URLs they quote).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
+# ``name=value`` / ``name: value`` pairs outside URLs, as in a libpq
+# connection string (``password='a b'``) or a driver's echo of its options.
+_PAIR_IN_TEXT = re.compile(
+    r"(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*=\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\"]+)"
+)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, fit for errors and logs."""
+def is_secret_option(name: str) -> bool:
+    """Whether an option (a URL query name, a connection-string key) holds a
+    secret and must be masked wherever it is printed."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _redact_query(query: str) -> str:
+    """The query string with the value of every secret option masked; the
+    other options are kept exactly as written."""
+    if not query:
+        return query
+    out = []
+    for piece in query.split("&"):
+        name, eq, _ = piece.partition("=")
+        if eq and is_secret_option(urllib.parse.unquote_plus(name)):
+            piece = f"{name}={MASK}"
+        out.append(piece)
+    return "&".join(out)
+
+
+def redact_url(url: object) -> str:
+    """The URL with every secret masked (``***``), fit for errors and logs.
+
+    Masks the userinfo password and the value of any query option whose name
+    contains pass, pwd, secret, token, key, cred or auth (``?password=``,
+    ``?sslpassword=``, ``?passfile=``, a Redis ``?password=`` that is about
+    to be rejected as unknown). The one redactor every store, the CLI and
+    the Django checks print URLs through.
+    """
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
     try:
         parts = urllib.parse.urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable URL>"
-    if password is None:
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:{MASK}@{hostport}"
+    query = _redact_query(parts.query)
+    fragment = _redact_query(parts.fragment) if "=" in parts.fragment else parts.fragment
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    # Rebuilt by hand: urlunsplit drops an empty host (redis+unix:///path).
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    path = parts.path
+    out = f"{scheme}://{netloc}{path}" if scheme else f"{netloc}{path}"
+    if query or "?" in rest:
+        out += f"?{query}"
+    if fragment or "#" in rest:
+        out += f"#{fragment}"
+    return out
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The secret values a URL carries, as they may be echoed (raw and decoded)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    if "@" in parts.netloc and ":" in parts.netloc.rpartition("@")[0]:
+        found.append(parts.netloc.rpartition("@")[0].partition(":")[2])
+    for piece in parts.query.split("&"):
+        name, eq, value = piece.partition("=")
+        if eq and value and is_secret_option(urllib.parse.unquote_plus(name)):
+            found += [value, urllib.parse.unquote_plus(value)]
+    expanded = []
+    for secret in found:
+        expanded += [secret, urllib.parse.unquote(secret)]
+    # Longest first, so that a secret containing another is masked whole; a
+    # secret of one or two characters would mask half the message instead.
+    return sorted({s for s in expanded if len(s) >= 3}, key=len, reverse=True)
+
+
+def redact_text(text: str, *urls: str | None) -> str:
+    """``text`` (an error message, a driver's message, a repr) with secrets masked.
+
+    Every URL in the text goes through :func:`redact_url`; every
+    ``name=value`` pair whose name holds a secret (a libpq connection string's
+    ``password='...'``) has its value masked; and any secret value of the
+    ``urls`` given (the URL a store was opened with) is masked wherever it
+    appears, for a driver that echoes a password on its own.
+    """
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    text = _PAIR_IN_TEXT.sub(
+        lambda m: (
+            f"{m['name']}{m['sep']}{MASK}"
+            if is_secret_option(m["name"]) and m["value"] != MASK
+            else m.group(0)
+        ),
+        text,
+    )
+    for url in urls:
+        if url:
+            for secret in _secrets_of(url):
+                text = text.replace(secret, MASK)
+    return text
 
 
 def parse_options(

@@ -111,7 +111,7 @@ def test_duplicate_call_during_the_first_is_refused(dj_ledger: Ledger) -> None:
     assert response.status_code == 200
     assert json.loads(response.content) == {
         "inner_status": 409,
-        "inner_retry_after": "60",
+        "inner_retry_after": "5",  # the lease left (60 s), capped at 5
         "inner_code": "job_in_progress",
     }
     assert response["X-Job-Charge"] == "charged"

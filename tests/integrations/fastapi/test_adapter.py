@@ -446,7 +446,7 @@ def test_job_in_progress_is_409_with_retry_after(ledger: Ledger) -> None:
     assert first.json() == {"outcome": "charged"}
     assert second.status_code == 409
     assert second.headers["Content-Type"] == "application/problem+json"
-    assert second.headers["Retry-After"] == "60"
+    assert second.headers["Retry-After"] == "5"  # the 60 s lease left, capped (retry_after_max)
     assert second.json()["code"] == "job_in_progress"
 
 

@@ -209,7 +209,7 @@ def test_follow_up_while_first_call_runs_gets_409_with_retry_after(app: Any) -> 
     assert outer.headers["X-Job-Charge"] == "charged"
     assert inner["status"] == 409
     assert inner["headers"]["Content-Type"] == PROBLEM
-    assert inner["headers"]["Retry-After"] == "60"
+    assert inner["headers"]["Retry-After"] == "5"  # the 60 s lease left, capped (retry_after_max)
     assert inner["body"]["code"] == "job_in_progress"
     assert inner["body"]["instance"] == "/slow"
     assert "X-Job-Charge" not in inner["headers"]
