@@ -442,3 +442,15 @@ def test_every_command_takes_traceback() -> None:
     choices: dict[str, Any] = sub.choices  # type: ignore[assignment]
     for name, command in choices.items():
         assert "--traceback" in command.format_help(), name
+
+
+@pytest.mark.parametrize("command", ["snapshot", "migrate", "prune"])
+@pytest.mark.parametrize("url", ["postgresql://[::1", "sqlite://[::1/x.db", "redis://[::1/0"])
+def test_an_unparsable_url_is_one_line(
+    capsys: pytest.CaptureFixture[str], command: str, url: str
+) -> None:
+    """urllib's "Invalid IPv6 URL" (a ValueError) is the operator's mistake: exit 1."""
+    code, out, err = run(capsys, command, "--url", url)
+    assert code == EXIT_ERROR
+    assert out == ""
+    assert_one_line(err)

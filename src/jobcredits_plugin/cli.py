@@ -170,7 +170,10 @@ def _check_exists(url: str) -> None:
     Opening one creates it, so a mistyped path would otherwise show an empty
     store ("no live jobs", balance 0) instead of the operator's mistake.
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": from_url gives the error that says so
+        return
     if parts.scheme.lower() != "sqlite" or parts.netloc:
         return  # other stores, and malformed URLs: from_url gives the error
     path = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
@@ -467,7 +470,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     # Only stores with a server-side schema have anything to migrate; the
     # others create their tables themselves (SQLite) or keep none (memory).
     url = _url(args)
-    scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise CliError(f"store URL {redact_url(url)!r} cannot be parsed ({exc})") from None
     if scheme in ("memory", "sqlite", "redis", "rediss", "redis+unix"):
         _out(f"nothing to migrate: {scheme}:// stores need no schema migration")
         return 0
