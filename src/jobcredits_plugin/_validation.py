@@ -33,6 +33,17 @@ MAX_CREDITS = 2**53 - 1
 #: milliseconds too, which Redis expiries use).
 MAX_SECONDS = 315_576_000.0
 
+#: The longest a store may be told to wait on its driver (a connection, a
+#: free pooled connection, an answer, a statement): about 11.5 days. Drivers
+#: turn these into C integers of milliseconds or timevals, which overflow (or
+#: never time out) far beyond it.
+MAX_WAIT_SECONDS = 1_000_000.0
+
+#: The most records one batch of a store's prune (or one request's
+#: opportunistic settling) may handle: one batch is one transaction or one
+#: Lua script, which must stay short.
+MAX_BATCH = 100_000
+
 #: The default character set of job ids and scopes: a UUID, a ULID or a
 #: ``namespace:counter`` id all fit, and none of these characters needs quoting
 #: in a header, a URL, a log line or a storage key.

@@ -23,6 +23,7 @@ import attrs
 
 from .._errors import InvalidArgument
 from .._records import PENDING, JobRecord, JournalEntry
+from .._validation import MAX_BATCH, check_int_option, check_optional_seconds
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -43,6 +44,9 @@ from ._base import (
 )
 
 __all__ = ["MemoryStore"]
+
+#: The most journal entries a memory store keeps (each is a few hundred bytes).
+MAX_JOURNAL_LIMIT = 100_000_000
 
 log = logging.getLogger("jobcredits_plugin")
 
@@ -96,14 +100,9 @@ class MemoryStore(BaseStore):
     _cursors: dict[str, int] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        if not (isinstance(self.journal_limit, int) and self.journal_limit >= 1):
-            raise InvalidArgument(
-                f"journal_limit must be a positive integer, not {self.journal_limit!r}"
-            )
-        if self.journal_max_age is not None and not self.journal_max_age > 0:
-            raise InvalidArgument(
-                f"journal_max_age must be positive or None, not {self.journal_max_age!r}"
-            )
+        check_int_option("journal_limit", self.journal_limit, 1, MAX_JOURNAL_LIMIT)
+        check_int_option("settle_batch", self.settle_batch, 0, MAX_BATCH)
+        self.journal_max_age = check_optional_seconds("journal_max_age", self.journal_max_age)
 
     # -- internals (called with the lock held) ---------------------------------
 

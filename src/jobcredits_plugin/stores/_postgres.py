@@ -37,6 +37,13 @@ from typing import Any, TypeVar
 
 from .._errors import InvalidArgument, StoreUnavailable
 from .._records import REFUNDED, JobRecord, JournalEntry
+from .._validation import (
+    MAX_BATCH,
+    MAX_WAIT_SECONDS,
+    check_int_option,
+    check_optional_seconds,
+    check_positive_seconds,
+)
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -71,6 +78,9 @@ Row = tuple[Any, ...]
 #: The schema version this code reads and writes. ``migrate()`` brings a
 #: database up to it, one step of ``_MIGRATIONS`` at a time.
 SCHEMA_VERSION = 3
+
+#: The most connections one pool may open.
+MAX_POOL_SIZE = 1000
 
 #: The SQLSTATE ``grant_credits`` raises (having written nothing) for a grant
 #: that would take a balance past MAX_CREDITS; the store turns it into the
@@ -1084,27 +1094,21 @@ class PostgresStore(BaseStore):
             raise InvalidArgument(
                 f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
             )
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("timeout", timeout),
-            ("statement_timeout", statement_timeout),
-        ):
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
-        if not (isinstance(prune_batch, int) and prune_batch >= 1):
-            raise InvalidArgument(f"prune_batch must be a positive integer, not {prune_batch!r}")
+        check_int_option("max_size", max_size, 1, MAX_POOL_SIZE)
+        # Bounded so that libpq's and the server's integer milliseconds (and
+        # tcp_user_timeout, their sum) can hold them.
+        connect_timeout = check_positive_seconds(
+            "connect_timeout", connect_timeout, most=MAX_WAIT_SECONDS
+        )
+        timeout = check_positive_seconds("timeout", timeout, most=MAX_WAIT_SECONDS)
+        statement_timeout = check_positive_seconds(
+            "statement_timeout", statement_timeout, most=MAX_WAIT_SECONDS
+        )
+        check_int_option("prune_batch", prune_batch, 1, MAX_BATCH)
         for name, flag in (("journal", journal), ("journal_reuses", journal_reuses)):
             if not isinstance(flag, bool):
                 raise InvalidArgument(f"{name} must be True or False, not {flag!r}")
-        if journal_max_age is not None and (
-            isinstance(journal_max_age, bool)
-            or not isinstance(journal_max_age, (int, float))
-            or not 0 < journal_max_age < float("inf")
-        ):
-            raise InvalidArgument(
-                "journal_max_age must be None or a positive, finite number of seconds, "
-                f"not {journal_max_age!r}"
-            )
+        journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
         self.conninfo = conninfo
         self.schema = schema
         self.min_size = min_size

@@ -54,7 +54,15 @@ from typing import Any, cast
 
 from .._errors import InvalidArgument, StoreUnavailable
 from .._records import JobRecord, JobState, JournalEntry, JournalKind
-from .._validation import check_text, configuring
+from .._validation import (
+    MAX_BATCH,
+    MAX_WAIT_SECONDS,
+    check_int_option,
+    check_optional_seconds,
+    check_positive_seconds,
+    check_text,
+    configuring,
+)
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -608,6 +616,9 @@ if count == 0 then return 0 end
 return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1))
 """
 
+#: The most retries a store may make of one command after a connection error.
+MAX_RETRIES = 100
+
 #: How long a refunded record stays as a tombstone (see _REFUND): far longer
 #: than a retry takes, short enough not to matter for memory.
 _TOMBSTONE_MS = "60000"
@@ -792,18 +803,19 @@ class RedisStore(BaseStore):
             raise InvalidArgument(f"prefix must be a string without braces, not {prefix!r}")
         with configuring("RedisStore"):
             check_text("prefix", prefix)
-        if not socket_timeout > 0 or not socket_connect_timeout > 0:
-            raise InvalidArgument("socket timeouts must be positive numbers of seconds")
-        if retries < 0:
-            raise InvalidArgument(f"retries must be >= 0, not {retries}")
-        if prune_batch < 1:
-            raise InvalidArgument(f"prune_batch must be >= 1, not {prune_batch}")
-        if safety_expiry is not None and not safety_expiry > 0:
-            raise InvalidArgument(f"safety_expiry must be positive or None, not {safety_expiry}")
-        if journal_max_age is not None and not journal_max_age > 0:
-            raise InvalidArgument(
-                f"journal_max_age must be positive or None, not {journal_max_age!r}"
-            )
+        # Every number is bounded here, so that no value the scripts get can
+        # make a command fail after their first write (a safety expiry of
+        # 1e16 s once made PEXPIRE fail after a claim had debited).
+        socket_timeout = check_positive_seconds(
+            "socket_timeout", socket_timeout, most=MAX_WAIT_SECONDS
+        )
+        socket_connect_timeout = check_positive_seconds(
+            "socket_connect_timeout", socket_connect_timeout, most=MAX_WAIT_SECONDS
+        )
+        retries = check_int_option("retries", retries, 0, MAX_RETRIES)
+        prune_batch = check_int_option("prune_batch", prune_batch, 1, MAX_BATCH)
+        safety_expiry = check_optional_seconds("safety_expiry", safety_expiry)
+        journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
         if journal is None:
             journal = not cluster
         elif journal and cluster:

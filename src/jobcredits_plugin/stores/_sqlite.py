@@ -25,6 +25,12 @@ from typing import Any
 
 from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import JobRecord, JournalEntry
+from .._validation import (
+    MAX_BATCH,
+    check_int_option,
+    check_optional_seconds,
+    check_positive_seconds,
+)
 from ._base import (
     BaseStore,
     ClaimRequest,
@@ -48,6 +54,9 @@ from ._base import (
 __all__ = ["SQLiteStore"]
 
 SCHEMA_VERSION = 1
+
+#: The longest busy timeout SQLite takes: a C int of milliseconds (2**31 - 1).
+MAX_SQLITE_TIMEOUT = 2_147_483.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobcredits_jobs (
@@ -269,10 +278,8 @@ class SQLiteStore(BaseStore):
         journal_reuses: bool = False,
         journal_max_age: float | None = 7 * 86400.0,
     ) -> None:
-        if journal_max_age is not None and not journal_max_age > 0:
-            raise InvalidArgument(
-                f"journal_max_age must be positive or None, not {journal_max_age!r}"
-            )
+        journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
+        check_int_option("prune_batch", prune_batch, 1, MAX_BATCH)
         self.journal = bool(journal)
         self.journal_reuses = bool(journal_reuses)
         self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
@@ -280,8 +287,8 @@ class SQLiteStore(BaseStore):
             raise InvalidArgument(
                 f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
             )
-        if not timeout > 0:
-            raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout}")
+        # SQLite's busy timeout is a C int of milliseconds.
+        timeout = check_positive_seconds("timeout", timeout, most=MAX_SQLITE_TIMEOUT)
         path = os.fspath(path)
         # Resolved now: connections open later (in other threads, after a
         # fork), and a relative path must keep naming this file even if the
