@@ -309,23 +309,30 @@ def test_grant_beyond_64_bits_is_one_line_and_records_nothing(
     ("url", "extra"),
     [
         ("postgresql://jc:s3cr3t-pw@127.0.0.1:1/jobs?connect_timeout=2", "psycopg"),
+        ("postgresql://jc@127.0.0.1:1/jobs?password=s3cr3t-pw&connect_timeout=2", "psycopg"),
+        ("postgresql://jc@127.0.0.1:1/jobs?sslpassword=s3cr3t-pw&connect_timeout=2", "psycopg"),
         ("redis://:s3cr3t-pw@127.0.0.1:1/0", "redis"),
     ],
 )
 @pytest.mark.parametrize("from_env", [False, True])
+@pytest.mark.parametrize("command", ["balance", "migrate"])
 def test_an_unreachable_store_is_one_line_without_the_password(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     url: str,
     extra: str,
     from_env: bool,
+    command: str,
 ) -> None:
     pytest.importorskip(extra, reason=f"the {extra} driver is not installed")
+    if command == "migrate" and url.startswith("redis"):
+        pytest.skip("migrate does not open a Redis store")
+    argv = [command, "acct"] if command == "balance" else [command]
     if from_env:
         monkeypatch.setenv("JOBCREDITS_URL", url)
-        code, out, err = run(capsys, "balance", "acct")
+        code, out, err = run(capsys, *argv)
     else:
-        code, out, err = run(capsys, "balance", "--url", url, "acct")
+        code, out, err = run(capsys, argv[0], "--url", url, *argv[1:])
     assert code == EXIT_ERROR
     assert out == ""
     assert_one_line(err)
