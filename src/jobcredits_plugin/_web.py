@@ -8,6 +8,14 @@ the client what happened, and how an error becomes an RFC 9457 problem
 document. An adapter reads the account and the job id, calls
 :func:`start_call`, runs the handler, calls :meth:`JobCall.finish` with the
 status, and copies :meth:`JobCall.headers` onto the response.
+
+When: a call is settled once its response's body produces its first byte
+(not when the status is known, nor after the whole body). A streamed body
+that fails before that byte was never served (the server answers 500) and
+is refunded; a long body cannot outlast the lease. The middleware hold the
+response's start until that byte, so their headers tell how the call was
+settled; the framework adapters wrap a streamed body in :class:`WatchedBody`
+(their headers, decided when the view returned, say ``charged``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import fnmatch
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -48,9 +56,11 @@ __all__ = [
     "DEFAULT_JOB_HEADER",
     "JOB_CHARGE_HEADER",
     "PROBLEM_CONTENT_TYPE",
+    "AsyncWatchedBody",
     "JobCall",
     "Problems",
     "Route",
+    "WatchedBody",
     "afinish_raised",
     "astart_call",
     "bind",
@@ -65,6 +75,7 @@ __all__ = [
     "render_problem",
     "resolve",
     "start_call",
+    "waits_for_body",
 ]
 
 DEFAULT_JOB_HEADER = "X-Job-Id"
@@ -374,7 +385,7 @@ def isolated() -> Iterator[None]:
 
 
 async def afinish_raised(call: JobCall, exc: BaseException) -> None:
-    """Settle a call whose handler raised before its response started: refund.
+    """Settle a call whose handler raised before its response's first byte: refund.
 
     A cancellation (any BaseException that is not an Exception) is settled
     with the blocking twin, which has no await to interrupt: anyio and trio
@@ -386,6 +397,100 @@ async def afinish_raised(call: JobCall, exc: BaseException) -> None:
         await call.afinish(None)
     else:
         call.finish(None)
+
+
+# -- streamed bodies: settled at their first byte ------------------------------------
+
+
+def waits_for_body(method: str | None, status: int | None) -> bool:
+    """Whether a streamed response's charge waits for its body's first byte.
+
+    Not for a failure (settled, refunded, at once), nor for a response that
+    has no body to wait for (``HEAD``, 1xx, 204, 304): a server may close such
+    a body without ever reading it, which would count as a failure.
+    """
+    if status is None or is_failure(status) or status < 200 or status in (204, 304):
+        return False
+    return (method or "").upper() != "HEAD"
+
+
+class WatchedBody:
+    """A streamed response body that settles its call at its first byte.
+
+    The framework adapters (Flask, Django) build the response, headers
+    included, when the view returns, and hand it to the server to stream. A
+    generator body does its work only as the server reads it, and if it
+    fails before producing anything, the server answers 500 (or drops the
+    connection): the client got nothing and must not pay. So the call is
+    confirmed (or, for a 5xx, refunded) when the first non-empty chunk is
+    produced or the body ends cleanly, and refunded when the body raises, or
+    is closed, before that. A failure after the first byte leaves the charge
+    standing: the client was answered.
+
+    The response's headers were decided before the body ran, so on a
+    streamed response they say what the charge was when the view returned
+    (``charged``), not how it was settled.
+    """
+
+    def __init__(self, body: Iterable[Any], call: JobCall, status: int) -> None:
+        self._body = body
+        self._call = call
+        self._status = status
+
+    def __iter__(self) -> Iterator[Any]:
+        call = self._call
+        try:
+            for chunk in self._body:
+                if chunk and not call.finished:
+                    call.finish(self._status)
+                yield chunk
+        except BaseException:
+            call.finish(None)  # a no-op after the first byte
+            raise
+        call.finish(self._status)  # an empty body, ended cleanly
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            # The server is done with the body: if it never produced its
+            # first byte, the client was not served.
+            self._call.finish(None)
+
+
+class AsyncWatchedBody:
+    """:class:`WatchedBody` for an asynchronous body (an async generator
+    behind Django's ``StreamingHttpResponse`` under ASGI)."""
+
+    def __init__(self, body: Any, call: JobCall, status: int) -> None:
+        self._body = body
+        self._call = call
+        self._status = status
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        call = self._call
+        try:
+            async for chunk in self._body:
+                if chunk and not call.finished:
+                    await call.afinish(self._status)
+                yield chunk
+        except BaseException as exc:
+            await afinish_raised(call, exc)  # a no-op after the first byte
+            raise
+        await call.afinish(self._status)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._call.finish(None)
 
 
 def check_options(

@@ -20,27 +20,31 @@
     def analyze(): ...
 
 Why a middleware besides the dependency: the charge must be confirmed or
-refunded by the response's status, when the response starts. A dependency
-cannot see that: FastAPI runs a ``yield`` dependency's teardown only after the
-whole body has been sent (too late for a follow-up sent the moment the client
-has the headers, and for a stream longer than the lease), and never learns of
-a 5xx the endpoint returned rather than raised. So the dependency (or the
-decorator) charges and leaves the call where an ASGI middleware, put in
-place by :meth:`JobCredits.install`, finds it when ``http.response.start``
-passes by.
+refunded by the response's status, when the response's body produces its
+first byte. A dependency cannot see that: FastAPI runs a ``yield``
+dependency's teardown only after the whole body has been sent (too late for a
+follow-up sent the moment the client has the first bytes, and for a stream
+longer than the lease), and never learns of a 5xx the endpoint returned
+rather than raised. So the dependency (or the decorator) charges and leaves
+the call where an ASGI middleware, put in place by :meth:`JobCredits.install`,
+finds it: it holds ``http.response.start`` back until the first body byte,
+settles the call, and sends the start with the call's headers. (The
+dependency's own teardown only sees FastAPI's request validation failing
+after it charged: that 422 is refunded.)
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 try:
     from fastapi import FastAPI, Request, Response
     from fastapi import routing as fastapi_routing
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.routing import APIRoute
 except ImportError as exc:  # pragma: no cover - exercised by the noframework env
     raise ImportError(
@@ -208,8 +212,8 @@ class JobCredits:
         It sets ``app.state.jobcredits`` to this object, answers every
         :class:`~jobcredits_plugin.JobCreditsError` as
         ``application/problem+json``, adds the ASGI middleware that confirms or
-        refunds each charged request when its response starts (and adds the
-        ``X-Job-Charge`` headers), and documents the charging endpoints in
+        refunds each charged request at its response's first body byte (and
+        adds the ``X-Job-Charge`` headers), and documents the charging endpoints in
         ``app.openapi()`` (see :meth:`document`). Returns ``self``.
 
         Unless ``app.debug`` is on, a ledger on the in-process default store
@@ -246,7 +250,7 @@ class JobCredits:
 
     async def _start(self, request: Request, opts: _Options) -> JobCall:
         """Charge the request as ``opts`` say and leave the call for the
-        middleware to settle when the response starts."""
+        middleware to settle at the response's first body byte."""
         watch = request.scope.get(_SCOPE_KEY)
         if not isinstance(watch, _Watch):
             raise RuntimeError(
@@ -489,7 +493,8 @@ async def _problem_response(request: Request, exc: Exception) -> Response:
 class _ResponseStart:
     """The ASGI middleware :meth:`JobCredits.install` adds: gives each HTTP
     request an empty watch, and settles the call a dependency attached to it
-    when the response starts (or refunds it when the app raises first)."""
+    at the response's first body byte (or refunds it when the app raises
+    first)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -514,24 +519,28 @@ def charge_credit(
     on_missing: str | None = None,
     fail_open: bool | None = None,
     header: str | None = None,
-) -> Callable[[Request], Coroutine[Any, Any, Charge | None]]:
+) -> Callable[[Request], AsyncIterator[Charge | None]]:
     """A dependency that charges the request once per job: ``Depends(charge_credit())``.
 
     It returns the :class:`~jobcredits_plugin.Charge` (None when the store is
     down and ``fail_open`` let the call through uncharged), and
     :func:`jobcredits_plugin.current_charge` returns it too while the request
-    is handled. The charge is confirmed when the response starts with a status
-    below 500 and refunded on a 5xx or when the endpoint raises (an
+    is handled. The charge is confirmed when the response's body produces its
+    first byte with a status below 500, and refunded on a 5xx, when the
+    endpoint raises, or when the body fails before its first byte (an
     ``HTTPException`` with a 4xx status confirms: the client's mistake was
     served).
 
     ``cost``, ``tier`` and ``backend`` are values or callables of the request;
     ``account``, ``ledger``, ``on_missing``, ``fail_open`` and ``header`` (the
-    job header's name) default to the :class:`JobCredits` settings. The
-    dependency runs alongside FastAPI's validation of the request, so a
-    request answered 422 has been charged, and is confirmed like any 4xx (its
-    job stays open for the follow-ups); the :func:`charges_credit` decorator
-    charges only requests that passed validation.
+    job header's name) default to the :class:`JobCredits` settings.
+
+    FastAPI runs a route's dependencies before it validates the request's
+    other parameters, so a request that fails that validation has been
+    charged by the time FastAPI answers it 422. The endpoint never ran: the
+    charge is refunded (``X-Job-Charge: refunded``), unlike a 422 the endpoint
+    itself answers, which confirms like any 4xx. The :func:`charges_credit`
+    decorator charges only requests that passed validation.
     """
     opts = _options(
         cost=cost,
@@ -545,10 +554,17 @@ def charge_credit(
         header=header,
     )
 
-    async def charge_credit_dependency(request: Request) -> Charge | None:
+    async def charge_credit_dependency(request: Request) -> AsyncIterator[Charge | None]:
         call = await _installed(request)._start(request, opts)
         bind(call)  # for current_charge(); the middleware resets it after the request
-        return call.charge
+        try:
+            yield call.charge
+        except RequestValidationError:
+            # Raised through the dependencies' exit before FastAPI answers
+            # 422 (and before the middleware sees that answer): the endpoint
+            # never ran, so the charge goes back, and the answer says so.
+            await call.afinish(None)
+            raise
 
     cast(Any, charge_credit_dependency).__jobcredits__ = opts
     return charge_credit_dependency

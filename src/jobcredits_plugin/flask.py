@@ -63,6 +63,7 @@ from ._web import (
     DEFAULT_PROBLEMS,
     JobCall,
     Problems,
+    WatchedBody,
     afinish_raised,
     astart_call,
     bound,
@@ -71,6 +72,7 @@ from ._web import (
     render_problem,
     resolve,
     start_call,
+    waits_for_body,
 )
 from .cli import prune_lines, snapshot_lines
 
@@ -420,6 +422,17 @@ def _put_headers(response: flask.Response, call: JobCall, job_header: str) -> fl
     return response
 
 
+def _watch_stream(response: flask.Response, call: JobCall) -> bool:
+    """A streamed response is settled at its body's first byte (see
+    :class:`~jobcredits_plugin._web.WatchedBody`): True when its body is now
+    watched, False when the call must be settled now."""
+    status = response.status_code
+    if not response.is_streamed or not waits_for_body(flask.request.method, status):
+        return False
+    response.response = WatchedBody(response.response, call, status)
+    return True
+
+
 def _headers_later(call: JobCall, job_header: str) -> None:
     """The view raised: the response (an error page, a problem document) is
     built later by an error handler, so put the call's headers on it then."""
@@ -454,8 +467,11 @@ def charges_credit(
         ``JOBCREDITS_JOB_HEADER``).
 
     The view's return value is turned into a response at once, and its
-    status settles the charge before the body is sent: 5xx refunds, anything
-    else confirms, so a long streamed body cannot outlast the lease. An
+    status settles the charge: 5xx refunds, anything else confirms. A
+    streamed response (a generator body) is settled when its body produces
+    its first byte, not after the whole body, so a long stream cannot outlast
+    the lease, and a body that fails before its first byte (answered 500 by
+    the server) is refunded; its headers, sent first, say ``charged``. An
     exception refunds, except a werkzeug ``HTTPException`` below 500 (the
     client's mistake was served). Works on ``async def`` views as well.
     """
@@ -511,7 +527,8 @@ def charges_credit(
                         await afinish_raised(call, exc)
                         _headers_later(call, job_header)
                         raise
-                await call.afinish(response.status_code)
+                if not _watch_stream(response, call):
+                    await call.afinish(response.status_code)
                 return _put_headers(response, call, job_header)
 
             return cast(F, async_wrapper)
@@ -532,7 +549,8 @@ def charges_credit(
                     call.finish(None)
                     _headers_later(call, job_header)
                     raise
-            call.finish(response.status_code)
+            if not _watch_stream(response, call):
+                call.finish(response.status_code)
             return _put_headers(response, call, job_header)
 
         return cast(F, wrapper)

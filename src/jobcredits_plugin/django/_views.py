@@ -37,8 +37,10 @@ from .._errors import InvalidArgument, JobCreditsError
 from .._ledger import Ledger
 from .._records import Charge
 from .._web import (
+    AsyncWatchedBody,
     JobCall,
     Problems,
+    WatchedBody,
     afinish_raised,
     astart_call,
     bound,
@@ -46,6 +48,7 @@ from .._web import (
     render_problem,
     resolve,
     start_call,
+    waits_for_body,
 )
 from ._conf import Config, aget_ledger, get_config, get_ledger
 
@@ -183,6 +186,22 @@ def _status(response: Any) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _watch_stream(request: Any, response: Any, call: JobCall) -> bool:
+    """A streaming response (``StreamingHttpResponse``, ``FileResponse``) is
+    settled at its body's first byte (see
+    :class:`~jobcredits_plugin._web.WatchedBody`): True when its content is
+    now watched, False when the call must be settled now."""
+    status = _status(response)
+    if not getattr(response, "streaming", False) or not waits_for_body(
+        getattr(request, "method", None), status
+    ):
+        return False
+    assert status is not None
+    watched = AsyncWatchedBody if getattr(response, "is_async", False) else WatchedBody
+    response.streaming_content = watched(response.streaming_content, call, status)
+    return True
+
+
 def _add_headers(response: Any, call: JobCall, job_header: str) -> None:
     if isinstance(response, HttpResponseBase):
         for name, value in call.headers(job_header):
@@ -199,7 +218,9 @@ async def _afinish_raised(call: JobCall, exc: BaseException) -> None:
         await call.afinish(status)
 
 
-async def _settle_later(pending: Awaitable[Any], call: JobCall, job_header: str) -> Any:
+async def _settle_later(
+    pending: Awaitable[Any], request: Any, call: JobCall, job_header: str
+) -> Any:
     """Finish a sync-wrapped call whose view returned a coroutine (a sync
     function handing over to an async one, which Django then awaits). The
     charge was taken synchronously; the confirm or refund waits for the real
@@ -210,7 +231,8 @@ async def _settle_later(pending: Awaitable[Any], call: JobCall, job_header: str)
         except BaseException as exc:
             await _afinish_raised(call, exc)
             raise
-    await call.afinish(_status(response))
+    if not _watch_stream(request, response, call):
+        await call.afinish(_status(response))
     _add_headers(response, call, job_header)
     return response
 
@@ -245,8 +267,9 @@ def _sync_view(view: Callable[..., Any], opts: _Options) -> Callable[..., Any]:
                 call.finish(client_error_status(exc))
                 raise
         if inspect.isawaitable(response):
-            return _settle_later(response, call, job_header)
-        call.finish(_status(response))
+            return _settle_later(response, request, call, job_header)
+        if not _watch_stream(request, response, call):
+            call.finish(_status(response))
         _add_headers(response, call, job_header)
         return response
 
@@ -279,7 +302,8 @@ def _async_view(view: Callable[..., Awaitable[Any]], opts: _Options) -> Callable
             except BaseException as exc:  # cancellation included: it refunds
                 await _afinish_raised(call, exc)
                 raise
-        await call.afinish(_status(response))
+        if not _watch_stream(request, response, call):
+            await call.afinish(_status(response))
         _add_headers(response, call, job_header)
         return response
 
@@ -323,10 +347,13 @@ def charges_credit(
     The view sees the :class:`~jobcredits_plugin.Charge` as
     ``request.job_credit`` and through
     :func:`~jobcredits_plugin.current_charge` (None when it failed open).
-    The charge is confirmed when the view returns a response below 500
-    (a ``StreamingHttpResponse`` as soon as it is returned) or raises one of
-    Django's 4xx exceptions, and refunded when the view answers 5xx, raises
-    anything else, or is cancelled.
+    The charge is confirmed when the view returns a response below 500 or
+    raises one of Django's 4xx exceptions, and refunded when the view answers
+    5xx, raises anything else, or is cancelled. A streaming response
+    (``StreamingHttpResponse``, ``FileResponse``) is settled when its content
+    produces its first byte: refunded if it raises (or is closed) before
+    that, when the client got nothing; its headers, sent first, say
+    ``charged``.
     """
     check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
     if account is not None and not callable(account):

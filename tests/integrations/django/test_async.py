@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("django")
 
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.test import AsyncClient, RequestFactory
 
 from jobcredits_plugin import Ledger, current_charge
 from jobcredits_plugin.django import charges_credit
-from jobcredits_plugin.testing import make_ledger
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger
 
 from . import views
 
@@ -141,12 +142,70 @@ def test_async_4xx_exception_confirms(dj_ledger: Ledger) -> None:
     assert dj_ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
 
 
-def test_async_streaming_response_confirmed_when_returned(dj_ledger: Ledger) -> None:
-    """An async streaming response is confirmed as soon as the view returns it."""
+def test_async_streaming_response_confirmed_at_its_first_byte(dj_ledger: Ledger) -> None:
+    """An async streaming response is confirmed when its content produces its
+    first byte (pending until then)."""
     dj_ledger.grant("acct", 1)
     response = apost("/async/stream", "job-1")
     assert response["X-Job-Charge"] == "charged"
-    assert dj_ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
+    assert dj_ledger.lookup("acct", "job-1").state == "pending"  # type: ignore[union-attr]
+
+    async def read() -> list[bytes]:
+        chunks = []
+        async for chunk in response.streaming_content:
+            chunks.append(chunk)
+            assert dj_ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
+        return chunks
+
+    assert asyncio.run(read()) == [b"a", b"b"]
+
+
+def test_async_streaming_content_failing_before_its_first_byte_is_refunded() -> None:
+    """Async content that raises before producing a byte (the server answers
+    500, the client gets nothing) refunds the charge."""
+    events = RecordingPlugin()
+    ledger = make_ledger(balances=True, plugins=[events])
+    ledger.grant("acct", 3)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b""
+        raise RuntimeError("the upstream failed before the first byte")
+
+    @charges_credit(ledger=ledger, account=lambda request: "acct")
+    async def view(request: Any) -> StreamingHttpResponse:
+        return StreamingHttpResponse(body())
+
+    async def go() -> None:
+        response = await view(RequestFactory().post("/", headers={"X-Job-Id": "j"}))
+        assert ledger.lookup("acct", "j").state == "pending"  # type: ignore[union-attr]
+        with pytest.raises(RuntimeError, match="before the first byte"):
+            async for _ in response.streaming_content:
+                pass
+        response.close()
+
+    asyncio.run(go())
+    assert ledger.lookup("acct", "j") is None
+    assert ledger.balance("acct") == 3
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_async_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile() -> None:
+    """An async view that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance."""
+    clock = FakeClock()
+    ledger = make_ledger(clock=clock, balances=True)
+    ledger.grant("acct", 5)
+
+    @charges_credit(ledger=ledger, account=lambda request: "acct")
+    async def late(request: Any) -> HttpResponse:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in await ledger.aprune()] == ["j"]
+        return HttpResponse(b"late")
+
+    response = asyncio.run(late(RequestFactory().post("/", headers={"X-Job-Id": "j"})))
+    assert response["X-Job-Charge"] == "refunded"
+    assert response["X-Credits-Remaining"] == "5"
+    assert ledger.balance("acct") == 5
 
 
 def test_cancelled_async_view_refunds() -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("django")
 
-from django.test import Client, override_settings
+from django.http import HttpResponse, StreamingHttpResponse
+from django.test import Client, RequestFactory, override_settings
 
 from jobcredits_plugin import Ledger
-from jobcredits_plugin.django import get_ledger
+from jobcredits_plugin.django import charges_credit, get_ledger
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger
 
 from . import views
 
@@ -313,14 +316,104 @@ def test_failed_follow_up_refunds_nothing(dj_ledger: Ledger) -> None:
     assert dj_ledger.balance("acct") == 0
 
 
-def test_streaming_response_is_confirmed_when_returned(dj_ledger: Ledger) -> None:
-    """The charge is confirmed when the streaming response is returned, before its body."""
+def test_streaming_response_is_confirmed_at_its_first_byte(dj_ledger: Ledger) -> None:
+    """A streaming response is confirmed when its content produces its first
+    byte (pending until then), before the rest of the body."""
     dj_ledger.grant("acct", 1)
     job = new_job()
     response = post("/charged?stream=1", job)
     assert response["X-Job-Charge"] == "charged"
+    assert dj_ledger.lookup("acct", job).state == "pending"  # type: ignore[union-attr]
+    content = iter(response.streaming_content)
+    assert next(content) == b"part1,"
     assert dj_ledger.lookup("acct", job).state == "charged"  # type: ignore[union-attr]
-    assert b"".join(response.streaming_content) == b"part1,part2"
+    assert b"".join(content) == b"part2"
+    response.close()
+
+
+def _streaming_view(ledger: Ledger, body: Any) -> Any:
+    @charges_credit(ledger=ledger, account=lambda request: "acct")
+    def view(request: Any) -> StreamingHttpResponse:
+        return StreamingHttpResponse(body())
+
+    return view
+
+
+def test_streaming_content_failing_before_its_first_byte_is_refunded() -> None:
+    """Content that raises before producing a byte (the server answers 500,
+    the client gets nothing) refunds the charge."""
+    events = RecordingPlugin()
+    ledger = make_ledger(balances=True, plugins=[events])
+    ledger.grant("acct", 3)
+
+    def body() -> Iterator[bytes]:
+        yield b""
+        raise RuntimeError("the upstream failed before the first byte")
+
+    request = RequestFactory().post("/", headers={"X-Job-Id": "j"})
+    response = _streaming_view(ledger, body)(request)
+    assert ledger.lookup("acct", "j").state == "pending"  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError, match="before the first byte"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert ledger.lookup("acct", "j") is None
+    assert ledger.balance("acct") == 3
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_streaming_content_closed_unread_is_refunded() -> None:
+    """Content the server closes without reading (the client went away
+    first) served nothing: refunded."""
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 3)
+    request = RequestFactory().post("/", headers={"X-Job-Id": "j"})
+    response = _streaming_view(ledger, lambda: iter([b"never read"]))(request)
+    response.close()
+    assert ledger.lookup("acct", "j") is None
+    assert ledger.balance("acct") == 3
+
+
+def test_streaming_content_failing_after_its_first_byte_stays_charged() -> None:
+    """Once the first byte was produced the client was answered: a later
+    failure leaves the charge standing."""
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 3)
+
+    def body() -> Iterator[bytes]:
+        yield b"part"
+        raise RuntimeError("the stream broke halfway")
+
+    request = RequestFactory().post("/", headers={"X-Job-Id": "j"})
+    response = _streaming_view(ledger, body)(request)
+    with pytest.raises(RuntimeError, match="halfway"):
+        b"".join(response.streaming_content)
+    response.close()
+    assert ledger.lookup("acct", "j").state == "charged"  # type: ignore[union-attr]
+    assert ledger.balance("acct") == 2
+
+
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile() -> None:
+    """A view that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+    clock = FakeClock()
+    events = RecordingPlugin()
+    ledger = make_ledger(clock=clock, balances=True, plugins=[events])
+    ledger.grant("acct", 5)
+
+    @charges_credit(ledger=ledger, account=lambda request: "acct")
+    def late(request: Any) -> HttpResponse:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in ledger.prune()] == ["j"]
+        return HttpResponse(b"late")
+
+    response = late(RequestFactory().post("/", headers={"X-Job-Id": "j"}))
+    assert response.status_code == 200
+    assert response["X-Job-Charge"] == "refunded"
+    assert response["X-Credits-Remaining"] == "5"
+    assert ledger.balance("acct") == 5
+    assert ledger.lookup("acct", "j") is None
+    assert events.kinds() == ["charge", "refund"]
 
 
 def test_custom_job_header_per_view(dj_ledger: Ledger) -> None:

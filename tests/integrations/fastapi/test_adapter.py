@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket  # noqa: E402
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from jobcredits_plugin import Charge, Ledger, current_charge, header  # noqa: E402
 from jobcredits_plugin.fastapi import JobCredits, charge_credit, charges_credit  # noqa: E402
-from jobcredits_plugin.testing import RecordingPlugin, make_ledger  # noqa: E402
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger  # noqa: E402
 
 ACCOUNT = header("X-Account")
 
@@ -111,9 +111,9 @@ def test_follow_up_sent_after_the_first_response_is_reused(ledger: Ledger) -> No
 
 
 def test_follow_up_sent_while_the_first_body_still_streams_is_reused(ledger: Ledger) -> None:
-    """The moment the first response's headers arrive (its body still
+    """The moment the first response's first bytes arrive (its body still
     streaming) a follow-up of the job is already reused: confirmed at the
-    response's start, not after the body."""
+    body's first byte, not after the whole body."""
     app = make_app(ledger)
     release = asyncio.Event()
 
@@ -240,6 +240,143 @@ def test_decorator_charges_only_requests_that_pass_validation(ledger: Ledger) ->
     assert response.status_code == 422
     assert "X-Job-Charge" not in response.headers
     assert ledger.snapshot() == []
+
+
+@pytest.mark.parametrize("where", ["body", "query", "header"])
+def test_dependency_refunds_a_request_failing_validation(
+    ledger: Ledger, events: RecordingPlugin, where: str
+) -> None:
+    """FastAPI runs the dependency (which charges) before it validates the
+    other parameters; a request it then answers 422 never reached the
+    endpoint, so its charge is refunded and the answer says so."""
+    app = make_app(ledger)
+    reached: list[str] = []
+
+    if where == "body":
+
+        @app.post("/run")
+        async def run(body: Text, charge: Annotated[Charge, Depends(charge_credit())]) -> Any:
+            reached.append("run")
+            return {}
+
+        response = call(app, json_body={"text": ["not", "a", "string"]})
+    elif where == "query":
+
+        @app.post("/run")
+        async def run(charge: Annotated[Charge, Depends(charge_credit())], n: int) -> Any:
+            reached.append("run")
+            return {}
+
+        response = call(app, "/run?n=many")
+    else:
+
+        @app.post("/run")
+        async def run(
+            charge: Annotated[Charge, Depends(charge_credit())],
+            x_count: Annotated[int, Header()],
+        ) -> Any:
+            reached.append("run")
+            return {}
+
+        response = call(app, extra={"X-Count": "many"})
+    assert response.status_code == 422
+    assert reached == []
+    assert response.headers["X-Job-Charge"] == "refunded"
+    assert ledger.snapshot() == []
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_dependency_refund_on_422_gives_the_credits_back(events: RecordingPlugin) -> None:
+    """With balances on, the 422's X-Credits-Remaining is the refunded balance."""
+    ledger = make_ledger(balances=True, plugins=[events])
+    ledger.grant("acct", 3)
+    app = make_app(ledger)
+
+    @app.post("/run")
+    async def run(body: Text, charge: Annotated[Charge, Depends(charge_credit())]) -> Any:
+        return {}
+
+    response = call(app, json_body={"text": 1.5})
+    assert response.status_code == 422
+    assert response.headers["X-Credits-Remaining"] == "3"
+    assert ledger.balance("acct") == 3
+    assert call(app, json_body={"text": "ok"}).headers["X-Job-Charge"] == "charged"
+
+
+def test_an_endpoints_own_422_still_confirms(ledger: Ledger) -> None:
+    """Only FastAPI's validation failure is refunded: a 422 the endpoint
+    answers itself served the client, and confirms like any 4xx."""
+    app = make_app(ledger)
+
+    @app.post("/run")
+    async def run(charge: Annotated[Charge, Depends(charge_credit())]) -> Any:
+        raise HTTPException(status_code=422, detail="the text is unreadable")
+
+    response = call(app)
+    assert response.status_code == 422
+    assert response.headers["X-Job-Charge"] == "charged"
+    assert ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("style", ["dependency", "decorator"])
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
+    events: RecordingPlugin, style: str
+) -> None:
+    """An endpoint that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+    clock = FakeClock()
+    ledger = make_ledger(clock=clock, balances=True, plugins=[events])
+    ledger.grant("acct", 5)
+    app = make_app(ledger)
+
+    async def outlive() -> dict[str, str]:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in await ledger.aprune()] == ["job-1"]
+        return {"ok": "late"}
+
+    if style == "dependency":
+
+        @app.post("/run")
+        async def run(charge: Annotated[Charge, Depends(charge_credit())]) -> Any:
+            return await outlive()
+
+    else:
+
+        @app.post("/run")
+        @charges_credit()
+        async def run() -> Any:
+            return await outlive()
+
+    response = call(app)
+    assert response.status_code == 200
+    assert response.headers["X-Job-Charge"] == "refunded"
+    assert response.headers["X-Credits-Remaining"] == "5"
+    assert ledger.balance("acct") == 5
+    assert ledger.lookup("acct", "job-1") is None
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_streaming_response_failing_before_its_first_byte_is_refunded(
+    ledger: Ledger, events: RecordingPlugin
+) -> None:
+    """A StreamingResponse whose body raises before its first byte: nothing
+    was sent (the start is held until the first byte), the server answers
+    500, and the charge is refunded."""
+    app = make_app(ledger)
+
+    @app.post("/run")
+    async def run(charge: Annotated[Charge, Depends(charge_credit())]) -> StreamingResponse:
+        async def stream() -> AsyncIterator[bytes]:
+            yield b""
+            raise RuntimeError("the upstream failed before the first byte")
+
+        return StreamingResponse(stream())
+
+    response = call(app, raise_app_exceptions=False)
+    assert response.status_code == 500
+    assert ledger.snapshot() == []
+    assert events.kinds() == ["charge", "refund"]
 
 
 def test_decorator_uses_the_endpoints_own_request_parameter(ledger: Ledger) -> None:

@@ -527,20 +527,27 @@ def test_a_failing_follow_up_does_not_refund_the_job(client: Any, ledger: Ledger
     assert ledger.balance(ACCT) == 8
 
 
-def test_streamed_body_is_confirmed_when_the_response_is_built(ledger: Ledger) -> None:
-    """A generator view is confirmed as soon as its response object exists (before the
-    body streams), and an error later in the body does not refund it."""
+def test_streamed_body_is_confirmed_at_its_first_byte(ledger: Ledger) -> None:
+    """A generator view is confirmed when its body produces its first byte
+    (still pending while the body prepares it), and an error later in the
+    body does not refund it: the client was answered."""
     ledger.grant(ACCT, 3)
     app = make_app(ledger)
     states: list[str | None] = []
+
+    def state() -> None:
+        record = ledger.lookup(ACCT, JOB)
+        states.append(None if record is None else record.state)
 
     @app.get("/stream")
     @charges_credit()
     def stream() -> Any:
         def body() -> Iterator[str]:
-            record = ledger.lookup(ACCT, JOB)
-            states.append(None if record is None else record.state)
+            state()
+            yield ""  # an empty chunk is no byte
+            state()
             yield "part 1\n"
+            state()
             raise RuntimeError("the body broke halfway")
 
         return flask.Response(body(), mimetype="text/plain")
@@ -551,11 +558,123 @@ def test_streamed_body_is_confirmed_when_the_response_is_built(ledger: Ledger) -
     with pytest.raises(RuntimeError, match="halfway"):
         b"".join(r.response)
     r.close()
-    assert states == ["charged"]  # already confirmed when the body started
+    assert states == ["pending", "pending", "charged"]
     record = ledger.lookup(ACCT, JOB)
     assert record is not None
     assert record.state == "charged"
     assert ledger.balance(ACCT) == 2
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_streamed_body_failing_before_its_first_byte_is_refunded(
+    ledger: Ledger, events: RecordingPlugin, asynchronous: bool
+) -> None:
+    """A generator body that raises before producing a byte (the server
+    answers 500, the client gets nothing) refunds the charge."""
+    ledger.grant(ACCT, 3)
+    app = make_app(ledger)
+
+    def body() -> Iterator[bytes]:
+        yield b""
+        raise RuntimeError("the upstream failed before the first byte")
+
+    if asynchronous:
+
+        @app.get("/stream")
+        @charges_credit()
+        async def stream() -> Any:
+            return flask.Response(body(), mimetype="text/plain")
+
+    else:
+
+        @app.get("/stream")
+        @charges_credit()
+        def stream() -> Any:
+            return flask.Response(body(), mimetype="text/plain")
+
+    r = app.test_client().get("/stream", headers=hdrs(), buffered=False)
+    assert ledger.lookup(ACCT, JOB).state == "pending"  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError, match="before the first byte"):
+        b"".join(r.response)
+    r.close()
+    assert ledger.lookup(ACCT, JOB) is None
+    assert ledger.balance(ACCT) == 3
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_streamed_body_closed_unread_is_refunded(ledger: Ledger) -> None:
+    """A streamed body the server closes without reading (the client went
+    away first) served nothing: refunded."""
+    ledger.grant(ACCT, 3)
+    app = make_app(ledger)
+
+    @app.get("/stream")
+    @charges_credit()
+    def stream() -> Any:
+        return flask.Response(iter([b"never read"]), mimetype="text/plain")
+
+    from werkzeug.test import EnvironBuilder
+
+    # Werkzeug's test client reads the first chunk by itself: be the server.
+    environ = EnvironBuilder(path="/stream", headers=hdrs()).get_environ()
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    body.close()
+    assert ledger.lookup(ACCT, JOB) is None
+    assert ledger.balance(ACCT) == 3
+
+
+def test_streamed_head_response_is_confirmed_at_once(ledger: Ledger) -> None:
+    """A HEAD answer has no body to wait for (the server may never read it):
+    confirmed when the view returns."""
+    ledger.grant(ACCT, 3)
+    app = make_app(ledger)
+
+    @app.route("/stream", methods=["GET", "HEAD"])
+    @charges_credit()
+    def stream() -> Any:
+        return flask.Response(iter([b"body"]), mimetype="text/plain")
+
+    r = app.test_client().head("/stream", headers=hdrs())
+    assert r.status_code == 200
+    assert ledger.lookup(ACCT, JOB).state == "charged"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
+    ledger: Ledger, clock: FakeClock, events: RecordingPlugin, asynchronous: bool
+) -> None:
+    """A view that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+    ledger.grant(ACCT, 5)
+    app = make_app(ledger)
+
+    def outlive() -> dict[str, str]:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in ledger.prune()] == [JOB]
+        return {"ok": "late"}
+
+    if asynchronous:
+
+        @app.post("/late")
+        @charges_credit()
+        async def late() -> Any:
+            return outlive()
+
+    else:
+
+        @app.post("/late")
+        @charges_credit()
+        def late() -> Any:
+            return outlive()
+
+    r = app.test_client().post("/late", headers=hdrs())
+    assert r.status_code == 200
+    assert r.headers["X-Job-Charge"] == "refunded"
+    assert r.headers["X-Credits-Remaining"] == "5"
+    assert ledger.balance(ACCT) == 5
+    assert ledger.lookup(ACCT, JOB) is None
+    assert events.kinds() == ["charge", "refund"]
 
 
 def test_job_credit_answers_after_the_view(ledger: Ledger) -> None:
