@@ -367,7 +367,7 @@ def test_a_bug_is_one_line_with_exit_status_70(
     assert out == ""
     assert_one_line(err)
     assert "internal error: RuntimeError: boom near" in err
-    assert "--traceback" in err
+    assert "run again with --traceback or with JOBCREDITS_TRACEBACK set to 1" in err
     assert "s3cr3t-pw" not in err
 
 

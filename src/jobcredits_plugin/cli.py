@@ -1021,8 +1021,10 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     text = str(exc)
     name = type(exc).__name__
     return (f"internal error: {name}: {text} " if text else f"internal error: {name} ") + (
-        f"(a bug in jobcredits-plugin or a store driver; run again with --traceback "
-        f"or {TRACEBACK_ENV}=1 for the traceback, and report it)"
+        # (No NAME=value here: the line goes through the redactor, which
+        # masks the value of any name containing "cred", as JOBCREDITS_ does.)
+        "(a bug in jobcredits-plugin or a store driver; for the traceback, run again "
+        f"with --traceback or with {TRACEBACK_ENV} set to 1, and report it)"
     ), EXIT_SOFTWARE
 
 
