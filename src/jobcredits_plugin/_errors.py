@@ -71,7 +71,7 @@ class JobCreditsError(Exception):
         A 4xx detail describes the client's own request and is shown as it
         is. A 5xx detail describes the server (a store's URL, host, user and
         database, a driver's message, the app's configuration): the client
-        gets a generic sentence, and the full :attr:`detail` belongs in the
+        gets a generic sentence, and the full ``detail`` belongs in the
         server's log (the web adapters log it when they answer).
         """
         if self.status >= 500:

@@ -75,6 +75,7 @@ from ._web import (
     waits_for_body,
 )
 from .cli import prune_lines, snapshot_lines
+from .stores._urls import redact_text
 
 __all__ = [
     "JobCredits",
@@ -573,7 +574,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except JobCreditsError as err:
-        raise click.ClickException(err.detail) from err
+        raise click.ClickException(redact_text(err.detail)) from err
 
 
 @cli.command("snapshot")

@@ -207,3 +207,19 @@ def test_migrate_with_a_bad_url_option_prints_no_secret(capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert status != 0
     assert_no_secret(out, err)
+
+
+def test_the_flask_command_prints_no_secret() -> None:
+    """``flask jobcredits snapshot`` on an unreachable store: one error line, no password."""
+    flask = pytest.importorskip("flask")
+    pytest.importorskip("psycopg")
+    from jobcredits_plugin import header
+    from jobcredits_plugin.flask import JobCredits
+
+    app = flask.Flask(__name__)
+    app.config.update(JOBCREDITS_URL=POSTGRES_URL, JOBCREDITS_ACCOUNT=header("X-Account"))
+    JobCredits(app)
+    result = app.test_cli_runner().invoke(args=["jobcredits", "snapshot"])
+    assert result.exit_code != 0
+    assert_no_secret(result.output, getattr(result, "stderr", ""))
+    assert "127.0.0.1" in result.output + getattr(result, "stderr", "")

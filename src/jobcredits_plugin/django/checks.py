@@ -10,7 +10,8 @@ charged request, or worse, as silently wrong billing:
 ``jobcredits.E004``  an unknown key (a typo such as ``"TIL"``)
 ``jobcredits.E005``  a bad value: ``TTL``, ``LEASE``, ``MAX_USES``,
                      ``BALANCES``, ``FAIL_OPEN``, ``ENTRY_POINTS``,
-                     ``JOB_HEADER``, or the setting is not a dict
+                     ``JOB_HEADER``, ``PROBLEM_TYPE_BASE``,
+                     ``RETRY_AFTER_MAX``, or the setting is not a dict
 ``jobcredits.E006``  ``PLUGINS`` is not a list, or an entry of it does not
                      import, implements no hook, or is a class that needs
                      constructor arguments (one message per bad entry)

@@ -140,3 +140,16 @@ def test_check_e001_never_repeats_a_password(url: str) -> None:
     e001 = [m for m in found if m.id == "jobcredits.E001"]
     assert e001, found
     assert_no_secret(*(m.msg for m in found), *(m.hint or "" for m in found))
+
+
+def test_the_management_command_prints_no_secret(jc_settings: Any) -> None:
+    """``manage.py jobcredits snapshot`` on an unreachable store: a CommandError whose
+    message names the store without its password."""
+    pytest.importorskip("psycopg")
+    from django.core.management import CommandError, call_command
+
+    jc_settings(URL=POSTGRES_URL)
+    with pytest.raises(CommandError) as info:
+        call_command("jobcredits", "snapshot")
+    assert_no_secret(str(info.value))
+    assert HOST in str(info.value)

@@ -18,6 +18,7 @@ from django.core.management.base import (  # type: ignore[import-untyped]
 from ...._errors import JobCreditsError
 from ...._ledger import Ledger
 from ....cli import non_negative, prune_lines, snapshot_lines
+from ....stores._urls import redact_text
 from ..._conf import get_ledger
 
 
@@ -59,7 +60,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             else:
                 self._balance(ledger, options["account"])
         except JobCreditsError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(redact_text(str(exc))) from exc
 
     def _snapshot(self, ledger: Ledger, *, as_json: bool, limit: int) -> None:
         for line in snapshot_lines(ledger.snapshot(), as_json=as_json, limit=limit):
