@@ -84,7 +84,19 @@ def test_secret_option_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["sslmode", "host", "db", "prefix", "timeout", "journal_max_age", "schema", "user"]
+    "name",
+    [
+        "sslmode",
+        "host",
+        "db",
+        "prefix",
+        "timeout",
+        "journal_max_age",
+        "schema",
+        "user",
+        "JOBCREDITS_TRACEBACK",
+        "JOBCREDITS_URL",
+    ],
 )
 def test_ordinary_option_names(name: str) -> None:
     assert not is_secret_option(name)
@@ -107,6 +119,7 @@ def test_redact_text_masks_urls_conninfo_pairs_and_echoed_secrets() -> None:
     assert f"password={MASK}" in out
     assert "host=h" in out
     assert "user=u" in out
+    assert redact_text("set JOBCREDITS_TRACEBACK=1") == "set JOBCREDITS_TRACEBACK=1"
 
 
 # -- where URLs are printed ----------------------------------------------------------

@@ -48,7 +48,9 @@ _PAIR_IN_TEXT = re.compile(
 def is_secret_option(name: str) -> bool:
     """Whether an option (a URL query name, a connection-string key) holds a
     secret and must be masked wherever it is printed."""
-    lowered = name.lower()
+    # The library's own names (JOBCREDITS_URL, JOBCREDITS_TRACEBACK=1 in a
+    # hint) hold "cred" by accident, not a credential.
+    lowered = name.lower().replace("jobcredits", "")
     return any(word in lowered for word in _SECRET_WORDS)
 
 
