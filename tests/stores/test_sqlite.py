@@ -15,7 +15,13 @@ from typing import Any
 import attrs
 import pytest
 
-from jobcredits_plugin import InvalidArgument, JobInProgress, Ledger, StoreUnavailable
+from jobcredits_plugin import (
+    InvalidArgument,
+    JobCreditsError,
+    JobInProgress,
+    Ledger,
+    StoreUnavailable,
+)
 from jobcredits_plugin.stores import SQLiteStore, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
@@ -350,3 +356,24 @@ def test_a_relative_path_keeps_naming_the_same_file_after_chdir(
     assert ledger.lookup("acct", "after") is not None
     assert not (tmp_path / "b" / "jobs.db").exists()
     ledger.close()
+
+
+@pytest.mark.parametrize("journal", [False, True])
+def test_a_refund_that_would_overflow_64_bits_is_refused_not_rounded(
+    tmp_path: Path, clock: FakeClock, events: RecordingPlugin, journal: bool
+) -> None:
+    """SQLite turns an integer sum past 2**63 - 1 into a REAL silently; the
+    store refuses instead (only refunds can go past the credit cap). With the
+    journal on, the journal row's balance cannot be stored either."""
+    store = SQLiteStore(tmp_path / "jobs.db", journal=journal)
+    ledger = _ledger(store, clock, events, balances=True)
+    ledger.grant("acct", 5)
+    charge = ledger.charge("acct", "job-1", cost=5)
+    with store._transaction() as conn:
+        conn.execute("UPDATE jobcredits_balances SET credits = ?", (2**63 - 3,))
+    with pytest.raises((JobCreditsError, OverflowError)):
+        ledger.refund("acct", "job-1", charge_id=charge.record.charge_id)
+    assert store.balance("acct") == 2**63 - 3  # unchanged, still an integer
+    assert ledger.lookup("acct", "job-1") is not None  # the refund rolled back whole
+    assert events.kinds() == ["charge"]
+    store.close()

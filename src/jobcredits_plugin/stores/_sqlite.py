@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
+from .._errors import ConfigurationError, InvalidArgument, JobCreditsError, StoreUnavailable
 from .._records import JobRecord, JournalEntry
 from .._validation import (
     MAX_BATCH,
@@ -119,9 +119,12 @@ _UPSERT = (
 _DELETE = "DELETE FROM jobcredits_jobs" + _WHERE_KEY
 # Upsert without RETURNING, which older SQLite builds (before 3.35) lack; the
 # raw amount is bound twice because excluded.credits would be the clamped one.
+# SQLite turns an integer sum past 2**63 - 1 into a REAL, silently: the WHERE
+# leaves such a balance alone (no row changed), and _credit raises instead.
 _CREDIT = (
     "INSERT INTO jobcredits_balances (account, credits) VALUES (?, MAX(0, ?)) "
-    "ON CONFLICT (account) DO UPDATE SET credits = MAX(0, credits + ?)"
+    "ON CONFLICT (account) DO UPDATE SET credits = MAX(0, credits + ?) "
+    "WHERE ? <= 0 OR credits <= 9223372036854775807 - ?"
 )
 _BALANCE = "SELECT credits FROM jobcredits_balances WHERE account = ?"
 _JOURNAL_COLUMNS = (
@@ -442,7 +445,15 @@ class SQLiteStore(BaseStore):
 
     @staticmethod
     def _credit(conn: sqlite3.Connection, account: str, amount: int) -> None:
-        conn.execute(_CREDIT, (account, amount, amount))
+        if conn.execute(_CREDIT, (account, amount, amount, amount, amount)).rowcount != 1:
+            # Only refunds can take a balance past MAX_CREDITS (grants are
+            # capped), and only ~1000 outstanding charges of 2**53 credits each
+            # could take it past 64 bits: refuse (the transaction rolls back)
+            # rather than store a rounded balance.
+            raise JobCreditsError(
+                f"SQLite store: crediting {amount} would overflow the 64-bit balance of "
+                f"account {account!r}; nothing was changed"
+            )
 
     def _journal(
         self, conn: sqlite3.Connection, events: list[Event], before: int, now: float
