@@ -11,6 +11,7 @@ ValueErrors and JobCreditsErrors, which is what these tests hold on to.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from jobcredits_plugin import JobCreditsError, Ledger
 from jobcredits_plugin._validation import MAX_CREDITS, MAX_SECONDS
 from jobcredits_plugin.stores import MemoryStore, SQLiteStore
 from jobcredits_plugin.stores import from_url as store_from_url
+from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, REDIS_DEFAULT, REDIS_URL_ENV
 
 NAN = math.nan
 INF = math.inf
@@ -108,7 +110,7 @@ def test_sqlite_takes_the_largest_values(tmp_path: Path) -> None:
 
 # -- Redis (construction connects to nothing) ------------------------------------------
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
+REDIS_URL = os.environ.get(REDIS_URL_ENV, REDIS_DEFAULT)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +170,7 @@ def test_redis_takes_the_largest_values() -> None:
 
 # -- PostgreSQL (construction connects to nothing) -------------------------------------
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/jc_numbers"
+PG_URL = os.environ.get(POSTGRES_URL_ENV, POSTGRES_DEFAULT)
 
 
 @pytest.mark.parametrize(
