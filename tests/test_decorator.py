@@ -769,8 +769,8 @@ def test_header_strips_surrounding_whitespace() -> None:
 )
 def test_header_rejects_bad_names(name: Any) -> None:
     """A header name must be a non-empty HTTP token; anything else raises
-    InvalidArgument when header() is called."""
-    with pytest.raises(InvalidArgument):
+    ConfigurationError when header() is called."""
+    with pytest.raises(ConfigurationError):
         header(name)
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from jobcredits_plugin import (
     Charge,
+    ConfigurationError,
     InsufficientCredits,
-    InvalidArgument,
     InvalidJobId,
     JobExhausted,
     JobInProgress,
@@ -632,7 +632,7 @@ def test_store_oserror_becomes_store_unavailable(clock: FakeClock) -> None:
 def test_lease_longer_than_ttl_is_rejected() -> None:
     """A lease longer than the window is refused: a first call would stay leased
     after its job expired, a state no rule of the ledger can settle."""
-    with pytest.raises(InvalidArgument, match="lease"):
+    with pytest.raises(ConfigurationError, match="lease"):
         Ledger(ttl=10, lease=60)
     assert Ledger(ttl=10, lease=10).lease == 10
 
@@ -665,9 +665,9 @@ def test_from_url_memory_builds_a_memory_ledger() -> None:
 )
 def test_from_url_rejects_bad_urls_listing_accepted_ones(url: str) -> None:
     """Unknown schemes and garbage raise
-    InvalidArgument whose message lists the URLs this release accepts (and
+    ConfigurationError whose message lists the URLs this release accepts (and
     never leaks a password)."""
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ConfigurationError) as info:
         Ledger.from_url(url)
     message = str(info.value)
     if url != "memory://somehost":
@@ -679,15 +679,15 @@ def test_from_url_rejects_bad_urls_listing_accepted_ones(url: str) -> None:
 def test_from_url_knows_the_shared_stores() -> None:
     """redis:// and postgresql:// name stores of this release: the accepted list
     in every URL error says so."""
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ConfigurationError) as info:
         Ledger.from_url("mysql://localhost/db")
     assert "redis://" in str(info.value)
     assert "postgresql://" in str(info.value)
 
 
 def test_from_url_rejects_non_strings() -> None:
-    """A URL that is not a string raises InvalidArgument."""
-    with pytest.raises(InvalidArgument):
+    """A URL that is not a string raises ConfigurationError."""
+    with pytest.raises(ConfigurationError):
         Ledger.from_url(None)  # type: ignore[arg-type]
 
 
@@ -714,9 +714,9 @@ def test_from_url_rejects_non_strings() -> None:
     ],
 )
 def test_constructor_rejects_bad_configuration(kwargs: dict[str, object]) -> None:
-    """Bad ttl, lease, max_uses, job_id_pattern or clock raise InvalidArgument
+    """Bad ttl, lease, max_uses, job_id_pattern or clock raise ConfigurationError
     (also a ValueError)."""
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         Ledger(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Ledger(**kwargs)  # type: ignore[arg-type]
@@ -724,7 +724,7 @@ def test_constructor_rejects_bad_configuration(kwargs: dict[str, object]) -> Non
 
 def test_constructor_rejects_a_store_without_the_protocol() -> None:
     """A store object missing the protocol's methods is refused up front."""
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         Ledger(object())  # type: ignore[arg-type]
 
 

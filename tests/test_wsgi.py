@@ -11,7 +11,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from jobcredits_plugin import InvalidArgument, Ledger, current_charge, header
+from jobcredits_plugin import ConfigurationError, Ledger, current_charge, header
 from jobcredits_plugin._web import Route, compile_routes
 from jobcredits_plugin.stores import MemoryStore
 from jobcredits_plugin.stores._base import ClaimRequest, ClaimResult
@@ -678,8 +678,8 @@ def test_cost_tier_and_backend_callables_of_the_environ(ledger: Ledger) -> None:
 )
 def test_compile_routes_rejects_mistakes(routes: Any) -> None:
     """Bad route keys, unknown options, bad specs, a bad fixed cost, tier or backend and
-    non-Route sequence items fail at startup with InvalidArgument."""
-    with pytest.raises(InvalidArgument):
+    non-Route sequence items fail at startup with ConfigurationError."""
+    with pytest.raises(ConfigurationError):
         compile_routes(routes)
 
 
@@ -710,10 +710,10 @@ def test_compile_routes_forms() -> None:
     ],
 )
 def test_middleware_checks_its_arguments(ledger: Ledger, kwargs: dict[str, Any]) -> None:
-    """Bad arguments to the middleware fail at construction with InvalidArgument."""
+    """Bad arguments to the middleware fail at construction with ConfigurationError."""
     inner, _ = make_app()
     args: dict[str, Any] = {"account": header("X-Account"), "routes": {"/x": 1}, **kwargs}
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         JobCreditsMiddleware(inner, args.pop("ledger", ledger), **args)
 
 

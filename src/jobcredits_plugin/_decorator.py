@@ -28,7 +28,14 @@ from ._errors import (
 )
 from ._ledger import Ledger
 from ._records import Charge, JobRecord
-from ._validation import check_cost, check_flag, check_label, check_scope, configuring
+from ._validation import (
+    check_cost,
+    check_flag,
+    check_label,
+    check_scope,
+    configuration,
+    configuring,
+)
 
 __all__ = ["charges_credit", "current_charge", "header"]
 
@@ -221,6 +228,7 @@ async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
         return None
 
 
+@configuration()
 def charges_credit(
     ledger: Ledger,
     *,
@@ -328,6 +336,7 @@ def charges_credit(
     return decorate
 
 
+@configuration()
 def header(name: str) -> Callable[..., str | None]:
     """A callable that reads header ``name`` from a request, for the ``account=``
     or ``job_id=`` of a decorator.

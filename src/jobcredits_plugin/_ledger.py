@@ -41,6 +41,7 @@ from ._validation import (
     check_clock_reading,
     check_cost,
     check_cursor_name,
+    check_flag,
     check_job_id,
     check_journal_limit,
     check_label,
@@ -49,6 +50,7 @@ from ._validation import (
     check_positive_seconds,
     check_scope,
     compile_job_id_pattern,
+    configuration,
 )
 from ._warnings import mark_in_process
 from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
@@ -127,6 +129,7 @@ class Ledger:
         code should not start seeing billing events without the app asking.
     """
 
+    @configuration()
     def __init__(
         self,
         store: BaseStore | None = None,
@@ -160,7 +163,7 @@ class Ledger:
             if not callable(getattr(store, method, None)):
                 raise InvalidArgument(f"store {store!r} has no {method}() method")
         self._store = store
-        self._balances = bool(balances)
+        self._balances = check_flag("balances", balances)
         self._clock = clock
         self._closed = False
         self._pm = _PluginManager(hookspecs.PROJECT_NAME)
@@ -177,6 +180,7 @@ class Ledger:
             load_entry_points(self)
 
     @classmethod
+    @configuration()
     def from_url(cls, url: str, **kwargs: Any) -> Ledger:
         """A ledger on the store a URL names: ``memory://``, ``sqlite:///jobs.db``
         (relative), ``sqlite:////var/lib/app/jobs.db`` (absolute). Store options

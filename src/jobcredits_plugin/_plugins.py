@@ -18,7 +18,7 @@ Entries are checked when the app starts, so a typo fails the deploy rather
 than leaving the books unobserved: a string that does not import, a class
 that needs constructor arguments (name an instance instead), or an object
 that implements no ``jobcredits`` hook at all (``"pkg.mod:on_charge"``, a
-function, instead of its module) raises :class:`InvalidArgument` naming the
+function, instead of its module) raises :class:`ConfigurationError` naming the
 entry.
 """
 
@@ -30,7 +30,7 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from ._errors import InvalidArgument
+from ._errors import ConfigurationError, InvalidArgument
 from ._ledger import Ledger
 from .hookspecs import PROJECT_NAME
 from .stores import from_url as store_from_url
@@ -113,19 +113,19 @@ def _describe(entry: Any) -> str:
 def load_plugin(entry: Any, *, key: str = "plugins") -> Any:
     """One configured entry, imported and checked but not instantiated: an
     import string gives the object it names, anything else is taken as it
-    is. Raises :class:`InvalidArgument` naming ``key`` and the entry."""
+    is. Raises :class:`ConfigurationError` naming ``key`` and the entry."""
     if isinstance(entry, str):
         try:
             obj = import_object(entry)
         except Exception as exc:  # any import failure is the same misconfiguration
-            raise InvalidArgument(f"{key}: {entry!r} does not import: {exc}") from exc
+            raise ConfigurationError(f"{key}: {entry!r} does not import: {exc}") from exc
     else:
         obj = entry
     if inspect.isclass(obj):
         try:
             inspect.signature(obj).bind()
         except TypeError:
-            raise InvalidArgument(
+            raise ConfigurationError(
                 f"{key}: {_describe(entry)} is a class whose constructor needs arguments; "
                 "name an instance instead (e.g. a module attribute `plugin = "
                 f"{obj.__name__}(...)`), or pass the object itself"
@@ -133,7 +133,7 @@ def load_plugin(entry: Any, *, key: str = "plugins") -> Any:
         except ValueError:  # no signature to read: let the call tell
             pass
     if not _has_hooks(obj):
-        raise InvalidArgument(
+        raise ConfigurationError(
             f"{key}: {_describe(entry)} is not a plugin: it implements no "
             f"{PROJECT_NAME} hook (mark its methods with jobcredits_plugin.hookimpl)"
         )
@@ -144,7 +144,7 @@ def load_plugins(specs: Any, *, key: str = "plugins") -> list[Any]:
     """Every entry of ``specs`` (a list or tuple) through :func:`load_plugin`;
     classes stay classes."""
     if isinstance(specs, (str, bytes)) or not isinstance(specs, (list, tuple)):
-        raise InvalidArgument(
+        raise ConfigurationError(
             f"{key} must be a list of plugins or import strings, not {type(specs).__name__}"
             + (f" (write [{specs!r}])" if isinstance(specs, str) else "")
         )
@@ -158,7 +158,7 @@ def instantiate(obj: Any, *, key: str = "plugins") -> Any:
     try:
         return obj()
     except Exception as exc:
-        raise InvalidArgument(f"{key}: {obj.__qualname__}() failed: {exc}") from exc
+        raise ConfigurationError(f"{key}: {obj.__qualname__}() failed: {exc}") from exc
 
 
 def resolve_plugins(specs: Any, *, key: str = "plugins") -> list[object]:
@@ -196,7 +196,7 @@ def add_plugins(ledger: Ledger, specs: Any, *, key: str = "plugins") -> list[obj
         for plugin in added:
             _register(ledger, plugin, key)
             done.append(plugin)
-    except InvalidArgument:
+    except (InvalidArgument, ConfigurationError):
         for plugin in reversed(done):
             ledger.unregister(plugin)
         raise
@@ -207,7 +207,7 @@ def _register(ledger: Ledger, plugin: object, key: str, name: str | None = None)
     try:
         ledger.register(plugin, name)
     except Exception as exc:  # pluggy's PluginValidationError, a name taken twice
-        raise InvalidArgument(f"{key}: {plugin!r} does not register: {exc}") from exc
+        raise ConfigurationError(f"{key}: {plugin!r} does not register: {exc}") from exc
 
 
 def load_entry_points(ledger: Ledger, *, key: str = "entry_points") -> list[object]:
@@ -217,7 +217,7 @@ def load_entry_points(ledger: Ledger, *, key: str = "entry_points") -> list[obje
     nothing twice: an entry point whose name is taken (loaded before) or whose
     object is already registered (also named in ``plugins``) is skipped,
     where pluggy's loader would raise. A plugin that does not load or
-    register raises :class:`InvalidArgument` naming its distribution, and
+    register raises :class:`ConfigurationError` naming its distribution, and
     takes back the ones registered before it. Returns the plugins added."""
     pm = ledger.plugin_manager
     added: list[object] = []
@@ -237,12 +237,12 @@ def load_entry_points(ledger: Ledger, *, key: str = "entry_points") -> list[obje
                 try:
                     plugin = ep.load()
                 except Exception as exc:
-                    raise InvalidArgument(f"{key}: {where} does not load: {exc}") from exc
+                    raise ConfigurationError(f"{key}: {where} does not load: {exc}") from exc
                 if pm.is_registered(plugin):
                     continue
                 _register(ledger, plugin, f"{key}: {where}", ep.name)
                 added.append(plugin)
-    except InvalidArgument:
+    except (InvalidArgument, ConfigurationError):
         for plugin in reversed(added):
             ledger.unregister(plugin)
         raise
@@ -263,7 +263,7 @@ def ledger_from_url(
     points registered in the order ``Ledger(plugins=..., entry_points=...)``
     registers them, except that an object both listed and declared as an
     entry point is registered once, a plugin that fails to register or load
-    is reported as an :class:`InvalidArgument` naming the setting, and the
+    is reported as an :class:`ConfigurationError` naming the setting, and the
     store just opened is closed again."""
     store = store_from_url(url)
     try:

@@ -10,9 +10,10 @@ key that was silently rewritten is a key that can collide.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 from ._errors import ConfigurationError, InvalidAccount, InvalidArgument, InvalidJobId
 
@@ -94,6 +95,25 @@ def configuring(what: str | None = None) -> Iterator[None]:
         raise
     except InvalidArgument as exc:
         raise ConfigurationError(f"{what}: {exc.detail}" if what else exc.detail) from exc
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def configuration(what: str | None = None) -> Callable[[F], F]:
+    """Decorate a setup function (a constructor, ``from_url``) so that a
+    failed check inside it is the app's :class:`ConfigurationError` (see
+    :func:`configuring`)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with configuring(what):
+                return fn(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
 
 
 def compile_job_id_pattern(pattern: str | re.Pattern[str] | None) -> re.Pattern[str]:

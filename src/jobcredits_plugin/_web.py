@@ -47,6 +47,7 @@ from ._validation import (
     check_flag,
     check_label,
     check_scope,
+    configuration,
     configuring,
 )
 from ._warnings import is_in_process_default, warn_in_process
@@ -493,6 +494,7 @@ class AsyncWatchedBody:
             self._call.finish(None)
 
 
+@configuration()
 def check_options(
     *,
     scope: Any = "default",
@@ -550,6 +552,7 @@ class Route:
 _ROUTE_OPTIONS = {"scope", "cost", "tier", "backend", "on_missing", "header"}
 
 
+@configuration()
 def compile_routes(
     routes: Mapping[str, Any] | Sequence[Route],
 ) -> tuple[Route, ...]:
@@ -606,6 +609,7 @@ class RoutedMiddleware(Generic[AppT]):
     startup, and the per-request choice of route and charge options. They
     differ only in how a request arrives and a response leaves."""
 
+    @configuration()
     def __init__(
         self,
         app: AppT,

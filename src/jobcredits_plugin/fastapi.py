@@ -55,10 +55,11 @@ import attrs
 
 from ._decorator import _check_on_missing
 from ._decorator import header as _header_reader
-from ._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
+from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
+from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     CREDITS_HEADER,
@@ -111,6 +112,7 @@ class _Options:
     header: str | None
 
 
+@configuration()
 def _options(
     *,
     cost: Any,
@@ -168,6 +170,7 @@ class JobCredits:
     Nothing else happens until :meth:`install` puts it on an app.
     """
 
+    @configuration()
     def __init__(
         self,
         ledger: Ledger,
@@ -195,7 +198,7 @@ class JobCredits:
         if entry_points:
             try:
                 load_entry_points(ledger, key="entry_points")
-            except InvalidArgument:
+            except (InvalidArgument, ConfigurationError):
                 for plugin in reversed(added):
                     ledger.unregister(plugin)
                 raise
@@ -206,6 +209,7 @@ class JobCredits:
         self.fail_open = fail_open
         self._readers = {job_header: _header_reader(job_header)}
 
+    @configuration()
     def install(self, app: FastAPI) -> JobCredits:
         """Put the adapter on ``app``; call it before the app starts serving.
 

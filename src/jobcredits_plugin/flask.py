@@ -56,7 +56,7 @@ from ._errors import (
 from ._ledger import Ledger
 from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
-from ._validation import check_flag, configuring
+from ._validation import check_flag, configuration, configuring
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     DEFAULT_JOB_HEADER,
@@ -227,6 +227,7 @@ class JobCredits:
     in ``app.extensions["jobcredits"]`` (a :class:`JobCreditsState`).
     """
 
+    @configuration()
     def __init__(
         self,
         app: flask.Flask | None = None,
@@ -241,6 +242,7 @@ class JobCredits:
         if app is not None:
             self.init_app(app)
 
+    @configuration()
     def init_app(self, app: flask.Flask, *, ledger: Ledger | None = None) -> JobCreditsState:
         """Set up ``app``: read its config, build (or take) its ledger,
         register the problem+json error handler and the ``flask jobcredits``
@@ -440,6 +442,7 @@ def _headers_later(call: JobCall, job_header: str) -> None:
     flask.after_this_request(lambda response: _put_headers(response, call, job_header))
 
 
+@configuration()
 def charges_credit(
     cost: int | Callable[[flask.Request], int] = 1,
     scope: str = "default",

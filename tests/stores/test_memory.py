@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import InvalidArgument, JobInProgress, Ledger
+from jobcredits_plugin import ConfigurationError, InvalidArgument, JobInProgress, Ledger
 from jobcredits_plugin.stores import MemoryStore, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
@@ -211,7 +211,7 @@ def test_journal_options_from_the_url(url: str, expected: dict[str, object]) -> 
     ],
 )
 def test_bad_journal_options_are_refused(url: str) -> None:
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         from_url(url)
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from jobcredits_plugin import (
     Charge,
-    InvalidArgument,
+    ConfigurationError,
     JobInProgress,
     Ledger,
     StoreUnavailable,
@@ -154,14 +154,45 @@ def test_without_auto_migrate_the_first_use_asks_for_migrate(
     assert store.balance("acct") == 0
 
 
-def test_quoted_schema_names_work(make_store: Callable[..., PostgresStore]) -> None:
-    """The schema name comes from configuration: it is quoted, never spliced."""
-    store = make_store(f'jctest "odd"; name {uuid.uuid4().hex[:6]}')
+def test_schema_names_are_quoted_identifiers(make_store: Callable[..., PostgresStore]) -> None:
+    """The schema name comes from configuration: validated as a plain
+    identifier and quoted where it is spliced (a mixed-case name keeps its
+    case, which an unquoted one would lose)."""
+    store = make_store(f"JcTest_Mixed_{uuid.uuid4().hex[:6]}")
     ledger = Ledger(store, clock=FakeClock())
     c = ledger.charge("acct", "job-1")
     assert c.charged
     assert ledger.lookup("acct", "job-1") == c.record
     assert [e.record.job_id for e in store.prune(c.record.expires_at)] == ["job-1"]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        'jctest "odd"; name',
+        "a$fn$b",
+        "x$$y",
+        "has space",
+        "1starts_with_digit",
+        "dash-ed",
+        "ünïcode",
+        "x" * 64,
+        "",
+        "pg_catalog",
+        "PG_mine",
+        "a\x00b",
+        None,
+        42,
+    ],
+)
+def test_bad_schema_names_are_configuration_errors(url: str, schema: Any) -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresStore.from_url(url, schema=schema)
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresStore(url, schema=schema)
+    if isinstance(schema, str) and schema and "\x00" not in schema:
+        with pytest.raises(ConfigurationError, match="schema"):
+            Ledger.from_url(_with_query(url, schema=schema))
 
 
 # -- URLs and configuration ------------------------------------------------------------------
@@ -201,13 +232,13 @@ def test_tcp_bounds_are_set_unless_the_url_names_them(url: str) -> None:
 
 
 def test_from_url_rejects_unknown_options_and_bad_values(url: str) -> None:
-    with pytest.raises(InvalidArgument, match="nonsense"):
+    with pytest.raises(ConfigurationError, match="nonsense"):
         PostgresStore.from_url(_with_query(url, nonsense="1"))
-    with pytest.raises(InvalidArgument, match="max_size"):
+    with pytest.raises(ConfigurationError, match="max_size"):
         PostgresStore.from_url(_with_query(url, max_size="many"))
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         PostgresStore.from_url(url, max_size=0)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         PostgresStore.from_url(url, schema="x" * 64)
 
 
@@ -227,7 +258,7 @@ def test_journal_options_from_the_url_and_their_checks(url: str) -> None:
         assert store.journal_max_age is None
         store.close()
     for bad in ({"journal": "maybe"}, {"journal_reuses": "2"}, {"journal_max_age": "soon"}):
-        with pytest.raises(InvalidArgument, match=next(iter(bad))):
+        with pytest.raises(ConfigurationError, match=next(iter(bad))):
             PostgresStore.from_url(_with_query(url, **bad))
     for kwargs in (
         {"journal": 1},
@@ -238,7 +269,7 @@ def test_journal_options_from_the_url_and_their_checks(url: str) -> None:
         {"journal_max_age": True},
         {"journal_max_age": "60"},
     ):
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(ConfigurationError):
             PostgresStore(url, **kwargs)
 
 

@@ -28,8 +28,8 @@ import pytest
 
 from jobcredits_plugin import (
     Charge,
+    ConfigurationError,
     InsufficientCredits,
-    InvalidArgument,
     JobInProgress,
     Ledger,
     StoreUnavailable,
@@ -192,9 +192,9 @@ def test_from_url_routes_redis_schemes_and_reads_options(shared_url: str) -> Non
         "http://127.0.0.1:6379/0",
     ],
 )
-def test_bad_urls_are_invalid_arguments(url: str) -> None:
-    """A URL the store cannot use raises InvalidArgument before any connection."""
-    with pytest.raises(InvalidArgument) as info:
+def test_bad_urls_are_configuration_errors(url: str) -> None:
+    """A URL the store cannot use raises ConfigurationError before any connection."""
+    with pytest.raises(ConfigurationError) as info:
         RedisStore.from_url(url).close()
     if "bogus" in url:
         assert "accepted:" in str(info.value)

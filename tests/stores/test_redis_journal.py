@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import InvalidArgument, JobInProgress, Ledger
+from jobcredits_plugin import ConfigurationError, InvalidArgument, JobInProgress, Ledger
 from jobcredits_plugin.stores import ClaimRequest, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
@@ -102,8 +102,8 @@ def test_journal_options_from_the_url_and_their_defaults(shared_url: str) -> Non
     ["journal=maybe", "journal_reuses=2", "journal_max_age=0", "journal_max_age=-1",
      "journal_max_age=soon", "journal=true&cluster=true"],
 )  # fmt: skip
-def test_bad_journal_options_are_invalid_arguments(query: str) -> None:
-    with pytest.raises(InvalidArgument):
+def test_bad_journal_options_are_configuration_errors(query: str) -> None:
+    with pytest.raises(ConfigurationError):
         RedisStore.from_url(f"redis://127.0.0.1:1/0?{query}").close()
 
 
@@ -126,7 +126,7 @@ def test_cluster_has_no_journal_and_cannot_be_given_one() -> None:
     instead) before any connection; the cluster default is journal off, the
     scripts then get no journal key (every key in the account's slot), and the
     journal methods, sync and async, say the journal is not on Redis Cluster."""
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ConfigurationError) as info:
         RedisStore(url="redis://127.0.0.1:1/0", cluster=True, journal=True)
     message = str(info.value)
     for words in ("Cluster", "slot", "SQLite", "PostgreSQL", "standalone"):

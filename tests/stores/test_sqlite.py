@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 from jobcredits_plugin import (
+    ConfigurationError,
     InvalidArgument,
     JobCreditsError,
     JobInProgress,
@@ -159,17 +160,41 @@ def test_url_options_become_store_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["timeot=2", "timeout=abc", "journal=wal", "timeout=0", "synchronous=sometimes"]
+    "query",
+    [
+        "timeot=2",
+        "timeout=abc",
+        "journal=wal",
+        "timeout=0",
+        "synchronous=sometimes",
+        "timeout=inf",
+        "timeout=nan",
+        "timeout=-1",
+        "timeout=1e12",
+    ],
 )
-def test_bad_url_options_raise_invalid_argument(tmp_path: Path, query: str) -> None:
-    """An unknown option name, or a bad value, is InvalidArgument (a ValueError)."""
-    with pytest.raises(InvalidArgument):
-        from_url(f"sqlite:///{tmp_path}/jobs.db?{query}")
+def test_bad_url_options_raise_configuration_error(tmp_path: Path, query: str) -> None:
+    """An unknown option name, or a bad value, is ConfigurationError (a
+    ValueError, not the client's InvalidArgument), raised at construction:
+    ``timeout=inf`` used to be a bare OverflowError at the first connection."""
+    with pytest.raises(ConfigurationError) as info:
+        Ledger.from_url(f"sqlite:///{tmp_path}/jobs.db?{query}").balance("a")
+    assert isinstance(info.value, ValueError)
+    assert not isinstance(info.value, InvalidArgument)
+    assert not (tmp_path / "jobs.db").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": float("inf")}, {"synchronous": 1}])
+def test_bad_constructor_options_raise_configuration_error(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteStore(tmp_path / "jobs.db", **kwargs)
 
 
 def test_sqlite_url_with_a_host_is_rejected() -> None:
-    """sqlite://host/path is a typo for a relative or absolute path: InvalidArgument."""
-    with pytest.raises(InvalidArgument):
+    """sqlite://host/path is a typo for a relative or absolute path: ConfigurationError."""
+    with pytest.raises(ConfigurationError):
         from_url("sqlite://localhost/jobs.db")
 
 

@@ -27,7 +27,12 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
 
 from .._decorator import header
-from .._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
+from .._errors import (
+    DEFAULT_RETRY_AFTER_MAX,
+    ConfigurationError,
+    InvalidArgument,
+    JobCreditsError,
+)
 from .._ledger import Ledger
 from .._plugins import import_object, instantiate, ledger_from_url, load_plugin
 from .._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems
@@ -62,6 +67,15 @@ PLUGINS_HINT = (
     '"package.module:attribute" or "package.module.attribute" (a class is '
     "instantiated with no arguments)"
 )
+
+
+class SettingsError(ImproperlyConfigured, ConfigurationError):  # type: ignore[misc]
+    """``settings.JOBCREDITS`` is wrong: Django's ImproperlyConfigured, and
+    the library's ConfigurationError (a 500 for the app's own setup mistake),
+    so that either ``except`` catches it."""
+
+    def __init__(self, detail: str) -> None:
+        ConfigurationError.__init__(self, detail)
 
 
 @attrs.frozen
@@ -201,7 +215,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
     try:
         # The ledger's own checks: positive seconds, lease <= ttl, max_uses.
         Ledger(ttl=v["TTL"], lease=v["LEASE"], max_uses=v["MAX_USES"]).close()
-    except (InvalidArgument, TypeError) as exc:
+    except (InvalidArgument, ConfigurationError, TypeError) as exc:
         problems.append(Problem("E005", f"settings.JOBCREDITS: {exc}"))
     for key in ("BALANCES", "FAIL_OPEN", "ENTRY_POINTS"):
         if not isinstance(v[key], bool):
@@ -222,7 +236,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
         problems.append(Problem("E005", exc.detail))
     try:
         header(v["JOB_HEADER"])
-    except InvalidArgument as exc:
+    except (InvalidArgument, ConfigurationError) as exc:
         problems.append(Problem("E005", f"settings.JOBCREDITS['JOB_HEADER']: {exc}"))
     if v["ON_MISSING"] not in ON_MISSING:
         problems.append(
@@ -253,7 +267,7 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
         for entry in v["PLUGINS"]:
             try:
                 plugins.append(load_plugin(entry, key=PLUGINS_KEY))
-            except InvalidArgument as exc:
+            except (InvalidArgument, ConfigurationError) as exc:
                 problems.append(Problem("E006", str(exc), PLUGINS_HINT))
     else:
         problems.append(
@@ -308,8 +322,8 @@ def build_ledger(config: Config) -> Ledger:
             plugins_key=PLUGINS_KEY,
             entry_points_key="settings.JOBCREDITS['ENTRY_POINTS']",
         )
-    except InvalidArgument as exc:
-        raise ImproperlyConfigured(f"invalid settings.JOBCREDITS: {exc}") from exc
+    except (InvalidArgument, ConfigurationError) as exc:
+        raise SettingsError(f"invalid settings.JOBCREDITS: {exc}") from exc
 
 
 class _Cache:
@@ -336,7 +350,7 @@ def get_config() -> Config:
             config, problems = read(raw_setting())
             if config is None:
                 details = "; ".join(p.msg + (f" ({p.hint})" if p.hint else "") for p in problems)
-                raise ImproperlyConfigured(
+                raise SettingsError(
                     f"invalid settings.JOBCREDITS: {details} (manage.py check lists them)"
                 )
             _cache.config = config

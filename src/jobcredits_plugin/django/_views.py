@@ -36,6 +36,7 @@ from .._decorator import header as header_reader
 from .._errors import InvalidArgument, JobCreditsError
 from .._ledger import Ledger
 from .._records import Charge
+from .._validation import configuration
 from .._web import (
     AsyncWatchedBody,
     JobCall,
@@ -310,6 +311,7 @@ def _async_view(view: Callable[..., Awaitable[Any]], opts: _Options) -> Callable
     return wrapper
 
 
+@configuration()
 def charges_credit(
     cost: int | Callable[..., int] = 1,
     *,

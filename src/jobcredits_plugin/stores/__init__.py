@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import InvalidArgument
+from .._validation import configuring
 from .._warnings import mark_in_process
 from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
 from ._memory import MemoryStore
@@ -157,7 +158,15 @@ _LATER: dict[str, str] = {}
 
 def from_url(url: str) -> BaseStore:
     """Build a store from a URL (see the table above); query parameters become
-    store options, e.g. ``sqlite:///jobs.db?timeout=2``."""
+    store options, e.g. ``sqlite:///jobs.db?timeout=2``.
+
+    A URL the app got wrong (an unknown scheme or option, a bad value) raises
+    :class:`~jobcredits_plugin.ConfigurationError`."""
+    with configuring():
+        return _from_url(url)
+
+
+def _from_url(url: str) -> BaseStore:
     if not isinstance(url, str) or "://" not in url:
         raise InvalidArgument(f"store URL must look like scheme://..., accepted: {ACCEPTED}")
     try:

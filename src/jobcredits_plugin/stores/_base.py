@@ -17,6 +17,7 @@ statement) are tested against the same store suite.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -24,7 +25,7 @@ import attrs
 
 from .._errors import InvalidArgument
 from .._records import CHARGED, PENDING, REFUNDED, JobRecord, JournalEntry, JournalKind
-from .._validation import MAX_CREDITS
+from .._validation import MAX_CREDITS, configuring
 
 __all__ = [
     "AsyncStore",
@@ -443,6 +444,18 @@ class AsyncStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _configuring(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``fn``, raising the InvalidArgument of a failed check as ConfigurationError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with configuring(what):
+            return fn(*args, **kwargs)
+
+    wrapper._configuring = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class BaseStore:
     """Shared plumbing: async twins that run the blocking operation in a worker
     thread, so that a store built on a blocking driver never stalls the event
@@ -465,6 +478,24 @@ class BaseStore:
     #: :meth:`~jobcredits_plugin.Ledger.trim_journal` when it is called with no
     #: bound (``jobcredits prune`` does), unless a cursor has not read it yet.
     journal_max_age: float | None = 7 * 86400.0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Make every store's constructor and ``from_url`` report a bad option
+        as the app's :class:`~jobcredits_plugin.ConfigurationError`, not as the
+        400 that describes a client's input: a store is only ever built by
+        the app's own setup code. The stores reuse the input checks
+        (:func:`~jobcredits_plugin._validation.configuring` does the rest)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if callable(init) and not getattr(init, "_configuring", False):
+            setattr(cls, "__init__", _configuring(init, cls.__name__))  # noqa: B010
+        from_url = cls.__dict__.get("from_url")
+        if isinstance(from_url, classmethod) and not getattr(
+            from_url.__func__, "_configuring", False
+        ):
+            setattr(  # noqa: B010
+                cls, "from_url", classmethod(_configuring(from_url.__func__, cls.__name__))
+            )
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
         raise NotImplementedError

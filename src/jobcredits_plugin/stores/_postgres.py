@@ -28,6 +28,7 @@ first use; the async twins run the same operations on it in worker threads
 from __future__ import annotations
 
 import os
+import re
 import select
 import threading
 import urllib.parse
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .._errors import InvalidArgument, StoreUnavailable
+from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import REFUNDED, JobRecord, JournalEntry
 from .._validation import (
     MAX_BATCH,
@@ -961,6 +962,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _BUG_CLASSES = ("54",)
 
 
+#: What a schema name may be: an unquoted identifier (ASCII, so its length in
+#: characters is its length in bytes, at most the server's 63).
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether a driver error means the server could not be reached or could
     not serve right now (StoreUnavailable, which fail_open may let through),
@@ -1082,12 +1088,19 @@ class PostgresStore(BaseStore):
                 f"bad PostgreSQL connection string {redact_conninfo(conninfo)!r}: "
                 f"{redact_text(str(exc), conninfo)}"
             ) from exc
-        if not isinstance(schema, str) or not schema or len(schema.encode()) > 63:
-            # Longer names are silently truncated by the server: two stores
-            # could end up sharing one schema.
-            raise InvalidArgument(f"schema must be a name of 1 to 63 bytes, not {schema!r}")
-        if "\x00" in schema:
-            raise InvalidArgument("schema must not contain NUL")
+        if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
+            # The name is spliced (quoted) into the migration's function
+            # bodies, so only a plain identifier: no quote, no ``$fn$``, no
+            # case games. Longer names are silently truncated by the server:
+            # two stores could end up sharing one schema.
+            raise ConfigurationError(
+                "schema must be a plain identifier: a letter or _, then up to 62 letters, "
+                f"digits or _ ([A-Za-z_][A-Za-z0-9_]{{0,62}}), not {schema!r}"
+            )
+        if schema.lower().startswith("pg_"):
+            raise ConfigurationError(
+                f"schema must not start with pg_ (reserved for PostgreSQL's own), not {schema!r}"
+            )
         if not (isinstance(min_size, int) and isinstance(max_size, int)):
             raise InvalidArgument("min_size and max_size must be integers")
         if min_size < 0 or max_size < 1 or max_size < min_size:

@@ -286,7 +286,12 @@ class SQLiteStore(BaseStore):
         self.journal = bool(journal)
         self.journal_reuses = bool(journal_reuses)
         self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
-        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        if not isinstance(synchronous, str) or synchronous.upper() not in {
+            "OFF",
+            "NORMAL",
+            "FULL",
+            "EXTRA",
+        }:
             raise InvalidArgument(
                 f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
             )

@@ -482,8 +482,8 @@ def test_decorating_a_method_directly_says_to_use_method_decorator() -> None:
 )
 def test_bad_decorator_arguments_fail_at_decoration(kwargs: dict[str, Any], match: str) -> None:
     """Mistakes in the decorator's arguments raise at import time, not at the first request."""
-    from jobcredits_plugin import InvalidArgument
+    from jobcredits_plugin import ConfigurationError
     from jobcredits_plugin.django import charges_credit
 
-    with pytest.raises(InvalidArgument, match=match):
+    with pytest.raises(ConfigurationError, match=match):
         charges_credit(**kwargs)

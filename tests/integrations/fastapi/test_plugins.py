@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from jobcredits_plugin import ConfigurationError
+
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from fastapi import FastAPI  # noqa: E402
 
-from jobcredits_plugin import InvalidArgument, Ledger, header  # noqa: E402
+from jobcredits_plugin import Ledger, header  # noqa: E402
 from jobcredits_plugin.fastapi import JobCredits, charges_credit  # noqa: E402
 from jobcredits_plugin.testing import RecordingPlugin, make_ledger  # noqa: E402
 
@@ -123,10 +125,10 @@ def test_nothing_is_registered_twice() -> None:
     ],
 )
 def test_a_bad_entry_fails_at_setup_and_changes_nothing(plugins: Any, fragment: str) -> None:
-    """A mistake raises InvalidArgument from JobCredits(...), naming the entry;
+    """A mistake raises ConfigurationError from JobCredits(...), naming the entry;
     the plugins listed before it are not left registered."""
     ledger = make_ledger()
-    with pytest.raises(InvalidArgument, match="plugins") as info:
+    with pytest.raises(ConfigurationError, match="plugins") as info:
         JobCredits(
             ledger, plugins=[RecordingPlugin(), *plugins] if isinstance(plugins, list) else plugins
         )
@@ -135,7 +137,7 @@ def test_a_bad_entry_fails_at_setup_and_changes_nothing(plugins: Any, fragment: 
 
 
 def test_entry_points_must_be_a_bool() -> None:
-    with pytest.raises(InvalidArgument, match="entry_points must be True or False"):
+    with pytest.raises(ConfigurationError, match="entry_points must be True or False"):
         JobCredits(make_ledger(), entry_points="yes")  # type: ignore[arg-type]
 
 
@@ -155,10 +157,10 @@ def test_entry_points_load_the_group_only_when_asked(monkeypatch: pytest.MonkeyP
 
 def test_a_failing_entry_point_takes_back_the_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_loader(ledger: Ledger, *, key: str) -> list[object]:
-        raise InvalidArgument(f"{key}: entry point 'x' does not load: boom")
+        raise ConfigurationError(f"{key}: entry point 'x' does not load: boom")
 
     monkeypatch.setattr("jobcredits_plugin.fastapi.load_entry_points", failing_loader)
     ledger = make_ledger()
-    with pytest.raises(InvalidArgument, match="entry_points: entry point 'x'"):
+    with pytest.raises(ConfigurationError, match="entry_points: entry point 'x'"):
         JobCredits(ledger, plugins=[EVENTS], entry_points=True)
     assert ledger.plugin_manager.get_plugins() == set()

@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from jobcredits_plugin import ConfigurationError
+
 flask = pytest.importorskip("flask")
 
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 from jobcredits_plugin import (  # noqa: E402
     InProcessStoreWarning,
-    InvalidArgument,
     JobCreditsError,
     JobExhausted,
     Ledger,
@@ -817,17 +818,17 @@ def test_job_header_from_config(ledger: Ledger) -> None:
 def test_decorator_arguments_are_checked_at_decoration() -> None:
     """A bad scope, cost, on_missing, header, ledger or account fails when the view is
     decorated, not at the first request."""
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(scope="bad scope")
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(cost=-1)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(on_missing="ignore")
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(header="X Job")
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(ledger="memory://")  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         charges_credit(account="acct")  # type: ignore[arg-type]
 
 
@@ -1064,11 +1065,11 @@ def test_account_from_a_dotted_path(ledger: Ledger) -> None:
     ],
 )
 def test_bad_config_fails_at_init_app(key: str, value: Any) -> None:
-    """A config mistake raises InvalidArgument when the app is set up, not per request."""
+    """A config mistake raises ConfigurationError when the app is set up, not per request."""
     app = flask.Flask(__name__)
     app.config["JOBCREDITS_ACCOUNT"] = header("X-Account")
     app.config[key] = value
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError):
         JobCredits(app)
 
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from jobcredits_plugin import ConfigurationError
+
 flask = pytest.importorskip("flask")
 
-from jobcredits_plugin import InvalidArgument, header  # noqa: E402
+from jobcredits_plugin import header  # noqa: E402
 from jobcredits_plugin.flask import JobCredits, charges_credit, get_ledger  # noqa: E402
 from jobcredits_plugin.testing import RecordingPlugin, make_ledger  # noqa: E402
 
@@ -138,7 +140,7 @@ def test_plugins_from_a_prefixed_environment(monkeypatch: pytest.MonkeyPatch) ->
     ],
 )
 def test_a_bad_entry_fails_init_app_naming_it(plugins: Any, fragment: str, tmp_path: Path) -> None:
-    """A mistake in JOBCREDITS_PLUGINS raises InvalidArgument (a ValueError) in
+    """A mistake in JOBCREDITS_PLUGINS raises ConfigurationError (a ValueError) in
     init_app, naming the key and the entry; no store is left behind."""
     db = tmp_path / "jobs.db"
     app = flask.Flask(__name__)
@@ -147,7 +149,7 @@ def test_a_bad_entry_fails_init_app_naming_it(plugins: Any, fragment: str, tmp_p
         JOBCREDITS_PLUGINS=plugins,
         JOBCREDITS_ACCOUNT=header("X-Account"),
     )
-    with pytest.raises(InvalidArgument, match="JOBCREDITS_PLUGINS") as info:
+    with pytest.raises(ConfigurationError, match="JOBCREDITS_PLUGINS") as info:
         JobCredits(app)
     assert fragment in str(info.value)
     assert "jobcredits" not in app.extensions
@@ -159,7 +161,7 @@ def test_a_bad_entry_fails_init_app_naming_it(plugins: Any, fragment: str, tmp_p
 def test_a_bad_entry_points_flag_fails_init_app(value: Any) -> None:
     app = flask.Flask(__name__)
     app.config["JOBCREDITS_ENTRY_POINTS"] = value
-    with pytest.raises(InvalidArgument, match="JOBCREDITS_ENTRY_POINTS must be a boolean"):
+    with pytest.raises(ConfigurationError, match="JOBCREDITS_ENTRY_POINTS must be a boolean"):
         JobCredits(app)
 
 
