@@ -15,6 +15,7 @@ import pytest
 
 from jobcredits_plugin import (
     Charge,
+    ConfigurationError,
     InsufficientCredits,
     InvalidArgument,
     JobExhausted,
@@ -820,7 +821,7 @@ def test_out_of_range_grant_is_a_400_with_nothing_recorded(
 def test_out_of_range_max_uses_is_refused_at_construction(
     make_ledger: MakeLedger, figure: int
 ) -> None:
-    with pytest.raises(InvalidArgument, match="max_uses must be None or an int from 1"):
+    with pytest.raises(ConfigurationError, match="max_uses must be None or an int from 1"):
         make_ledger(max_uses=figure)
 
 

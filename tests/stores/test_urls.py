@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobcredits_plugin import InvalidArgument, Ledger, StoreUnavailable
+from jobcredits_plugin import ConfigurationError, Ledger, StoreUnavailable
 from jobcredits_plugin.stores import from_url, redact_url
 from jobcredits_plugin.stores._urls import MASK, is_secret_option, redact_text
 
@@ -156,7 +156,7 @@ def test_a_redis_url_with_a_password_option_is_rejected_without_repeating_it() -
     """A Redis URL with ?password= is still rejected as an unknown option, but
     the message does not repeat the password."""
     pytest.importorskip("redis")
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ConfigurationError) as info:
         from_url(f"redis://127.0.0.1:{_free_port()}/0?password={CANARY}")
     assert "password" in str(info.value)
     assert_no_secret(str(info.value))
@@ -167,7 +167,7 @@ def test_an_unreachable_redis_store_shows_no_secret() -> None:
     url = f"redis://user:{CANARY}@127.0.0.1:{_free_port()}/0?socket_connect_timeout=0.5&retries=0"
     try:
         ledger = Ledger.from_url(url)
-    except InvalidArgument:  # no retries option on this version
+    except ConfigurationError:  # no retries option on this version
         ledger = Ledger.from_url(url.replace("&retries=0", ""))
     try:
         assert_no_secret(repr(ledger), repr(ledger.store))
@@ -181,7 +181,7 @@ def test_an_unreachable_redis_store_shows_no_secret() -> None:
 def test_a_sqlite_url_with_a_password_option_is_rejected_without_repeating_it(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(ConfigurationError) as info:
         from_url(f"sqlite:///{tmp_path}/jobs.db?password={CANARY}")
     assert "password" in str(info.value)
     assert_no_secret(str(info.value))
