@@ -176,9 +176,9 @@ def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
     A confirm that matches nothing means the charge is gone: the call outlived
     its lease and was refunded meanwhile (a prune, or the job's next call
     taking it over). That is reported as ``"refunded"``, so that the response
-    says what really happened; the refund is repeated by charge id, which
-    does nothing if it was done already and settles at once a charge that
-    only its expiry hid.
+    says what really happened. The refund is repeated by charge id (a no-op
+    when the charge was refunded already), so that whatever made the confirm
+    miss, nothing stays debited for a call answered as refunded.
     """
     if charge is None or not charge.charged:
         return None

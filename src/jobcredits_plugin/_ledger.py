@@ -522,14 +522,21 @@ class Ledger:
         record = result.record
         key = (record.account, record.scope, record.job_id)
         try:
-            event = self._store.refund(key, record.charge_id, self.now())
+            event = self._call(
+                "refund",
+                self._store.refund,
+                key,
+                record.charge_id,
+                self.now(),
+                late=self._fire_one,
+            )
             if event is not None:
                 self._fire((event,))
         except BaseException:  # see the docstring
             with contextlib.suppress(Exception):
                 log.warning(
-                    "jobcredits could not take back charge %s of job %r (its caller never "
-                    "received it); its lease will refund it",
+                    "jobcredits: taking back charge %s of job %r (its caller never received "
+                    "it) failed or was interrupted; if it was not refunded, its lease will be",
                     record.charge_id,
                     record.job_id,
                     exc_info=True,

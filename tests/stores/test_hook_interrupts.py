@@ -50,13 +50,13 @@ class StoreCallInterrupting:
     """An ``on_store_call`` observer that raises ``exc`` after one operation
     succeeded (the store has committed it)."""
 
-    def __init__(self, exc: type[BaseException], operation: str) -> None:
+    def __init__(self, exc: type[BaseException], *operations: str) -> None:
         self.exc = exc
-        self.operation = operation
+        self.operations = set(operations)
 
     @hookimpl
     def on_store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
-        if operation == self.operation and error is None:
+        if operation in self.operations and error is None:
             raise self.exc("interrupted in on_store_call")
 
 
@@ -171,13 +171,18 @@ def test_interrupted_on_charge_of_a_reuse_takes_nothing_back(
     assert record.state == "charged"
 
 
+@pytest.mark.parametrize("operations", [("claim",), ("claim", "refund")], ids=["claim", "both"])
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_interrupted_on_store_call_after_a_claim_fires_and_takes_back(
-    make_ledger: MakeLedger, events: RecordingPlugin, asynchronous: bool
+    make_ledger: MakeLedger,
+    events: RecordingPlugin,
+    asynchronous: bool,
+    operations: tuple[str, ...],
 ) -> None:
     """on_store_call interrupting a claim that committed: the claim's events
-    still fire, and its charge is refunded."""
-    ledger = _ledger(make_ledger, StoreCallInterrupting(KeyboardInterrupt, "claim"))
+    still fire, and its charge is refunded (with its on_refund, also when the
+    take-back's own refund is interrupted the same way)."""
+    ledger = _ledger(make_ledger, StoreCallInterrupting(KeyboardInterrupt, *operations))
 
     def charge() -> object:
         if asynchronous:
