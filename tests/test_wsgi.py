@@ -11,7 +11,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from jobcredits_plugin import ConfigurationError, Ledger, current_charge, header
+from jobcredits_plugin import ConfigurationError, JobCreditsError, Ledger, current_charge, header
 from jobcredits_plugin._web import Route, compile_routes
 from jobcredits_plugin.stores import MemoryStore
 from jobcredits_plugin.stores._base import ClaimRequest, ClaimResult
@@ -740,3 +740,32 @@ def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
     assert ledger.balance(ACCT) == 10
     assert ledger.lookup(ACCT, JOB) is None
     assert events.kinds() == ["charge", "refund"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"job_header": []},
+        {"job_header": {"X-Job-Id": 1}},
+        {"routes": {"/v1/x": {"header": []}}},
+        {"routes": {"/v1/x": {"header": ["X-Job-Id"]}}},
+        {"routes": {"/v1/x": {"header": ""}}},
+        {"routes": {"/v1/x": {"header": 0}}},
+        {"routes": [Route("/v1/x", header=[])]},  # type: ignore[arg-type]
+    ],
+)
+def test_a_header_that_is_not_a_name_fails_at_startup(
+    ledger: Ledger, options: dict[str, Any]
+) -> None:
+    """job_header=[] (or a route's) raised a bare TypeError ("unhashable") and
+    a route's header="" was silently replaced by the middleware's; both are
+    the header check's error when the app starts."""
+    kwargs: dict[str, Any] = {"routes": {"/v1/x": 1}, **options}
+    routes = kwargs.pop("routes")
+    with pytest.raises(JobCreditsError):  # InvalidArgument, or the app's ConfigurationError
+        mw(_ok_app, ledger, routes, **kwargs)
+
+
+def _ok_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [])
+    return [b"ok"]

@@ -642,9 +642,16 @@ class RoutedMiddleware(Generic[AppT]):
         self.on_missing = on_missing
         self.fail_open = fail_open
         self.problems = problems(problem_type_base, retry_after_max)
+        # Each name is checked before it goes into a set: a list would be
+        # unhashable (TypeError), and a route's empty header was skipped as if
+        # it were None (the middleware's header) instead of refused.
+        header(job_header)
+        for route in self.routes:
+            if route.header is not None:
+                header(route.header)
         self._readers = {
             name: header(name)
-            for name in {job_header, *(r.header for r in self.routes if r.header)}
+            for name in {job_header, *(r.header for r in self.routes if r.header is not None)}
         }
         if is_in_process_default(ledger.store):
             warn_in_process(

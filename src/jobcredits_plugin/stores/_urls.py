@@ -36,11 +36,15 @@ _SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "cred", "auth")
 
 # A URL inside free text: a scheme, ``://``, then up to a space, a quote or a
 # closing bracket (how messages and reprs delimit the URLs they quote).
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
+# Both patterns start only where a run of their name characters starts (the
+# lookbehinds): tried at every position inside a long run, each attempt would
+# rescan the rest of it, and a 100,000-character argument took minutes to
+# print (quadratic); this way each run is scanned once.
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
 # ``name=value`` / ``name: value`` pairs outside URLs, as in a libpq
 # connection string (``password='a b'``) or a driver's echo of its options.
 _PAIR_IN_TEXT = re.compile(
-    r"(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*=\s*)"
+    r"(?P<name>(?<![A-Za-z0-9_.-])[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\"]+)"
 )
 
