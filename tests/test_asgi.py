@@ -645,3 +645,25 @@ def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
     assert ledger.balance("acct") == 5
     assert ledger.lookup("acct", "job-1", scope="summarize") is None
     assert events.kinds() == ["charge", "refund"]
+
+
+def test_headers_after_a_takeover_give_the_balance_as_it_is(
+    clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """The job's next call took the outliving call's job over (refunding it,
+    then charging itself): the outliving call answers refunded, and its
+    X-Credits-Remaining is the balance read again, with the new charge in it."""
+    ledger = make_ledger(clock=clock, balances=True, plugins=[events])
+    ledger.grant("acct", 5)
+
+    async def late(scope: Scope, receive: Receive, send: Send) -> None:
+        clock.advance(ledger.lease + 1)
+        assert (await ledger.acharge("acct", "job-1", scope="summarize")).charged
+        await send(start())
+        await send(body(b"{}"))
+
+    response = call(middleware(late, ledger))
+    assert response.headers["X-Job-Charge"] == "refunded"
+    assert response.headers["X-Credits-Remaining"] == "4"
+    assert ledger.balance("acct") == 4
+    assert events.kinds() == ["charge", "refund", "charge"]

@@ -769,3 +769,23 @@ def test_a_header_that_is_not_a_name_fails_at_startup(
 def _ok_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     start_response("200 OK", [])
     return [b"ok"]
+
+
+def test_headers_after_a_takeover_give_the_balance_as_it_is(
+    ledger: Ledger, clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """The job's next call took the outliving call's job over (refunding it,
+    then charging itself): the outliving call answers refunded, and its
+    X-Credits-Remaining is the balance read again, with the new charge in it."""
+
+    def inner(env: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        clock.advance(ledger.lease + 1)
+        assert ledger.charge(ACCT, JOB, cost=2).charged  # the takeover
+        start_response("200 OK", [])
+        return [b"late"]
+
+    r = call(mw(inner, ledger), req())
+    assert r.header("X-Job-Charge") == "refunded"
+    assert r.header("X-Credits-Remaining") == "8"
+    assert ledger.balance(ACCT) == 8
+    assert events.kinds() == ["charge", "refund", "charge"]

@@ -150,10 +150,11 @@ async def abegin(
         return None
 
 
-#: What :func:`finish` did: the charge was confirmed, or it was refunded
-#: (by this call, or earlier by a prune or a takeover when the confirm found
-#: nothing); None when there was nothing to do or the store failed.
-Settled = Literal["confirmed", "refunded"] | None
+#: What :func:`finish` did: the charge was confirmed, or refunded by this
+#: call; ``"missed"`` when the confirm found nothing to confirm (the charge
+#: had been refunded meanwhile by a prune or a takeover: the call was served
+#: free); None when there was nothing to do or the store failed.
+Settled = Literal["confirmed", "refunded", "missed"] | None
 
 
 def _confirm_missed(r: JobRecord) -> None:
@@ -175,8 +176,8 @@ def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
 
     A confirm that matches nothing means the charge is gone: the call outlived
     its lease and was refunded meanwhile (a prune, or the job's next call
-    taking it over). That is reported as ``"refunded"``, so that the response
-    says what really happened. The refund is repeated by charge id (a no-op
+    taking it over). That is reported as ``"missed"``, so that the response
+    says what really happened (refunded). The refund is repeated by charge id (a no-op
     when the charge was refunded already), so that whatever made the confirm
     miss, nothing stays debited for a call answered as refunded.
     """
@@ -189,7 +190,7 @@ def finish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
                 return "confirmed"
             _confirm_missed(r)
             ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
-            return "refunded"
+            return "missed"
         if ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
             return "refunded"
         return None
@@ -214,7 +215,7 @@ async def afinish(ledger: Ledger, charge: Charge | None, ok: bool) -> Settled:
                 return "confirmed"
             _confirm_missed(r)
             await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
-            return "refunded"
+            return "missed"
         if await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id):
             return "refunded"
         return None

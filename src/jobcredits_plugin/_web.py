@@ -38,6 +38,7 @@ from ._errors import (
     ConfigurationError,
     InvalidArgument,
     JobCreditsError,
+    StoreUnavailable,
 )
 from ._ledger import Ledger
 from ._records import Charge
@@ -258,6 +259,9 @@ class JobCall:
     minted: bool
     refunded: bool = False
     finished: bool = False
+    #: The balance read again after a confirm that missed (the charge was
+    #: refunded meanwhile, and other charges may have moved the balance).
+    fresh_balance: int | None = None
 
     @property
     def outcome(self) -> str | None:
@@ -273,6 +277,8 @@ class JobCall:
         """Credits left as far as this call knows (None when balances are off)."""
         if self.charge is None or self.charge.balance is None:
             return None
+        if self.fresh_balance is not None:
+            return self.fresh_balance
         if self.refunded:
             return self.charge.balance + self.charge.record.debited
         return self.charge.balance
@@ -288,6 +294,13 @@ class JobCall:
             out.append((CREDITS_HEADER, str(balance)))
         return out
 
+    def _missed(self, settled: str | None) -> bool:
+        """Record how the call was settled; True when the balance must be read
+        again: the confirm missed, so the charge was refunded by another
+        caller (a takeover may have charged anew since)."""
+        self.refunded = settled in ("refunded", "missed")
+        return settled == "missed" and self.charge is not None and self.charge.balance is not None
+
     def finish(self, status: int | None) -> None:
         """Confirm or refund by the call's outcome (see :func:`is_failure`).
 
@@ -297,15 +310,20 @@ class JobCall:
         if self.finished:
             return
         self.finished = True
-        self.refunded = finish(self.ledger, self.charge, ok=not is_failure(status)) == "refunded"
+        if self._missed(finish(self.ledger, self.charge, ok=not is_failure(status))):
+            assert self.charge is not None
+            with contextlib.suppress(StoreUnavailable):
+                self.fresh_balance = self.ledger.balance(self.charge.record.account)
 
     async def afinish(self, status: int | None) -> None:
         """Async twin of :meth:`finish`."""
         if self.finished:
             return
         self.finished = True
-        settled = await afinish(self.ledger, self.charge, ok=not is_failure(status))
-        self.refunded = settled == "refunded"
+        if self._missed(await afinish(self.ledger, self.charge, ok=not is_failure(status))):
+            assert self.charge is not None
+            with contextlib.suppress(StoreUnavailable):
+                self.fresh_balance = await self.ledger.abalance(self.charge.record.account)
 
 
 def start_call(
