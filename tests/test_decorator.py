@@ -15,7 +15,6 @@ import pytest
 from jobcredits_plugin import (
     Charge,
     ConfigurationError,
-    InvalidArgument,
     InvalidJobId,
     JobInProgress,
     Ledger,
@@ -642,13 +641,14 @@ def test_charges_credit_checks_fixed_options_at_decoration(
 
 def test_charges_credit_leaves_callable_options_to_the_call(ledger: Ledger) -> None:
     """Callables are checked per call; their bad result is refused then, with
-    nothing recorded."""
+    nothing recorded: as the app's bug (ConfigurationError), since the app's
+    callable computed it."""
 
     @charges_credit(ledger, account=account_of, job_id=job_of, cost=lambda *a: -1)
     def summarize(req: Mapping[str, Any]) -> str:
         return "done"
 
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ConfigurationError, match="cost callable"):
         summarize({"account": "acct", "job": "job-1"})
     assert ledger.snapshot() == []
 

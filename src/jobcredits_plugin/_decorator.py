@@ -29,6 +29,7 @@ from ._errors import (
 from ._ledger import Ledger
 from ._records import Charge, JobRecord
 from ._validation import (
+    check_account,
     check_cost,
     check_flag,
     check_label,
@@ -59,8 +60,72 @@ def current_charge() -> Charge | None:
     return _current.get()
 
 
-def _resolve(value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    return value(*args, **kwargs) if callable(value) else value
+#: Where an account came from: ``"client"`` (read from the request by a
+#: :func:`header` reader: a bad value is the client's 400) or ``"app"`` (the
+#: app's own callable computed it: a bad value is the app's bug, a 500).
+AccountSource = Literal["client", "app"]
+
+
+def account_source(fn: Any) -> AccountSource:
+    """Where the values of an ``account`` callable come from: ``"client"``
+    for a :func:`header` reader, ``"app"`` for any other callable."""
+    return "client" if getattr(fn, "jobcredits_header", None) is not None else "app"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return (text[:60] + "…" if len(text) > 60 else text) + f" ({type(value).__name__})"
+
+
+def app_value(what: str, check: Callable[[Any], Any], value: Any) -> Any:
+    """``value``, which the app's ``what`` (an account or cost callable)
+    returned, if ``check`` passes it. If not, the app has a bug, not the
+    client: :class:`ConfigurationError` (answered 500 and logged in full),
+    never the 400 that would tell the client to fix its request."""
+    try:
+        check(value)
+    except InvalidArgument as exc:
+        raise ConfigurationError(
+            f"the app's {what} returned {_show(value)}, which it must not: {exc.detail} "
+            f"(a bug in the app's {what}, not in the client's request)"
+        ) from exc
+    return value
+
+
+def _text_or_none(name: str) -> Callable[[Any], Any]:
+    """The type check of a value an app callable returns where a client may
+    have had a say in its text (tier, backend, job id): None or a string; its
+    text is checked later, as the client's."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgument(f"{name} must be a string or None, not {type(value).__name__}")
+        return value
+
+    return check
+
+
+#: What each per-call option's callable must return (see :func:`app_value`).
+RESULT_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "cost": check_cost,
+    "tier": _text_or_none("tier"),
+    "backend": _text_or_none("backend"),
+    "job_id": _text_or_none("job id"),
+}
+
+
+def resolve_option(what: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    """A per-call option that is a value (checked at setup) or a callable of
+    the call's arguments, whose result is checked here as the app's."""
+    if not callable(value):
+        return value
+    return app_value(f"{what} callable", RESULT_CHECKS[what], value(*args, **kwargs))
+
+
+def _resolve(
+    value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str = "cost"
+) -> Any:
+    return resolve_option(what, value, *args, **kwargs)
 
 
 def new_job_id() -> str:
@@ -74,13 +139,29 @@ def _check_on_missing(on_missing: str) -> None:
 
 
 def identify(
-    account: Any, job_id: Any, on_missing: str, ledger: Ledger, scope: Any
+    account: Any,
+    job_id: Any,
+    on_missing: str,
+    ledger: Ledger,
+    scope: Any,
+    account_source: AccountSource = "client",
 ) -> tuple[str, str, bool]:
     """Turn what the app's callables returned into (account, job_id, minted),
     raising the error the caller must see when either is missing (and
     reporting it to the ledger's ``on_reject`` hook, as the ledger does for
-    its own refusals). ``minted`` is True when the job id was generated here."""
+    its own refusals). ``minted`` is True when the job id was generated here.
+
+    ``account_source="app"`` says the account came from the app's own
+    callable: a value that is no valid account (a number, an empty string,
+    control characters) is then the app's bug, :class:`ConfigurationError`
+    (500), where the same value read from the client is its 400."""
     error: JobCreditsError
+    if account is not None and account_source == "app":
+        try:
+            app_value("account callable", check_account, account)
+        except ConfigurationError as exc:
+            ledger.report_rejection(exc, scope=scope)
+            raise
     if account is None:
         error = NotAuthenticated("no account for this call: it must be authenticated")
     elif (job_id is None or job_id == "") and on_missing == "reject":
@@ -280,18 +361,24 @@ def charges_credit(
             if not callable(value):
                 check_label(label, value)
 
+    acct_source = account_source(account)
+    job_id_source = account_source(job_id)
+
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            jid_value = job_id(*args, **kwargs)
+            if job_id_source == "app":
+                app_value("job_id callable", RESULT_CHECKS["job_id"], jid_value)
             acct, jid, _ = identify(
-                account(*args, **kwargs), job_id(*args, **kwargs), on_missing, ledger, scope
+                account(*args, **kwargs), jid_value, on_missing, ledger, scope, acct_source
             )
             return {
                 "account": acct,
                 "job_id": jid,
                 "scope": scope,
-                "cost": _resolve(cost, args, kwargs),
-                "tier": _resolve(tier, args, kwargs),
-                "backend": _resolve(backend, args, kwargs),
+                "cost": _resolve(cost, args, kwargs, "cost"),
+                "tier": _resolve(tier, args, kwargs, "tier"),
+                "backend": _resolve(backend, args, kwargs, "backend"),
                 "fail_open": fail_open,
             }
 
@@ -382,6 +469,8 @@ def header(name: str) -> Callable[..., str | None]:
         value = str(value).strip()
         return value or None
 
+    # Marks a reader of client input (see account_source).
+    read.jobcredits_header = name  # type: ignore[attr-defined]
     read.__name__ = f"header_{lower.replace('-', '_')}"
     read.__qualname__ = read.__name__
     return read

@@ -30,8 +30,19 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from ._decorator import (
+    AccountSource,
+    _current,
+    abegin,
+    account_source,
+    afinish,
+    begin,
+    finish,
+    header,
+    identify,
+    resolve_option,
+)
 from ._decorator import _check_on_missing as check_on_missing
-from ._decorator import _current, abegin, afinish, begin, finish, header, identify
 from ._errors import (
     ABOUT_BLANK,
     DEFAULT_RETRY_AFTER_MAX,
@@ -86,9 +97,18 @@ CREDITS_HEADER = "X-Credits-Remaining"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
-def resolve(value: Any, *args: Any) -> Any:
-    """A per-route setting that is either a value or a callable of the request."""
-    return value(*args) if callable(value) else value
+def resolve(value: Any, *args: Any, what: str | None = None) -> Any:
+    """A per-route setting that is either a value or a callable of the request.
+
+    With ``what`` (``"cost"``, ``"tier"``, ``"backend"``), what a callable
+    returns is checked as the app's: a cost callable that returns a string is
+    the app's bug, :class:`~jobcredits_plugin.ConfigurationError` (500), not
+    the client's 400."""
+    if not callable(value):
+        return value
+    if what is None:
+        return value(*args)
+    return resolve_option(what, value, *args)
 
 
 def is_failure(status: int | None) -> bool:
@@ -337,9 +357,15 @@ def start_call(
     backend: str | None = None,
     on_missing: str = "charge",
     fail_open: bool = False,
+    account_source: AccountSource = "client",
 ) -> JobCall:
-    """Charge one HTTP call. Raises the :class:`JobCreditsError` to answer with."""
-    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope)
+    """Charge one HTTP call. Raises the :class:`JobCreditsError` to answer with.
+
+    ``account_source`` says where ``account`` came from (see
+    :func:`~jobcredits_plugin._decorator.account_source`): ``"app"`` makes an
+    invalid one the app's :class:`ConfigurationError` (500) instead of the
+    client's 400."""
+    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope, account_source)
     charge = begin(
         ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
     )
@@ -357,9 +383,10 @@ async def astart_call(
     backend: str | None = None,
     on_missing: str = "charge",
     fail_open: bool = False,
+    account_source: AccountSource = "client",
 ) -> JobCall:
     """Async twin of :func:`start_call`."""
-    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope)
+    acct, jid, minted = identify(account, job_id, on_missing, ledger, scope, account_source)
     charge = await abegin(
         ledger, acct, jid, scope=scope, cost=cost, tier=tier, backend=backend, fail_open=fail_open
     )
@@ -656,6 +683,7 @@ class RoutedMiddleware(Generic[AppT]):
             if route.on_missing is not None:
                 check_on_missing(route.on_missing)
         self.account = account
+        self.account_source = account_source(account)
         self.job_header = job_header
         self.on_missing = on_missing
         self.fail_open = fail_open
@@ -695,11 +723,12 @@ class RoutedMiddleware(Generic[AppT]):
         return {
             "job_id": self._readers[job_header](request),
             "scope": route.scope,
-            "cost": resolve(route.cost, request),
-            "tier": resolve(route.tier, request),
-            "backend": resolve(route.backend, request),
+            "cost": resolve(route.cost, request, what="cost"),
+            "tier": resolve(route.tier, request, what="tier"),
+            "backend": resolve(route.backend, request, what="backend"),
             "on_missing": route.on_missing or self.on_missing,
             "fail_open": self.fail_open,
+            "account_source": self.account_source,
         }
 
 

@@ -53,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
 
 import attrs
 
-from ._decorator import _check_on_missing
+from ._decorator import _check_on_missing, account_source
 from ._decorator import header as _header_reader
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
@@ -281,11 +281,12 @@ class JobCredits:
             account=account,
             job_id=self._reader(job_header)(request),
             scope=opts.scope,
-            cost=resolve(opts.cost, request),
-            tier=resolve(opts.tier, request),
-            backend=resolve(opts.backend, request),
+            cost=resolve(opts.cost, request, what="cost"),
+            tier=resolve(opts.tier, request, what="tier"),
+            backend=resolve(opts.backend, request, what="backend"),
             on_missing=opts.on_missing or self.on_missing,
             fail_open=self.fail_open if opts.fail_open is None else opts.fail_open,
+            account_source=account_source(account_fn),
         )
         watch.attach(call, job_header)
         return call

@@ -45,7 +45,7 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
         'jobcredits_plugin.flask needs Flask: pip install "jobcredits-plugin[flask]"'
     ) from exc
 
-from ._decorator import _check_on_missing, current_charge
+from ._decorator import _check_on_missing, account_source, current_charge
 from ._decorator import header as _header
 from ._errors import (
     DEFAULT_RETRY_AFTER_MAX,
@@ -504,11 +504,12 @@ def charges_credit(
             "account": account_of(req),
             "job_id": _reader(job_header)(req),
             "scope": scope,
-            "cost": resolve(cost, req),
-            "tier": resolve(tier, req),
-            "backend": resolve(backend, req),
+            "cost": resolve(cost, req, what="cost"),
+            "tier": resolve(tier, req, what="tier"),
+            "backend": resolve(backend, req, what="backend"),
             "on_missing": on_missing if on_missing is not None else state.on_missing,
             "fail_open": fail_open if fail_open is not None else state.fail_open,
+            "account_source": account_source(account_of),
         }
         return (ledger if ledger is not None else state.ledger), params, job_header
 

@@ -32,6 +32,7 @@ from django.http import (  # type: ignore[import-untyped]
 )
 from django.http.multipartparser import MultiPartParserError  # type: ignore[import-untyped]
 
+from .._decorator import account_source
 from .._decorator import header as header_reader
 from .._errors import InvalidArgument, JobCreditsError
 from .._ledger import Ledger
@@ -137,9 +138,10 @@ class _Options:
         return {
             "job_id": _reader(self.job_header(config))(request),
             "scope": self.scope,
-            "cost": resolve(self.cost, request),
-            "tier": resolve(self.tier, request),
-            "backend": resolve(self.backend, request),
+            "cost": resolve(self.cost, request, what="cost"),
+            "tier": resolve(self.tier, request, what="tier"),
+            "backend": resolve(self.backend, request, what="backend"),
+            "account_source": account_source(self.account or config.account),
             "on_missing": self.on_missing or config.on_missing,
             "fail_open": config.fail_open if self.fail_open is None else self.fail_open,
         }
