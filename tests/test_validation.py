@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from jobcredits_plugin import (
+    ConfigurationError,
     InvalidAccount,
     InvalidArgument,
     InvalidJobId,
@@ -370,3 +371,25 @@ def test_charge_id_with_control_characters_or_surrogates_is_refused(charge_id: s
         ledger.refund(A, J, charge_id=charge_id)
     assert ledger.lookup(A, J) == charge.record
     assert ledger.balance(A) == 4
+
+
+@pytest.mark.parametrize("plugins", [5, "abc", b"ab", None])
+def test_plugins_that_are_not_a_list_of_objects_are_a_configuration_error(plugins: Any) -> None:
+    """plugins=5 raised a bare TypeError and plugins="%s%n" registered each
+    character, then pluggy's ValueError on the repeated one: the app's
+    setup mistake, said as such."""
+    with pytest.raises(ConfigurationError):
+        Ledger(plugins=plugins)
+
+
+def test_the_same_plugin_twice_is_a_configuration_error() -> None:
+    plugin = RecordingPlugin()
+    with pytest.raises(ConfigurationError):
+        Ledger(plugins=[plugin, plugin])
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None, "yes"])
+def test_entry_points_must_be_a_bool(value: Any) -> None:
+    """entry_points="no" (a settings string) loaded every installed plugin."""
+    with pytest.raises(JobCreditsError):
+        Ledger(entry_points=value)

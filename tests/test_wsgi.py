@@ -789,3 +789,12 @@ def test_headers_after_a_takeover_give_the_balance_as_it_is(
     assert r.header("X-Credits-Remaining") == "8"
     assert ledger.balance(ACCT) == 8
     assert events.kinds() == ["charge", "refund", "charge"]
+
+
+@pytest.mark.parametrize("routes", [5, 0, 2**64, None, 1.5])
+def test_routes_that_are_neither_a_dict_nor_a_list_fail_at_startup(
+    ledger: Ledger, routes: Any
+) -> None:
+    """routes=5 raised a bare TypeError ("'int' object is not iterable")."""
+    with pytest.raises(JobCreditsError):
+        JobCreditsMiddleware(_ok_app, ledger, routes, account=header("X-Account"))

@@ -24,6 +24,7 @@ import pluggy
 
 from . import hookspecs
 from ._errors import (
+    ConfigurationError,
     InsufficientCredits,
     InvalidArgument,
     JobCreditsError,
@@ -164,14 +165,24 @@ class Ledger:
                 raise InvalidArgument(f"store {store!r} has no {method}() method")
         self._store = store
         self._balances = check_flag("balances", balances)
+        # "no" from a settings file must not load every installed plugin.
+        entry_points = check_flag("entry_points", entry_points)
         self._clock = clock
         self._closed = False
         self._pm = _PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._impl_cache: dict[str, tuple[_Impl, ...]] = {}
         self._impl_generation = -1
+        if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+            # A string would register each of its characters as a "plugin".
+            raise ConfigurationError(
+                f"plugins must be a list of plugin objects, not {type(plugins).__name__}"
+            )
         for plugin in plugins:
-            self.register(plugin)
+            try:
+                self.register(plugin)
+            except ValueError as exc:  # pluggy: the same object or name twice
+                raise ConfigurationError(f"plugins: {exc}") from exc
         if entry_points:
             # Not pluggy's own loader: it registers an object a second time
             # (and raises) when the app also passed it in ``plugins``.

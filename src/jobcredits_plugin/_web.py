@@ -613,7 +613,12 @@ def compile_routes(
     Checked at startup, so a typo fails the deploy, not the first request.
     """
     if not isinstance(routes, Mapping):
-        out = tuple(routes)
+        given: Any = routes  # whatever the app passed, typed or not
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+            raise InvalidArgument(
+                f"routes must be a dict or a list of Route objects, not {type(given).__name__}"
+            )
+        out = tuple(given)
         for r in out:
             if not isinstance(r, Route):
                 raise InvalidArgument(f"routes must be Route objects, not {type(r).__name__}")

@@ -190,6 +190,13 @@ def test_from_url_routes_redis_schemes_and_reads_options(shared_url: str) -> Non
         "redis://127.0.0.1:6379/0?prefix=a{b}",
         "redis://127.0.0.1:6379/notadb",
         "http://127.0.0.1:6379/0",
+        # found by tests/test_hostile_input.py: each was a raw driver error
+        "redis://127.0.0.1:6379/6?cluster=true",
+        "redis://127.0.0.1:6379/0?db=-1",
+        "redis://127.0.0.1:6379/0?db=99999999999999999999",
+        "redis://127.0.0.1:6379/\udc80",
+        "redis://u:pw@\udc80:6379/0",
+        "redis://\x00:6379/0",
     ],
 )
 def test_bad_urls_are_configuration_errors(url: str) -> None:
@@ -199,6 +206,20 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
     if "bogus" in url:
         assert "accepted:" in str(info.value)
         assert "prefix" in str(info.value)
+
+
+def test_a_database_the_server_does_not_have_is_a_configuration_error(shared_url: str) -> None:
+    """db=9999 passes the URL check (the number of databases is the server's
+    setting) and every call then got a raw ResponseError ("DB index is out of
+    range"): it is the app's ConfigurationError, and nothing is recorded."""
+    base = shared_url.rsplit("/", 1)[0]
+    store = RedisStore.from_url(f"{base}/9999?prefix=jctest:{uuid.uuid4().hex[:12]}")
+    try:
+        ledger = Ledger(store, clock=FakeClock())
+        with pytest.raises(ConfigurationError, match="no database"):
+            ledger.charge("acct", "job-1")
+    finally:
+        store.close()
 
 
 def test_unreachable_server_is_store_unavailable_with_a_redacted_url() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobcredits_plugin import ConfigurationError, Ledger, StoreUnavailable
-from jobcredits_plugin.stores import from_url, redact_url
+from jobcredits_plugin.stores import SQLiteStore, from_url, redact_url
 from jobcredits_plugin.stores._urls import MASK, is_secret_option, redact_text
 
 from .._secrets import CANARY, POSTGRES_URL, assert_no_secret
@@ -256,3 +256,44 @@ def test_redact_text_still_masks_a_dotted_secret_name() -> None:
     name whole, and such a name that holds a secret word is still masked."""
     assert redact_text("x.password=abc user=bob") == "x.password=*** user=bob"
     assert redact_text("see xpostgresql://u:pw@h/db") == "see xpostgresql://u:***@h/db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:pw@127.0.0.1/x?x=\udc80",
+        "postgresql://postgres:pw@127.0.0.1/x?application_name=\udc80",
+        "postgresql://postgres:pw@127.0.0.1/\udc80",
+        "postgresql://postgres:pw@127.0.0.1/x?schema=a\udc80",
+        "postgresql://postgres:pw@127.0.0.1/x?sslmode=\x00",
+        "redis://u:pw@\udc80:6379/0",
+        "memory://\udc80",
+    ],
+)
+def test_a_url_holding_a_lone_surrogate_or_nul_is_a_configuration_error(url: str) -> None:
+    """A lone surrogate raised UnicodeEncodeError from PostgreSQL's URL
+    parsing (and so from the Django checks, which call from_url); a NUL cuts a
+    C string short. Refused before any driver sees them, password masked."""
+    with pytest.raises(ConfigurationError) as info:
+        from_url(url).close()
+    assert ":pw@" not in str(info.value)
+
+
+def test_postgres_store_itself_refuses_a_surrogate_in_its_url_or_conninfo() -> None:
+    """The same check when PostgresStore is built directly (from_url or a
+    conninfo string), not through the stores' from_url."""
+    pytest.importorskip("psycopg")
+    from jobcredits_plugin.stores import PostgresStore
+
+    with pytest.raises(ConfigurationError):
+        PostgresStore.from_url("postgresql://postgres@127.0.0.1/x?x=\udc80")
+    with pytest.raises(ConfigurationError):
+        PostgresStore("host=127.0.0.1 dbname=\udc80")
+
+
+def test_a_sqlite_path_holding_nul_is_a_configuration_error(tmp_path: Path) -> None:
+    """sqlite3 raised a bare ValueError ("embedded null byte")."""
+    with pytest.raises(ConfigurationError):
+        from_url(f"sqlite:///{tmp_path}/a%00b.db")
+    with pytest.raises(ConfigurationError):
+        SQLiteStore(f"{tmp_path}/a\x00b.db")

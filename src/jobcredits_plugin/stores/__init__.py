@@ -29,7 +29,7 @@ from .._warnings import mark_in_process
 from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
-from ._urls import JOURNAL_OPTIONS, parse_options, redact_url
+from ._urls import JOURNAL_OPTIONS, check_url_text, parse_options, redact_url
 
 __all__ = [
     "AsyncStore",
@@ -169,6 +169,7 @@ def from_url(url: str) -> BaseStore:
 def _from_url(url: str) -> BaseStore:
     if not isinstance(url, str) or "://" not in url:
         raise InvalidArgument(f"store URL must look like scheme://..., accepted: {ACCEPTED}")
+    check_url_text(url)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError as exc:  # e.g. "Invalid IPv6 URL": still a bad argument

@@ -59,7 +59,15 @@ from ._base import (
     plan_settle,
     with_settled,
 )
-from ._urls import JOURNAL_OPTIONS, MASK, is_secret_option, parse_bool, redact_text, redact_url
+from ._urls import (
+    JOURNAL_OPTIONS,
+    MASK,
+    check_url_text,
+    is_secret_option,
+    parse_bool,
+    redact_text,
+    redact_url,
+)
 
 try:
     import psycopg
@@ -1081,6 +1089,7 @@ class PostgresStore(BaseStore):
     ) -> None:
         if not isinstance(conninfo, str):
             raise InvalidArgument(f"conninfo must be a string, not {type(conninfo).__name__}")
+        check_url_text(conninfo, "conninfo")
         try:
             params = conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
@@ -1233,7 +1242,7 @@ class PostgresStore(BaseStore):
         """
         if not isinstance(url, str):
             raise InvalidArgument(f"store URL must be a string, not {type(url).__name__}")
-
+        check_url_text(url)
         try:
             parts = urllib.parse.urlsplit(url)
         except ValueError as exc:

@@ -52,7 +52,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
 
-from .._errors import InvalidArgument, StoreUnavailable
+from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import JobRecord, JobState, JournalEntry, JournalKind
 from .._validation import (
     MAX_BATCH,
@@ -78,6 +78,7 @@ from ._base import (
 )
 from ._urls import (
     JOURNAL_OPTIONS,
+    check_url_text,
     parse_bool,
     parse_optional_seconds,
     parse_options,
@@ -864,6 +865,8 @@ class RedisStore(BaseStore):
     def from_url(cls, url: str, **options: Any) -> RedisStore:
         """Build a store from a URL; query options (``?prefix=x&cluster=true``)
         and keyword ``options`` (which win) become constructor arguments."""
+        if isinstance(url, str):
+            check_url_text(url)
         try:
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018 - validates the port
@@ -884,6 +887,10 @@ class RedisStore(BaseStore):
                 f"in {redact_url(url)!r}"
             )
         db = parsed.pop("db", None)
+        if db is not None and not 0 <= db < 2**31:
+            raise ConfigurationError(
+                f"db must be a database number from 0, not {db} in {redact_url(url)!r}"
+            )
         parsed.update(options)
         query = urllib.parse.urlencode({"db": db}) if db is not None else ""
         # Rebuilt by hand: urlunsplit drops the empty host of redis+unix:///path.
@@ -903,7 +910,11 @@ class RedisStore(BaseStore):
         except _DRIVER_ERRORS as exc:  # the cluster client reads the topology at once
             fault = self._fault(exc)
             if fault is exc:
-                raise
+                # Not "could not reach it": the driver refused the URL's
+                # options (cluster=true with a db other than 0, say).
+                raise ConfigurationError(
+                    f"bad Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
+                ) from exc
             raise fault from exc
 
     def _cluster_kwargs(self) -> dict[str, Any]:
@@ -957,6 +968,15 @@ class RedisStore(BaseStore):
         it is a bug (a script error, bad data), which fail_open never passes."""
         if is_unavailable(exc):
             return self._unavailable(exc)
+        if isinstance(exc, redis.exceptions.ResponseError) and "DB index is out of range" in str(
+            exc
+        ):
+            # SELECT of a database the server does not have: the URL's db
+            # number is the app's mistake, on every call until it is fixed.
+            return ConfigurationError(
+                f"{self._label}: the server has no database by the URL's db number "
+                f"({redact_text(str(exc), self.url)})"
+            )
         return exc
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:

@@ -298,6 +298,9 @@ class SQLiteStore(BaseStore):
         # SQLite's busy timeout is a C int of milliseconds.
         timeout = check_positive_seconds("timeout", timeout, most=MAX_SQLITE_TIMEOUT)
         path = os.fspath(path)
+        if "\x00" in str(path):
+            # sqlite3 would raise a bare ValueError ("embedded null byte").
+            raise ConfigurationError(f"SQLite path {path!r} holds a NUL character")
         # Resolved now: connections open later (in other threads, after a
         # fork), and a relative path must keep naming this file even if the
         # process changes directory in between, as daemons do.

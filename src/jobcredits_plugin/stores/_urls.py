@@ -12,11 +12,12 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import InvalidArgument
+from .._errors import ConfigurationError, InvalidArgument
 
 __all__ = [
     "JOURNAL_OPTIONS",
     "MASK",
+    "check_url_text",
     "is_secret_option",
     "parse_bool",
     "parse_optional_seconds",
@@ -47,6 +48,25 @@ _PAIR_IN_TEXT = re.compile(
     r"(?P<name>(?<![A-Za-z0-9_.-])[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,'\"]+)"
 )
+
+
+# Not text in any encoding a driver or a libpq connection string takes: a
+# lone surrogate raised UnicodeEncodeError from deep inside the drivers, and
+# a NUL cuts a C string short.
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_url_text(url: str, what: str = "store URL") -> str:
+    """Refuse a URL holding a NUL or a lone surrogate (raw; percent-encoded
+    ones are the drivers' to judge) with :class:`ConfigurationError`, before
+    a driver sees it. The message shows the URL redacted and escaped."""
+    if _NOT_TEXT.search(url) is not None:
+        shown = redact_url(_NOT_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", url))
+        raise ConfigurationError(
+            f"{what} {shown!r} holds a NUL or a lone surrogate (U+D800..U+DFFF), "
+            "which no driver can take"
+        )
+    return url
 
 
 def is_secret_option(name: str) -> bool:
