@@ -38,7 +38,7 @@ from .._plugins import import_object, instantiate, ledger_from_url, load_plugin
 from .._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems
 from .._web import problems as problem_settings
 from ..stores import from_url, redact_url
-from ..stores._urls import redact_text
+from ..stores._urls import check_url_text, redact_text
 
 SETTING = "JOBCREDITS"
 
@@ -136,9 +136,13 @@ def url_problem(url: Any) -> str | None:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         parts = None  # from_url gives the error
-    if parts is not None and parts.scheme.lower() == "sqlite" and not parts.netloc:
-        probe = "sqlite:///:memory:" + (f"?{parts.query}" if parts.query else "")
     try:
+        if parts is not None and parts.scheme.lower() == "sqlite" and not parts.netloc:
+            # The file is swapped out of the probe, so its name is checked
+            # here as the store would (a NUL, raw or %00, is refused there).
+            check_url_text(url)
+            check_url_text(urllib.parse.unquote(parts.path), "SQLite path")
+            probe = "sqlite:///:memory:" + (f"?{parts.query}" if parts.query else "")
         store = from_url(probe)
     except JobCreditsError as exc:
         return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"

@@ -67,7 +67,13 @@ _CLIENT_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
     (SuspiciousOperation, 400),
 )
 
-_reader = functools.cache(header_reader)
+_cached_reader = functools.cache(header_reader)
+
+
+def _reader(name: Any) -> Callable[..., str | None]:
+    # Only a str reaches the cache: header=[] would make functools.cache raise
+    # a bare TypeError ("unhashable") instead of the header check's error.
+    return _cached_reader(name) if isinstance(name, str) else header_reader(name)
 
 
 def client_error_status(exc: BaseException) -> int | None:

@@ -198,6 +198,13 @@ def test_shared_store_does_not_warn(tmp_path: Any) -> None:
         "memory://somewhere",
         "mongodb://localhost:27017/jobs",
         42,
+        # found by the hostile-input sweep: a lone surrogate made the check
+        # itself raise UnicodeEncodeError; a NUL in a SQLite path passed the
+        # check (it probes :memory:) and failed only at runtime
+        "postgresql://postgres@127.0.0.1/x?x=\udc80",
+        "postgresql://postgres:pw@127.0.0.1/\udc80",
+        "sqlite:///a\x00b.db",
+        "sqlite:///a%00b.db",
     ],
 )
 def test_invalid_url_is_e001(url: Any) -> None:

@@ -487,3 +487,13 @@ def test_bad_decorator_arguments_fail_at_decoration(kwargs: dict[str, Any], matc
 
     with pytest.raises(ConfigurationError, match=match):
         charges_credit(**kwargs)
+
+
+@pytest.mark.parametrize("value", [[], ["X-Job-Id"], {"X-Job-Id": 1}, 5, ""])
+def test_a_view_header_that_is_not_a_name_fails_at_decoration(value: Any) -> None:
+    """header=[] raised a bare TypeError ("unhashable") from the reader cache;
+    it is the header check's error, like any bad name."""
+    from jobcredits_plugin import JobCreditsError
+
+    with pytest.raises(JobCreditsError):
+        charges_credit(header=value)(views.account_from_header)
