@@ -123,11 +123,16 @@ class Ledger:
     :param job_id_pattern: a regular expression job ids must match in full,
         instead of ``[A-Za-z0-9._:-]+``; the 128-character limit stays.
     :param clock: returns the time in seconds; the one time source for every
-        store (tests pass :class:`jobcredits_plugin.testing.FakeClock`).
+        store (tests pass :class:`jobcredits_plugin.testing.FakeClock`). Each
+        reading is checked (see :meth:`now`): anything but a finite number
+        from 0 to below 2**33 is a :class:`~jobcredits_plugin.ConfigurationError`.
     :param plugins: plugin objects to register (see :mod:`~jobcredits_plugin.hookspecs`).
     :param entry_points: also load the plugins installed packages declare in
         the ``jobcredits_plugin`` entry point group. Off by default: installed
         code should not start seeing billing events without the app asking.
+
+    A bad option raises :class:`~jobcredits_plugin.ConfigurationError` (the
+    app's setup mistake), not :class:`~jobcredits_plugin.InvalidArgument`.
     """
 
     @configuration()
@@ -615,6 +620,7 @@ class Ledger:
         :raises InsufficientCredits: balances are on and too low (402).
         :raises InvalidJobId, InvalidAccount, InvalidArgument: bad input (400).
         :raises StoreUnavailable: the store could not be reached (503).
+        :raises ConfigurationError: the clock returned what it must not (500).
         """
         try:
             req = self._claim_request(account, job_id, scope, cost, tier, backend)
