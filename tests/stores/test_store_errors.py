@@ -333,3 +333,28 @@ def test_sqlite_file_that_is_not_a_database_is_a_configuration_error(tmp_path: P
     (tmp_path / "junk.db").write_bytes(b"this is not a SQLite database" * 100)
     with pytest.raises(ConfigurationError, match="not a SQLite database"):
         Ledger(SQLiteStore(tmp_path / "junk.db"), clock=FakeClock()).charge("acct", "job-1")
+
+
+def test_redis_too_old_for_the_journal_is_a_configuration_error(redis_store: BaseStore) -> None:
+    """The scripts answer an error reply on a server without Redis 7 features
+    when the journal is on: the deployment does not fit the settings."""
+    redis = pytest.importorskip("redis")
+    reply = redis.exceptions.ResponseError(
+        "the jobcredits journal needs Redis 7.0 or newer (or journal=false)"
+    )
+
+    class Raiser:
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise reply
+
+    redis_store._scripts = {  # type: ignore[attr-defined]
+        name: Raiser()
+        for name in redis_store._scripts  # type: ignore[attr-defined]
+    }
+    ledger = Ledger(redis_store, clock=FakeClock())
+    with pytest.raises(ConfigurationError, match=r"Redis 7\.0"):
+        ledger.charge("acct", "job-1")
+    handler, calls = _fail_open_handler(ledger)
+    with pytest.raises(ConfigurationError):
+        handler()
+    assert calls == []

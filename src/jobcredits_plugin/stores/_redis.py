@@ -151,6 +151,10 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: What the scripts answer when the server is too old for the journal.
+_OLD_SERVER = "the jobcredits journal needs Redis 7.0 or newer"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether a driver error means the server could not be reached or cannot
     serve right now (StoreUnavailable), rather than a bug: a script's error
@@ -977,6 +981,10 @@ class RedisStore(BaseStore):
                 f"{self._label}: the server has no database by the URL's db number "
                 f"({redact_text(str(exc), self.url)})"
             )
+        if isinstance(exc, redis.exceptions.ResponseError) and _OLD_SERVER in str(exc):
+            # A server too old for journal=true: the deployment does not fit
+            # the settings, the app's to fix (or to set journal=false).
+            return ConfigurationError(f"{self._label}: {exc}")
         return exc
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
