@@ -130,6 +130,20 @@ def test_demo_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown store URL scheme 'ftp'" in err
 
 
+@pytest.mark.parametrize("jobs", ["100001", "100000000000", str(2**64)])
+def test_demo_refuses_more_jobs_than_it_can_run(
+    capsys: pytest.CaptureFixture[str], jobs: str
+) -> None:
+    """--jobs 100000000000 ran into a clock before 1970 (the demo's clock
+    starts far enough back for every job) and was reported as a broken clock;
+    the argument is bounded instead, as a usage error naming it."""
+    code, out, err = run(capsys, "demo", "--jobs", jobs)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("jobcredits: error: argument --jobs: invalid int from 1 to 100000")
+    assert len(err.splitlines()) == 1
+
+
 # -- the demo's WSGI app -------------------------------------------------------------------
 
 

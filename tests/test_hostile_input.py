@@ -1420,6 +1420,16 @@ def test_cli_arguments_take_every_hostile_value(kind: str, tmp_path: Path) -> No
             after = ledger.balance("acct")
             if after is not None and before is not None and not 0 <= after <= MAX_CREDITS:
                 failures.add(f"[{kind}] jobcredits grant", value, f"balance now {after}")
+        if kind == "memory":
+            for value in CLI_VALUES:
+                for where, argv in (
+                    ("demo --jobs", ["demo", "--jobs", value]),
+                    ("demo --seed", ["demo", "--jobs", "1", "--seed", value]),
+                    ("demo --store", ["demo", "--jobs", "1", "--store", value]),
+                ):
+                    problem = judge_cli(argv)
+                    if problem:
+                        failures.add(f"jobcredits {where}", value, problem)
         if kind == "sqlite":
             for value in CLI_VALUES[::3]:
                 for command in ("snapshot", "stats", "prune", "migrate"):
