@@ -1577,3 +1577,80 @@ def test_hostile_headers_through_the_middleware(rigs: dict[str, Rig], kind: str)
                     with contextlib.suppress(JobCreditsError):
                         rig.ledger.refund(headers["X-Account"].strip(), job or "-")
     assert not failures, str(failures)
+
+
+def _flask_app(ledger: Ledger) -> Any:
+    flask = pytest.importorskip("flask")
+    from jobcredits_plugin import flask as jc_flask
+
+    app = flask.Flask("hostile-requests")
+    with warnings_ignored():
+        jc_flask.JobCredits(app, ledger, account=header("X-Account"))
+
+    @app.post("/run")
+    @jc_flask.charges_credit()
+    def run() -> str:
+        return "ok"
+
+    return app
+
+
+def _fastapi_app(ledger: Ledger) -> Any:
+    fastapi = pytest.importorskip("fastapi")
+    from jobcredits_plugin import fastapi as jc_fastapi
+
+    app = fastapi.FastAPI()
+    with warnings_ignored():
+        jc_fastapi.JobCredits(ledger, account=header("X-Account")).install(app)
+
+    @app.post("/run", dependencies=[fastapi.Depends(jc_fastapi.charge_credit())])
+    async def run() -> str:
+        return "ok"
+
+    return app
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hostile_headers_through_flask_and_fastapi(rigs: dict[str, Rig], kind: str) -> None:
+    """The same headers through a Flask view and a FastAPI dependency (each
+    answering its own way): 200, or the documented 4xx as problem+json with
+    nothing recorded; never a 5xx or an HTML error page."""
+    rig = rigs.get(kind)
+    if rig is None:
+        pytest.skip(f"no {kind} store")
+    apps: dict[str, tuple[str, Any]] = {
+        "flask": ("wsgi", _flask_app(rig.ledger)),
+        "fastapi": ("asgi", _fastapi_app(rig.ledger)),
+    }
+    values = HEADER_VALUES if kind in ("memory", "sqlite") else HEADER_VALUES[::2]
+    failures = Failures()
+    for value in values:
+        for field in ("job", "account"):
+            headers = {"X-Job-Id": f"job-{uuid.uuid4().hex[:12]}", "X-Account": "acct"}
+            headers["X-Job-Id" if field == "job" else "X-Account"] = value
+            expected = _expected_status(field, value)
+            for name, (protocol, app) in apps.items():
+                where = f"[{kind}] {name}, {field} header"
+                before = rig.state()
+                try:
+                    if protocol == "wsgi":
+                        status, response_headers, body = _wsgi_call(app, headers)
+                    else:
+                        status, response_headers, body = _asgi_call(app, headers, rig.loop)
+                except Exception as exc:
+                    failures.add(where, value, f"raw {describe(exc)}")
+                    continue
+                lowered = {k.lower(): v for k, v in response_headers.items()}
+                if status not in expected:
+                    failures.add(
+                        where, value, f"answered {status}, not {sorted(expected)}: {body[:120]!r}"
+                    )
+                elif status >= 400:
+                    if lowered.get("content-type") != "application/problem+json":
+                        failures.add(where, value, f"{status} as {lowered.get('content-type')}")
+                    if rig.state() != before:
+                        failures.add(where, value, f"{status} but recorded something")
+                else:
+                    with contextlib.suppress(JobCreditsError):
+                        rig.ledger.refund("acct", lowered.get("x-job-id") or "-")
+    assert not failures, str(failures)

@@ -10,6 +10,8 @@ flagged. The view decorator's options are built, or ConfigurationError.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -144,4 +146,43 @@ def test_view_decorator_options_take_every_hostile_value() -> None:
             )
             if problem:
                 failures.add(f"django charges_credit({option}=...)", value, problem)
+    assert not failures, str(failures)
+
+
+@pytest.mark.parametrize("path", ["/charged", "/async/charged"])
+def test_hostile_headers_through_django_views(dj_ledger: Ledger, path: str) -> None:
+    """A client's job id and account headers (control characters, long,
+    blank, non-ASCII) through a sync and an async charged view: 200, or the
+    documented 4xx as problem+json with nothing recorded; never a 5xx."""
+    from django.test import AsyncClient, Client
+
+    from tests.test_hostile_input import HEADER_VALUES, _expected_status
+
+    dj_ledger.grant("acct", 1_000_000)
+    failures = Failures()
+    for value in HEADER_VALUES:
+        for field in ("job", "account"):
+            headers = {"X-Job-Id": f"job-{uuid.uuid4().hex[:12]}", "X-Account": "acct"}
+            headers["X-Job-Id" if field == "job" else "X-Account"] = value
+            expected = _expected_status(field, value)
+            where = f"django {path}, {field} header"
+            before = (dj_ledger.snapshot(), dj_ledger.balance("acct"))
+            try:
+                if path.startswith("/async"):
+                    response = asyncio.run(
+                        AsyncClient(raise_request_exception=False).post(path, headers=headers)
+                    )
+                else:
+                    response = Client(raise_request_exception=False).post(path, headers=headers)
+            except Exception as exc:
+                failures.add(where, value, f"raw {describe(exc)}")
+                continue
+            status = response.status_code
+            if status not in expected:
+                failures.add(where, value, f"answered {status}, not {sorted(expected)}")
+            elif status >= 400:
+                if response["Content-Type"] != "application/problem+json":
+                    failures.add(where, value, f"{status} as {response['Content-Type']}")
+                if (dj_ledger.snapshot(), dj_ledger.balance("acct")) != before:
+                    failures.add(where, value, f"{status} but recorded something")
     assert not failures, str(failures)
