@@ -488,3 +488,21 @@ def test_python_dash_m_error_exit_status(tmp_path: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.startswith("jobcredits: error: argument N: invalid int value: 'x'")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite:///:memory:", "sqlite://"])
+@pytest.mark.parametrize(
+    "argv",
+    [["grant", "acct", "5"], ["balance", "acct"], ["snapshot"], ["stats"], ["prune"]],
+)
+def test_operator_commands_refuse_a_store_inside_their_own_process(
+    capsys: pytest.CaptureFixture[str], url: str, argv: list[str]
+) -> None:
+    """grant --url memory:// printed the new balance and lost it when the
+    command exited; snapshot showed an empty store instead of the app's. An
+    in-process store is refused with one line and exit 1."""
+    code, out, err = run(capsys, argv[0], "--url", url, *argv[1:])
+    assert code == 1
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert "inside this command's own process" in err

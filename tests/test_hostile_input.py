@@ -1185,11 +1185,13 @@ def sweep_setup(
     build: Callable[[str, Any], Any],
     refuses: dict[str, Callable[[Any], bool]],
 ) -> None:
+    """``build(option, value)`` for each option and each hostile value, judged
+    by :func:`judge_setup`; ``refuses`` says which values must be refused."""
     for option in options:
         for value in HOSTILE:
             problem = judge_setup(
                 lambda o=option, v=value: build(o, v),
-                refuse=refuses.get(option, bool)(value) if option in refuses else False,
+                refuse=option in refuses and refuses[option](value),
             )
             if problem:
                 failures.add(f"{where}({option}=...)", value, problem)

@@ -45,6 +45,7 @@ from ._errors import InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._records import Charge, JobRecord
 from ._version import __version__
+from ._warnings import is_in_process_default
 from .hookspecs import hookimpl
 from .stores import from_url, redact_url
 from .stores._urls import redact_text
@@ -185,7 +186,17 @@ def _open(args: argparse.Namespace, *, must_exist: bool = True, **kwargs: Any) -
     url = _url(args)
     if must_exist:
         _check_exists(url)
-    return Ledger.from_url(url, **kwargs)
+    ledger = Ledger.from_url(url, **kwargs)
+    if is_in_process_default(ledger.store):
+        # memory:// or an in-memory SQLite database lives and dies with this
+        # command: a grant would print its new balance and be lost, a
+        # snapshot would show an empty store instead of the app's.
+        ledger.close()
+        raise CliError(
+            f"{redact_url(url)!r} is a store inside this command's own process, gone when it "
+            "exits; name the app's store (sqlite:///path.db, redis://..., postgresql://...)"
+        )
+    return ledger
 
 
 #: The demo's largest run: about seven seconds. Its simulated clock starts

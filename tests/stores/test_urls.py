@@ -297,3 +297,19 @@ def test_a_sqlite_path_holding_nul_is_a_configuration_error(tmp_path: Path) -> N
         from_url(f"sqlite:///{tmp_path}/a%00b.db")
     with pytest.raises(ConfigurationError):
         SQLiteStore(f"{tmp_path}/a\x00b.db")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///file::memory:", "sqlite:///file::memory:?timeout=1", "sqlite:////:memory:"],
+)
+def test_a_sqlite_url_that_means_memory_but_names_a_file_is_refused(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite:///file::memory: (SQLAlchemy's URI spelling) silently created a
+    file named "file::memory:" in the working directory; sqlite:////:memory:
+    one named ":memory:" in /. Both are the app's mistake, and nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError):
+        from_url(url)
+    assert list(tmp_path.iterdir()) == []

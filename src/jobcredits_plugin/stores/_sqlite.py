@@ -301,6 +301,17 @@ class SQLiteStore(BaseStore):
         if "\x00" in str(path):
             # sqlite3 would raise a bare ValueError ("embedded null byte").
             raise ConfigurationError(f"SQLite path {path!r} holds a NUL character")
+        if path != ":memory:" and (
+            str(path).startswith("file:") or os.path.basename(path) == ":memory:"
+        ):
+            # The store opens plain file names, not SQLite URI filenames:
+            # sqlite:///file::memory: (SQLAlchemy's shared in-memory spelling)
+            # silently created a file named "file::memory:", and
+            # sqlite:////:memory: a file named ":memory:" in /.
+            raise ConfigurationError(
+                f"SQLite path {path!r} looks like an in-memory database but names a file; "
+                "write sqlite:///:memory: (or sqlite://) for memory, or a real file path"
+            )
         # Resolved now: connections open later (in other threads, after a
         # fork), and a relative path must keep naming this file even if the
         # process changes directory in between, as daemons do.
