@@ -1669,3 +1669,26 @@ def test_hostile_headers_through_flask_and_fastapi(rigs: dict[str, Rig], kind: s
                     with contextlib.suppress(JobCreditsError):
                         rig.ledger.refund("acct", lowered.get("x-job-id") or "-")
     assert not failures, str(failures)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    query=st.one_of(
+        st.text(st.characters(exclude_categories=()), max_size=60),
+        st.lists(
+            st.tuples(
+                st.sampled_from([*URL_OPTIONS["memory"], *URL_OPTIONS["sqlite"], "x", ""]),
+                st.one_of(st.sampled_from(URL_VALUES), st.text(max_size=12)),
+            ),
+            max_size=4,
+        ).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)),
+    ),
+    scheme=st.sampled_from(["memory://", "sqlite:///:memory:", "sqlite://"]),
+)
+def test_property_any_query_string_is_a_store_or_a_configuration_error(
+    query: str, scheme: str
+) -> None:
+    """Arbitrary query strings on the in-process stores' URLs (nothing is
+    created): a store that works, or ConfigurationError; never a raw error."""
+    problem = judge_url(f"{scheme}?{query}", refuse=False, use=True)
+    assert problem is None, f"{scheme}?{query!r}: {problem}"
