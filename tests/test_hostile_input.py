@@ -490,6 +490,43 @@ def test_every_ledger_method_takes_every_hostile_value(rigs: dict[str, Rig], kin
     assert not failures, str(failures)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_permissive_job_id_pattern_on_every_store(rigs: dict[str, Rig], kind: str) -> None:
+    """With job_id_pattern=r"(?s).+" every text up to 128 characters is a job
+    id, except control characters and lone surrogates (refused whatever the
+    pattern admits): each store takes the rest (a NUL once reached PostgreSQL
+    as a raw DataError)."""
+    rig = rigs.get(kind)
+    if rig is None:
+        pytest.skip(f"no {kind} store")
+    ledger = Ledger(rig.store, balances=True, clock=rig.clock, job_id_pattern=r"(?s).+")
+    failures = Failures()
+    rig.known = None
+    for value in TEXTS:
+        refuse = (
+            not value
+            or len(value) > 128
+            or bool(_SURROGATE.search(value) or _CONTROL.search(value))
+        )
+        where = f"[{kind}] ledger(job_id_pattern='(?s).+').charge(job_id=...)"
+        before = rig.state()
+        try:
+            ledger.charge("acct", value)
+        except InvalidJobId:
+            if not refuse:
+                failures.add(where, value, "refused")
+            elif rig.state() != before:
+                failures.add(where, value, "refused but recorded something")
+        except Exception as exc:
+            failures.add(where, value, f"raw {describe(exc)}")
+        else:
+            if refuse:
+                failures.add(where, value, "accepted")
+            with contextlib.suppress(JobCreditsError):
+                ledger.refund("acct", value)
+    assert not failures, str(failures)
+
+
 # -- the property test -----------------------------------------------------------------
 
 SANE_VALUES: dict[str, st.SearchStrategy[Any]] = {

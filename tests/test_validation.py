@@ -393,3 +393,20 @@ def test_entry_points_must_be_a_bool(value: Any) -> None:
     """entry_points="no" (a settings string) loaded every installed plugin."""
     with pytest.raises(JobCreditsError):
         Ledger(entry_points=value)
+
+
+@pytest.mark.parametrize(
+    "job_id", ["\x00", "a\x00b", "a\nb", "\x1b[31m", "\x7f", "\u2028", "\ud800"]
+)
+def test_a_permissive_job_id_pattern_still_refuses_control_characters(job_id: str) -> None:
+    """job_id_pattern=r"(?s).+" admitted a NUL (PostgreSQL then raised a raw
+    DataError) and newlines (a forged line in every log naming the job): the
+    control characters and lone surrogates are refused whatever the pattern
+    admits, with nothing recorded."""
+    ledger = make_ledger(balances=True, job_id_pattern=r"(?s).+")
+    ledger.grant(A, 5)
+    with pytest.raises(InvalidJobId):
+        ledger.charge(A, job_id)
+    assert ledger.snapshot() == []
+    assert ledger.balance(A) == 5
+    assert ledger.charge(A, "any text / even spaces").charged  # the pattern still widens

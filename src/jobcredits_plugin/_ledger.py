@@ -121,7 +121,8 @@ class Ledger:
     :param max_uses: calls one job may serve, the charging call included
         (``None``: unlimited within the window).
     :param job_id_pattern: a regular expression job ids must match in full,
-        instead of ``[A-Za-z0-9._:-]+``; the 128-character limit stays.
+        instead of ``[A-Za-z0-9._:-]+``; the 128-character limit stays, and
+        control characters and lone surrogates are refused whatever it admits.
     :param clock: returns the time in seconds; the one time source for every
         store (tests pass :class:`jobcredits_plugin.testing.FakeClock`). Each
         reading is checked (see :meth:`now`): anything but a finite number

@@ -162,9 +162,15 @@ def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN)
             f"job id {_preview(job_id)} has characters outside the allowed pattern "
             f"{pattern.pattern!r}"
         )
-    if pattern is not DEFAULT_JOB_ID_PATTERN and _SURROGATE.search(job_id) is not None:
-        # An app's own pattern (``.+``) may admit them; no store can hold them.
-        raise InvalidJobId("job id must not contain lone surrogates (U+D800..U+DFFF)")
+    if pattern is not DEFAULT_JOB_ID_PATTERN:
+        # An app's own pattern (``.+``) may admit what the default never
+        # does: a lone surrogate (no store can hold one), a NUL (PostgreSQL
+        # refused it with a raw DataError) or another control character (a
+        # forged line in every log that names the job). Refused whatever the
+        # pattern says, like in an account.
+        problem = _bad_text(job_id)
+        if problem is not None:
+            raise InvalidJobId(f"job id must not contain {problem}")
     return job_id
 
 
