@@ -52,6 +52,7 @@ from jobcredits_plugin import (
     StoreUnavailable,
     charges_credit,
     header,
+    hookimpl,
 )
 from jobcredits_plugin._validation import MAX_CREDITS, MAX_SECONDS
 from jobcredits_plugin.stores import BaseStore
@@ -217,6 +218,25 @@ ACCOUNTS = ("acct", "acct-2")
 JOBS = ("job-1", "job-2", "job-3")
 
 
+class RejectionLog:
+    """An ``on_reject`` plugin: every refused charge reports what it could,
+    so the rejection path (which re-checks each hostile value) runs too. A
+    reported value is either None or one that passed validation."""
+
+    def __init__(self) -> None:
+        self.bad: list[str] = []
+
+    @hookimpl
+    def on_reject(
+        self, error: JobCreditsError, account: Any, scope: Any, job_id: Any, cost: Any
+    ) -> None:
+        for name, value in (("account", account), ("scope", scope), ("job_id", job_id)):
+            if value is not None and MUST_REFUSE[name](value):
+                self.bad.append(f"on_reject reported an invalid {name} {show(value)}")
+        if cost is not None and MUST_REFUSE["cost"](cost):
+            self.bad.append(f"on_reject reported an invalid cost {show(cost)}")
+
+
 class Rig:
     """One store kind's ledger, with what is needed to tell whether a call
     recorded anything: the hooks seen, the journal's last seq, the live
@@ -228,7 +248,10 @@ class Rig:
         self.loop = loop
         self.clock = FakeClock()
         self.events = RecordingPlugin()
-        self.ledger = Ledger(store, balances=True, clock=self.clock, plugins=[self.events])
+        self.rejections = RejectionLog()
+        self.ledger = Ledger(
+            store, balances=True, clock=self.clock, plugins=[self.events, self.rejections]
+        )
         for account in ACCOUNTS:
             self.ledger.grant(account, 1_000_000)
 
@@ -487,6 +510,8 @@ def test_every_ledger_method_takes_every_hostile_value(rigs: dict[str, Rig], kin
                     # Settle what the call charged, so the live records stay few.
                     with contextlib.suppress(JobCreditsError):
                         rig.ledger.refund(*a[:2], scope=k["scope"])
+    for problem in rig.rejections.bad:
+        failures.add(f"[{kind}] on_reject", None, problem)
     assert not failures, str(failures)
 
 
