@@ -395,6 +395,28 @@ def test_grant_and_balance(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         assert ledger.balance("acct") == 0
 
 
+def test_grant_with_an_id_is_applied_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Issue 13, item 6: `grant --id ID` run twice (a script re-run after a
+    failure) grants once; the repeat prints the first run's balance. The same
+    ID with another amount is an error that grants nothing."""
+    url = sqlite_url(tmp_path / "ids.db")
+    assert run(capsys, "grant", "--url", url, "--id", "pay-1", "acct", "10") == (0, "10\n", "")
+    assert run(capsys, "grant", "--url", url, "acct", "2") == (0, "12\n", "")
+    assert run(capsys, "grant", "--url", url, "acct", "10", "--id", "pay-1") == (0, "10\n", "")
+    assert run(capsys, "grant", "--url", url, "--id", "pay-1", "other", "10")[1] == "10\n"
+    code, out, err = run(capsys, "grant", "--url", url, "--id", "pay-1", "acct", "11")
+    assert (code, out) == (1, "")
+    assert "already used for a grant of 10" in err
+    code, out, err = run(capsys, "grant", "--url", url, "--id", "bad id", "acct", "1")
+    assert (code, out) == (1, "")
+    assert "grant_id" in err
+    assert run(capsys, "balance", "--url", url, "acct") == (0, "12\n", "")
+    with Ledger.from_url(url, balances=True) as ledger:
+        assert [e.cost for e in ledger.journal() if e.account == "acct"] == [10, 2]
+
+
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "--version") == (0, f"jobcredits {__version__}\n", "")
     code, out, _ = run(capsys, "--help")

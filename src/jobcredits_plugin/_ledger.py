@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -43,6 +44,7 @@ from ._validation import (
     check_cost,
     check_cursor_name,
     check_flag,
+    check_grant_id,
     check_job_id,
     check_journal_limit,
     check_label,
@@ -74,6 +76,17 @@ def _new_charge_id() -> str:
     # 64 random bits: a charge id only has to differ from the other charges of
     # the same job key, and short ids keep the memory store lean.
     return secrets.token_hex(8)
+
+
+def grant_charge_id(account: str, grant_id: str) -> str:
+    """The id a grant made with ``grant_id`` is stored and journaled under:
+    ``"g-"`` and the first 32 hex digits of the SHA-256 of
+    ``account + "\\n" + grant_id``. The same for every retry, on every host;
+    different for each account (two accounts may use the same grant_id), so
+    the journal entry's idempotency key (``"<charge_id>:grant"``) names one
+    grant of one account. Neither part may contain a newline."""
+    digest = hashlib.sha256(f"{account}\n{grant_id}".encode()).hexdigest()
+    return "g-" + digest[:32]
 
 
 def _valid_or_none(check: Callable[..., Any], *args: Any) -> Any:
@@ -689,18 +702,37 @@ class Ledger:
         operators, not for the request path."""
         return self._call("snapshot", self._store.snapshot, self.now())
 
-    def grant(self, account: str, amount: int) -> int:
+    def _grant_args(
+        self, account: str, amount: int, grant_id: str | None
+    ) -> tuple[str, int, float, str]:
+        account = check_account(account)
+        amount = check_amount(amount)
+        gid = check_grant_id(grant_id)
+        store_id = _new_charge_id() if gid is None else grant_charge_id(account, gid)
+        return account, amount, self.now(), store_id
+
+    def grant(self, account: str, amount: int, *, grant_id: str | None = None) -> int:
         """Add ``amount`` credits (negative to take some away; a balance never
         goes below zero). Stored even while balances are off, so balances can
-        be loaded before they are switched on. Returns the new balance."""
-        return self._call(
-            "grant",
-            self._store.grant,
-            check_account(account),
-            check_amount(amount),
-            self.now(),
-            _new_charge_id(),
-        )
+        be loaded before they are switched on. Returns the new balance.
+
+        ``grant_id`` makes the grant safe to retry: the same ``grant_id`` for
+        the same account is applied once, however often it is sent, for at
+        least seven days (:data:`~jobcredits_plugin.stores.GRANT_ID_RETENTION`)
+        on every store. A repeat writes nothing, journals nothing and returns
+        the balance the first grant returned (what its lost answer said), not
+        the current one. 1-128 characters of ``[A-Za-z0-9._:-]``; its journal
+        entry's ``charge_id`` is derived from the account and the grant_id
+        (``"g-"`` + 32 hex digits of SHA-256, see the journal docs), so its
+        idempotency key is the same for every retry.
+
+        :raises InvalidArgument: a bad amount or grant_id; the grant_id was
+            already used for this account with another amount (nothing is
+            granted); the balance would pass the cap.
+        :raises StoreUnavailable: the store could not be reached: retry with
+            the same ``grant_id``.
+        """
+        return self._call("grant", self._store.grant, *self._grant_args(account, amount, grant_id))
 
     def balance(self, account: str) -> int | None:
         """The account's credits, or None when balances are off."""
@@ -899,15 +931,10 @@ class Ledger:
         """Async twin of :meth:`snapshot`."""
         return await self._acall("snapshot", self._store.asnapshot, self.now())
 
-    async def agrant(self, account: str, amount: int) -> int:
+    async def agrant(self, account: str, amount: int, *, grant_id: str | None = None) -> int:
         """Async twin of :meth:`grant`."""
         return await self._acall(
-            "grant",
-            self._store.agrant,
-            check_account(account),
-            check_amount(amount),
-            self.now(),
-            _new_charge_id(),
+            "grant", self._store.agrant, *self._grant_args(account, amount, grant_id)
         )
 
     async def abalance(self, account: str) -> int | None:

@@ -256,6 +256,34 @@ def check_charge_id(charge_id: Any) -> str | None:
     return charge_id
 
 
+#: The longest grant id a caller may pass to ``Ledger.grant(..., grant_id=)``.
+GRANT_ID_MAX = 128
+
+
+def check_grant_id(grant_id: Any) -> str | None:
+    """A caller's idempotency key for a grant: None, or 1-128 characters of
+    ``[A-Za-z0-9._:-]`` (a UUID, ``invoice-2026-12-0042``, a payment
+    provider's event id), the job ids' default character set: it ends up in
+    storage keys, journal entries and log lines."""
+    if grant_id is None:
+        return None
+    if not isinstance(grant_id, str):
+        raise InvalidArgument(f"grant_id must be a string or None, not {type(grant_id).__name__}")
+    if not grant_id:
+        raise InvalidArgument("grant_id must not be empty")
+    if len(grant_id) > GRANT_ID_MAX:
+        raise InvalidArgument(
+            f"grant_id is {len(grant_id)} characters long; at most {GRANT_ID_MAX} allowed"
+        )
+    if DEFAULT_JOB_ID_PATTERN.fullmatch(grant_id) is None:
+        problem = _bad_text(grant_id)
+        what = (
+            f"must not contain {problem}" if problem else "has characters outside [A-Za-z0-9._:-]"
+        )
+        raise InvalidArgument(f"grant_id {_preview(grant_id)} {what}")
+    return grant_id
+
+
 def check_flag(name: str, value: Any) -> bool:
     """A yes/no option (``fail_open``, ``balances``): True or False only.
 

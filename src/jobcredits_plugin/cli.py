@@ -451,7 +451,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_grant(args: argparse.Namespace) -> int:
     # A grant may create the store: loading balances is how one starts.
     with _open(args, must_exist=False) as ledger:
-        _out(str(ledger.grant(args.account, args.amount)))
+        _out(str(ledger.grant(args.account, args.amount, grant_id=args.grant_id)))
     return 0
 
 
@@ -987,9 +987,18 @@ def build_parser() -> argparse.ArgumentParser:
         "grant",
         help="add credits to an account",
         description="Add credits to an account (negative to take some away) and print "
-        "the new balance.",
+        "the new balance. With --id, safe to retry: the same ID for the same account is "
+        "applied once (for at least 7 days), and a repeat prints the balance the first "
+        "one printed.",
     )
     grant.add_argument("--url", help=url_help)
+    grant.add_argument(
+        "--id",
+        dest="grant_id",
+        metavar="ID",
+        help="the grant's idempotency key (1-128 characters of A-Z a-z 0-9 . _ : -): "
+        "rerunning the command with the same ID grants nothing more",
+    )
     grant.add_argument("account", metavar="ACCOUNT", help="the account, as the app names it")
     grant.add_argument("amount", metavar="N", type=int, help="credits to add (negative: take)")
     grant.set_defaults(func=_cmd_grant)

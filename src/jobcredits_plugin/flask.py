@@ -608,15 +608,24 @@ def _prune_command() -> None:
 
 
 @cli.command("grant")
+@click.option(
+    "--id",
+    "grant_id",
+    metavar="ID",
+    default=None,
+    help="The grant's idempotency key: rerunning with the same ID grants nothing more.",
+)
 @click.argument("account")
 @click.argument("amount", metavar="N", type=int)
-def _grant_command(account: str, amount: int) -> None:
+def _grant_command(account: str, amount: int, grant_id: str | None) -> None:
     """Add N credits to ACCOUNT and print the new balance.
 
     A negative N takes credits away (write -- before it: grant -- ACCOUNT -5).
+    With --id the grant is safe to retry: the same ID for the same account is
+    applied once (for at least 7 days); a repeat prints the first one's balance.
     """
     with _reported():
-        click.echo(str(get_ledger().grant(account, amount)))
+        click.echo(str(get_ledger().grant(account, amount, grant_id=grant_id)))
 
 
 @cli.command("balance")

@@ -34,6 +34,7 @@ from jobcredits_plugin import (
     Ledger,
     StoreUnavailable,
 )
+from jobcredits_plugin._ledger import grant_charge_id
 from jobcredits_plugin.stores import ClaimRequest, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 from tests.stores._proxy import Proxy
@@ -528,6 +529,52 @@ def test_a_lost_answer_journals_each_change_once(lossy: tuple[RedisStore, Proxy]
     assert ledger.balance("acct") == 24
     charge_ids = [e.charge_id for e in entries if e.kind == "charge"]
     assert charge_ids[0] == events.of("charge")[1].charge_id
+
+
+def test_a_grant_whose_answer_was_lost_is_retried_safely_with_its_grant_id(
+    shared_url: str,
+) -> None:
+    """Issue 13, item 6: with no driver retry (retries=0) a lost answer reaches
+    the caller as StoreUnavailable although the grant committed; the caller
+    retries with the same grant_id and gets the first grant's answer, with one
+    credit and one journal entry. Without a grant_id that retry credited twice."""
+    parts = urllib.parse.urlsplit(shared_url)
+    if parts.scheme != "redis":
+        pytest.skip("the proxy speaks plain TCP: needs a redis:// URL")
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    url = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    store = RedisStore.from_url(url, prefix=f"jctest:{uuid.uuid4().hex[:12]}", retries=0)
+    try:
+        ledger = Ledger(store, clock=FakeClock(), balances=True)
+        assert ledger.grant("acct", 5) == 5  # connected, scripts loaded
+        start = store.read_journal(0, 100)[-1].seq
+        proxy.lose_next_answer(b"EVALSHA")
+        with pytest.raises(StoreUnavailable):
+            ledger.grant("acct", 7, grant_id="pay-1")
+        assert proxy.lost == 1
+        assert ledger.grant("acct", 7, grant_id="pay-1") == 12
+        assert ledger.grant("acct", 7, grant_id="pay-1") == 12
+
+        async def async_part() -> None:
+            proxy.lose_next_answer(b"EVALSHA")
+            with pytest.raises(StoreUnavailable):
+                await ledger.agrant("acct", 2, grant_id="pay-2")
+            assert await ledger.agrant("acct", 2, grant_id="pay-2") == 14
+
+        asyncio.run(async_part())
+        assert proxy.lost == 2
+        assert ledger.balance("acct") == 14  # 5 + 7 + 2, not 5 + 7 + 7 + 2 + 2
+        entries = store.read_journal(start, 100)
+        assert [(e.kind, e.cost, e.balance) for e in entries] == [
+            ("grant", 7, 12),
+            ("grant", 2, 14),
+        ]
+        assert entries[0].charge_id == grant_charge_id("acct", "pay-1")
+    finally:
+        store.close()
+        proxy.close()
+        store.url = url.replace(f"127.0.0.1:{proxy.port}", parts.netloc)
+        _redis_cleanup(store)
 
 
 @needs_binaries

@@ -7,6 +7,7 @@ store passes this file before it is trusted with money.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 from collections.abc import Callable
 
@@ -22,7 +23,8 @@ from jobcredits_plugin import (
     JobInProgress,
     Ledger,
 )
-from jobcredits_plugin.stores import BaseStore
+from jobcredits_plugin._ledger import grant_charge_id
+from jobcredits_plugin.stores import GRANT_ID_RETENTION, BaseStore, MemoryStore
 from jobcredits_plugin.testing import DEFAULT_START, FakeClock, RecordingPlugin
 
 MakeLedger = Callable[..., Ledger]
@@ -877,3 +879,160 @@ def test_a_refund_is_never_lost_even_past_the_cap(
         ledger.grant("acct", 1)
     assert ledger.grant("acct", -20) == MAX_CREDITS - 10
     assert events.kinds() == ["charge", "refund"]
+
+
+# -- grant ids: a grant safe to retry (issue 13, item 6) ---------------------------------
+
+
+def _grant_entries(ledger: Ledger, store: BaseStore) -> list[tuple[str, int, int, int]]:
+    """The journal's grant entries as (charge_id, cost, delta, balance)."""
+    if not getattr(store, "journal", False):
+        return []
+    return [
+        (e.charge_id, e.cost, e.delta, e.balance)
+        for e in ledger.journal(limit=1000)
+        if e.kind == "grant"
+    ]
+
+
+def test_the_same_grant_id_credits_once_and_journals_once(
+    make_ledger: MakeLedger, store: BaseStore, clock: FakeClock
+) -> None:
+    """A retry answers the balance the first grant answered (what its lost
+    answer said), writes nothing and journals nothing; the entry's
+    idempotency key derives from the account and the grant_id."""
+    ledger = make_ledger(balances=True)
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5
+    clock.advance(30)
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5
+    assert ledger.balance("acct") == 5
+    assert ledger.grant("acct", 7) == 12  # no id: applied
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5  # the first answer, not 12
+    assert ledger.grant("acct", 5, grant_id="pay-2") == 17  # another id: another grant
+    assert ledger.charge("acct", "job-1", cost=4).balance == 13
+    assert ledger.grant("acct", 5, grant_id="pay-2") == 17
+    assert asyncio.run(ledger.agrant("acct", 5, grant_id="pay-1")) == 5
+    assert asyncio.run(ledger.agrant("acct", 5, grant_id="pay-3")) == 18
+    assert asyncio.run(ledger.agrant("acct", 5, grant_id="pay-3")) == 18
+    assert ledger.balance("acct") == 18
+    if getattr(store, "journal", False):
+        entries = [e for e in ledger.journal(limit=1000) if e.kind == "grant"]
+        assert [(e.cost, e.delta, e.balance) for e in entries] == [
+            (5, 5, 5),
+            (7, 7, 12),
+            (5, 5, 17),
+            (5, 5, 18),
+        ]
+        first = entries[0]
+        assert first.charge_id == grant_charge_id("acct", "pay-1")
+        assert first.charge_id.startswith("g-")
+        assert len(first.charge_id) == 34
+        assert first.idempotency_key == first.charge_id + ":grant"
+        assert entries[2].charge_id == grant_charge_id("acct", "pay-2")
+
+
+def test_a_grant_id_is_per_account(make_ledger: MakeLedger, store: BaseStore) -> None:
+    """Two accounts may use the same grant_id: two grants, two distinct
+    idempotency keys."""
+    ledger = make_ledger(balances=True)
+    assert ledger.grant("alice", 3, grant_id="welcome") == 3
+    assert ledger.grant("bob", 4, grant_id="welcome") == 4
+    assert ledger.grant("alice", 3, grant_id="welcome") == 3
+    assert ledger.grant("bob", 4, grant_id="welcome") == 4
+    assert (ledger.balance("alice"), ledger.balance("bob")) == (3, 4)
+    entries = _grant_entries(ledger, store)
+    if entries:
+        assert len(entries) == 2
+        assert entries[0][0] != entries[1][0]
+    assert grant_charge_id("alice", "welcome") != grant_charge_id("bob", "welcome")
+    # the parts cannot be shifted into one another
+    assert grant_charge_id("a:b", "c") != grant_charge_id("a", "b:c")
+
+
+def test_a_grant_id_is_remembered_for_the_retention_then_forgotten(
+    make_ledger: MakeLedger, store: BaseStore, clock: FakeClock
+) -> None:
+    """At least GRANT_ID_RETENTION (7 days) by the ledger's clock, prune or
+    not; once it has passed the id is forgotten (prune removes it) and a grant
+    with it is a new grant."""
+    assert GRANT_ID_RETENTION >= 7 * 86400
+    ledger = make_ledger(balances=True)
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5
+    clock.advance(GRANT_ID_RETENTION - 1)
+    ledger.prune()
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5
+    assert ledger.grant("acct", 6, grant_id="pay-2") == 11
+    clock.advance(1)
+    assert ledger.prune() == []
+    if isinstance(store, MemoryStore):
+        assert store.remembered_grants() == 1  # pay-1 went; pay-2 is a day younger
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 16  # forgotten: granted again
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 16  # and remembered anew
+    assert ledger.grant("acct", 6, grant_id="pay-2") == 11
+    assert ledger.balance("acct") == 16
+    clock.advance(2 * GRANT_ID_RETENTION)
+    ledger.prune()
+    if isinstance(store, MemoryStore):
+        assert store.remembered_grants() == 0
+    assert len(_grant_entries(ledger, store)) in (0, 3)
+
+
+def test_a_grant_id_reused_for_another_amount_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore
+) -> None:
+    ledger = make_ledger(balances=True)
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5
+    before = _journal_size(ledger, store)
+    for amount in (7, -5, 0):
+        with pytest.raises(InvalidArgument, match="already used for a grant of 5") as info:
+            ledger.grant("acct", amount, grant_id="pay-1")
+        assert info.value.status == 400
+    with pytest.raises(InvalidArgument, match="already used for a grant of 5"):
+        asyncio.run(ledger.agrant("acct", 6, grant_id="pay-1"))
+    _nothing_recorded(ledger, store, 5, before)
+    assert ledger.grant("acct", 5, grant_id="pay-1") == 5  # the right retry still answers
+    assert ledger.grant("other", 7, grant_id="pay-1") == 7  # another account: its own id
+
+
+def test_a_grant_id_is_checked_before_the_cap(make_ledger: MakeLedger, store: BaseStore) -> None:
+    """A retry of a grant that filled the balance to the cap answers as the
+    first one did; it is not refused as if it would add more."""
+    ledger = make_ledger(balances=True)
+    assert ledger.grant("acct", MAX_CREDITS, grant_id="big") == MAX_CREDITS
+    assert ledger.grant("acct", MAX_CREDITS, grant_id="big") == MAX_CREDITS
+    assert ledger.grant("acct", -3, grant_id="take") == MAX_CREDITS - 3
+    assert ledger.grant("acct", -3, grant_id="take") == MAX_CREDITS - 3
+    assert ledger.balance("acct") == MAX_CREDITS - 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "x" * 129, "has space", "a\nb", "nul\x00", "\ud800", "caf\u00e9", "a/b", 5, b"id"],
+)
+def test_a_bad_grant_id_is_a_400_with_nothing_recorded(
+    make_ledger: MakeLedger, store: BaseStore, bad: object
+) -> None:
+    ledger = make_ledger(balances=True)
+    with pytest.raises(InvalidArgument, match="grant_id") as info:
+        ledger.grant("acct", 5, grant_id=bad)  # type: ignore[arg-type]
+    assert info.value.status == 400
+    with pytest.raises(InvalidArgument, match="grant_id"):
+        asyncio.run(ledger.agrant("acct", 5, grant_id=bad))  # type: ignore[arg-type]
+    _nothing_recorded(ledger, store, 0, 0)
+    assert ledger.grant("acct", 5, grant_id="x" * 128) == 5
+    assert ledger.grant("acct", 5, grant_id="A-z.0_9:x") == 10
+
+
+def test_concurrent_retries_of_one_grant_id_credit_once(
+    make_ledger: MakeLedger, store: BaseStore
+) -> None:
+    """Clients retrying one grant at once (a timeout fired while the first
+    attempt was still on its way): one credit, one journal entry, and every
+    attempt answers the same balance."""
+    ledger = make_ledger(balances=True)
+    ledger.grant("acct", 1)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: ledger.grant("acct", 10, grant_id="race"), range(24)))
+    assert answers == [11] * 24
+    assert ledger.balance("acct") == 11
+    assert len(_grant_entries(ledger, store)) in (0, 2)

@@ -26,12 +26,21 @@ from typing import Any
 from .._errors import InvalidArgument
 from .._validation import configuring
 from .._warnings import mark_in_process
-from ._base import AsyncStore, BaseStore, ClaimRequest, ClaimResult, Event, Store
+from ._base import (
+    GRANT_ID_RETENTION,
+    AsyncStore,
+    BaseStore,
+    ClaimRequest,
+    ClaimResult,
+    Event,
+    Store,
+)
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 from ._urls import JOURNAL_OPTIONS, check_url_text, parse_options, redact_url
 
 __all__ = [
+    "GRANT_ID_RETENTION",
     "AsyncStore",
     "BaseStore",
     "ClaimRequest",

@@ -28,6 +28,7 @@ from .._records import CHARGED, PENDING, REFUNDED, JobRecord, JournalEntry, Jour
 from .._validation import MAX_CREDITS, configuring
 
 __all__ = [
+    "GRANT_ID_RETENTION",
     "AsyncStore",
     "BaseStore",
     "ClaimRequest",
@@ -40,7 +41,9 @@ __all__ = [
     "balance_cap_error",
     "entry_delta",
     "entry_from_row",
+    "grant_conflict_error",
     "grant_exceeds_cap",
+    "grant_id_live",
     "grant_row",
     "journal_rows",
     "plan_claim",
@@ -343,6 +346,32 @@ def grant_exceeds_cap(before: int, amount: int) -> bool:
     return amount > 0 and before + amount > MAX_CREDITS
 
 
+#: How long, in seconds by the clock the ledger passes in, a store remembers a
+#: grant id: a grant repeated with the same ``(account, grant_id)`` within this
+#: time of the first one is not applied again (see :meth:`Store.grant`).
+#: Seven days: a client retrying a grant whose answer it lost retries within
+#: minutes, a batch job re-run after a failure within days.
+GRANT_ID_RETENTION = 7 * 86400.0
+
+
+def grant_id_live(at: float, now: float) -> bool:
+    """Whether a grant id first applied at ``at`` is still remembered at ``now``
+    (expired ones are treated as never seen, and pruned)."""
+    return now < at + GRANT_ID_RETENTION
+
+
+def grant_conflict_error(first: int, amount: int) -> InvalidArgument:
+    """The 400 a store raises, having written nothing, for a grant that repeats
+    a remembered ``(account, grant_id)`` with another amount: a grant id names
+    one grant, and reusing it for another is the caller's bug (applying it
+    would lose either the first grant's meaning or the second's credits)."""
+    return InvalidArgument(
+        f"this grant_id was already used for a grant of {first} credits to this account, "
+        f"not {amount}: a retry must repeat the same amount, a new grant needs a new "
+        "grant_id; nothing was granted"
+    )
+
+
 def balance_cap_error(before: int, amount: int) -> InvalidArgument:
     """The 400 a store raises, having written nothing, for a grant that
     :func:`grant_exceeds_cap` refuses."""
@@ -410,7 +439,18 @@ class Store(Protocol):
     def lookup(self, key: Key, now: float) -> JobRecord | None: ...
     def prune(self, now: float, limit: int | None = None) -> list[Event]: ...
     def snapshot(self, now: float) -> list[JobRecord]: ...
-    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int: ...
+    def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
+        """Add ``amount`` credits (never below zero) and return the balance.
+
+        ``grant_id`` is the grant's id: the ``charge_id`` of its journal entry
+        and its idempotency key. A store applies one ``(account, grant_id)``
+        at most once while :func:`grant_id_live`: a repeat with the same
+        amount writes nothing (no credit, no journal entry) and returns the
+        balance the first one returned; a repeat with another amount raises
+        :func:`grant_conflict_error`, also writing nothing. The id check comes
+        before the balance cap's. ``""`` means no id: applied every time."""
+        ...
+
     def balance(self, account: str) -> int: ...
     def read_journal(self, after: int, limit: int) -> list[JournalEntry]: ...
     def trim_journal(self, through: int | None, cutoff: float | None) -> int: ...

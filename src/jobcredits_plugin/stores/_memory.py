@@ -34,7 +34,9 @@ from ._base import (
     balance_cap_error,
     deadline,
     entry_from_row,
+    grant_conflict_error,
     grant_exceeds_cap,
+    grant_id_live,
     grant_row,
     journal_rows,
     plan_claim,
@@ -54,6 +56,8 @@ log = logging.getLogger("jobcredits_plugin")
 # references to the record's own strings and allocates nothing else.
 _HeapEntry = tuple[float, str, str, str, str]
 _Bucket = dict[str, JobRecord]
+# A remembered grant id: (when it was first applied, its amount, the balance it answered).
+_GrantMemo = tuple[float, int, int]
 
 
 @attrs.define(slots=True, eq=False)
@@ -98,6 +102,10 @@ class MemoryStore(BaseStore):
     #: The highest seq dropped by ``journal_limit`` (not by a trim someone asked for).
     _lost_through: int = attrs.field(init=False, default=0)
     _cursors: dict[str, int] = attrs.field(init=False, factory=dict)
+    #: Grant ids seen within GRANT_ID_RETENTION, and the same keys in the
+    #: order they were first applied, so expired ones go from the front.
+    _grants: dict[tuple[str, str], _GrantMemo] = attrs.field(init=False, factory=dict)
+    _grant_order: deque[tuple[float, str, str]] = attrs.field(init=False, factory=deque)
 
     def __attrs_post_init__(self) -> None:
         check_int_option("journal_limit", self.journal_limit, 1, MAX_JOURNAL_LIMIT)
@@ -242,6 +250,7 @@ class MemoryStore(BaseStore):
 
     def prune(self, now: float, limit: int | None = None) -> list[Event]:
         with self._lock:
+            self._forget_grants(now)
             return self._settle_due(now, max_events=limit)
 
     def snapshot(self, now: float) -> list[JobRecord]:
@@ -251,15 +260,39 @@ class MemoryStore(BaseStore):
         live.sort(key=lambda r: (r.charged_at, r.key))
         return live
 
+    def _forget_grants(self, now: float) -> None:
+        """Drop the grant ids past their retention (lock held). The front of
+        the deque is the oldest, so this stops at the first live one: memory
+        stays bounded by the grants of one retention period."""
+        order = self._grant_order
+        while order and not grant_id_live(order[0][0], now):
+            at, account, grant_id = order.popleft()
+            memo = self._grants.get((account, grant_id))
+            if memo is not None and memo[0] == at:
+                del self._grants[(account, grant_id)]
+
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._lock:
+            self._forget_grants(now)
+            memo = self._grants.get((account, grant_id)) if grant_id else None
+            if memo is not None and grant_id_live(memo[0], now):
+                if memo[1] != amount:
+                    raise grant_conflict_error(memo[1], amount)
+                return memo[2]
             before = self._balances.get(account, 0)
             if grant_exceeds_cap(before, amount):
                 raise balance_cap_error(before, amount)
             after = self._credit(account, amount)
             if self.journal:
                 self._append([grant_row(account, amount, grant_id, before, after, now)])
+            if grant_id:
+                self._grants[(account, grant_id)] = (now, amount, after)
+                self._grant_order.append((now, account, grant_id))
             return after
+
+    def remembered_grants(self) -> int:
+        """How many grant ids are remembered (for tests and operators)."""
+        return len(self._grants)
 
     def balance(self, account: str) -> int:
         return self._balances.get(account, 0)

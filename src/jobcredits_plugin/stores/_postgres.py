@@ -46,6 +46,7 @@ from .._validation import (
     check_positive_seconds,
 )
 from ._base import (
+    GRANT_ID_RETENTION,
     BaseStore,
     ClaimRequest,
     ClaimResult,
@@ -53,6 +54,7 @@ from ._base import (
     Key,
     balance_cap_error,
     entry_from_row,
+    grant_conflict_error,
     plan_claim,
     plan_confirm,
     plan_refund,
@@ -86,7 +88,7 @@ Row = tuple[Any, ...]
 
 #: The schema version this code reads and writes. ``migrate()`` brings a
 #: database up to it, one step of ``_MIGRATIONS`` at a time.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The most connections one pool may open.
 MAX_POOL_SIZE = 1000
@@ -855,8 +857,102 @@ END
 $fn$;
 """
 
+# Version 4: grant ids (Ledger.grant(..., grant_id=)). ``grants`` remembers
+# each (account, grant_id) with its amount and the balance it answered, for
+# GRANT_ID_RETENTION (``p_keep`` seconds, by the ledger's clock); prune
+# deletes older rows through ``forget_grants``. ``grant_credits`` gains
+# ``p_keep`` and answers (status, balance): 'ok', 'replay' (a repeat: nothing
+# written, the first grant's balance) or 'conflict' (the same id with another
+# amount: nothing written, balance = the first amount). The id is checked
+# under the balance row's lock, before the cap, so two concurrent grants with
+# one id take turns and the second finds the first's row. The version-3
+# signature stays, unchanged, for processes still running the old code
+# during a rolling upgrade (their grants remember no id).
+_V4 = """
+CREATE TABLE {schema}.grants (
+    account  text COLLATE "C" NOT NULL,
+    grant_id text COLLATE "C" NOT NULL,
+    amount   bigint NOT NULL,
+    balance  bigint NOT NULL,
+    at       double precision NOT NULL,
+    PRIMARY KEY (account, grant_id)
+);
+CREATE INDEX grants_at ON {schema}.grants (at);
+
+CREATE OR REPLACE FUNCTION {schema}.grant_credits(
+    p_account text, p_amount bigint, p_now double precision, p_grant_id text,
+    p_journal boolean, p_keep double precision,
+    OUT status text, OUT balance bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_before bigint;
+    v_after bigint;
+    g {schema}.grants%ROWTYPE;
+BEGIN
+    INSERT INTO {schema}.balances (account, credits) VALUES (p_account, 0)
+    ON CONFLICT (account) DO NOTHING;
+    SELECT credits INTO v_before FROM {schema}.balances WHERE account = p_account FOR UPDATE;
+    IF p_keep > 0 AND p_grant_id <> '' THEN
+        SELECT * INTO g FROM {schema}.grants
+         WHERE account = p_account AND grant_id = p_grant_id;
+        IF FOUND AND p_now < g.at + p_keep THEN
+            IF g.amount <> p_amount THEN
+                status := 'conflict';
+                balance := g.amount;
+            ELSE
+                status := 'replay';
+                balance := g.balance;
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_amount > 0 AND v_before > 9007199254740991 - p_amount THEN
+        RAISE EXCEPTION 'jobcredits: grant past the balance cap'
+            USING ERRCODE = 'JC001', DETAIL = v_before::text;
+    END IF;
+    v_after := greatest(0, v_before + p_amount);
+    IF v_after <> v_before THEN
+        UPDATE {schema}.balances SET credits = v_after WHERE account = p_account;
+    END IF;
+    IF p_journal THEN
+        INSERT INTO {schema}.journal (kind, account, scope, job_id, charge_id, cost, tier,
+                backend, delta, balance, at)
+        VALUES ('grant', p_account, NULL, NULL, p_grant_id, p_amount, NULL, NULL,
+                v_after - v_before, v_after, p_now);
+    END IF;
+    IF p_keep > 0 AND p_grant_id <> '' THEN
+        INSERT INTO {schema}.grants AS o (account, grant_id, amount, balance, at)
+        VALUES (p_account, p_grant_id, p_amount, v_after, p_now)
+        ON CONFLICT (account, grant_id) DO UPDATE
+            SET amount = excluded.amount, balance = excluded.balance, at = excluded.at;
+    END IF;
+    status := 'ok';
+    balance := v_after;
+END
+$fn$;
+
+-- Delete up to p_limit grant ids past their retention (at + p_keep <= p_now,
+-- the same test as above; the first bound, a second looser, uses the index).
+CREATE OR REPLACE FUNCTION {schema}.forget_grants(
+    p_now double precision, p_keep double precision, p_limit integer)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_count bigint;
+BEGIN
+    DELETE FROM {schema}.grants
+     WHERE (account, grant_id) IN (
+        SELECT account, grant_id FROM {schema}.grants
+         WHERE at <= p_now - p_keep + 1 AND at + p_keep <= p_now
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$fn$;
+"""
+
 #: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
-_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 #: The columns of a journal row in :data:`._base.JournalRow` order, after seq.
 _JOURNAL_COLUMNS = (
@@ -1195,7 +1291,11 @@ class PostgresStore(BaseStore):
             "ORDER BY charged_at, account, scope, job_id"
         ).format(s)
         self._sql_grant = sql.SQL(
-            "SELECT {}.grant_credits(%s, %s::bigint, %s::float8, %s, %s::boolean)"
+            "SELECT status, balance FROM "
+            "{}.grant_credits(%s, %s::bigint, %s::float8, %s, %s::boolean, %s::float8)"
+        ).format(s)
+        self._sql_forget_grants = sql.SQL(
+            "SELECT {}.forget_grants(%s::float8, %s::float8, %s::integer)"
         ).format(s)
         self._sql_balance = sql.SQL("SELECT credits FROM {}.balances WHERE account = %s").format(s)
         self._sql_read_journal = sql.SQL(
@@ -1558,6 +1658,7 @@ class PostgresStore(BaseStore):
                 events.extend(self._settled(rows, now))
                 if len(rows) < batch:
                     break
+            self._forget_grants(now)
         except BaseException as exc:
             # Each batch committed on its own: the ledger still fires theirs.
             with_settled(exc, events)
@@ -1568,7 +1669,9 @@ class PostgresStore(BaseStore):
         return self._snapshot_result(self._run(self._sql_snapshot, (now,), retry=True), now)
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
-        params = (account, amount, now, grant_id, self.journal)
+        # Never retried by the store: a grant whose answer was lost is
+        # retried by its caller, with its grant_id (Store.grant).
+        params = (account, amount, now, grant_id, self.journal, GRANT_ID_RETENTION)
         try:
             rows = self._run(self._sql_grant, params, retry=False)
         except psycopg.Error as exc:
@@ -1576,7 +1679,19 @@ class PostgresStore(BaseStore):
                 before = int(exc.diag.message_detail or 0)
                 raise balance_cap_error(before, amount) from None
             raise
-        return int(rows[0][0])
+        status, figure = rows[0][0], int(rows[0][1])
+        if status == "conflict":
+            raise grant_conflict_error(figure, amount)
+        return figure
+
+    def _forget_grants(self, now: float) -> None:
+        """Delete the grant ids past their retention, a batch per statement."""
+        while True:
+            rows = self._run(
+                self._sql_forget_grants, (now, GRANT_ID_RETENTION, self.prune_batch), retry=False
+            )
+            if int(rows[0][0]) < self.prune_batch:
+                break
 
     def balance(self, account: str) -> int:
         rows = self._run(self._sql_balance, (account,), retry=True)

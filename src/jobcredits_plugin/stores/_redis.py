@@ -18,7 +18,7 @@ account, ``lp(x)`` is ``<utf-8 byte length>:<x>``)::
     P:{T}:j:lp(account)lp(scope)lp(job_id)   hash   one job record
     P:{T}:b:lp(account)                      string the account's balance
     P:{T}:due                                zset   job keys by deadline()
-    P:{T}:g:lp(account)lp(grant_id)          string a grant's marker, for 60 s
+    P:{T}:g:lp(account)lp(grant_id)          string a grant id's marker, for 7 days
     P:journal                                stream the journal (standalone only)
     P:journal:cursors                        hash   cursor name -> position
 
@@ -64,12 +64,14 @@ from .._validation import (
     configuring,
 )
 from ._base import (
+    GRANT_ID_RETENTION,
     BaseStore,
     ClaimRequest,
     ClaimResult,
     Event,
     Key,
     balance_cap_error,
+    grant_conflict_error,
     plan_claim,
     plan_confirm,
     plan_refund,
@@ -511,30 +513,45 @@ return out
 
 # KEYS: the balance, the grant's marker, the stream (when the journal is on).
 # ARGV: amount, journal flag, the marker's life in ms ('' : no grant id, no
-# marker), then account, grant id, x, now. The marker is what the refund's
-# tombstone is to a refund: a grant whose answer was lost and that redis-py
-# re-sends finds it and answers the balance instead of crediting (and
-# journaling) the grant twice. A grant that adds credits and would take the
+# marker), account, grant id, x, now. The marker, "<amount> <balance after>
+# <now>", is the grant id's memory (Store.grant): a grant repeated with the
+# same id while the marker lives (GRANT_ID_RETENTION, by the ledger's clock;
+# the key's PX is the same span of server time) writes nothing and answers
+# {'replay', the balance the first one answered}, or {'conflict', the first
+# amount} when it asks for another amount. That covers both redis-py's own
+# re-send of a grant whose answer was lost and the caller's retry with its
+# grant_id. A marker of an older version ('1', from the 60 s markers) answers
+# {'replay', current balance}. A grant that adds credits and would take the
 # balance past MAX_CREDITS writes nothing and answers {'cap', balance}; the
-# others answer {'ok' | 'replay', balance}.
+# others answer {'ok', balance}. Everything is checked before the first write.
 _GRANT = """
-jc_arity(2, 3)
+jc_arity(2, 7)
 local amount = jc_int(ARGV[1], 'amount', -JC_MAX, JC_MAX)
 local jr = jc_flag(ARGV[2], 'journal flag', '01')
-if ARGV[3] ~= '' then jc_int(ARGV[3], 'marker life', 1, JC_MS) end
+local life = 0
+if ARGV[3] ~= '' then life = jc_int(ARGV[3], 'marker life', 1, JC_MS) end
+local now = jc_num(ARGV[7], 'now')
 if jr == '1' then
   jc_arity(3, 7)
-  jc_num(ARGV[7], 'now')
   if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
     return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
   end
 end
 local stored = redis.call('GET', KEYS[1]) or '0'
-if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'replay', stored} end
+if life > 0 then
+  local memo = redis.call('GET', KEYS[2])
+  if memo then
+    local m_amount, m_balance, m_at = string.match(memo, '^(%-?%d+) (%-?%d+) (%S+)$')
+    if m_amount == nil then return {'replay', stored} end
+    if now < jc_num(m_at, 'stored grant time') + life / 1000 then
+      if m_amount ~= ARGV[1] then return {'conflict', m_amount} end
+      return {'replay', m_balance}
+    end
+  end
+end
 local before = jc_int(stored, 'stored balance', -JC_I64, JC_I64)
 if amount > 0 and before + amount > JC_MAX then return {'cap', stored} end
 -- Everything is checked: from here on, the writes.
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
 local d = ARGV[1]
 if before + amount < 0 then
   -- a grant never takes a balance below zero: it moves it by -before
@@ -550,6 +567,9 @@ elseif amount ~= 0 then
   redis.call('INCRBY', KEYS[1], ARGV[1])
 end
 local after = redis.call('GET', KEYS[1]) or '0'
+if life > 0 then
+  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. after .. ' ' .. ARGV[7], 'PX', ARGV[3])
+end
 if jr == '1' then
   redis.call('XADD', KEYS[3], '0-*', 'k', 'grant', 'a', ARGV[4], 'c', ARGV[5], 'x', ARGV[6],
              'd', d, 'b', after, 't', ARGV[7])
@@ -627,6 +647,9 @@ MAX_RETRIES = 100
 #: How long a refunded record stays as a tombstone (see _REFUND): far longer
 #: than a retry takes, short enough not to matter for memory.
 _TOMBSTONE_MS = "60000"
+
+#: How long a grant's marker lives: GRANT_ID_RETENTION, in milliseconds.
+_GRANT_MARKER_MS = str(int(GRANT_ID_RETENTION * 1000))
 
 #: Journal entries one trim script deletes at most (the caller loops).
 _TRIM_BATCH = 10_000
@@ -729,10 +752,13 @@ def _entries(reply: Iterable[Any]) -> list[JournalEntry]:
 
 def _grant_result(reply: Sequence[Any], amount: int) -> int:
     """The balance the grant script answered, or the 400 for a grant it
-    refused (having written nothing) because the balance would pass the cap."""
+    refused (having written nothing): the balance would pass the cap, or the
+    grant id was used for another amount."""
     status, balance = _s(reply[0]), int(_s(reply[1]))
     if status == "cap":
         raise balance_cap_error(balance, amount)
+    if status == "conflict":
+        raise grant_conflict_error(balance, amount)
     return balance
 
 
@@ -1123,10 +1149,13 @@ class RedisStore(BaseStore):
         self, account: str, amount: int, now: float, grant_id: str
     ) -> tuple[list[str], list[str]]:
         keys = [self.balance_key(account), f"{self._base(account)}g:{_lp(account)}{_lp(grant_id)}"]
-        args = [str(int(amount)), "1" if self.journal else "0", _TOMBSTONE_MS if grant_id else ""]
-        if not self.journal:
-            return keys, args
-        keys.append(self.journal_key)
+        args = [
+            str(int(amount)),
+            "1" if self.journal else "0",
+            _GRANT_MARKER_MS if grant_id else "",
+        ]
+        if self.journal:
+            keys.append(self.journal_key)
         packed = json.dumps([None, None, None, None, int(amount), None], separators=(",", ":"))
         return keys, [*args, account, grant_id, packed, repr(float(now))]
 

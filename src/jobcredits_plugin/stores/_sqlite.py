@@ -32,6 +32,7 @@ from .._validation import (
     check_positive_seconds,
 )
 from ._base import (
+    GRANT_ID_RETENTION,
     BaseStore,
     ClaimRequest,
     ClaimResult,
@@ -41,7 +42,9 @@ from ._base import (
     balance_cap_error,
     deadline,
     entry_from_row,
+    grant_conflict_error,
     grant_exceeds_cap,
+    grant_id_live,
     grant_row,
     journal_rows,
     plan_claim,
@@ -100,6 +103,15 @@ CREATE TABLE IF NOT EXISTS jobcredits_cursors (
     position   INTEGER NOT NULL,
     updated_at REAL    NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobcredits_grants (
+    account  TEXT    NOT NULL,
+    grant_id TEXT    NOT NULL,
+    amount   INTEGER NOT NULL,
+    balance  INTEGER NOT NULL,
+    at       REAL    NOT NULL,
+    PRIMARY KEY (account, grant_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobcredits_grants_at ON jobcredits_grants (at);
 CREATE TABLE IF NOT EXISTS jobcredits_meta (
     name  TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
@@ -127,6 +139,18 @@ _CREDIT = (
     "WHERE ? <= 0 OR credits <= 9223372036854775807 - ?"
 )
 _BALANCE = "SELECT credits FROM jobcredits_balances WHERE account = ?"
+# Grant ids, remembered for GRANT_ID_RETENTION (see Store.grant).
+_GRANT_SEEN = "SELECT at, amount, balance FROM jobcredits_grants WHERE account = ? AND grant_id = ?"
+_GRANT_REMEMBER = (
+    "INSERT OR REPLACE INTO jobcredits_grants (account, grant_id, amount, balance, at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+# Expired as grant_id_live says (at + retention <= now, computed the same way
+# in doubles); the first bound only lets the index narrow the scan.
+_GRANT_FORGET = (
+    "DELETE FROM jobcredits_grants WHERE (account, grant_id) IN "
+    "(SELECT account, grant_id FROM jobcredits_grants WHERE at <= ? AND at + ? <= ? LIMIT ?)"
+)
 _JOURNAL_COLUMNS = (
     "kind, account, scope, job_id, charge_id, cost, tier, backend, delta, balance, at"
 )
@@ -552,11 +576,22 @@ class SQLiteStore(BaseStore):
         events: list[Event] = []
         try:
             self._prune_batches(now, limit, events)
+            self._forget_grants(now)
         except BaseException as exc:
             # Each batch committed on its own: the ledger still fires theirs.
             with_settled(exc, events)
             raise
         return events
+
+    def _forget_grants(self, now: float) -> None:
+        """Delete the grant ids past their retention, a batch per transaction."""
+        # (a second of slack in the index bound: the exact test is the second one)
+        params = (now - GRANT_ID_RETENTION + 1.0, GRANT_ID_RETENTION, now, self.prune_batch)
+        while True:
+            with self._transaction() as conn:
+                gone = conn.execute(_GRANT_FORGET, params).rowcount
+            if gone < self.prune_batch:
+                break
 
     def _prune_batches(self, now: float, limit: int | None, events: list[Event]) -> None:
         while limit is None or len(events) < limit:
@@ -592,6 +627,12 @@ class SQLiteStore(BaseStore):
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         with self._transaction() as conn:
+            if grant_id:
+                seen = conn.execute(_GRANT_SEEN, (account, grant_id)).fetchone()
+                if seen is not None and grant_id_live(float(seen[0]), now):
+                    if int(seen[1]) != amount:
+                        raise grant_conflict_error(int(seen[1]), amount)
+                    return int(seen[2])  # a repeat: nothing written
             before = self._balance(conn, account)
             if grant_exceeds_cap(before, amount):
                 raise balance_cap_error(before, amount)  # rolled back: nothing written
@@ -600,6 +641,8 @@ class SQLiteStore(BaseStore):
             if self.journal:
                 row = grant_row(account, amount, grant_id, before, after, now)
                 conn.execute(_JOURNAL_INSERT, row)
+            if grant_id:
+                conn.execute(_GRANT_REMEMBER, (account, grant_id, amount, after, now))
             return after
 
     def balance(self, account: str) -> int:

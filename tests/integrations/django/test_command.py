@@ -95,6 +95,20 @@ def test_grant_then_balance(jc_settings: Any) -> None:
     assert get_ledger().balance("ada") == 3
 
 
+def test_grant_with_an_id_is_applied_once(jc_settings: Any) -> None:
+    """grant --id ID twice grants once and prints the first balance both times;
+    the same ID with another amount is a CommandError that grants nothing."""
+    jc_settings(BALANCES=True)
+    assert run("grant", "--id", "pay-1", "ada", "5")[0].strip() == "5"
+    assert run("grant", "ada", "1")[0].strip() == "6"
+    assert run("grant", "ada", "5", "--id", "pay-1")[0].strip() == "5"
+    with pytest.raises(CommandError, match="already used for a grant of 5"):
+        run("grant", "--id", "pay-1", "ada", "4")
+    with pytest.raises(CommandError, match="grant_id"):
+        run("grant", "--id", "no spaces", "ada", "4")
+    assert get_ledger().balance("ada") == 6
+
+
 def test_balance_with_balances_off_prints_the_stored_figure(jc_settings: Any) -> None:
     """Balances off: the stored figure (grants are loaded before switching on) and a note."""
     jc_settings(BALANCES=False)

@@ -117,6 +117,22 @@ def test_grant_and_balance(clock: FakeClock) -> None:
     assert ledger.balance("acct-1") == 7
 
 
+def test_grant_with_an_id_is_applied_once(clock: FakeClock) -> None:
+    """`grant --id ID ACCOUNT N` twice grants once; the repeat prints the first
+    balance; the same ID with another amount is an error (exit 1)."""
+    ledger = make_ledger(clock=clock, balances=True)
+    app = make_app(ledger)
+    assert invoke(app, "grant", "--id", "pay-1", "acct-1", "10").stdout.strip() == "10"
+    assert invoke(app, "grant", "acct-1", "1").stdout.strip() == "11"
+    assert invoke(app, "grant", "--id", "pay-1", "acct-1", "10").stdout.strip() == "10"
+    assert invoke(app, "grant", "--id", "pay-2", "--", "acct-1", "-3").stdout.strip() == "8"
+    assert invoke(app, "grant", "--id", "pay-2", "--", "acct-1", "-3").stdout.strip() == "8"
+    clash = invoke(app, "grant", "--id", "pay-1", "acct-1", "9")
+    assert clash.exit_code == 1
+    assert "already used for a grant of 10" in clash.stderr
+    assert ledger.balance("acct-1") == 8
+
+
 def test_balance_with_balances_off_shows_the_stored_figure(clock: FakeClock) -> None:
     """With balances off, `balance` prints the stored figure and notes on stderr that
     nothing enforces it."""

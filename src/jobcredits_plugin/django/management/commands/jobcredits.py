@@ -43,6 +43,13 @@ class Command(BaseCommand):  # type: ignore[misc]
         grant = sub.add_parser("grant", help="add credits to an account; prints the balance")
         grant.add_argument("account", metavar="ACCOUNT")
         grant.add_argument("amount", metavar="N", type=int, help="credits to add (negative: take)")
+        grant.add_argument(
+            "--id",
+            dest="grant_id",
+            metavar="ID",
+            default=None,
+            help="the grant's idempotency key: rerunning with the same ID grants nothing more",
+        )
         balance = sub.add_parser("balance", help="print an account's balance")
         balance.add_argument("account", metavar="ACCOUNT")
 
@@ -56,7 +63,10 @@ class Command(BaseCommand):  # type: ignore[misc]
                 for line in prune_lines(ledger):
                     self.stdout.write(line)
             elif action == "grant":
-                self.stdout.write(str(ledger.grant(options["account"], options["amount"])))
+                granted = ledger.grant(
+                    options["account"], options["amount"], grant_id=options["grant_id"]
+                )
+                self.stdout.write(str(granted))
             else:
                 self._balance(ledger, options["account"])
         except JobCreditsError as exc:

@@ -1,0 +1,138 @@
+"""PostgreSQL: the schema migration that remembers grant ids (issue 13,
+item 6). A version-3 schema is migrated with its data intact; grants with a
+grant_id are then applied once; the old ``grant_credits`` signature keeps
+working for processes still running the previous code; prune forgets ids past
+their retention, and only those."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobcredits_plugin import Ledger
+from jobcredits_plugin.stores import GRANT_ID_RETENTION
+from jobcredits_plugin.testing import FakeClock
+from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+from psycopg import sql  # noqa: E402
+
+from jobcredits_plugin.stores._postgres import (  # noqa: E402
+    _MIGRATIONS,
+    _VERSION_TABLE,
+    SCHEMA_VERSION,
+    PostgresStore,
+)
+
+#: The migration that adds the grants table (``_MIGRATIONS[GRANTS_STEP]``
+#: takes the schema from GRANTS_STEP to GRANTS_STEP + 1).
+GRANTS_STEP = next(i for i, step in enumerate(_MIGRATIONS) if ".grants (" in step)
+
+
+@pytest.fixture
+def url() -> str:
+    return _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+
+
+@pytest.fixture
+def make_store(url: str) -> Iterator[Callable[..., PostgresStore]]:
+    made: list[PostgresStore] = []
+
+    def make(schema: str, **kw: Any) -> PostgresStore:
+        store = PostgresStore.from_url(url, schema=schema, **kw)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+    if made:
+        made[0].drop()
+
+
+def _make_schema_before_grants(url: str, schema: str) -> None:
+    """A schema at the version before the grants table, with a balance granted
+    through that version's grant_credits."""
+    store = PostgresStore.from_url(url, schema=schema)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+            conn.execute(store._format(_VERSION_TABLE))
+            for version in range(GRANTS_STEP):
+                conn.execute(store._format(_MIGRATIONS[version]))
+                conn.execute(
+                    store._format("INSERT INTO {schema}.schema_version VALUES (%s)"),
+                    (version + 1,),
+                )
+            conn.execute(
+                store._format("SELECT {schema}.grant_credits('acct', 5, 100.0, 'g-1', true)")
+            )
+    finally:
+        store.close()
+
+
+def _old_grant(url: str, store: PostgresStore, amount: int, grant_id: str) -> Any:
+    """A grant as the previous version's code makes it (five arguments)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            store._format("SELECT {schema}.grant_credits('acct', %s, 100.0, %s, true)"),
+            (amount, grant_id),
+        ).fetchone()
+
+
+def _remembered(url: str, schema: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(
+            sql.SQL("SELECT account, amount, balance, at FROM {}.grants ORDER BY at").format(
+                sql.Identifier(schema)
+            )
+        ).fetchall()
+
+
+def test_a_schema_before_grant_ids_is_migrated_with_its_data(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    _make_schema_before_grants(url, schema)
+    strict = make_store(schema, auto_migrate=False)
+    assert strict.schema_version() == GRANTS_STEP
+    store = make_store(schema)
+    assert store.migrate() == SCHEMA_VERSION
+    assert strict.schema_version() == SCHEMA_VERSION
+    clock = FakeClock()
+    ledger = Ledger(store, clock=clock, balances=True)
+    assert ledger.balance("acct") == 5  # the data survived
+    assert ledger.grant("acct", 7, grant_id="pay-1") == 12
+    assert ledger.grant("acct", 7, grant_id="pay-1") == 12
+    assert ledger.balance("acct") == 12
+    assert [(e.kind, e.cost, e.balance) for e in ledger.journal()] == [
+        ("grant", 5, 5),
+        ("grant", 7, 12),
+    ]
+    # A process still on the previous code grants through the old signature:
+    # applied (every time: it knows no grant ids), journaled, remembered nowhere.
+    assert _old_grant(url, store, 1, "old-1") == (13,)
+    assert _old_grant(url, store, 1, "old-1") == (14,)
+    assert len(_remembered(url, schema)) == 1
+    assert store.migrate() == SCHEMA_VERSION  # idempotent
+
+
+def test_prune_forgets_grant_ids_past_their_retention_only(
+    url: str, make_store: Callable[..., PostgresStore]
+) -> None:
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    store = make_store(schema, prune_batch=2)
+    clock = FakeClock()
+    ledger = Ledger(store, clock=clock, balances=True)
+    for n in range(5):  # more than one batch of prune_batch
+        ledger.grant("acct", 1, grant_id=f"old-{n}")
+    clock.advance(10)
+    ledger.grant("acct", 1, grant_id="young")
+    clock.advance(GRANT_ID_RETENTION - 10)
+    ledger.prune()
+    assert [row[0] for row in _remembered(url, schema)] == ["acct"]
+    assert ledger.grant("acct", 1, grant_id="young") == 6  # still remembered
+    assert ledger.grant("acct", 1, grant_id="old-0") == 7  # forgotten: a new grant
