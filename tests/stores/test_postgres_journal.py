@@ -161,7 +161,9 @@ def test_an_entry_committed_late_is_never_skipped(
     store.set_cursor("billing", grant.seq)
 
     late = open_transactions()
-    assert _claim_in(late, store, _request("late")) == "charged"
+    # Another account: an entry in flight holds its own account's balance row
+    # (shared), so that a debit of that account is numbered after it.
+    assert _claim_in(late, store, _request("late", account="other")) == "charged"
     assert ledger.charge("acct", "early").charged  # commits now, after "late" began
 
     page = store.read_journal(grant.seq, 100)
@@ -228,7 +230,8 @@ def test_a_rolled_back_entry_never_appears_and_leaves_no_gap(
     (grant,) = store.read_journal(0, 10)
 
     ghost = open_transactions()
-    assert _claim_in(ghost, store, _request("ghost")) == "charged"
+    # another account (see test_an_entry_committed_late_is_never_skipped)
+    assert _claim_in(ghost, store, _request("ghost", account="other")) == "charged"
     ledger.charge("acct", "real")
     ghost.rollback()
 
@@ -242,7 +245,7 @@ def test_a_rolled_back_entry_never_appears_and_leaves_no_gap(
     assert [r[2] for r in rows] == [None, "real", "next"]  # no ghost row anywhere
     assert [r[0] for r in rows] == [1, 2, 3]  # no gap, none waiting to fill one
     assert _last_seq(url, store.schema) == 3
-    assert ledger.lookup("acct", "ghost") is None
+    assert ledger.lookup("other", "ghost") is None
 
 
 # -- concurrency ---------------------------------------------------------------------------

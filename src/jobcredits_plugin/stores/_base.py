@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from .._errors import InvalidArgument
+from .._errors import InvalidArgument, JobCreditsError
 from .._records import CHARGED, PENDING, REFUNDED, JobRecord, JournalEntry, JournalKind
 from .._validation import MAX_CREDITS, configuring
 
@@ -39,6 +40,7 @@ __all__ = [
     "Key",
     "Store",
     "balance_cap_error",
+    "claim_from_server",
     "entry_delta",
     "entry_from_row",
     "grant_conflict_error",
@@ -53,6 +55,8 @@ __all__ = [
     "settled_so_far",
     "with_settled",
 ]
+
+log = logging.getLogger("jobcredits_plugin")
 
 Key = tuple[str, str, str]
 EventKind = Literal["charge", "reuse", "refund", "expire"]
@@ -210,6 +214,87 @@ def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> C
         write=record,
         delete=False,
         balance_delta=delta - debit,
+    )
+
+
+def claim_from_server(
+    store: str, status: str, existing: JobRecord | None, balance: int, req: ClaimRequest
+) -> ClaimResult:
+    """The result of a claim a server decided (a SQL function, a Lua script).
+
+    The server reports the record it found, the balance it decided on and its
+    decision; replaying :func:`plan_claim` on those inputs builds the events
+    every store reports. Should the rules name another row of the table than
+    the server applied (a bug in one of them), the server's decision is the
+    truth: it has committed, and the caller's hooks, status code and books
+    must follow what was written, not what the rules would have written. The
+    disagreement is logged at ERROR and the result is built from the server's
+    status (``store`` names the store in that log line). A status that is no
+    row of the table at all cannot be turned into a result: that raises a
+    :class:`JobCreditsError` (a 500 with the generic detail for clients).
+    """
+    plan = plan_claim(existing, balance, req)
+    if plan.result.status == status:
+        return plan.result
+    log.error(
+        "%s: the server decided %r where the rules decide %r for %r (found %r, balance %d); "
+        "reporting what the server committed",
+        store,
+        status,
+        plan.result.status,
+        req,
+        existing,
+        balance,
+    )
+    balance_or_none = balance if req.balances else None
+    if status == "in_progress" and existing is not None:
+        return ClaimResult(
+            "in_progress",
+            existing,
+            balance_or_none,
+            retry_after=max(0.0, existing.lease_until - req.now),
+        )
+    if status == "exhausted" and existing is not None:
+        return ClaimResult("exhausted", existing, balance_or_none)
+    if status == "reused" and existing is not None:
+        reused = existing.used_once_more()
+        return ClaimResult("reused", reused, balance_or_none, (Event("reuse", reused),))
+    if status in ("charged", "insufficient"):
+        # What was there (if anything) was settled first: a stale pending
+        # charge refunded, an expired one ended.
+        events: list[Event] = []
+        delta = 0
+        if existing is not None and existing.state == PENDING:
+            events.append(Event("refund", existing.with_state(REFUNDED)))
+            delta = existing.debited
+        elif existing is not None and existing.state == CHARGED:
+            events.append(Event("expire", existing))
+        available = balance + delta
+        if status == "insufficient":
+            return ClaimResult("insufficient", None, available, tuple(events))
+        debit = req.cost if req.balances else 0
+        record = JobRecord(
+            account=req.account,
+            scope=req.scope,
+            job_id=req.job_id,
+            charge_id=req.charge_id,
+            state=PENDING,
+            cost=req.cost,
+            tier=req.tier,
+            backend=req.backend,
+            charged_at=req.now,
+            expires_at=req.now + req.ttl,
+            uses=1,
+            lease_until=req.now + req.lease,
+            debited=debit,
+        )
+        events.append(Event("charge", record))
+        return ClaimResult(
+            "charged", record, available - debit if req.balances else None, tuple(events)
+        )
+    raise JobCreditsError(
+        f"{store}: the server answered the claim with {status!r} (found {existing!r}), "
+        "which is no outcome of a claim"
     )
 
 

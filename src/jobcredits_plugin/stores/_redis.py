@@ -71,8 +71,8 @@ from ._base import (
     Event,
     Key,
     balance_cap_error,
+    claim_from_server,
     grant_conflict_error,
-    plan_claim,
     plan_confirm,
     plan_refund,
     plan_settle,
@@ -1101,10 +1101,9 @@ class RedisStore(BaseStore):
                 balance if req.balances else None,
                 (Event("charge", existing),),
             )
-        result = plan_claim(existing, balance, req).result
-        if result.status != status:  # pragma: no cover - a bug, never a state
-            raise RuntimeError(f"Redis claim script said {status!r}, the rules {result.status!r}")
-        return result
+        # The script's committed decision is the truth, should the rules
+        # disagree (see claim_from_server).
+        return claim_from_server("Redis store", status, existing, balance, req)
 
     def _key_call(self, key: Key, charge_id: str | None) -> list[str]:
         return [charge_id or "", "0" if charge_id is None else "1"]
