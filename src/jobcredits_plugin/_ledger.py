@@ -718,7 +718,7 @@ class Ledger:
 
         ``grant_id`` makes the grant safe to retry: the same ``grant_id`` for
         the same account is applied once, however often it is sent, for at
-        least seven days (:data:`~jobcredits_plugin.stores.GRANT_ID_RETENTION`)
+        least seven days (``jobcredits_plugin.stores.GRANT_ID_RETENTION``)
         on every store. A repeat writes nothing, journals nothing and returns
         the balance the first grant returned (what its lost answer said), not
         the current one. 1-128 characters of ``[A-Za-z0-9._:-]``; its journal

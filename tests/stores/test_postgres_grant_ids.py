@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import Ledger
+from jobcredits_plugin import Ledger, StoreUnavailable
 from jobcredits_plugin.stores import GRANT_ID_RETENTION
 from jobcredits_plugin.testing import FakeClock
 from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
@@ -136,3 +136,35 @@ def test_prune_forgets_grant_ids_past_their_retention_only(
     assert [row[0] for row in _remembered(url, schema)] == ["acct"]
     assert ledger.grant("acct", 1, grant_id="young") == 6  # still remembered
     assert ledger.grant("acct", 1, grant_id="old-0") == 7  # forgotten: a new grant
+
+
+def test_a_grant_whose_answer_was_lost_is_retried_safely_with_its_grant_id(
+    url: str, make_store: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's case: the grant commits, its answer is lost (here: the
+    statement commits and the store's connection error comes after), the caller sees 503
+    and retries. With the same grant_id: 5 + 7 = 12, not 5 + 7 + 7 = 19."""
+    store = make_store(f"jctest_{uuid.uuid4().hex[:12]}")
+    ledger = Ledger(store, clock=FakeClock(), balances=True)
+    assert ledger.grant("acct", 5) == 5
+    real_run = store._run
+    lose = {"left": 1}
+
+    def losing_run(query: Any, params: Any, *, retry: bool) -> Any:
+        rows = real_run(query, params, retry=retry)
+        if query is store._sql_grant and lose["left"]:
+            lose["left"] -= 1
+            # what _run raises when the connection dies before the answer
+            raise StoreUnavailable("PostgreSQL store: server closed the connection")
+        return rows
+
+    monkeypatch.setattr(store, "_run", losing_run)
+    with pytest.raises(StoreUnavailable):
+        ledger.grant("acct", 7, grant_id="pay-1")
+    assert ledger.balance("acct") == 12  # it did commit
+    assert ledger.grant("acct", 7, grant_id="pay-1") == 12  # the retry: applied once
+    assert ledger.balance("acct") == 12
+    assert [(e.kind, e.cost, e.balance) for e in ledger.journal()] == [
+        ("grant", 5, 5),
+        ("grant", 7, 12),
+    ]

@@ -529,10 +529,10 @@ class Store(Protocol):
 
         ``grant_id`` is the grant's id: the ``charge_id`` of its journal entry
         and its idempotency key. A store applies one ``(account, grant_id)``
-        at most once while :func:`grant_id_live`: a repeat with the same
+        at most once while ``grant_id_live``: a repeat with the same
         amount writes nothing (no credit, no journal entry) and returns the
         balance the first one returned; a repeat with another amount raises
-        :func:`grant_conflict_error`, also writing nothing. The id check comes
+        ``grant_conflict_error``, also writing nothing. The id check comes
         before the balance cap's. ``""`` means no id: applied every time."""
         ...
 
