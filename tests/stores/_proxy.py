@@ -6,6 +6,7 @@ import contextlib
 import select
 import socket
 import threading
+from collections.abc import Callable
 
 
 class Proxy:
@@ -23,6 +24,8 @@ class Proxy:
         self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
         self.lose_marker: bytes | None = None
+        self.then: Callable[[], object] | None = None
+        self.errors: list[BaseException] = []
         self.lost = 0
         self._losing: set[socket.socket] = set()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -50,10 +53,17 @@ class Proxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    def lose_next_answer(self, marker: bytes) -> None:
+    def lose_next_answer(self, marker: bytes, then: Callable[[], object] | None = None) -> None:
         """Cut the connection instead of passing on the answer to the next
-        request that contains ``marker`` (e.g. ``b"EVALSHA"``)."""
-        self.lose_marker = marker
+        request that contains ``marker`` (e.g. ``b"EVALSHA"``).
+
+        ``then`` runs once the server has answered (so the request has
+        committed) and before the connection is cut, so before the client can
+        retry: another client's call made there lands between the original and
+        its retry. An exception it raises is kept in ``errors``."""
+        with self.lock:
+            self.then = then
+            self.lose_marker = marker
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -72,6 +82,12 @@ class Proxy:
                         self._losing.discard(src)
                 if losing:
                     self.lost += 1
+                    then, self.then = self.then, None
+                    if then is not None:
+                        try:
+                            then()
+                        except BaseException as exc:  # the test reports it
+                            self.errors.append(exc)
                     break
                 dst.sendall(data)
         except OSError:

@@ -138,14 +138,19 @@ def test_cluster_has_no_journal_and_cannot_be_given_one() -> None:
     try:
         assert store.journal is False
         keys, _args = store._claim_call(_req("job", "c1", 1.0))
-        assert len(keys) == 3
+        assert len(keys) == 4  # job, due-set, balance, retry marker: no stream
         assert len({key_slot(k.encode()) for k in keys}) == 1
         grant_keys = store._grant_call("acct", 1, 1.0, "g")[0]
         assert grant_keys[0] == store.balance_key("acct")
         assert len(grant_keys) == 2
         assert key_slot(grant_keys[1].encode()) == key_slot(keys[0].encode())
-        assert store._prune_call(store.due_key("acct"), 1.0, 10)[0] == [store.due_key("acct")]
-        assert len(store._refund_call(("acct", "default", "job"), None, 1.0)[0]) == 3
+        prune_keys = store._prune_call(store.due_key("acct"), 1.0, 10)[0]
+        assert prune_keys[0] == store.due_key("acct")
+        assert len(prune_keys) == 2  # the due-set and its retry marker
+        refund_keys = store._refund_call(("acct", "default", "job"), None, 1.0)[0]
+        assert len(refund_keys) == 4
+        every = [*keys, *prune_keys, *refund_keys]
+        assert len({key_slot(k.encode()) for k in every}) == 1
         calls: list[Callable[[], Any]] = [
             lambda: store.read_journal(0, 10),
             lambda: store.trim_journal(10, None),

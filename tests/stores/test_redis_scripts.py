@@ -128,6 +128,7 @@ CLAIM_FIELDS = {
     6: BAD_TIMES,  # lease_until
     7: [*BAD_INTS, "10000000000000000", "1e16", "9223372036854775808"],  # safety expiry ms
     8: [*BAD_FLAGS, "3"],  # journal
+    9: [*BAD_INTS, "0", "10000000000000000", "1e16"],  # retry marker life ms
 }
 
 
@@ -213,8 +214,8 @@ def test_confirm_over_a_corrupt_expiry_writes_nothing(
 
 # -- refund -----------------------------------------------------------------------------
 
-#: Refund arguments: index -> bad values (charge id flag, now, token, tombstone
-#: life in ms, journal flag).
+#: Refund arguments: index -> bad values (charge id flag, now, token, retry
+#: marker life in ms, journal flag).
 REFUND_ARGS = {
     1: BAD_FLAGS,
     2: BAD_TIMES,
@@ -265,6 +266,7 @@ def test_refund_that_would_overflow_the_balance_writes_nothing(
         *[(0, v) for v in BAD_TIMES],
         *[(1, v) for v in [*BAD_INTS, "0", "10000001"]],
         *[(3, v) for v in BAD_FLAGS],
+        *[(4, v) for v in [*BAD_INTS, "0", "10000000000000000"]],
     ],
 )
 def test_prune_refuses_a_bad_argument_before_writing(
@@ -367,3 +369,36 @@ def test_trim_refuses_a_bad_argument(
     args = store._trim_args(10, DEFAULT_START + 10_000)
     args[index] = value
     _refused(store, "trim", [store.journal_key, store.cursors_key], args)
+
+
+# -- retry markers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "not json",
+        "[]",
+        '{"a": 1}',
+        '[1, "x"]',
+        '[1, ["a"]]',
+        '["charged", 5, []]',
+        '["charged", "5", [1, 2]]',
+        '[["a", 1]]',
+    ],
+)
+@pytest.mark.parametrize("script", ["claim", "refund", "prune"])
+def test_a_corrupt_retry_marker_is_refused_before_writing(
+    ledger: Ledger, store: RedisStore, script: str, kept: str
+) -> None:
+    """A retry marker that is not what the script wrote (hand-edited, another
+    program's key) is an error reply, with nothing written."""
+    if script == "claim":
+        keys, args = store._claim_call(_claim_req("job-charged", DEFAULT_START + 2))
+    elif script == "refund":
+        keys, args = store._refund_call(("acct", "default", "job-charged"), None, DEFAULT_START + 2)
+    else:
+        keys, args = store._prune_call(store.due_key("acct"), DEFAULT_START + 10_000, 10)
+    mark = keys[3] if script != "prune" else keys[1]
+    store._client.set(mark, kept)
+    _refused(store, script, keys, args)

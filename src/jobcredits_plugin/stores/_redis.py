@@ -19,10 +19,22 @@ account, ``lp(x)`` is ``<utf-8 byte length>:<x>``)::
     P:{T}:b:lp(account)                      string the account's balance
     P:{T}:due                                zset   job keys by deadline()
     P:{T}:g:lp(account)lp(grant_id)          string a grant id's marker, for 7 days
+    P:{T}:c:lp(account)lp(charge_id)         string a claim's retry marker, for 60 s
+    P:{T}:r:lp(account)lp(scope)lp(job_id)lp(token)
+                                             string a refund's retry marker, for 60 s
+    P:{T}:p:<token>                          string a prune batch's retry marker, for 60 s
     P:journal                                stream the journal (standalone only)
     P:journal:cursors                        hash   cursor name -> position
 
-The ``{T}`` hash tag puts an account's jobs, balance and due-set in one cluster
+Retry markers: redis-py re-sends a script whose answer was lost (the server
+ran it, the connection died before the reply came). The claim, refund, prune
+and grant scripts keep their answer in a marker named by something only that call sends (the
+claim's charge id, a token drawn per refund or prune batch), in the same
+atomic step; a retry finds it and answers the original's answer again, so the
+Python side rebuilds the same result and events and the ledger fires each
+hook once, while nothing is written (or journaled) twice.
+
+The ``{T}`` hash tag puts an account's jobs, balance, due-set and markers in one cluster
 slot, so every script touches one slot; the digest keeps an account that
 contains ``{``, ``}``, ``:`` or ``|`` from choosing its own tag. Length
 prefixes make the job key injective in ``(account, scope, job_id)``.
@@ -53,7 +65,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
 
 from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
-from .._records import JobRecord, JobState, JournalEntry, JournalKind
+from .._records import REFUNDED, JobRecord, JobState, JournalEntry, JournalKind
 from .._validation import (
     MAX_BATCH,
     MAX_WAIT_SECONDS,
@@ -183,10 +195,21 @@ def is_unavailable(exc: BaseException) -> bool:
 # The claim's control values come packed too, in ARGV[1], separated by the
 # unit separator (\31, which no number or charge id contains): now, charge_id,
 # cost, max_uses (0: none), balances (1/0), expires_at, lease_until, safety
-# expiry in ms (0: none), journal (0: off, 1: on, 2: on with reuses). ARGV[2]
-# is the account, ARGV[3] the x field.
+# expiry in ms (0: none), journal (0: off, 1: on, 2: on with reuses), the
+# retry marker's life in ms. ARGV[2] is the account, ARGV[3] the x field.
+# KEYS: the job, the due-set, the balance, the claim's retry marker (named by
+# its charge id), and the journal stream when the journal is on.
 #
-# The journal is one stream (KEYS[4] of the claim, passed only when the
+# The retry marker holds what the claim answered, [status, balance, the record
+# as it was], written by every claim that writes (a charge, a reuse, a
+# settlement before a 402) before its other writes; a retry of the same call
+# (redis-py re-sends it when the answer was lost) finds it and answers it
+# again, so the Python side rebuilds the very result and events of the
+# original: the settlement of a stale or expired record is reported (and its
+# hook fires) once, a reuse is counted and journaled once. Claims that write
+# nothing (409, a plain 402) keep no marker: their retry decides afresh.
+#
+# The journal is one stream (KEYS[5] of the claim, passed only when the
 # journal is on), written by the very script that makes the change, so the
 # entry and the change commit together. An entry's fields: k kind, a account,
 # c charge id (the grant id for a grant), x the record's packed x field (for a
@@ -251,14 +274,32 @@ end
 local function jc_credit_ok(b, add, what)
   if b + add >= JC_I64 then jc_fail(what .. ' (the balance would overflow)', add) end
 end
+-- A retry marker: nil, or the JSON array the script kept in it, whose first
+-- element has the type `first`, and whose record elements (at `from` and on,
+-- each a flat HGETALL list) are lists of strings.
+local function jc_kept(mark, first, from, to)
+  local kept = redis.call('GET', mark)
+  if not kept then return nil end
+  local ok, m = pcall(cjson.decode, kept)
+  if not ok or type(m) ~= 'table' or type(m[1]) ~= first then jc_fail('retry marker', kept) end
+  if to == nil then to = #m end
+  for i = from, to do
+    local raw = m[i]
+    if type(raw) ~= 'table' or #raw % 2 ~= 0 then jc_fail('retry marker', kept) end
+    for _, v in ipairs(raw) do
+      if type(v) ~= 'string' then jc_fail('retry marker', kept) end
+    end
+  end
+  return m
+end
 """
 
 _CLAIM = """
-jc_arity(3, 3)
-local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
+jc_arity(4, 3)
+local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local p = {}
 for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
-if #p ~= 9 then jc_fail('claim arguments', ARGV[1]) end
+if #p ~= 10 then jc_fail('claim arguments', ARGV[1]) end
 local now = jc_num(p[1], 'now')
 local cid = p[2]
 local cost = p[3]
@@ -269,9 +310,16 @@ jc_num(p[6], 'expires_at')
 jc_num(p[7], 'lease_until')
 local expiry_ms = jc_int(p[8], 'safety expiry', 0, JC_MS)
 local jr = jc_flag(p[9], 'journal flag', '012')
-if jr ~= '0' then jc_arity(4, 3) end
+jc_int(p[10], 'marker life', 1, JC_MS)
+if jr ~= '0' then jc_arity(5, 3) end
 if jr ~= '0' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
+-- A retry of a call that committed: the original's answer, as it was.
+local kept = jc_kept(mark, 'string', 3, 3)
+if kept then
+  if type(kept[2]) ~= 'string' then jc_fail('retry marker', cjson.encode(kept)) end
+  return {kept[1], kept[3], kept[2]}
 end
 local raw = redis.call('HGETALL', job)
 local rec = {}
@@ -285,7 +333,7 @@ if #raw > 0 and rec['c'] ~= cid and jr ~= '0' then jc_str(rec['x'], 'stored reco
 local balance = '0'
 if balances == '1' then balance = stored end
 local function log(kind, c, x, d, b)
-  redis.call('XADD', KEYS[4], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
+  redis.call('XADD', KEYS[5], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
              'b', string.format('%d', b), 't', p[1])
 end
 local refund_debited = nil
@@ -293,8 +341,8 @@ local expired = false
 local settled = false
 if #raw > 0 then
   if rec['c'] == cid then
-    -- our own charge, committed by an attempt whose answer was lost: a retry
-    -- (journaled by that attempt, so not again)
+    -- our own charge, whose marker is gone (it outlives any driver retry):
+    -- answered as that charge, journaled by that attempt, so not again
     return {'replay', raw, balance}
   end
   if st == 'pending' then
@@ -307,6 +355,9 @@ if #raw > 0 then
     if max_uses > 0 and uses >= max_uses then
       return {'exhausted', raw, balance}
     end
+    local m = cjson.encode({'reused', balance, raw})
+    -- Everything is checked: from here on, the writes.
+    redis.call('SET', mark, m, 'PX', p[10])
     redis.call('HINCRBY', job, 'u', 1)
     if jr == '2' then log('reuse', rec['c'], rec['x'], '0', nstored) end
     return {'reused', raw, balance}
@@ -315,7 +366,6 @@ if #raw > 0 then
     expired = st == 'charged'
   end
 end
--- Everything is checked: from here on, the writes.
 local run = nstored
 local available = tonumber(balance)
 if refund_debited ~= nil then available = available + tonumber(refund_debited) end
@@ -324,6 +374,15 @@ local enough = true
 if balances == '1' then
   if available < ncost then enough = false else debit = cost end
 end
+-- What a retry of this call answers: every outcome that writes keeps it.
+local m = nil
+if enough then
+  m = cjson.encode({'charged', balance, raw})
+elseif settled then
+  m = cjson.encode({'insufficient', balance, raw})
+end
+-- Everything is checked: from here on, the writes.
+if m ~= nil then redis.call('SET', mark, m, 'PX', p[10]) end
 -- The settlement of what was there commits whether or not the charge does.
 if refund_debited ~= nil then
   if refund_debited ~= '0' then redis.call('INCRBY', bal, refund_debited) end
@@ -376,34 +435,37 @@ end
 return raw
 """
 
-# A refund leaves a short-lived tombstone (state "refunded", the refund's own
-# token rt) instead of deleting the record at once: when the answer is lost and
-# redis-py re-sends the same call, the script recognises its own refund and
-# answers it again, so the caller still learns it refunded (and on_refund
-# fires once) instead of reading "nothing to refund"; the journal entry was
-# written by the first run. Every other script treats a refunded record as
-# absent. ARGV[6] is the journal flag (KEYS[4] the stream when it is on).
-# Answers {'refunded' | 'replay', raw}.
+# A refund deletes the record and leaves a retry marker (KEYS[4]) keyed by
+# what it targeted, the job, and by its own token (drawn once per call), that
+# holds the refunded record for the marker's life (ARGV[5] ms): when the
+# answer is lost and redis-py re-sends the same call, the script finds its
+# marker and answers that refund again, so the caller still learns it
+# refunded (and on_refund fires once for that charge), even when a newer
+# charge of the job has been made meanwhile, which the retry never touches.
+# The journal entry was written by the first run. A refund that refunded
+# nothing writes nothing (its retry decides afresh: nothing had committed).
+# ARGV[6] is the journal flag (KEYS[5] the stream when it is on). Answers
+# {'refunded', raw} (the record before the refund) or {}.
 _REFUND = """
-jc_arity(3, 6)
-local job, due, bal = KEYS[1], KEYS[2], KEYS[3]
+jc_arity(4, 6)
+local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 jc_flag(ARGV[2], 'charge id flag', '01')
 local now = jc_num(ARGV[3], 'now')
 if type(ARGV[4]) ~= 'string' or ARGV[4] == '' then jc_fail('refund token', ARGV[4]) end
-jc_int(ARGV[5], 'tombstone life', 1, JC_MS)
+jc_int(ARGV[5], 'marker life', 1, JC_MS)
 local jr = jc_flag(ARGV[6], 'journal flag', '01')
-if jr == '1' then jc_arity(4, 6) end
+if jr == '1' then jc_arity(5, 6) end
 if jr == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
+local kept = jc_kept(mark, 'table', 1, 1)
+if kept then return {'refunded', kept[1]} end
 local raw = redis.call('HGETALL', job)
 if #raw == 0 then return {} end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-if rec['st'] == 'refunded' then
-  if rec['rt'] == ARGV[4] then return {'replay', raw} end
-  return {}
-end
+-- a refunded tombstone (left by an older version) counts as absent
+if rec['st'] == 'refunded' then return {} end
 if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
 if now >= jc_num(rec['ea'], 'stored expires_at') then return {} end
 local d = jc_int(rec['d'], 'stored debit', 0, JC_I64)
@@ -413,13 +475,14 @@ if jr == '1' then
   jc_str(rec['x'], 'stored record')
 end
 jc_credit_ok(before, d, 'stored debit')
+local m = cjson.encode({raw})
 -- Everything is checked: from here on, the writes.
+redis.call('SET', mark, m, 'PX', ARGV[5])
 redis.call('ZREM', due, job)
+redis.call('DEL', job)
 if d ~= 0 then redis.call('INCRBY', bal, rec['d']) end
-redis.call('HSET', job, 'st', 'refunded', 'rt', ARGV[4])
-redis.call('PEXPIRE', job, ARGV[5])
 if jr == '1' then
-  redis.call('XADD', KEYS[4], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
+  redis.call('XADD', KEYS[5], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
              'd', rec['d'], 'b', redis.call('GET', bal) or '0', 't', ARGV[3])
 end
 return {'refunded', raw}
@@ -428,22 +491,28 @@ return {'refunded', raw}
 # Settles up to ARGV[2] due records of one due-set (one account slot). Answers
 # {examined, raw1, raw2, ...}: examined counts members taken off the set (also
 # those whose hash had vanished), so the caller knows whether more remain.
-# ARGV[4] is the journal flag (KEYS[2] the stream when it is on): one entry
+# ARGV[4] is the journal flag (KEYS[3] the stream when it is on): one entry
 # per settled record, in the order of the answer. Two passes: the first reads
 # and checks every record it will settle (and the balances it will credit),
 # the second writes, so a bad record stops the batch before anything of it is
-# written.
+# written. A batch that takes anything off the set keeps its answer in a
+# retry marker (KEYS[2], named by a token drawn per call, in the due-set's
+# slot) for ARGV[5] ms: a retry of a batch whose answer was lost answers the
+# same records, so their hooks fire once. Its size is bounded by the batch.
 _PRUNE = """
-jc_arity(1, 4)
-local due = KEYS[1]
+jc_arity(2, 5)
+local due, mark = KEYS[1], KEYS[2]
 local now = jc_num(ARGV[1], 'now')
 local limit = jc_int(ARGV[2], 'batch', 1, 1000000)
 local base = ARGV[3]
 local jr = jc_flag(ARGV[4], 'journal flag', '01') == '1'
-if jr then jc_arity(2, 4) end
+jc_int(ARGV[5], 'marker life', 1, JC_MS)
+if jr then jc_arity(3, 5) end
 if jr and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
+local kept = jc_kept(mark, 'number', 2)
+if kept then return kept end
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, limit)
 local plan = {}
 local credited = {}
@@ -477,8 +546,14 @@ for _, job in ipairs(members) do
   end
   plan[#plan + 1] = item
 end
--- Everything is checked: from here on, the writes.
 local out = {#members}
+for _, item in ipairs(plan) do
+  if item.settle then out[#out + 1] = item.raw end
+end
+local m = nil
+if #members > 0 then m = cjson.encode(out) end
+-- Everything is checked: from here on, the writes.
+if m ~= nil then redis.call('SET', mark, m, 'PX', ARGV[5]) end
 for _, item in ipairs(plan) do
   if #item.raw == 0 then
     redis.call('ZREM', due, item.job)
@@ -492,10 +567,9 @@ for _, item in ipairs(plan) do
       if d ~= '0' then redis.call('INCRBY', item.bal, d) end
     end
     if jr then
-      redis.call('XADD', KEYS[2], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
+      redis.call('XADD', KEYS[3], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
                  'x', rec['x'], 'd', d, 'b', redis.call('GET', item.bal) or '0', 't', ARGV[1])
     end
-    out[#out + 1] = item.raw
   end
 end
 return out
@@ -644,8 +718,9 @@ return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1
 #: The most retries a store may make of one command after a connection error.
 MAX_RETRIES = 100
 
-#: How long a refunded record stays as a tombstone (see _REFUND): far longer
-#: than a retry takes, short enough not to matter for memory.
+#: How long a retry marker lives (a claim's, a refund's, a prune batch's; see
+#: _CLAIM, _REFUND, _PRUNE): far longer than a driver's retry takes, short
+#: enough not to matter for memory.
 _TOMBSTONE_MS = "60000"
 
 #: How long a grant's marker lives: GRANT_ID_RETENTION, in milliseconds.
@@ -1052,6 +1127,8 @@ class RedisStore(BaseStore):
             f"{base}j:{lp_account}{_lp(req.scope)}{_lp(req.job_id)}",
             f"{base}due",
             f"{base}b:{lp_account}",
+            # the retry marker: this call's answer, kept by the script
+            f"{base}c:{lp_account}{_lp(req.charge_id)}",
         ]
         now = float(req.now)
         expires_at = now + req.ttl
@@ -1067,6 +1144,7 @@ class RedisStore(BaseStore):
                 repr(lease_until),
                 self._expiry_ms(max(expires_at, lease_until) - now) or "0",
                 self._journal_flag(),
+                _TOMBSTONE_MS,
             )
         )
         packed = json.dumps(
@@ -1111,10 +1189,18 @@ class RedisStore(BaseStore):
     def _refund_call(
         self, key: Key, charge_id: str | None, now: float
     ) -> tuple[list[str], list[str]]:
-        keys = [self.job_key(key), self.due_key(key[0]), self.balance_key(key[0])]
-        # The token is drawn once per call: redis-py re-sends these very
-        # arguments when it retries, which is how the script knows its own.
+        # The token is drawn once per call: redis-py re-sends these very keys
+        # and arguments when it retries, which is how the script finds its own
+        # marker (keyed by the job and the token: a newer charge of the job
+        # never touches it).
         token = secrets.token_hex(8)
+        account, scope, job_id = key
+        keys = [
+            self.job_key(key),
+            self.due_key(account),
+            self.balance_key(account),
+            f"{self._base(account)}r:{_lp(account)}{_lp(scope)}{_lp(job_id)}{_lp(token)}",
+        ]
         args = [
             *self._key_call(key, charge_id),
             repr(float(now)),
@@ -1130,18 +1216,24 @@ class RedisStore(BaseStore):
     def _refund_event(reply: Sequence[Any], charge_id: str | None, now: float) -> Event | None:
         if not reply:
             return None
-        kind, raw = _s(reply[0]), _decode(reply[1])
-        if kind == "replay" and raw is not None:
-            # Our own refund, committed by an attempt whose answer was lost.
-            return Event("refund", raw)
-        return plan_refund(raw, charge_id, now)
+        # {'refunded', the record before the refund}: the same answer whether
+        # this run refunded or a retry found the marker of the run that did.
+        record = _decode(reply[1])
+        assert record is not None
+        # The server's committed refund is the truth, whatever the rules say.
+        return plan_refund(record, charge_id, now) or Event("refund", record.with_state(REFUNDED))
 
     def _prune_size(self, limit: int | None, done: int) -> int:
         return self.prune_batch if limit is None else min(self.prune_batch, limit - done)
 
     def _prune_call(self, due: str, now: float, batch: int) -> tuple[list[str], list[str]]:
-        keys = [due, self.journal_key] if self.journal else [due]
-        args = [repr(float(now)), str(batch), due[: -len("due")], "1" if self.journal else "0"]
+        base = due[: -len("due")]
+        # The batch's retry marker, in the due-set's slot, named by a token
+        # drawn once per call (a retry re-sends it).
+        keys = [due, f"{base}p:{secrets.token_hex(8)}"]
+        if self.journal:
+            keys.append(self.journal_key)
+        args = [repr(float(now)), str(batch), base, "1" if self.journal else "0", _TOMBSTONE_MS]
         return keys, args
 
     def _grant_call(

@@ -1,0 +1,501 @@
+"""A retried script reports exactly what its original committed (issue 13,
+defects 2, 3 and 5).
+
+redis-py re-sends a script whose answer was lost (the server ran it, the
+connection died before the reply arrived). The retry must neither commit
+again nor lose what the original committed: its events come back with it, so
+the ledger fires each hook exactly once. A loopback proxy (tests/stores/
+_proxy.py) forwards the request and cuts the connection instead of passing
+on the answer; redis-py then retries. Every test runs on a standalone server
+and on a 3-master Redis Cluster (one proxy per node, the cluster client's
+``address_remap`` sending it through them), where there is no journal to
+recover a lost event from.
+
+Each test asserts hooks once per committed event, exact balances, and (on the
+standalone server) one journal entry per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobcredits_plugin import InsufficientCredits, JobExhausted, Ledger
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores._proxy import Proxy
+from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
+
+redis = pytest.importorskip("redis", reason="the redis extra is not installed")
+from redis.backoff import ExponentialBackoff  # noqa: E402
+from redis.retry import Retry  # noqa: E402
+
+from jobcredits_plugin.stores import RedisStore  # noqa: E402
+
+EVALSHA = b"EVALSHA"
+
+
+class Lossy:
+    """Stores that reach Redis (or every node of a cluster) through proxies
+    that can lose one answer, and stores of the same prefix that do not."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.prefix = f"jctest:{uuid.uuid4().hex[:12]}"
+        self.proxies: dict[int, Proxy] = {}  # a real port -> the proxy in front of it
+        self.stores: list[RedisStore] = []
+        self.clients: list[Any] = []
+        self.url = ""
+        self.node_ports: list[int] = []
+
+    # -- building --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.kind == "redis":
+            self.url = _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme != "redis":
+                pytest.skip("the proxy speaks plain TCP: needs a redis:// URL")
+            port = parts.port or 6379
+            self.proxies[port] = Proxy(parts.hostname or "127.0.0.1", port)
+            self.node_ports = [port]
+            return
+        from tests.stores._redis_cluster import REDIS_CLI, REDIS_SERVER, session_cluster_url
+
+        _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")  # skip or fail as the suite does
+        if REDIS_SERVER is None or REDIS_CLI is None:
+            message = "redis-server and redis-cli are needed to start a test cluster"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.url = session_cluster_url()
+        direct = redis.cluster.RedisCluster.from_url(self.url.split("?")[0])
+        try:
+            self.node_ports = sorted(int(n.port) for n in direct.get_primaries())
+        finally:
+            direct.close()
+        for port in self.node_ports:
+            self.proxies[port] = Proxy("127.0.0.1", port)
+
+    def _remap(self, address: tuple[str, int]) -> tuple[str, int]:
+        proxy = self.proxies.get(int(address[1]))
+        return address if proxy is None else ("127.0.0.1", proxy.port)
+
+    def store(self, **options: Any) -> RedisStore:
+        """A store whose every connection goes through the proxies."""
+        if self.kind == "redis":
+            parts = urllib.parse.urlsplit(self.url)
+            proxy = self.proxies[parts.port or 6379]
+            url = urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
+            made = RedisStore.from_url(url, prefix=self.prefix, **options)
+        else:
+            first = self.proxies[self.node_ports[0]]
+            client = redis.cluster.RedisCluster(
+                host="127.0.0.1",
+                port=first.port,
+                address_remap=self._remap,
+                decode_responses=True,
+                socket_timeout=2.0,
+                socket_connect_timeout=2.0,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                require_full_coverage=True,
+            )
+            self.clients.append(client)
+            made = RedisStore(client, cluster=True, prefix=self.prefix, **options)
+        self.stores.append(made)
+        return made
+
+    def direct(self, **options: Any) -> RedisStore:
+        """A store of the same prefix that reaches the server(s) directly."""
+        made = RedisStore.from_url(self.url, prefix=self.prefix, **options)
+        self.stores.append(made)
+        return made
+
+    # -- faults ----------------------------------------------------------------------
+
+    def arm(
+        self, store: RedisStore, account: str, then: Callable[[], object] | None = None
+    ) -> None:
+        """Lose the answer to the next script call for ``account``'s slot."""
+        if self.kind == "redis":
+            proxy = next(iter(self.proxies.values()))
+        else:
+            node = store._client.get_node_from_key(store.due_key(account))
+            proxy = next(p for p in self.proxies.values() if p.port == int(node.port))
+        proxy.lose_next_answer(EVALSHA, then)
+
+    @property
+    def lost(self) -> int:
+        return sum(p.lost for p in self.proxies.values())
+
+    def check_proxies(self) -> None:
+        for proxy in self.proxies.values():
+            if proxy.errors:
+                raise proxy.errors[0]
+
+    # -- clean-up --------------------------------------------------------------------
+
+    def close(self) -> None:
+        for made in self.stores:
+            made.close()
+        for client in self.clients:
+            client.close()
+        for proxy in self.proxies.values():
+            proxy.close()
+        if self.kind == "redis":
+            if self.stores:
+                probe = RedisStore.from_url(self.url, prefix=self.prefix)
+                probe.close()
+                _redis_cleanup(probe)
+            return
+        pattern = self.prefix.replace("*", "\\*") + ":*"
+        for port in self.node_ports:
+            node = redis.Redis(port=port, socket_timeout=5)
+            try:
+                keys = list(node.scan_iter(match=pattern, count=1000))
+                if keys:
+                    # one slot per call: a node refuses a DEL across slots
+                    for key in keys:
+                        node.delete(key)
+            except redis.exceptions.RedisError:
+                pass
+            finally:
+                node.close()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def lossy(request: pytest.FixtureRequest) -> Iterator[Lossy]:
+    made = Lossy("redis" if request.param == "redis" else "cluster")
+    try:
+        made.start()
+        yield made
+        made.check_proxies()
+    finally:
+        made.close()
+
+
+def _ledger(store: RedisStore, clock: FakeClock, events: RecordingPlugin, **kw: Any) -> Ledger:
+    kw.setdefault("balances", True)
+    return Ledger(store, clock=clock, plugins=[events], **kw)
+
+
+def _journal(store: RedisStore, start: int) -> list[tuple[str, str | None, str, int, int]]:
+    """(kind, job id, charge id, delta, balance) of the entries after ``start``
+    (nothing on a cluster, which keeps no journal)."""
+    if store.cluster:
+        return []
+    return [
+        (e.kind, e.job_id, e.charge_id, e.delta, e.balance) for e in store.read_journal(start, 1000)
+    ]
+
+
+def _last_seq(store: RedisStore) -> int:
+    if store.cluster:
+        return 0
+    entries = store.read_journal(0, 100_000)
+    return entries[-1].seq if entries else 0
+
+
+def _warm_up(ledger: Ledger, account: str) -> None:
+    """Connect and load the scripts on the account's node, so the lost answer
+    is the call's own (not a NOSCRIPT)."""
+    warm = ledger.charge(account, "warm-up", cost=0)
+    assert ledger.prune() == []  # runs the script on the warm-up's due-set
+    assert ledger.refund(account, "warm-up", charge_id=warm.record.charge_id)
+
+
+# -- defect 2: a retried claim reports the settlement its original committed -------------
+
+
+def test_a_retried_takeover_reports_the_stale_refund(lossy: Lossy) -> None:
+    """The original took over a stale pending charge (refund, then charge):
+    the retry reports both, so on_refund fires once for the old charge."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    old = ledger.charge("acct", "job", cost=2)  # never settled: its worker died
+    clock.advance(61)
+    start = _last_seq(store)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    new = ledger.charge("acct", "job", cost=3)
+    assert lossy.lost == 1
+    assert new.charged
+    assert new.balance == 10 - 3
+    assert events.kinds() == ["refund", "charge"]
+    assert [r.charge_id for r in events.of("refund")] == [old.record.charge_id]
+    assert [r.charge_id for r in events.of("charge")] == [new.record.charge_id]
+    assert ledger.balance("acct") == 7
+    rec = ledger.lookup("acct", "job")
+    assert rec is not None
+    assert rec.charge_id == new.record.charge_id
+    assert rec.uses == 1
+    if not store.cluster:
+        assert _journal(store, start) == [
+            ("refund", "job", old.record.charge_id, 2, 10),
+            ("charge", "job", new.record.charge_id, -3, 7),
+        ]
+
+
+def test_a_retried_expiry_reports_the_expire(lossy: Lossy) -> None:
+    """The original expired an old charge, then charged: on_expire fires once."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    old = ledger.charge("acct", "job", cost=2)
+    ledger.confirm("acct", "job", charge_id=old.record.charge_id)
+    clock.advance(3601)
+    start = _last_seq(store)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    new = ledger.charge("acct", "job", cost=2)
+    assert lossy.lost == 1
+    assert new.charged
+    assert new.balance == 6
+    assert events.kinds() == ["expire", "charge"]
+    assert events.of("expire")[0].charge_id == old.record.charge_id
+    assert ledger.balance("acct") == 6
+    if not store.cluster:
+        assert _journal(store, start) == [
+            ("expire", "job", old.record.charge_id, 0, 8),
+            ("charge", "job", new.record.charge_id, -2, 6),
+        ]
+
+
+@pytest.mark.parametrize("stale", ["pending", "expired"])
+def test_a_retried_402_reports_the_settlement_before_it(lossy: Lossy, stale: str) -> None:
+    """The original settled the old charge (refund or expire) and then found
+    too little credit (402): the retry answers 402 again and reports the
+    settlement, so its hook fires once."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 3)
+    _warm_up(ledger, "acct")
+    old = ledger.charge("acct", "job", cost=2)
+    if stale == "expired":
+        ledger.confirm("acct", "job", charge_id=old.record.charge_id)
+        clock.advance(3601)
+        balance = 1
+    else:
+        clock.advance(61)
+        balance = 3
+    start = _last_seq(store)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.charge("acct", "job", cost=5)
+    assert lossy.lost == 1
+    assert info.value.balance == balance
+    kind = "refund" if stale == "pending" else "expire"
+    assert events.kinds() == [kind]
+    assert events.of(kind)[0].charge_id == old.record.charge_id
+    assert ledger.balance("acct") == balance
+    assert ledger.lookup("acct", "job") is None
+    if not store.cluster:
+        delta = 2 if stale == "pending" else 0
+        assert _journal(store, start) == [(kind, "job", old.record.charge_id, delta, balance)]
+
+
+def test_a_retried_prune_reports_what_it_settled(lossy: Lossy) -> None:
+    """The original prune batch settled records (an expiry and a stale
+    charge's refund): the retry returns them, so their hooks fire once."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    done = ledger.charge("acct", "done", cost=1)
+    ledger.confirm("acct", "done", charge_id=done.record.charge_id)
+    clock.advance(3000)
+    stale = ledger.charge("acct", "stale", cost=2)
+    clock.advance(700)  # "done" expired, "stale"'s lease is over
+    start = _last_seq(store)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    settled = ledger.prune()
+    assert lossy.lost == 1
+    assert sorted((r.job_id, r.state) for r in settled) == [
+        ("done", "charged"),
+        ("stale", "refunded"),
+    ]
+    assert sorted(events.kinds()) == ["expire", "refund"]
+    assert events.of("expire")[0].charge_id == done.record.charge_id
+    assert events.of("refund")[0].charge_id == stale.record.charge_id
+    assert ledger.balance("acct") == 10 - 1
+    assert ledger.prune() == []
+    assert len(events.kinds()) == 2
+    if not store.cluster:
+        assert sorted(_journal(store, start)) == sorted(
+            [
+                ("expire", "done", done.record.charge_id, 0, 9),
+                ("refund", "stale", stale.record.charge_id, 2, 9),
+            ]
+        )
+
+
+# -- defect 3: a retried refund replays its own refund, never a newer charge ----------
+
+
+@pytest.mark.parametrize("by_id", [False, True], ids=["no-charge-id", "charge-id"])
+def test_a_retried_refund_never_lands_on_a_newer_charge(lossy: Lossy, by_id: bool) -> None:
+    """A refunds its charge; before its retry arrives, B charges the same job
+    anew. The retry answers A's refund again (True, on_refund once for A's
+    charge) and leaves B's charge alone: B is not served free."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    other_events = RecordingPlugin()
+    other = _ledger(lossy.direct(), clock, other_events)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    mine = ledger.charge("acct", "job", cost=2)
+    start = _last_seq(store)
+    events.clear()
+    theirs: list[Any] = []
+
+    def charge_meanwhile() -> None:
+        theirs.append(other.charge("acct", "job", cost=3))
+
+    lossy.arm(store, "acct", then=charge_meanwhile)
+    cid = mine.record.charge_id if by_id else None
+    assert ledger.refund("acct", "job", charge_id=cid) is True
+    assert lossy.lost == 1
+    lossy.check_proxies()
+    assert len(theirs) == 1
+    assert theirs[0].charged
+    assert events.kinds() == ["refund"]
+    assert events.of("refund")[0].charge_id == mine.record.charge_id
+    assert other_events.kinds() == ["charge"]
+    rec = ledger.lookup("acct", "job")
+    assert rec is not None
+    assert rec.charge_id == theirs[0].record.charge_id
+    assert rec.state == "pending"
+    assert ledger.balance("acct") == 10 - 3
+    if not store.cluster:
+        assert _journal(store, start) == [
+            ("refund", "job", mine.record.charge_id, 2, 10),
+            ("charge", "job", theirs[0].record.charge_id, -3, 7),
+        ]
+
+
+# -- defect 5: a retried reuse counts (and journals) once -------------------------------
+
+
+def test_a_retried_reuse_counts_once(lossy: Lossy) -> None:
+    """uses goes 1 -> 2, on_reuse fires once, and with journal_reuses one
+    reuse entry is written."""
+    options = {} if lossy.kind == "cluster" else {"journal_reuses": True}
+    store = lossy.store(**options)
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    first = ledger.charge("acct", "job", cost=2)
+    ledger.confirm("acct", "job", charge_id=first.record.charge_id)
+    start = _last_seq(store)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    again = ledger.charge("acct", "job", cost=2)
+    assert lossy.lost == 1
+    assert again.outcome == "reused"
+    assert again.record.uses == 2
+    assert events.kinds() == ["reuse"]
+    rec = ledger.lookup("acct", "job")
+    assert rec is not None
+    assert rec.uses == 2
+    assert ledger.balance("acct") == 8
+    if not store.cluster:
+        assert _journal(store, start) == [("reuse", "job", first.record.charge_id, 0, 8)]
+
+
+def test_a_retried_last_reuse_is_not_exhausted(lossy: Lossy) -> None:
+    """With max_uses=2 the reuse that took uses to 2 is answered as that
+    reuse, not as "exhausted" by its own count."""
+    store = lossy.store()
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events, max_uses=2)
+    ledger.grant("acct", 10)
+    _warm_up(ledger, "acct")
+    first = ledger.charge("acct", "job")
+    ledger.confirm("acct", "job", charge_id=first.record.charge_id)
+    events.clear()
+
+    lossy.arm(store, "acct")
+    again = ledger.charge("acct", "job")
+    assert lossy.lost == 1
+    assert again.outcome == "reused"
+    assert again.record.uses == 2
+    assert events.kinds() == ["reuse"]
+    with pytest.raises(JobExhausted):
+        ledger.charge("acct", "job")
+
+
+# -- the async twins --------------------------------------------------------------------
+
+
+def test_async_retries_report_what_the_original_committed(lossy: Lossy) -> None:
+    """The same through the async twins: a takeover, a reuse, a refund with a
+    charge made meanwhile, and a prune, each with its answer lost once."""
+    options = {} if lossy.kind == "cluster" else {"journal_reuses": True}
+    store = lossy.store(**options)
+    clock, events = FakeClock(), RecordingPlugin()
+    ledger = _ledger(store, clock, events)
+    other = _ledger(lossy.direct(), clock, RecordingPlugin())
+    ledger.grant("acct", 20)
+    _warm_up(ledger, "acct")
+
+    async def scenario() -> None:
+        warm = await ledger.acharge("acct", "warm-up-async", cost=0)  # this loop's client
+        await ledger.arefund("acct", "warm-up-async", charge_id=warm.record.charge_id)
+        old = await ledger.acharge("acct", "job", cost=2)
+        clock.advance(61)
+        events.clear()
+        lossy.arm(store, "acct")
+        new = await ledger.acharge("acct", "job", cost=2)
+        assert events.kinds() == ["refund", "charge"]
+        assert events.of("refund")[0].charge_id == old.record.charge_id
+        await ledger.aconfirm("acct", "job", charge_id=new.record.charge_id)
+
+        events.clear()
+        lossy.arm(store, "acct")
+        reused = await ledger.acharge("acct", "job")
+        assert reused.outcome == "reused"
+        assert reused.record.uses == 2
+        assert events.kinds() == ["reuse"]
+
+        events.clear()
+        mine = await ledger.acharge("acct", "other-job", cost=4)
+        lossy.arm(store, "acct", then=lambda: other.charge("acct", "other-job", cost=1))
+        assert await ledger.arefund("acct", "other-job") is True
+        assert events.kinds() == ["charge", "refund"]
+        assert events.of("refund")[0].charge_id == mine.record.charge_id
+
+        clock.advance(3600)
+        events.clear()
+        lossy.arm(store, "acct")
+        settled = await ledger.aprune()
+        assert sorted(r.job_id for r in settled) == ["job", "other-job"]
+        assert sorted(events.kinds()) == ["expire", "refund"]
+
+    asyncio.run(scenario())
+    assert lossy.lost == 4
+    # 20, the takeover refunds 2 and charges 2, "other-job" is charged 4 and
+    # refunded, B charges it 1, the prune expires "job" and refunds B's charge.
+    assert ledger.balance("acct") == 20 - 2
+    rec = ledger.lookup("acct", "job")
+    assert rec is None
