@@ -1,4 +1,8 @@
-"""A loopback TCP proxy for fault tests: cut a server off, or lose one answer."""
+"""A loopback TCP proxy for fault tests: cut a server off, or lose one answer.
+
+It forwards bytes, so it serves any protocol sent in the clear: Redis's RESP
+and PostgreSQL's wire protocol (connect with ``sslmode=disable``, or the
+request is encrypted and no marker can be found in it)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import select
 import socket
 import threading
 from collections.abc import Callable
+
+#: PostgreSQL's ReadyForQuery message ('Z', length 5), which the server sends
+#: after the statement's transaction has ended (committed, in autocommit).
+PG_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
 
 
 class Proxy:
@@ -24,10 +32,11 @@ class Proxy:
         self.lock = threading.Lock()
         self.sockets: list[socket.socket] = []
         self.lose_marker: bytes | None = None
+        self.lose_until: bytes | None = None
         self.then: Callable[[], object] | None = None
         self.errors: list[BaseException] = []
         self.lost = 0
-        self._losing: set[socket.socket] = set()
+        self._losing: dict[socket.socket, bytes | None] = {}
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -53,19 +62,39 @@ class Proxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    def lose_next_answer(self, marker: bytes, then: Callable[[], object] | None = None) -> None:
+    def lose_next_answer(
+        self,
+        marker: bytes,
+        then: Callable[[], object] | None = None,
+        *,
+        until: bytes | None = None,
+    ) -> None:
         """Cut the connection instead of passing on the answer to the next
         request that contains ``marker`` (e.g. ``b"EVALSHA"``).
 
         ``then`` runs once the server has answered (so the request has
         committed) and before the connection is cut, so before the client can
         retry: another client's call made there lands between the original and
-        its retry. An exception it raises is kept in ``errors``."""
+        its retry. An exception it raises is kept in ``errors``.
+
+        With ``until``, the answer is swallowed until those bytes have come
+        from the server, and only then is the connection cut: for PostgreSQL,
+        ``until=PG_READY_FOR_QUERY`` (see :meth:`lose_next_pg_answer`) waits
+        for the server to have ended the statement's transaction, so the lost
+        answer is one of a committed statement, never an aborted one."""
         with self.lock:
             self.then = then
+            self.lose_until = until
             self.lose_marker = marker
 
+    def lose_next_pg_answer(self, marker: bytes, then: Callable[[], object] | None = None) -> None:
+        """:meth:`lose_next_answer` for PostgreSQL: the answer to the next
+        query containing ``marker`` (e.g. ``b".claim("``) is lost after the
+        server has committed it."""
+        self.lose_next_answer(marker, then, until=PG_READY_FOR_QUERY)
+
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        seen = b""  # the tail of what a swallowed answer has sent so far
         try:
             while True:
                 data = src.recv(65536)
@@ -75,11 +104,18 @@ class Proxy:
                     if self.lose_marker is not None and self.lose_marker in data:
                         # a request: its answer, coming back from dst, is lost
                         self.lose_marker = None
-                        self._losing.add(dst)
+                        self._losing[dst] = self.lose_until
                         losing = False
+                    elif src in self._losing:
+                        until = self._losing[src]
+                        seen = (seen + data)[-4096:]
+                        losing = until is None or until in seen
+                        if losing:
+                            del self._losing[src]
+                        else:
+                            continue  # swallowed: wait for the rest of the answer
                     else:
-                        losing = src in self._losing
-                        self._losing.discard(src)
+                        losing = False
                 if losing:
                     self.lost += 1
                     then, self.then = self.then, None
