@@ -341,6 +341,35 @@ def test_grant_past_the_cap_answers_cap_and_writes_nothing(
     assert _state(store) == before
 
 
+@pytest.mark.parametrize("memo", ["5 11 nan", "5 11 inf", "5 11 0x10", "5 11 1e999"])
+def test_grant_over_a_corrupt_grant_marker_writes_nothing(
+    ledger: Ledger, store: RedisStore, memo: str
+) -> None:
+    """The grant id's marker is read and checked before the first write."""
+    keys, args = _grant_call(store)
+    store._client.set(keys[1], memo)
+    _refused(store, "grant", keys, args)
+
+
+def test_grant_markers_answer_replays_and_conflicts_without_writing(
+    ledger: Ledger, store: RedisStore
+) -> None:
+    """'amount balance at' answers the first balance (same amount) or the
+    first amount (another one); an older version's '1' answers the current
+    balance; none of them writes."""
+    keys, args = _grant_call(store, 3)
+    store._client.set(keys[1], f"3 42 {args[6]}")
+    before = _state(store)
+    assert store._scripts["grant"](keys=keys, args=args) == ["replay", "42"]
+    args[0] = "4"
+    assert store._scripts["grant"](keys=keys, args=args) == ["conflict", "3"]
+    assert _state(store) == before
+    store._client.set(keys[1], "1")
+    before = _state(store)
+    assert store._scripts["grant"](keys=keys, args=args) == ["replay", "5"]
+    assert _state(store) == before
+
+
 # -- set_cursor and trim ----------------------------------------------------------------
 
 
