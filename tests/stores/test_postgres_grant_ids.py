@@ -6,6 +6,8 @@ their retention, and only those."""
 
 from __future__ import annotations
 
+import asyncio
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from jobcredits_plugin import Ledger, StoreUnavailable
 from jobcredits_plugin.stores import GRANT_ID_RETENTION
 from jobcredits_plugin.testing import FakeClock
+from tests.stores._proxy import Proxy
 from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -168,3 +171,46 @@ def test_a_grant_whose_answer_was_lost_is_retried_safely_with_its_grant_id(
         ("grant", 5, 5),
         ("grant", 7, 12),
     ]
+
+
+def test_a_grant_answer_lost_on_the_wire_is_retried_safely(url: str) -> None:
+    """The same through the loopback proxy: the server commits grant_credits
+    and the connection is cut before its answer arrives (503); the retry with
+    the grant_id answers 12 and writes nothing more, sync and async."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    query = [*urllib.parse.parse_qsl(parts.query), ("sslmode", "disable")]
+    proxied = urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}", query=urllib.parse.urlencode(query))
+    )
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore.from_url(proxied, schema=schema, max_size=2, timeout=2.0)
+    try:
+        ledger = Ledger(store, clock=FakeClock(), balances=True)
+        assert ledger.grant("acct", 5) == 5  # connected, schema ready
+        proxy.lose_next_pg_answer(b".grant_credits(")
+        with pytest.raises(StoreUnavailable):
+            ledger.grant("acct", 7, grant_id="pay-1")
+        assert proxy.lost == 1
+        assert ledger.grant("acct", 7, grant_id="pay-1") == 12
+        assert ledger.balance("acct") == 12  # 5 + 7, not 5 + 7 + 7
+
+        async def async_part() -> None:
+            proxy.lose_next_pg_answer(b".grant_credits(")
+            with pytest.raises(StoreUnavailable):
+                await ledger.agrant("acct", 2, grant_id="pay-2")
+            assert await ledger.agrant("acct", 2, grant_id="pay-2") == 14
+
+        asyncio.run(async_part())
+        assert proxy.lost == 2
+        assert ledger.balance("acct") == 14
+        assert [(e.kind, e.cost, e.balance) for e in ledger.journal()] == [
+            ("grant", 5, 5),
+            ("grant", 7, 12),
+            ("grant", 2, 14),
+        ]
+    finally:
+        store.close()
+        proxy.close()
+        PostgresStore.from_url(url, schema=schema).drop()
