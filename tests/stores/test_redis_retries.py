@@ -12,13 +12,20 @@ and on a 3-master Redis Cluster (one proxy per node, the cluster client's
 recover a lost event from.
 
 Each test asserts hooks once per committed event, exact balances, and (on the
-standalone server) one journal entry per event.
+standalone server) one journal entry per event. The last one does it under
+load: threads charging, reusing, refunding, abandoning and pruning while the
+proxies lose an answer every few milliseconds, audited afterwards (each charge
+settled exactly once by a hook, reuse hooks = uses - 1, balances from the
+hooks, journal = hooks kind by kind). Every test here failed before the fix.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
+import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +33,13 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import InsufficientCredits, JobExhausted, Ledger
+from jobcredits_plugin import (
+    InsufficientCredits,
+    JobExhausted,
+    JobInProgress,
+    Ledger,
+    StoreUnavailable,
+)
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 from tests.stores._proxy import Proxy
 from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
@@ -95,6 +108,7 @@ class Lossy:
             made = RedisStore.from_url(url, prefix=self.prefix, **options)
         else:
             first = self.proxies[self.node_ports[0]]
+            retries = int(options.pop("retries", 1))
             client = redis.cluster.RedisCluster(
                 host="127.0.0.1",
                 port=first.port,
@@ -102,7 +116,7 @@ class Lossy:
                 decode_responses=True,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries),
                 require_full_coverage=True,
             )
             self.clients.append(client)
@@ -499,3 +513,124 @@ def test_async_retries_report_what_the_original_committed(lossy: Lossy) -> None:
     assert ledger.balance("acct") == 20 - 2
     rec = ledger.lookup("acct", "job")
     assert rec is None
+
+
+# -- under load: answers lost all the time, hooks audited against the books -------------
+
+
+@pytest.mark.slow
+def test_lost_answers_under_load_keep_every_hook_exactly_once(lossy: Lossy) -> None:
+    """Six threads charge, reuse, confirm, refund (with and without a charge
+    id) and abandon charges over a few accounts and jobs with small balances,
+    a seventh prunes, on a clock that makes leases and windows run out within
+    the run, while a loser thread makes the proxies lose an answer every few
+    milliseconds. Then everything is settled and audited:
+
+    - every charge hook has exactly one settlement hook (refund or expire) for
+      its charge id, and no settlement hook is for an unknown charge;
+    - reuse hooks per charge = the charge's uses when it was settled, minus 1;
+    - each account's balance = its grant - debits charged + debits refunded,
+      all from the hooks;
+    - on the standalone server, the journal's entries equal the hooks, kind by
+      kind and charge id by charge id.
+    """
+    options: dict[str, Any] = {"retries": 3}
+    if lossy.kind == "redis":
+        options["journal_reuses"] = True
+    store = lossy.store(**options)
+    events = RecordingPlugin()
+    t0, base = time.monotonic(), 1_700_000_000.0
+
+    def fast_clock() -> float:  # 50 s a second: leases of 0.5 s, windows of 2 s
+        return base + (time.monotonic() - t0) * 50
+
+    ledger = Ledger(
+        store, clock=fast_clock, plugins=[events], balances=True, lease=25, ttl=100, max_uses=3
+    )
+    accounts = [f"acct-{n}" for n in range(4)]
+    for account in accounts:
+        ledger.grant(account, 200)
+        _warm_up(ledger, account)
+    events.clear()
+    start = _last_seq(store)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            while not stop.is_set():
+                account, job = rnd.choice(accounts), f"job-{rnd.randrange(8)}"
+                try:
+                    c = ledger.charge(account, job, cost=rnd.randint(1, 3))
+                except (JobInProgress, JobExhausted, InsufficientCredits):
+                    continue
+                if not c.charged:
+                    continue
+                roll = rnd.random()
+                if roll < 0.6:
+                    ledger.confirm(account, job, charge_id=c.record.charge_id)
+                elif roll < 0.8:
+                    ledger.refund(account, job, charge_id=c.record.charge_id)
+                elif roll < 0.85:
+                    ledger.refund(account, job)
+                # else: abandoned, its lease runs out (a takeover or prune refunds it)
+        except StoreUnavailable as exc:  # retries=3: every lost answer is retried
+            failures.append(exc)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def pruner() -> None:
+        try:
+            while not stop.is_set():
+                ledger.prune()
+                time.sleep(0.03)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def loser() -> None:
+        rnd = random.Random(99)
+        while not stop.is_set():
+            lossy.arm(store, rnd.choice(accounts))
+            time.sleep(0.04)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    threads += [threading.Thread(target=pruner), threading.Thread(target=loser)]
+    for t in threads:
+        t.start()
+    time.sleep(4.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    for proxy in lossy.proxies.values():
+        proxy.lose_marker = None
+    assert not failures, failures[:3]
+    assert lossy.lost >= 20, "the proxies should have lost answers all along"
+
+    # Settle everything that is left, then audit the hooks.
+    later = Ledger(store, clock=lambda: fast_clock() + 10_000, plugins=[events], balances=True)
+    later.prune()
+    assert later.snapshot() == []
+    charges = {r.charge_id: r for r in events.of("charge")}
+    assert len(charges) == len(events.of("charge")), "a charge hook fired twice"
+    settled: dict[str, Any] = {}
+    for kind in ("refund", "expire"):
+        for r in events.of(kind):
+            assert r.charge_id in charges, f"{kind} of an unknown charge {r.charge_id}"
+            assert r.charge_id not in settled, f"charge {r.charge_id} settled twice"
+            settled[r.charge_id] = r
+    assert set(settled) == set(charges), "a charge was never reported settled"
+    reuses: dict[str, int] = {}
+    for r in events.of("reuse"):
+        reuses[r.charge_id] = reuses.get(r.charge_id, 0) + 1
+    for cid, r in settled.items():
+        assert r.uses - 1 == reuses.get(cid, 0), f"charge {cid}: uses {r.uses}"
+    for account in accounts:
+        debited = sum(r.debited for r in charges.values() if r.account == account)
+        refunded = sum(r.debited for r in events.of("refund") if r.account == account)
+        assert ledger.balance(account) == 200 - debited + refunded, account
+    if not store.cluster:
+        entries = store.read_journal(start, 1_000_000)
+        journaled = sorted((e.kind, e.charge_id) for e in entries)
+        hooked = sorted((e.kind, e.record.charge_id) for e in events.events)
+        assert journaled == hooked
