@@ -1,4 +1,6 @@
-"""A loopback TCP proxy for fault tests: cut a server off, or lose one answer.
+"""A loopback TCP proxy for fault tests: cut a server off, lose one answer, or
+freeze (a server that still accepts and acknowledges but never answers, like
+a ``SIGSTOP``ped one).
 
 It forwards bytes, so it serves any protocol sent in the clear: Redis's RESP
 and PostgreSQL's wire protocol (connect with ``sslmode=disable``, or the
@@ -37,6 +39,9 @@ class Proxy:
         self.errors: list[BaseException] = []
         self.lost = 0
         self._losing: dict[socket.socket, bytes | None] = {}
+        self.flowing = threading.Event()  # cleared while frozen
+        self.flowing.set()
+        self._thaw_timer: threading.Timer | None = None
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -57,6 +62,9 @@ class Proxy:
             except OSError:
                 client.close()
                 continue
+            # The 2 s were for connecting: a quiet server (an idle pooled
+            # connection, a frozen proxy) must not be cut by a read timeout.
+            server.settimeout(None)
             with self.lock:
                 self.sockets += [client, server]
             for a, b in ((client, server), (server, client)):
@@ -93,11 +101,31 @@ class Proxy:
         server has committed it."""
         self.lose_next_answer(marker, then, until=PG_READY_FOR_QUERY)
 
+    def freeze(self, most: float) -> None:
+        """Stop forwarding, both ways, on every connection, new ones included
+        (they are accepted, and their bytes held): what the client sees of a
+        frozen server. Bytes received meanwhile are held, in order, and
+        forwarded on :meth:`thaw`, which happens by itself after ``most``
+        seconds (so that a test of code that would wait forever ends)."""
+        self.flowing.clear()
+        timer = threading.Timer(most, self.thaw)
+        timer.daemon = True
+        self._thaw_timer = timer
+        timer.start()
+
+    def thaw(self) -> None:
+        """Forward again what was held, and everything after it."""
+        timer, self._thaw_timer = self._thaw_timer, None
+        if timer is not None:
+            timer.cancel()
+        self.flowing.set()
+
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         seen = b""  # the tail of what a swallowed answer has sent so far
         try:
             while True:
                 data = src.recv(65536)
+                self.flowing.wait()  # frozen: hold the bytes
                 if not data:
                     break
                 with self.lock:
@@ -145,6 +173,7 @@ class Proxy:
         self.up = True
 
     def close(self) -> None:
+        self.thaw()
         self.cut()
         self.closed = True
         self.thread.join(timeout=5)

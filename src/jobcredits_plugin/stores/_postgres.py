@@ -28,10 +28,14 @@ first use; the async twins run the same operations on it in worker threads
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import select
+import socket
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -1356,6 +1360,88 @@ def _dead(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     return bool(readable)
 
 
+class _Watchdog:
+    """Ends statements that outlive their deadline, for one store.
+
+    A server that is frozen (``SIGSTOP``, a hung host) still has its kernel
+    acknowledge every packet, so neither ``statement_timeout`` (the server's
+    own), ``tcp_user_timeout`` nor keepalives ever fire, and libpq has no
+    client-side query timeout: a statement would wait as long as the freeze.
+    Each statement is armed here with its deadline; one thread, started when
+    needed and gone after a few idle seconds, shuts the connection's socket
+    down when a deadline passes. The blocked call then sees the connection
+    closed at once (a query cancel would need the frozen server to answer),
+    and the store discards that connection. ``shutdown`` leaves the file
+    descriptor open, and an entry fires only while armed, under the lock its
+    disarming takes, so a descriptor reused by another connection is never
+    touched.
+    """
+
+    _IDLE = 5.0  # seconds the thread waits with nothing armed before it ends
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, fd: int) -> list[Any]:
+        """Watch ``fd`` until :meth:`disarm`; shut it down at ``deadline``
+        (``time.monotonic()``)."""
+        entry: list[Any] = [deadline, next(self._seq), fd, "armed"]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="jobcredits-pg-deadline", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def disarm(self, entry: list[Any]) -> bool:
+        """Stop watching; whether the deadline had passed (the socket is shut)."""
+        with self._cond:
+            fired = entry[3] == "fired"
+            entry[3] = "done"
+            while self._heap and self._heap[0][3] == "done":
+                heapq.heappop(self._heap)
+        return bool(fired)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][3] == "done":
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    if not self._cond.wait(self._IDLE) and not self._heap:
+                        self._thread = None
+                        return
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                entry = heapq.heappop(self._heap)
+                entry[3] = "fired"
+                _shut_down(entry[2])
+
+
+def _shut_down(fd: int) -> None:
+    """Shut a connected socket down both ways without closing its descriptor:
+    a thread blocked on it wakes up to a closed connection."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # pragma: no cover - not a socket any more
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
 #: Errors after which the operation is known not to have committed, or is
 #: unknown; either way the caller sees StoreUnavailable (see PostgresStore):
 #: the OperationalError family (SQLSTATE classes 08 connection, 40 rolled
@@ -1419,6 +1505,15 @@ class PostgresStore(BaseStore):
     :param statement_timeout: seconds the server lets one operation run
         (a claim waits for a row lock only while another call of the same job
         finishes its own short statement, so a long wait means trouble).
+
+    **The deadline.** Every statement the store sends (one per operation;
+    a prune, one per batch) is bounded on the client too, by
+    ``timeout + connect_timeout + statement_timeout`` (:attr:`deadline`,
+    9 s by default), its retry included: a frozen server (``SIGSTOP``, a hung
+    host) acknowledges packets, so none of the timeouts above would fire.
+    When the deadline passes, the connection is shut down and discarded and
+    the call raises :class:`~jobcredits_plugin.StoreUnavailable`; like a lost
+    answer, the operation may or may not have been applied.
     :param prune_batch: how many records one prune statement settles, so that a
         large backlog never holds many row locks for long.
     :param auto_migrate: create or upgrade the schema on first use. With
@@ -1544,6 +1639,9 @@ class PostgresStore(BaseStore):
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
         self.statement_timeout = float(statement_timeout)
+        #: Seconds one statement may take, from asking the pool for a
+        #: connection to the last row of the answer, retry included.
+        self.deadline = self.timeout + self.connect_timeout + self.statement_timeout
         self.prune_batch = prune_batch
         self.auto_migrate = bool(auto_migrate)
         self.journal = journal
@@ -1638,6 +1736,7 @@ class PostgresStore(BaseStore):
         self._closed = False
         self._pid = os.getpid()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._watchdog = _Watchdog()
         # Pools inherited across fork(): never used again, only kept referenced.
         self._orphans: list[Any] = []
 
@@ -1832,12 +1931,13 @@ class PostgresStore(BaseStore):
                 self._orphans.append(self._pool)
             self._pool = None
             self._pid = os.getpid()
+            self._watchdog = _Watchdog()  # the parent's thread is not in this process
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
         pool = self._sync_pool()
         for _ in range(self.max_size + 1):
-            conn = pool.getconn()
+            conn = pool.getconn(timeout=self._remaining(deadline, self.timeout))
             if not _dead(conn):
                 break
             conn.close()  # the pool replaces closed connections
@@ -1849,14 +1949,57 @@ class PostgresStore(BaseStore):
         finally:
             pool.putconn(conn)
 
+    def _remaining(self, deadline: float, most: float) -> float:
+        """Seconds left before ``deadline``, at most ``most``; past it,
+        StoreUnavailable."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._late()
+        return min(left, most)
+
+    def _late(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"PostgreSQL store {self._where}: no answer within the store's deadline of "
+            f"{self.deadline:g} s (timeout + connect_timeout + statement_timeout); the "
+            "connection was closed, and the operation may or may not have been applied "
+            "(its answer is lost)"
+        )
+
+    def _execute(
+        self,
+        conn: psycopg.Connection[Any],
+        query: sql.Composed,
+        params: Sequence[Any],
+        deadline: float,
+    ) -> list[Row]:
+        """Run the statement, shutting the connection down if it outlives
+        ``deadline`` (see _Watchdog); such a connection is closed here, so
+        the pool discards it, and the call raises StoreUnavailable."""
+        self._remaining(deadline, 0.0)
+        try:
+            fd = conn.pgconn.socket
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        entry = self._watchdog.arm(deadline, fd)
+        try:
+            rows: list[Row] = conn.execute(query, params).fetchall()
+        except BaseException as exc:
+            if self._watchdog.disarm(entry):
+                conn.close()
+                raise self._late() from exc
+            raise
+        if self._watchdog.disarm(entry):
+            conn.close()  # answered just in time, but the socket is shut: never reuse it
+        return rows
+
     def _run(self, query: sql.Composed, params: Sequence[Any], *, retry: bool) -> list[Row]:
-        """Run one statement (one round trip); see the class docstring for
-        when a failure is retried."""
+        """Run one statement (one round trip) within the store's deadline; see
+        the class docstring for when a failure is retried."""
+        deadline = time.monotonic() + self.deadline
         for attempt in (0, 1):
             try:
-                with self._connection() as conn:
-                    rows: list[Row] = conn.execute(query, params).fetchall()
-                    return rows
+                with self._connection(deadline) as conn:
+                    return self._execute(conn, query, params, deadline)
             except psycopg.errors.QueryCanceled as exc:
                 raise self._unavailable(exc) from exc
             except _UNAVAILABLE as exc:
