@@ -136,14 +136,15 @@ async def _run_watched(
     the first byte leaves the charge as the status decided: the client was
     answered. If the app raises, is cancelled or returns before its first
     byte, the call is refunded (and, nothing having been sent, the server
-    answers the failure itself).
+    answers the failure itself); so is a response the app started but never
+    ended (no body message at all: a stream cut before its first byte).
     """
 
-    async def release() -> None:
+    async def release(*, completed: bool = True) -> None:
         start, watch.held = watch.held, None
         assert start is not None
         assert watch.call is not None
-        await watch.call.afinish(start.get("status"))
+        await watch.call.afinish(start.get("status") if completed else None)
         start = dict(start)
         start["headers"] = [
             *start.get("headers", ()),
@@ -171,7 +172,11 @@ async def _run_watched(
             await afinish_raised(watch.call, exc)  # a no-op after the first byte
         raise
     if watch.held is not None:
-        await release()  # started, then returned without a body: ended cleanly
+        # Started, then returned without ending its body (not even an empty
+        # last chunk): the response never completed, as when Starlette's
+        # StreamingResponse stops a stream whose client disconnected before
+        # its first byte. Nothing was served: refunded.
+        await release(completed=False)
     elif watch.call is not None:
         await watch.call.afinish(None)  # returned without answering: nothing was served
 
