@@ -42,6 +42,7 @@ class Proxy:
         self.flowing = threading.Event()  # cleared while frozen
         self.flowing.set()
         self._thaw_timer: threading.Timer | None = None
+        self.freeze_marker: tuple[bytes, float] | None = None
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -113,6 +114,13 @@ class Proxy:
         self._thaw_timer = timer
         timer.start()
 
+    def freeze_on(self, marker: bytes, most: float) -> None:
+        """:meth:`freeze` as the next request containing ``marker`` arrives:
+        that request is held too, so the server freezes mid-session, after
+        the client has connected."""
+        with self.lock:
+            self.freeze_marker = (marker, most)
+
     def thaw(self) -> None:
         """Forward again what was held, and everything after it."""
         timer, self._thaw_timer = self._thaw_timer, None
@@ -125,6 +133,12 @@ class Proxy:
         try:
             while True:
                 data = src.recv(65536)
+                with self.lock:
+                    freeze, self.freeze_marker = self.freeze_marker, None
+                    if freeze is not None and freeze[0] not in data:
+                        self.freeze_marker, freeze = freeze, None
+                if freeze is not None:
+                    self.freeze(freeze[1])
                 self.flowing.wait()  # frozen: hold the bytes
                 if not data:
                     break

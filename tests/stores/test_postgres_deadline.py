@@ -130,3 +130,32 @@ def test_an_async_charge_ends_within_the_deadline_and_the_store_recovers(
         assert again.charged
 
     asyncio.run(main())
+
+
+def test_a_schema_check_or_migration_ends_within_its_deadline(
+    frozen: tuple[PostgresStore, Proxy],
+) -> None:
+    """The first use of a store checks or migrates the schema on a
+    connection of its own: a server that freezes after that connection is
+    made ends each statement within statement_timeout + connect_timeout."""
+    store, proxy = frozen
+    bound = OPTIONS["statement_timeout"] + OPTIONS["connect_timeout"]
+    fresh = PostgresStore(store.conninfo, schema=f"jctest_{uuid.uuid4().hex[:12]}", **OPTIONS)
+    try:
+        for marker, call in (
+            (b"to_regclass", fresh.schema_version),
+            (b"pg_advisory_xact_lock", lambda: Ledger(fresh).grant("acct", 5)),
+        ):
+            proxy.freeze_on(marker, FREEZE)
+            start = time.monotonic()
+            try:
+                with pytest.raises(StoreUnavailable, match="may or may not have been applied"):
+                    call()
+            finally:
+                elapsed = time.monotonic() - start
+                proxy.thaw()
+            assert elapsed < bound + MARGIN, f"blocked {elapsed:.1f} s ({marker!r})"
+        assert Ledger(fresh).grant("acct", 5) == 5  # migrated now
+    finally:
+        fresh.close()
+        fresh.drop()

@@ -1513,7 +1513,9 @@ class PostgresStore(BaseStore):
     host) acknowledges packets, so none of the timeouts above would fire.
     When the deadline passes, the connection is shut down and discarded and
     the call raises :class:`~jobcredits_plugin.StoreUnavailable`; like a lost
-    answer, the operation may or may not have been applied.
+    answer, the operation may or may not have been applied. The schema check
+    or migration of the first use runs its statements on a connection of its
+    own, each bounded by ``statement_timeout + connect_timeout``.
     :param prune_batch: how many records one prune statement settles, so that a
         large backlog never holds many row locks for long.
     :param auto_migrate: create or upgrade the schema on first use. With
@@ -1809,20 +1811,40 @@ class PostgresStore(BaseStore):
                 f"PostgreSQL store {self._where}: cannot connect: {text}"
             ) from exc
 
+    def _watched(
+        self, conn: psycopg.Connection[Any], query: Any, params: Sequence[Any] | None = None
+    ) -> psycopg.Cursor[Any]:
+        """``conn.execute`` on a connection of :meth:`_direct` (schema checks
+        and migrations), bounded on the client by ``statement_timeout +
+        connect_timeout`` (see _Watchdog): past it, the socket is shut down
+        and StoreUnavailable raised; the connection is closed on the way out."""
+        bound = self.statement_timeout + self.connect_timeout
+        entry = self._watchdog.arm(time.monotonic() + bound, conn.pgconn.socket)
+        try:
+            cursor = conn.execute(query, params)
+        except BaseException as exc:
+            if self._watchdog.disarm(entry):
+                raise self._late(bound, "statement_timeout + connect_timeout") from exc
+            raise
+        if self._watchdog.disarm(entry):
+            raise self._late(bound, "statement_timeout + connect_timeout")
+        return cursor
+
     def schema_version(self) -> int:
         """The version recorded in the database (0 when the schema is absent)."""
         with self._direct() as conn:
             return self._version(conn)
 
     def _version(self, conn: psycopg.Connection[Any]) -> int:
-        row = conn.execute(
+        row = self._watched(
+            conn,
             "SELECT to_regclass(%s) IS NOT NULL",
             (sql.Identifier(self.schema).as_string(conn) + ".schema_version",),
         ).fetchone()
         if row is None or not row[0]:
             return 0
-        got = conn.execute(
-            self._format("SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+        got = self._watched(
+            conn, self._format("SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
         ).fetchone()
         return int(got[0]) if got else 0
 
@@ -1836,10 +1858,12 @@ class PostgresStore(BaseStore):
         """
         try:
             with self._direct() as conn, conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.schema)
+                self._watched(
+                    conn,
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                    (_LOCK_CLASS, self.schema),
                 )
-                conn.execute(self._format(_VERSION_TABLE))
+                self._watched(conn, self._format(_VERSION_TABLE))
                 current = self._version(conn)
                 if current > SCHEMA_VERSION:
                     raise StoreUnavailable(
@@ -1848,8 +1872,9 @@ class PostgresStore(BaseStore):
                         "upgrade jobcredits-plugin"
                     )
                 for version in range(current, SCHEMA_VERSION):
-                    conn.execute(self._format(_MIGRATIONS[version]))
-                    conn.execute(
+                    self._watched(conn, self._format(_MIGRATIONS[version]))
+                    self._watched(
+                        conn,
                         self._format("INSERT INTO {schema}.schema_version (version) VALUES (%s)"),
                         (version + 1,),
                     )
@@ -1885,7 +1910,7 @@ class PostgresStore(BaseStore):
     def drop(self) -> None:
         """Drop the schema and everything in it (tests, uninstalling)."""
         with self._direct() as conn:
-            conn.execute(self._format("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            self._watched(conn, self._format("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         with self._lock:
             self._ready = False
 
@@ -1957,10 +1982,14 @@ class PostgresStore(BaseStore):
             raise self._late()
         return min(left, most)
 
-    def _late(self) -> StoreUnavailable:
+    def _late(
+        self,
+        bound: float | None = None,
+        rule: str = "timeout + connect_timeout + statement_timeout",
+    ) -> StoreUnavailable:
         return StoreUnavailable(
             f"PostgreSQL store {self._where}: no answer within the store's deadline of "
-            f"{self.deadline:g} s (timeout + connect_timeout + statement_timeout); the "
+            f"{self.deadline if bound is None else bound:g} s ({rule}); the "
             "connection was closed, and the operation may or may not have been applied "
             "(its answer is lost)"
         )
