@@ -49,6 +49,33 @@ def test_the_warning_classes_are_exported() -> None:
     assert {"JobCreditsWarning", "InProcessStoreWarning"} <= set(jobcredits_plugin.__all__)
 
 
+@pytest.fixture(autouse=True)
+def _framework_installed(request: pytest.FixtureRequest) -> None:
+    """The Flask and FastAPI tests skip where their framework is not installed
+    (tox's ``noframework``): importing the adapter would name the extra."""
+    for framework in ("flask", "fastapi"):
+        if request.node.name.startswith(f"test_{framework}_"):
+            pytest.importorskip(framework)
+
+
+@pytest.fixture(autouse=True)
+def _close_every_ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close each ledger a test here builds (directly or through an adapter):
+    an unclosed SQLite connection is a ResourceWarning on Python 3.13, which
+    the suite's ``filterwarnings = error`` turns into another test's failure."""
+    built: list[Ledger] = []
+    init = Ledger.__init__
+
+    def recording_init(self: Ledger, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(Ledger, "__init__", recording_init)
+    yield
+    for ledger in built:
+        ledger.close()
+
+
 def in_process_ledgers() -> dict[str, Callable[[], Ledger]]:
     """Ledgers on the in-process store nobody chose as an object."""
     return {

@@ -10,6 +10,7 @@ Redis every RedisError.)
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -116,7 +117,8 @@ def _sqlite_with_trigger(tmp_path: Path, body: str) -> SQLiteStore:
     path = tmp_path / "jobs.db"
     store = SQLiteStore(path, timeout=0.2)
     store.balance("warm-up")  # creates the schema
-    with sqlite3.connect(path) as conn:
+    # sqlite3's own context manager commits but does not close.
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(f"CREATE TRIGGER boom BEFORE INSERT ON jobcredits_jobs BEGIN {body}; END")
     return store
 

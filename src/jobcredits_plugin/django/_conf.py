@@ -146,6 +146,10 @@ def url_problem(url: Any) -> str | None:
         store = from_url(probe)
     except JobCreditsError as exc:
         return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"
+    except ImportError as exc:
+        # The store's driver is not installed: the message names the extra,
+        # and a check reports it rather than crashing `manage.py check`.
+        return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"
     store.close()
     return None
 
