@@ -460,6 +460,18 @@ def waits_for_body(method: str | None, status: int | None) -> bool:
     return (method or "").upper() != "HEAD"
 
 
+def close_then_settle(body: Any, call: JobCall) -> None:
+    """Close a response body (if it can be closed), then settle its call as
+    failed: the server is done with the body, so if it never produced its
+    first byte the client was not served (a no-op once the call settled)."""
+    try:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    finally:
+        call.finish(None)
+
+
 class WatchedBody:
     """A streamed response body that settles its call at its first byte.
 
@@ -496,14 +508,7 @@ class WatchedBody:
         call.finish(self._status)  # an empty body, ended cleanly
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            # The server is done with the body: if it never produced its
-            # first byte, the client was not served.
-            self._call.finish(None)
+        close_then_settle(self._body, self._call)
 
 
 class AsyncWatchedBody:
@@ -531,12 +536,7 @@ class AsyncWatchedBody:
         await call.afinish(self._status)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._call.finish(None)
+        close_then_settle(self._body, self._call)
 
 
 @configuration()

@@ -40,6 +40,7 @@ from ._web import (
     Route,
     RoutedMiddleware,
     bound,
+    close_then_settle,
     start_call,
 )
 
@@ -147,14 +148,7 @@ class _Body:
             raise
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            # The server is done with the call; if the body never produced
-            # its first byte, it did not serve the client.
-            self._held.call.finish(None)
+        close_then_settle(self._body, self._held.call)
 
 
 class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
