@@ -17,9 +17,13 @@ must agree on the outcome, so the events every store reports are built by
 the same code; should they ever disagree, what the server committed is the
 truth (logged at ERROR, see :func:`._base.claim_from_server`).
 
-Times are ``double precision`` and always come from the ledger's clock (a
-parameter), never from the server's: a float survives the round trip bit for
-bit, and tests with a fake clock behave the same on every store.
+Times are ``double precision``. By default they come from the ledger's clock
+(a parameter): a float survives the round trip bit for bit, and tests with a
+fake clock behave the same on every store. With ``server_clock=True`` the
+statement computes the parameter itself from the server's
+``clock_timestamp()`` (a one-row CTE, evaluated once, then passed to the
+same functions: no schema change) and returns it as a last column, so the
+Python side replays the rules on the very ``now`` the server decided with.
 
 Connections come from a :class:`~psycopg_pool.ConnectionPool`, opened on
 first use; the async twins run the same operations on it in worker threads
@@ -40,6 +44,8 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+import attrs
 
 from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import REFUNDED, JobRecord, JournalEntry
@@ -1293,8 +1299,20 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "statement_timeout": float,
     "prune_batch": int,
     "auto_migrate": parse_bool,
+    "server_clock": parse_bool,
     **JOURNAL_OPTIONS,
 }
+
+#: The server's now, in seconds since the epoch, for ``server_clock=True``:
+#: a CTE that reads ``clock_timestamp()`` once (a CTE with a volatile function
+#: is never inlined, so every use of ``clock.now`` in the statement is the same
+#: value), then handed to the functions in place of the ledger's ``now``.
+#: ``clock_timestamp()``, not ``now()``: ``now()`` is the start of the
+#: transaction, which is the start of the statement only while every call is
+#: its own autocommit transaction; ``clock_timestamp()`` stays "the time the
+#: decision is made" whatever transaction the statement runs in, and it is
+#: read after the statement has waited for a connection and been parsed.
+_SERVER_NOW = "WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now) "
 
 
 def redact_conninfo(conninfo: str) -> str:
@@ -1529,6 +1547,11 @@ class PostgresStore(BaseStore):
     :param journal_max_age: seconds an entry is kept by a trim with no bound
         (``jobcredits prune``), unless a cursor has not read it; None keeps
         entries until trimmed explicitly.
+    :param server_clock: take ``now`` from the server (``clock_timestamp()``,
+        read inside each statement) instead of the ledger's clock, so that
+        hosts whose clocks differ still agree on every lease and window; the
+        ledger's ``clock=`` then no longer moves this store's time. Off by
+        default; see "Clocks" in the PostgreSQL docs. Needs no migration.
 
     The three journal settings travel with every call as function arguments,
     so stores with different settings can share one schema.
@@ -1589,6 +1612,7 @@ class PostgresStore(BaseStore):
         journal: bool = True,
         journal_reuses: bool = False,
         journal_max_age: float | None = 7 * 86400.0,
+        server_clock: bool = False,
     ) -> None:
         if not isinstance(conninfo, str):
             raise InvalidArgument(f"conninfo must be a string, not {type(conninfo).__name__}")
@@ -1630,7 +1654,11 @@ class PostgresStore(BaseStore):
             "statement_timeout", statement_timeout, most=MAX_WAIT_SECONDS
         )
         check_int_option("prune_batch", prune_batch, 1, MAX_BATCH)
-        for name, flag in (("journal", journal), ("journal_reuses", journal_reuses)):
+        for name, flag in (
+            ("journal", journal),
+            ("journal_reuses", journal_reuses),
+            ("server_clock", server_clock),
+        ):
             if not isinstance(flag, bool):
                 raise InvalidArgument(f"{name} must be True or False, not {flag!r}")
         journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
@@ -1649,6 +1677,7 @@ class PostgresStore(BaseStore):
         self.journal = journal
         self.journal_reuses = journal_reuses
         self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
+        self.server_clock = server_clock
         self._configure = configure
         self._where = redact_conninfo(conninfo) or "<default libpq connection>"
 
@@ -1679,33 +1708,42 @@ class PostgresStore(BaseStore):
             self._kwargs["tcp_user_timeout"] = int(bound * 1000)
 
         s = sql.Identifier(schema)
+        # The ledger's now is a parameter; the server's (server_clock) is
+        # clock.now from _SERVER_NOW, also returned as the last column.
+        if server_clock:
+            with_, now, col, frm = _SERVER_NOW, "clock.now", ", clock.now", "clock, "
+        else:
+            with_, now, col, frm = "", "%s::float8", "", ""
         self._sql_claim = sql.SQL(
-            "SELECT status, balance, " + _OUT + " FROM {}.claim("
-            "%s, %s, %s, %s, %s::bigint, %s, %s, %s::float8, %s::float8, %s::float8, "
+            f"{with_}SELECT status, balance, {_OUT}{col} FROM {frm}{{}}.claim("
+            f"%s, %s, %s, %s, %s::bigint, %s, %s, {now}, %s::float8, %s::float8, "
             "%s::bigint, %s::boolean, %s::boolean, %s::boolean)"
         ).format(s)
         self._sql_confirm = sql.SQL(
-            "SELECT hit, " + _OUT + " FROM {}.confirm(%s, %s, %s, %s::text)"
+            f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.confirm(%s, %s, %s, %s::text)"
         ).format(s)
         self._sql_refund = sql.SQL(
-            "SELECT hit, " + _OUT + " FROM {}.refund(%s, %s, %s, %s::text, %s::float8, %s::boolean)"
+            f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.refund("
+            f"%s, %s, %s, %s::text, {now}, %s::boolean)"
         ).format(s)
         self._sql_prune = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM {}.prune(%s::float8, %s::integer, %s::boolean)"
+            f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.prune({now}, %s::integer, %s::boolean)"
         ).format(s)
         self._sql_lookup = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM {}.jobs WHERE account = %s AND scope = %s AND job_id = %s"
+            f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.jobs "
+            "WHERE account = %s AND scope = %s AND job_id = %s"
         ).format(s)
         self._sql_snapshot = sql.SQL(
-            "SELECT " + _COLUMNS + " FROM {}.jobs WHERE expires_at > %s::float8 "
-            "ORDER BY charged_at, account, scope, job_id"
+            f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.jobs "
+            f"WHERE expires_at > {now} ORDER BY charged_at, account, scope, job_id"
         ).format(s)
         self._sql_grant = sql.SQL(
-            "SELECT status, balance FROM "
-            "{}.grant_credits(%s, %s::bigint, %s::float8, %s, %s::boolean, %s::float8)"
+            f"{with_}SELECT status, balance FROM {frm}{{}}.grant_credits("
+            f"%s, %s::bigint, {now}, %s, %s::boolean, %s::float8)"
         ).format(s)
         self._sql_forget_grants = sql.SQL(
-            "SELECT {}.forget_grants(%s::float8, %s::float8, %s::integer)"
+            f"{with_}SELECT {{}}.forget_grants({now}, %s::float8, %s::integer)"
+            + (" FROM clock" if server_clock else "")
         ).format(s)
         self._sql_balance = sql.SQL("SELECT credits FROM {}.balances WHERE account = %s").format(s)
         self._sql_read_journal = sql.SQL(
@@ -2040,6 +2078,18 @@ class PostgresStore(BaseStore):
 
     # -- turning rows into results -------------------------------------------------------
 
+    def _now(self, now: float) -> tuple[float, ...]:
+        """The ``now`` parameter of a statement: none on the server's clock
+        (the statement reads it, see _SERVER_NOW)."""
+        return () if self.server_clock else (now,)
+
+    def _server_now(self, rows: list[Row], now: float) -> float:
+        """The ``now`` an operation was decided on: the server's, returned
+        as the last column on the server's clock, else the ledger's."""
+        if self.server_clock and rows:
+            return float(rows[0][-1])
+        return now
+
     def _claim_params(self, req: ClaimRequest) -> tuple[Any, ...]:
         return (
             req.account,
@@ -2049,7 +2099,7 @@ class PostgresStore(BaseStore):
             req.cost,
             req.tier,
             req.backend,
-            req.now,
+            *self._now(req.now),
             req.ttl,
             req.lease,
             req.max_uses,
@@ -2059,6 +2109,10 @@ class PostgresStore(BaseStore):
         )
 
     def _claim_result(self, req: ClaimRequest, rows: list[Row]) -> ClaimResult:
+        if self.server_clock:
+            # The rules replay on the server's now: the records they build
+            # are then the ones the function stored, to the bit.
+            req = attrs.evolve(req, now=self._server_now(rows, req.now))
         status, balance, *found = rows[0]
         existing = None if found[0] is None else _record(req.key, found)
         # The server's committed decision is the truth, should the rules
@@ -2092,15 +2146,15 @@ class PostgresStore(BaseStore):
                 events.append(event)
         return events
 
-    @staticmethod
-    def _lookup_result(rows: list[Row], now: float) -> JobRecord | None:
+    def _lookup_result(self, rows: list[Row], now: float) -> JobRecord | None:
         if not rows:
             return None
+        now = self._server_now(rows, now)
         record = _full_record(rows[0])
         return record if record.is_live(now) else None
 
-    @staticmethod
-    def _snapshot_result(rows: list[Row], now: float) -> list[JobRecord]:
+    def _snapshot_result(self, rows: list[Row], now: float) -> list[JobRecord]:
+        now = self._server_now(rows, now)
         return [r for r in map(_full_record, rows) if r.is_live(now)]
 
     # -- the store protocol --------------------------------------------------------------
@@ -2111,11 +2165,15 @@ class PostgresStore(BaseStore):
 
     def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
         rows = self._run(self._sql_confirm, (*key, charge_id), retry=True)
+        now = self._server_now(rows, now)
         result: JobRecord | None = self._confirm_result(key, charge_id, now, rows)
         return result
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
-        rows = self._run(self._sql_refund, (*key, charge_id, now, self.journal), retry=False)
+        rows = self._run(
+            self._sql_refund, (*key, charge_id, *self._now(now), self.journal), retry=False
+        )
+        now = self._server_now(rows, now)
         result: Event | None = self._refund_result(key, charge_id, now, rows)
         return result
 
@@ -2130,8 +2188,10 @@ class PostgresStore(BaseStore):
         try:
             while limit is None or len(events) < limit:
                 batch = self._batches(limit, len(events))
-                rows = self._run(self._sql_prune, (now, batch, self.journal), retry=False)
-                events.extend(self._settled(rows, now))
+                rows = self._run(
+                    self._sql_prune, (*self._now(now), batch, self.journal), retry=False
+                )
+                events.extend(self._settled(rows, self._server_now(rows, now)))
                 if len(rows) < batch:
                     break
             self._forget_grants(now)
@@ -2142,12 +2202,13 @@ class PostgresStore(BaseStore):
         return events
 
     def snapshot(self, now: float) -> list[JobRecord]:
-        return self._snapshot_result(self._run(self._sql_snapshot, (now,), retry=True), now)
+        rows = self._run(self._sql_snapshot, self._now(now), retry=True)
+        return self._snapshot_result(rows, now)
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         # Never retried by the store: a grant whose answer was lost is
         # retried by its caller, with its grant_id (Store.grant).
-        params = (account, amount, now, grant_id, self.journal, GRANT_ID_RETENTION)
+        params = (account, amount, *self._now(now), grant_id, self.journal, GRANT_ID_RETENTION)
         try:
             rows = self._run(self._sql_grant, params, retry=False)
         except psycopg.Error as exc:
@@ -2164,7 +2225,9 @@ class PostgresStore(BaseStore):
         """Delete the grant ids past their retention, a batch per statement."""
         while True:
             rows = self._run(
-                self._sql_forget_grants, (now, GRANT_ID_RETENTION, self.prune_batch), retry=False
+                self._sql_forget_grants,
+                (*self._now(now), GRANT_ID_RETENTION, self.prune_batch),
+                retry=False,
             )
             if int(rows[0][0]) < self.prune_batch:
                 break

@@ -45,10 +45,15 @@ that changes the books, which appends the change's entry (``XADD P:journal
 Redis Cluster may only touch keys of one slot, so a cluster store keeps no
 journal.
 
-Clock: every time comparison uses the ``now`` the ledger passes in (never
-Redis ``TIME``), and every float is passed and stored as Python's ``repr``,
-which Lua's ``tonumber`` and Redis's sorted-set scores parse back to the same
-double, so times round-trip to the bit and compare exactly as in Python.
+Clock: by default every time comparison uses the ``now`` the ledger passes
+in, and every float is passed and stored as Python's ``repr``, which Lua's
+``tonumber`` and Redis's sorted-set scores parse back to the same double, so
+times round-trip to the bit and compare exactly as in Python. With
+``server_clock=True`` the scripts read the server's ``TIME`` instead, inside
+the same atomic step, and answer the ``now`` they used (exact microseconds);
+the times they compute from it are written with 17 significant digits, so
+Python, replaying the rules with that ``now``, builds the very records the
+server stored.
 """
 
 from __future__ import annotations
@@ -64,11 +69,14 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, cast
 
+import attrs
+
 from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
 from .._records import REFUNDED, JobRecord, JobState, JournalEntry, JournalKind
 from .._validation import (
     MAX_BATCH,
     MAX_WAIT_SECONDS,
+    check_flag,
     check_int_option,
     check_optional_seconds,
     check_positive_seconds,
@@ -197,6 +205,11 @@ def is_unavailable(exc: BaseException) -> bool:
 # cost, max_uses (0: none), balances (1/0), expires_at, lease_until, safety
 # expiry in ms (0: none), journal (0: off, 1: on, 2: on with reuses), the
 # retry marker's life in ms. ARGV[2] is the account, ARGV[3] the x field.
+# On the server's clock (server_clock=True) now is 'T', expires_at and
+# lease_until are the ttl and the lease, and ARGV[3] is the x field without
+# its last element (charged_at) and closing bracket: the script reads TIME
+# and completes all three (see jc_now). Every answer ends with the now the
+# script used, which the Python side decides and builds the records with.
 # KEYS: the job, the due-set, the balance, the claim's retry marker (named by
 # its charge id), and the journal stream when the journal is on.
 #
@@ -292,6 +305,29 @@ local function jc_kept(mark, first, from, to)
   end
   return m
 end
+-- The operation's now, as a number and as the string every stored time and
+-- journal entry is written with: the caller's (v, a repr of a Python float)
+-- or, when the caller sends 'T' (server_clock=True), the server's own clock,
+-- read with TIME inside this very script, so the decision and its writes use
+-- one time that every host sharing the server shares. TIME is a
+-- non-deterministic command: Redis 5+ replicates a script's effects, not
+-- the script, which makes it safe before writes (older servers must be told).
+-- The string is the exact microseconds ("1765000000.012345"), which Lua and
+-- Python parse to the same double.
+local function jc_now(v)
+  if v ~= 'T' then return jc_num(v, 'now'), v end
+  if (redis.REDIS_VERSION_NUM or 0) < 0x050000 and redis.replicate_commands then
+    redis.replicate_commands()
+  end
+  local t = redis.call('TIME')
+  local s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+  return tonumber(s), s
+end
+-- A time the script computed, spelled so that Python reads back the very
+-- double (17 significant digits round-trip any double).
+local function jc_time(x)
+  return string.format('%.17g', x)
+end
 """
 
 _CLAIM = """
@@ -300,14 +336,25 @@ local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local p = {}
 for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
 if #p ~= 10 then jc_fail('claim arguments', ARGV[1]) end
-local now = jc_num(p[1], 'now')
+local now, nows = jc_now(p[1])
 local cid = p[2]
 local cost = p[3]
 local ncost = jc_int(cost, 'cost', 0, JC_MAX)
 local max_uses = jc_int(p[4], 'max_uses', 0, JC_MAX)
 local balances = jc_flag(p[5], 'balances flag', '01')
-jc_num(p[6], 'expires_at')
-jc_num(p[7], 'lease_until')
+-- the new record's expiry and lease end, and its x field (whose last
+-- element is charged_at): as the caller computed them from its now, or, on
+-- the server's clock, computed here from the ttl and lease it sent instead
+-- and the x it sent without its charged_at
+local ea, lu, nx = p[6], p[7], ARGV[3]
+if p[1] == 'T' then
+  ea = jc_time(now + jc_num(p[6], 'ttl'))
+  lu = jc_time(now + jc_num(p[7], 'lease'))
+  nx = jc_str(ARGV[3], 'record') .. nows .. ']'
+else
+  jc_num(p[6], 'expires_at')
+  jc_num(p[7], 'lease_until')
+end
 local expiry_ms = jc_int(p[8], 'safety expiry', 0, JC_MS)
 local jr = jc_flag(p[9], 'journal flag', '012')
 jc_int(p[10], 'marker life', 1, JC_MS)
@@ -319,7 +366,10 @@ end
 local kept = jc_kept(mark, 'string', 3, 3)
 if kept then
   if type(kept[2]) ~= 'string' then jc_fail('retry marker', cjson.encode(kept)) end
-  return {kept[1], kept[3], kept[2]}
+  -- the original's now too, so the retry rebuilds the very same record
+  local kept_now = kept[4]
+  if type(kept_now) ~= 'string' then kept_now = nows end
+  return {kept[1], kept[3], kept[2], kept_now}
 end
 local raw = redis.call('HGETALL', job)
 local rec = {}
@@ -334,7 +384,7 @@ local balance = '0'
 if balances == '1' then balance = stored end
 local function log(kind, c, x, d, b)
   redis.call('XADD', KEYS[5], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
-             'b', string.format('%d', b), 't', p[1])
+             'b', string.format('%d', b), 't', nows)
 end
 local refund_debited = nil
 local expired = false
@@ -343,24 +393,26 @@ if #raw > 0 then
   if rec['c'] == cid then
     -- our own charge, whose marker is gone (it outlives any driver retry):
     -- answered as that charge, journaled by that attempt, so not again
-    return {'replay', raw, balance}
+    return {'replay', raw, balance, nows}
   end
   if st == 'pending' then
-    if now < jc_num(rec['lu'], 'stored lease_until') then return {'in_progress', raw, balance} end
+    if now < jc_num(rec['lu'], 'stored lease_until') then
+      return {'in_progress', raw, balance, nows}
+    end
     refund_debited = rec['d']
     jc_credit_ok(nstored, jc_int(refund_debited, 'stored debit', 0, JC_I64), 'stored debit')
     settled = true
   elseif st == 'charged' and now < jc_num(rec['ea'], 'stored expires_at') then
     local uses = jc_int(rec['u'], 'stored uses', 0, JC_I64 - 1)
     if max_uses > 0 and uses >= max_uses then
-      return {'exhausted', raw, balance}
+      return {'exhausted', raw, balance, nows}
     end
-    local m = cjson.encode({'reused', balance, raw})
+    local m = cjson.encode({'reused', balance, raw, nows})
     -- Everything is checked: from here on, the writes.
     redis.call('SET', mark, m, 'PX', p[10])
     redis.call('HINCRBY', job, 'u', 1)
     if jr == '2' then log('reuse', rec['c'], rec['x'], '0', nstored) end
-    return {'reused', raw, balance}
+    return {'reused', raw, balance, nows}
   else
     settled = true
     expired = st == 'charged'
@@ -377,9 +429,9 @@ end
 -- What a retry of this call answers: every outcome that writes keeps it.
 local m = nil
 if enough then
-  m = cjson.encode({'charged', balance, raw})
+  m = cjson.encode({'charged', balance, raw, nows})
 elseif settled then
-  m = cjson.encode({'insufficient', balance, raw})
+  m = cjson.encode({'insufficient', balance, raw, nows})
 end
 -- Everything is checked: from here on, the writes.
 if m ~= nil then redis.call('SET', mark, m, 'PX', p[10]) end
@@ -398,13 +450,13 @@ if not enough then
     redis.call('DEL', job)
     redis.call('ZREM', due, job)
   end
-  return {'insufficient', raw, balance}
+  return {'insufficient', raw, balance, nows}
 end
 if debit ~= '0' then redis.call('DECRBY', bal, debit) end
 if #raw > 0 then redis.call('DEL', job) end
-redis.call('HSET', job, 'a', ARGV[2], 'x', ARGV[3], 'c', cid, 'st', 'pending',
-           'ea', p[6], 'lu', p[7], 'u', '1', 'd', debit)
-redis.call('ZADD', due, p[7], job)
+redis.call('HSET', job, 'a', ARGV[2], 'x', nx, 'c', cid, 'st', 'pending',
+           'ea', ea, 'lu', lu, 'u', '1', 'd', debit)
+redis.call('ZADD', due, lu, job)
 if expiry_ms > 0 then
   redis.call('PEXPIRE', job, p[8])
   local ttl = redis.call('PTTL', due)
@@ -413,26 +465,37 @@ end
 if jr ~= '0' then
   local d = '0'
   if debit ~= '0' then d = '-' .. debit end
-  log('charge', cid, ARGV[3], d, run - tonumber(debit))
+  log('charge', cid, nx, d, run - tonumber(debit))
 end
-return {'charged', raw, balance}
+return {'charged', raw, balance, nows}
 """
 
 _CONFIRM = """
 jc_arity(2, 2)
 local job, due = KEYS[1], KEYS[2]
 jc_flag(ARGV[2], 'charge id flag', '01')
+-- ARGV[3] = 'T' (server_clock): answer {now, raw}, the server's now telling
+-- the caller whether a record confirmed before is still live
+local nows = nil
+if ARGV[3] == 'T' then
+  local _
+  _, nows = jc_now('T')
+end
 local raw = redis.call('HGETALL', job)
-if #raw == 0 then return {} end
+local function answer(r)
+  if nows ~= nil then return {nows, r} end
+  return r
+end
+if #raw == 0 then return answer({}) end
 local rec = {}
 for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
+if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return answer({}) end
 if rec['st'] == 'pending' then
   jc_num(rec['ea'], 'stored expires_at')
   redis.call('ZADD', due, rec['ea'], job)
   redis.call('HSET', job, 'st', 'charged')
 end
-return raw
+return answer(raw)
 """
 
 # A refund deletes the record and leaves a retry marker (KEYS[4]) keyed by
@@ -450,7 +513,7 @@ _REFUND = """
 jc_arity(4, 6)
 local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 jc_flag(ARGV[2], 'charge id flag', '01')
-local now = jc_num(ARGV[3], 'now')
+local now, nows = jc_now(ARGV[3])
 if type(ARGV[4]) ~= 'string' or ARGV[4] == '' then jc_fail('refund token', ARGV[4]) end
 jc_int(ARGV[5], 'marker life', 1, JC_MS)
 local jr = jc_flag(ARGV[6], 'journal flag', '01')
@@ -459,7 +522,7 @@ if jr == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
 local kept = jc_kept(mark, 'table', 1, 1)
-if kept then return {'refunded', kept[1]} end
+if kept then return {'refunded', kept[1], nows} end
 local raw = redis.call('HGETALL', job)
 if #raw == 0 then return {} end
 local rec = {}
@@ -483,9 +546,9 @@ redis.call('DEL', job)
 if d ~= 0 then redis.call('INCRBY', bal, rec['d']) end
 if jr == '1' then
   redis.call('XADD', KEYS[5], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
-             'd', rec['d'], 'b', redis.call('GET', bal) or '0', 't', ARGV[3])
+             'd', rec['d'], 'b', redis.call('GET', bal) or '0', 't', nows)
 end
-return {'refunded', raw}
+return {'refunded', raw, nows}
 """
 
 # Settles up to ARGV[2] due records of one due-set (one account slot). Answers
@@ -502,7 +565,12 @@ return {'refunded', raw}
 _PRUNE = """
 jc_arity(2, 5)
 local due, mark = KEYS[1], KEYS[2]
-local now = jc_num(ARGV[1], 'now')
+local now, nows = jc_now(ARGV[1])
+-- on the server's clock the answer carries the now it used, second:
+-- {examined, now, raw1, ...}
+local server = ARGV[1] == 'T'
+local first_raw = 2
+if server then first_raw = 3 end
 local limit = jc_int(ARGV[2], 'batch', 1, 1000000)
 local base = ARGV[3]
 local jr = jc_flag(ARGV[4], 'journal flag', '01') == '1'
@@ -511,9 +579,12 @@ if jr then jc_arity(3, 5) end
 if jr and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
-local kept = jc_kept(mark, 'number', 2)
-if kept then return kept end
-local members = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[1], 'LIMIT', 0, limit)
+local kept = jc_kept(mark, 'number', first_raw)
+if kept then
+  if server and type(kept[2]) ~= 'string' then jc_fail('retry marker', cjson.encode(kept)) end
+  return kept
+end
+local members = redis.call('ZRANGEBYSCORE', due, '-inf', nows, 'LIMIT', 0, limit)
 local plan = {}
 local credited = {}
 for _, job in ipairs(members) do
@@ -547,6 +618,7 @@ for _, job in ipairs(members) do
   plan[#plan + 1] = item
 end
 local out = {#members}
+if server then out[2] = nows end
 for _, item in ipairs(plan) do
   if item.settle then out[#out + 1] = item.raw end
 end
@@ -568,7 +640,7 @@ for _, item in ipairs(plan) do
     end
     if jr then
       redis.call('XADD', KEYS[3], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
-                 'x', rec['x'], 'd', d, 'b', redis.call('GET', item.bal) or '0', 't', ARGV[1])
+                 'x', rec['x'], 'd', d, 'b', redis.call('GET', item.bal) or '0', 't', nows)
     end
   end
 end
@@ -578,6 +650,11 @@ return out
 _SNAPSHOT = """
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
+-- ARGV[1] = 'T' (server_clock): the server's now first, {now, raw1, ...}
+if ARGV[1] == 'T' then
+  local _
+  _, out[1] = jc_now('T')
+end
 for _, job in ipairs(members) do
   local raw = redis.call('HGETALL', job)
   if #raw > 0 then out[#out + 1] = raw end
@@ -604,7 +681,7 @@ local amount = jc_int(ARGV[1], 'amount', -JC_MAX, JC_MAX)
 local jr = jc_flag(ARGV[2], 'journal flag', '01')
 local life = 0
 if ARGV[3] ~= '' then life = jc_int(ARGV[3], 'marker life', 1, JC_MS) end
-local now = jc_num(ARGV[7], 'now')
+local now, nows = jc_now(ARGV[7])
 if jr == '1' then
   jc_arity(3, 7)
   if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
@@ -642,13 +719,21 @@ elseif amount ~= 0 then
 end
 local after = redis.call('GET', KEYS[1]) or '0'
 if life > 0 then
-  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. after .. ' ' .. ARGV[7], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. after .. ' ' .. nows, 'PX', ARGV[3])
 end
 if jr == '1' then
   redis.call('XADD', KEYS[3], '0-*', 'k', 'grant', 'a', ARGV[4], 'c', ARGV[5], 'x', ARGV[6],
-             'd', d, 'b', after, 't', ARGV[7])
+             'd', d, 'b', after, 't', nows)
 end
 return {'ok', after}
+"""
+
+# A lookup on the server's clock (server_clock=True): {now, the job's
+# HGETALL}, read together, so the record is judged live or not by the time
+# the server read it. (On the ledger's clock a lookup is a plain HGETALL.)
+_LOOKUP = """
+local _, nows = jc_now('T')
+return {nows, redis.call('HGETALL', KEYS[1])}
 """
 
 # A cursor only moves forward unless forced (ARGV[3] = '1'); answers the
@@ -737,6 +822,7 @@ _SCRIPTS = {
         "refund": _REFUND,
         "prune": _PRUNE,
         "snapshot": _SNAPSHOT,
+        "lookup": _LOOKUP,
         "grant": _GRANT,
         "set_cursor": _SET_CURSOR,
         "trim": _TRIM,
@@ -752,6 +838,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "safety_expiry": parse_optional_seconds,
     "prune_batch": int,
     "db": int,
+    "server_clock": parse_bool,
     **JOURNAL_OPTIONS,
 }
 
@@ -884,6 +971,13 @@ class RedisStore(BaseStore):
         :meth:`~jobcredits_plugin.Ledger.trim_journal` called without bounds
         (``jobcredits prune`` does), unless a cursor has not read it; ``None``
         keeps entries until they are trimmed explicitly.
+    :param server_clock: take ``now`` from the Redis server (``TIME``, read
+        inside each script) instead of the ledger's clock, so that hosts
+        whose clocks differ still agree on every lease and window: the
+        ledger's ``clock=`` then no longer moves this store's time (a fake
+        clock in tests does not either). Off by default; see "Clocks" in the
+        Redis docs. On a cluster each account's time is that of the master
+        serving its slot.
     """
 
     schemes = ("redis", "rediss", "redis+unix")
@@ -904,6 +998,7 @@ class RedisStore(BaseStore):
         journal: bool | None = None,
         journal_reuses: bool = False,
         journal_max_age: float | None = 7 * 86400.0,
+        server_clock: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
             raise InvalidArgument(f"prefix must be a string without braces, not {prefix!r}")
@@ -922,6 +1017,7 @@ class RedisStore(BaseStore):
         prune_batch = check_int_option("prune_batch", prune_batch, 1, MAX_BATCH)
         safety_expiry = check_optional_seconds("safety_expiry", safety_expiry)
         journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
+        server_clock = check_flag("server_clock", server_clock)
         if journal is None:
             journal = not cluster
         elif journal and cluster:
@@ -941,6 +1037,7 @@ class RedisStore(BaseStore):
         self.journal = bool(journal)
         self.journal_reuses = bool(journal_reuses)
         self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
+        self.server_clock = server_clock
         #: The journal stream and its cursors hash (unused on a cluster).
         self.journal_key = f"{prefix}:journal"
         self.cursors_key = f"{prefix}:journal:cursors"
@@ -1131,26 +1228,41 @@ class RedisStore(BaseStore):
             f"{base}c:{lp_account}{_lp(req.charge_id)}",
         ]
         now = float(req.now)
-        expires_at = now + req.ttl
-        lease_until = now + req.lease
+        if self.server_clock:
+            # The script reads TIME and completes these (see _CLAIM): the
+            # times as offsets, the x field without charged_at.
+            times = ("T", repr(float(req.ttl)), repr(float(req.lease)))
+            expiry = self._expiry_ms(max(req.ttl, req.lease)) or "0"
+            packed = (
+                json.dumps(
+                    [req.scope, req.job_id, req.tier, req.backend, req.cost],
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )[:-1]
+                + ","
+            )
+        else:
+            expires_at, lease_until = now + req.ttl, now + req.lease
+            times = (repr(now), repr(expires_at), repr(lease_until))
+            expiry = self._expiry_ms(max(expires_at, lease_until) - now) or "0"
+            packed = json.dumps(
+                [req.scope, req.job_id, req.tier, req.backend, req.cost, now],
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
         control = "\x1f".join(
             (
-                repr(now),
+                times[0],
                 req.charge_id,
                 str(req.cost),
                 "0" if req.max_uses is None else str(req.max_uses),
                 "1" if req.balances else "0",
-                repr(expires_at),
-                repr(lease_until),
-                self._expiry_ms(max(expires_at, lease_until) - now) or "0",
+                times[1],
+                times[2],
+                expiry,
                 self._journal_flag(),
                 _TOMBSTONE_MS,
             )
-        )
-        packed = json.dumps(
-            [req.scope, req.job_id, req.tier, req.backend, req.cost, now],
-            ensure_ascii=False,
-            separators=(",", ":"),
         )
         if self.journal:
             keys.append(self.journal_key)
@@ -1167,11 +1279,18 @@ class RedisStore(BaseStore):
             return ""
         return str(max(1, math.ceil((seconds_ahead + self.safety_expiry) * 1000)))
 
-    @staticmethod
-    def _claim_result(req: ClaimRequest, reply: Sequence[Any]) -> ClaimResult:
+    def _now_arg(self, now: float) -> str:
+        """The ``now`` a script gets: the ledger's, or ``T`` for the server's."""
+        return "T" if self.server_clock else repr(float(now))
+
+    def _claim_result(self, req: ClaimRequest, reply: Sequence[Any]) -> ClaimResult:
         status = _s(reply[0])
         existing = _decode(reply[1])
         balance = int(_s(reply[2]))
+        if self.server_clock:
+            # The rules replay on the server's now: the record the Python
+            # side builds is then the one the script stored, to the bit.
+            req = attrs.evolve(req, now=float(_s(reply[3])))
         if status == "replay" and existing is not None:
             return ClaimResult(
                 "charged",
@@ -1203,7 +1322,7 @@ class RedisStore(BaseStore):
         ]
         args = [
             *self._key_call(key, charge_id),
-            repr(float(now)),
+            self._now_arg(now),
             token,
             _TOMBSTONE_MS,
             "1" if self.journal else "0",
@@ -1212,10 +1331,13 @@ class RedisStore(BaseStore):
             keys.append(self.journal_key)
         return keys, args
 
-    @staticmethod
-    def _refund_event(reply: Sequence[Any], charge_id: str | None, now: float) -> Event | None:
+    def _refund_event(
+        self, reply: Sequence[Any], charge_id: str | None, now: float
+    ) -> Event | None:
         if not reply:
             return None
+        if self.server_clock:
+            now = float(_s(reply[2]))
         # {'refunded', the record before the refund}: the same answer whether
         # this run refunded or a retry found the marker of the run that did.
         record = _decode(reply[1])
@@ -1233,7 +1355,7 @@ class RedisStore(BaseStore):
         keys = [due, f"{base}p:{secrets.token_hex(8)}"]
         if self.journal:
             keys.append(self.journal_key)
-        args = [repr(float(now)), str(batch), base, "1" if self.journal else "0", _TOMBSTONE_MS]
+        args = [self._now_arg(now), str(batch), base, "1" if self.journal else "0", _TOMBSTONE_MS]
         return keys, args
 
     def _grant_call(
@@ -1248,7 +1370,7 @@ class RedisStore(BaseStore):
         if self.journal:
             keys.append(self.journal_key)
         packed = json.dumps([None, None, None, None, int(amount), None], separators=(",", ":"))
-        return keys, [*args, account, grant_id, packed, repr(float(now))]
+        return keys, [*args, account, grant_id, packed, self._now_arg(now)]
 
     # -- the journal's keys and answers ----------------------------------------------
 
@@ -1279,10 +1401,12 @@ class RedisStore(BaseStore):
     def _set_cursor_args(name: str, position: int, force: bool) -> list[str]:
         return [name, str(int(position)), "1" if force else "0"]
 
-    @staticmethod
-    def _prune_events(reply: Sequence[Any], now: float) -> tuple[int, list[Event]]:
+    def _prune_events(self, reply: Sequence[Any], now: float) -> tuple[int, list[Event]]:
         events = []
-        for raw in reply[1:]:
+        raws = reply[1:]
+        if self.server_clock:
+            now, raws = float(_s(reply[1])), reply[2:]
+        for raw in raws:
             record = _decode(raw)
             assert record is not None
             event = plan_settle(record, now)
@@ -1290,12 +1414,37 @@ class RedisStore(BaseStore):
                 events.append(event)
         return int(reply[0]), events
 
-    @staticmethod
-    def _snapshot_records(replies: Iterable[Sequence[Any]], now: float) -> list[JobRecord]:
-        records = [r for reply in replies for r in map(_decode, reply) if r is not None]
-        live = [r for r in records if r.is_live(now)]
+    def _snapshot_args(self) -> list[str]:
+        return ["T"] if self.server_clock else []
+
+    def _snapshot_records(self, replies: Iterable[Sequence[Any]], now: float) -> list[JobRecord]:
+        live: list[JobRecord] = []
+        for reply in replies:
+            raws = reply
+            if self.server_clock:
+                # each due-set's script read its own server's now (one node
+                # of a cluster per slot)
+                now, raws = float(_s(reply[0])), reply[1:]
+            live.extend(r for r in map(_decode, raws) if r is not None and r.is_live(now))
         live.sort(key=lambda r: (r.charged_at, r.key))
         return live
+
+    def _confirm_args(self, key: Key, charge_id: str | None) -> list[str]:
+        args = self._key_call(key, charge_id)
+        return [*args, "T"] if self.server_clock else args
+
+    def _confirm_result(
+        self, reply: Sequence[Any], charge_id: str | None, now: float
+    ) -> JobRecord | None:
+        if self.server_clock:
+            now, reply = float(_s(reply[0])), reply[1]
+        return plan_confirm(_decode(reply), charge_id, now)[0]
+
+    def _lookup_result(self, reply: Any, now: float) -> JobRecord | None:
+        if self.server_clock:
+            now, reply = float(_s(reply[0])), reply[1]
+        record = _decode(reply)
+        return record if record is not None and record.is_live(now) else None
 
     # -- the store protocol --------------------------------------------------------------
 
@@ -1306,8 +1455,10 @@ class RedisStore(BaseStore):
 
     def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
         keys = [self.job_key(key), self.due_key(key[0])]
-        reply = self._run(self._scripts["confirm"], keys=keys, args=self._key_call(key, charge_id))
-        return plan_confirm(_decode(reply), charge_id, now)[0]
+        reply = self._run(
+            self._scripts["confirm"], keys=keys, args=self._confirm_args(key, charge_id)
+        )
+        return self._confirm_result(reply, charge_id, now)
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
         keys, args = self._refund_call(key, charge_id, now)
@@ -1315,8 +1466,11 @@ class RedisStore(BaseStore):
         return self._refund_event(reply, charge_id, now)
 
     def lookup(self, key: Key, now: float) -> JobRecord | None:
-        record = _decode(self._run(self._client.hgetall, self.job_key(key)))
-        return record if record is not None and record.is_live(now) else None
+        if self.server_clock:
+            reply = self._run(self._scripts["lookup"], keys=[self.job_key(key)])
+        else:
+            reply = self._run(self._client.hgetall, self.job_key(key))
+        return self._lookup_result(reply, now)
 
     def _due_keys(self) -> list[str]:
         found = self._run(
@@ -1345,7 +1499,10 @@ class RedisStore(BaseStore):
         return events
 
     def snapshot(self, now: float) -> list[JobRecord]:
-        replies = [self._run(self._scripts["snapshot"], keys=[due]) for due in self._due_keys()]
+        args = self._snapshot_args()
+        replies = [
+            self._run(self._scripts["snapshot"], keys=[due], args=args) for due in self._due_keys()
+        ]
         return self._snapshot_records(replies, now)
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
@@ -1455,8 +1612,9 @@ class RedisStore(BaseStore):
         if got is None:
             return await super().aconfirm(key, charge_id, now)
         keys = [self.job_key(key), self.due_key(key[0])]
-        reply = await self._arun(got[1]["confirm"](keys=keys, args=self._key_call(key, charge_id)))
-        return plan_confirm(_decode(reply), charge_id, now)[0]
+        args = self._confirm_args(key, charge_id)
+        reply = await self._arun(got[1]["confirm"](keys=keys, args=args))
+        return self._confirm_result(reply, charge_id, now)
 
     async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
         got = await self._aclient()
@@ -1470,8 +1628,11 @@ class RedisStore(BaseStore):
         got = await self._aclient()
         if got is None:
             return await super().alookup(key, now)
-        record = _decode(await self._arun(got[0].hgetall(self.job_key(key))))
-        return record if record is not None and record.is_live(now) else None
+        if self.server_clock:
+            reply = await self._arun(got[1]["lookup"](keys=[self.job_key(key)]))
+        else:
+            reply = await self._arun(got[0].hgetall(self.job_key(key)))
+        return self._lookup_result(reply, now)
 
     async def _adue_keys(self, client: Any) -> list[str]:
         async def scan() -> list[str]:
@@ -1507,8 +1668,9 @@ class RedisStore(BaseStore):
         if got is None:
             return await super().asnapshot(now)
         client, scripts = got
+        args = self._snapshot_args()
         replies = [
-            await self._arun(scripts["snapshot"](keys=[due]))
+            await self._arun(scripts["snapshot"](keys=[due], args=args))
             for due in await self._adue_keys(client)
         ]
         return self._snapshot_records(replies, now)
