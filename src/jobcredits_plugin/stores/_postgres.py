@@ -25,6 +25,12 @@ statement computes the parameter itself from the server's
 same functions: no schema change) and returns it as a last column, so the
 Python side replays the rules on the very ``now`` the server decided with.
 
+A claim, refund or prune batch whose answer was lost (the connection died
+after the server committed) is retried within the store's deadline with the
+same operation id; the server answers the retry with the reply it kept for
+that id (the ``replies`` table, schema version 6), so the caller gets the
+original's result and events, and each hook fires once.
+
 Connections come from a :class:`~psycopg_pool.ConnectionPool`, opened on
 first use; the async twins run the same operations on it in worker threads
 (see :class:`PostgresStore` for why not psycopg's async pool).
@@ -36,6 +42,7 @@ import heapq
 import itertools
 import os
 import re
+import secrets
 import select
 import socket
 import threading
@@ -92,14 +99,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'PostgresStore needs psycopg 3 and psycopg_pool: pip install "jobcredits-plugin[postgres]"'
     ) from exc
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "is_unavailable"]
+__all__ = ["REPLY_RETENTION", "SCHEMA_VERSION", "PostgresStore", "is_unavailable"]
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
 #: The schema version this code reads and writes. ``migrate()`` brings a
 #: database up to it, one step of ``_MIGRATIONS`` at a time.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The most connections one pool may open.
 MAX_POOL_SIZE = 1000
@@ -117,6 +124,23 @@ _LOCK_CLASS = 0x4A43  # "JC"
 #: First key of the advisory lock that serialises the journal's sequencers
 #: (the second is, again, the schema name's hash).
 _JOURNAL_LOCK_CLASS = 0x4A4A  # "JJ"
+
+#: First key of the advisory lock a claim, refund or prune batch takes on its
+#: operation id (the second is the id's hash), so that a retry reaching the
+#: server while the original still runs waits for it and finds its reply.
+_REPLY_LOCK_CLASS = 0x4A52  # "JR"
+
+#: Seconds (by the ledger's clock) the answer of a claim, refund or prune
+#: batch is kept for a retry of the same call (see version 6 and
+#: ``PostgresStore``); at least twice the store's deadline.
+REPLY_RETENTION = 300.0
+
+#: How many tries, all within one deadline, a claim, refund or prune batch
+#: gets when a failure may have come after its commit (its answer lost).
+_REPLAY_ATTEMPTS = 3
+
+#: How many expired replies prune deletes per statement.
+_FORGET_BATCH = 5000
 
 #: How many journal rows one read numbers at most (at least its ``limit``),
 #: so that one statement's work stays bounded however large the backlog.
@@ -1271,8 +1295,220 @@ END
 $fn$;
 """
 
+# Version 6 (issue 13): replies, so that an operation whose answer was lost
+# can be retried. Each claim, refund and prune batch carries an operation id
+# the client draws per call (128 random bits) and re-sends on its retry. The
+# new overloads take the id (and the retention, ``p_keep`` seconds by the
+# ledger's clock) and wrap the version-5 functions: under a transaction-scoped
+# advisory lock of the id (so a retry that reaches the server while the
+# original still runs waits for it to end), they look the id up in
+# ``replies``; found, they answer what the original answered and do nothing
+# else; not found, they run the operation and, when it wrote anything, keep
+# its answer (the status, the balance and the records it found, which are
+# all the Python side needs to rebuild the very events the original
+# committed) in the same transaction. An outcome that wrote nothing (409, a
+# plain 402, a refund or prune batch that found nothing) keeps no reply: its
+# retry decides afresh, as nothing committed. Each reply written deletes up
+# to two replies past their retention (SKIP LOCKED), and prune deletes them
+# in batches through ``forget_replies``, so the table holds about the
+# retention's worth of operations however the store is used. The records are
+# kept as ``job_image``, a type of their own rather than the jobs row type,
+# so that a later migration may still add columns to jobs. The version-5
+# signatures stay, for processes still running the old code during a rolling
+# upgrade (their operations keep no reply).
+_V6 = """
+CREATE TYPE {schema}.job_image AS (
+    account     text,
+    scope       text,
+    job_id      text,
+    charge_id   text,
+    state       text,
+    cost        bigint,
+    tier        text,
+    backend     text,
+    charged_at  double precision,
+    expires_at  double precision,
+    lease_until double precision,
+    uses        bigint,
+    debited     bigint
+);
+
+CREATE TABLE {schema}.replies (
+    op_id     text COLLATE "C" NOT NULL PRIMARY KEY,
+    at        double precision NOT NULL,  -- the operation's now (the ledger's clock)
+    r_status  text NOT NULL,
+    r_balance bigint,
+    r_records {schema}.job_image[] NOT NULL
+);
+CREATE INDEX replies_at ON {schema}.replies (at);
+
+-- Delete up to p_limit replies past their retention (at <= p_now - p_keep).
+CREATE OR REPLACE FUNCTION {schema}.forget_replies(
+    p_now double precision, p_keep double precision, p_limit integer)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_count bigint;
+BEGIN
+    DELETE FROM {schema}.replies
+     WHERE op_id IN (
+        SELECT op_id FROM {schema}.replies
+         WHERE at <= p_now - p_keep
+         ORDER BY at
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$fn$;
+
+-- Keep an operation's answer (and make room: see above).
+CREATE OR REPLACE FUNCTION {schema}.keep_reply(
+    p_op_id text, p_now double precision, p_keep double precision, p_status text,
+    p_balance bigint, p_records {schema}.job_image[])
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    INSERT INTO {schema}.replies (op_id, at, r_status, r_balance, r_records)
+    VALUES (p_op_id, p_now, p_status, p_balance, p_records);
+    PERFORM {schema}.forget_replies(p_now, p_keep, 2);
+END
+$fn$;
+
+-- claim with an operation id: the version-5 claim, or the answer it gave
+-- this operation id before. o_now is the now the answer was decided on (the
+-- original's, for a retry): on the server's clock (server_clock) a retry
+-- passes a later now, and the rules must replay on the original's to rebuild
+-- the records it stored.
+CREATE OR REPLACE FUNCTION {schema}.claim(
+    p_account text, p_scope text, p_job_id text, p_charge_id text, p_cost bigint,
+    p_tier text, p_backend text, p_now double precision, p_ttl double precision,
+    p_lease double precision, p_max_uses bigint, p_balances boolean,
+    p_journal boolean, p_journal_reuses boolean, p_op_id text, p_keep double precision,
+    OUT status text, OUT balance bigint,
+    OUT o_charge_id text, OUT o_state text, OUT o_cost bigint, OUT o_tier text,
+    OUT o_backend text, OUT o_charged_at double precision,
+    OUT o_expires_at double precision, OUT o_lease_until double precision,
+    OUT o_uses bigint, OUT o_debited bigint, OUT o_now double precision)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r {schema}.replies%ROWTYPE;
+    f {schema}.job_image;
+BEGIN
+    PERFORM pg_advisory_xact_lock({reply_lock}, hashtext(p_op_id));
+    SELECT * INTO r FROM {schema}.replies WHERE op_id = p_op_id;
+    IF FOUND THEN
+        o_now := r.at;
+        status := r.r_status;
+        balance := r.r_balance;
+        IF cardinality(r.r_records) > 0 THEN
+            f := r.r_records[1];
+            o_charge_id := f.charge_id; o_state := f.state; o_cost := f.cost;
+            o_tier := f.tier; o_backend := f.backend; o_charged_at := f.charged_at;
+            o_expires_at := f.expires_at; o_lease_until := f.lease_until;
+            o_uses := f.uses; o_debited := f.debited;
+        END IF;
+        RETURN;
+    END IF;
+    o_now := p_now;
+    SELECT c.status, c.balance, c.o_charge_id, c.o_state, c.o_cost, c.o_tier, c.o_backend,
+           c.o_charged_at, c.o_expires_at, c.o_lease_until, c.o_uses, c.o_debited
+      INTO status, balance, o_charge_id, o_state, o_cost, o_tier, o_backend,
+           o_charged_at, o_expires_at, o_lease_until, o_uses, o_debited
+      FROM {schema}.claim(p_account, p_scope, p_job_id, p_charge_id, p_cost, p_tier,
+                          p_backend, p_now, p_ttl, p_lease, p_max_uses, p_balances,
+                          p_journal, p_journal_reuses) c;
+    -- what wrote: a charge (a takeover's settlement included), a reuse, and a
+    -- 402 that settled the record it found
+    IF status IN ('charged', 'reused')
+       OR (status = 'insufficient' AND o_charge_id IS NOT NULL) THEN
+        PERFORM {schema}.keep_reply(p_op_id, p_now, p_keep, status, balance,
+            CASE WHEN o_charge_id IS NULL THEN ARRAY[]::{schema}.job_image[]
+                 ELSE ARRAY[ROW(p_account, p_scope, p_job_id, o_charge_id, o_state, o_cost,
+                                o_tier, o_backend, o_charged_at, o_expires_at,
+                                o_lease_until, o_uses, o_debited)::{schema}.job_image]
+            END);
+    END IF;
+END
+$fn$;
+
+-- refund with an operation id: the version-5 refund, or the answer it gave
+-- this operation id before (a newer charge of the job made meanwhile is
+-- never touched by the retry).
+CREATE OR REPLACE FUNCTION {schema}.refund(
+    p_account text, p_scope text, p_job_id text, p_charge_id text,
+    p_now double precision, p_journal boolean, p_op_id text, p_keep double precision,
+    OUT hit boolean,
+    OUT o_charge_id text, OUT o_state text, OUT o_cost bigint, OUT o_tier text,
+    OUT o_backend text, OUT o_charged_at double precision,
+    OUT o_expires_at double precision, OUT o_lease_until double precision,
+    OUT o_uses bigint, OUT o_debited bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r {schema}.replies%ROWTYPE;
+    f {schema}.job_image;
+BEGIN
+    PERFORM pg_advisory_xact_lock({reply_lock}, hashtext(p_op_id));
+    SELECT * INTO r FROM {schema}.replies WHERE op_id = p_op_id;
+    IF FOUND THEN
+        hit := true;
+        f := r.r_records[1];
+        o_charge_id := f.charge_id; o_state := f.state; o_cost := f.cost;
+        o_tier := f.tier; o_backend := f.backend; o_charged_at := f.charged_at;
+        o_expires_at := f.expires_at; o_lease_until := f.lease_until;
+        o_uses := f.uses; o_debited := f.debited;
+        RETURN;
+    END IF;
+    SELECT x.hit, x.o_charge_id, x.o_state, x.o_cost, x.o_tier, x.o_backend,
+           x.o_charged_at, x.o_expires_at, x.o_lease_until, x.o_uses, x.o_debited
+      INTO hit, o_charge_id, o_state, o_cost, o_tier, o_backend,
+           o_charged_at, o_expires_at, o_lease_until, o_uses, o_debited
+      FROM {schema}.refund(p_account, p_scope, p_job_id, p_charge_id, p_now, p_journal) x;
+    IF hit THEN
+        PERFORM {schema}.keep_reply(p_op_id, p_now, p_keep, 'refunded', NULL,
+            ARRAY[ROW(p_account, p_scope, p_job_id, o_charge_id, o_state, o_cost,
+                      o_tier, o_backend, o_charged_at, o_expires_at,
+                      o_lease_until, o_uses, o_debited)::{schema}.job_image]);
+    END IF;
+END
+$fn$;
+
+-- One prune batch with an operation id: the version-5 prune, or the records
+-- it settled for this operation id before, in the same order. (A refund's
+-- or a prune's events do not depend on the now they are rebuilt with, as
+-- long as it is no earlier: neither answers the original's now.)
+CREATE OR REPLACE FUNCTION {schema}.prune(
+    p_now double precision, p_limit integer, p_journal boolean, p_op_id text,
+    p_keep double precision)
+RETURNS SETOF {schema}.job_image LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_records {schema}.job_image[];
+BEGIN
+    PERFORM pg_advisory_xact_lock({reply_lock}, hashtext(p_op_id));
+    SELECT r_records INTO v_records FROM {schema}.replies WHERE op_id = p_op_id;
+    IF NOT FOUND THEN
+        SELECT coalesce(array_agg(ROW(p.account, p.scope, p.job_id, p.charge_id, p.state,
+                                      p.cost, p.tier, p.backend, p.charged_at, p.expires_at,
+                                      p.lease_until, p.uses, p.debited)::{schema}.job_image
+                                  ORDER BY p.deadline, p.account, p.scope, p.job_id),
+                        ARRAY[]::{schema}.job_image[])
+          INTO v_records
+          FROM {schema}.prune(p_now, p_limit, p_journal) p;
+        IF cardinality(v_records) > 0 THEN
+            PERFORM {schema}.keep_reply(p_op_id, p_now, p_keep, 'pruned', NULL, v_records);
+        END IF;
+    END IF;
+    RETURN QUERY SELECT u.account, u.scope, u.job_id, u.charge_id, u.state, u.cost, u.tier,
+                        u.backend, u.charged_at, u.expires_at, u.lease_until, u.uses,
+                        u.debited
+                   FROM unnest(v_records) WITH ORDINALITY
+                        AS u(account, scope, job_id, charge_id, state, cost, tier, backend,
+                             charged_at, expires_at, lease_until, uses, debited, n)
+                  ORDER BY u.n;
+END
+$fn$;
+"""
+
 #: ``_MIGRATIONS[n]`` takes the schema from version n to n + 1.
-_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+_MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 #: The columns of a journal row in :data:`._base.JournalRow` order, after seq.
 _JOURNAL_COLUMNS = (
@@ -1328,6 +1564,12 @@ def redact_conninfo(conninfo: str) -> str:
         if is_secret_option(key) and params[key] is not None:
             params[key] = MASK
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+
+
+def _op_id() -> str:
+    """A fresh operation id: 128 random bits, so that no two calls on any
+    host ever share one while their replies are kept."""
+    return secrets.token_hex(16)
 
 
 def _record(key: Key, row: Sequence[Any]) -> JobRecord:
@@ -1582,16 +1824,26 @@ class PostgresStore(BaseStore):
     password. Before a statement is sent, a connection the server has already
     dropped is detected (see ``_dead``) and replaced, so killed idle
     connections cost nothing. Once a statement has been sent, a failure may
-    have come before or after its commit, so the charge, refund, prune and
-    grant are *never* retried: a retried claim could debit twice or report
-    events twice. Reads and ``confirm`` (idempotent: confirming twice
-    reports the same record) are retried once, and so are ``read_journal``
-    (its numbering is idempotent) and ``set_cursor`` (storing a position
-    again changes nothing); ``trim_journal`` and ``delete_cursor`` are not
-    (doing them again is harmless, but their answer would be wrong). A client
-    that retries an unanswered charge is safe: its job is pending
-    (``JobInProgress``) or, once the lease ends, refunded and charged anew,
-    never charged twice.
+    have come before or after its commit (its answer lost). The claim,
+    refund and each prune batch therefore carry an operation id, drawn per
+    call, and the server keeps what it answered to that id in ``replies``
+    (schema version 6), in the same transaction as the change, for
+    :attr:`reply_retention` seconds of the ledger's clock: the store retries
+    them (up to three tries, all within :attr:`deadline`, each on another
+    connection), the server answers a retry with the original's reply and
+    does nothing again, and the ledger fires the hooks of what committed
+    exactly once. A grant with an id is retried the same way (the server
+    remembers grant ids, version 4; the ledger always sends one). When no
+    retry reaches the server within the deadline, the call raises
+    StoreUnavailable, and what it did is unknown to the caller (in the books
+    and the journal, without its hooks). Reads and ``confirm`` (idempotent:
+    confirming twice reports the same record) are retried once, and so are
+    ``read_journal`` (its numbering is idempotent) and ``set_cursor``
+    (storing a position again changes nothing); ``trim_journal`` and
+    ``delete_cursor`` are not (doing them again is harmless, but their
+    answer would be wrong). A client that retries a charge that got
+    StoreUnavailable is still safe: its job is pending (``JobInProgress``)
+    or, once the lease ends, refunded and charged anew, never charged twice.
     """
 
     schemes = ("postgresql", "postgres")
@@ -1672,6 +1924,10 @@ class PostgresStore(BaseStore):
         #: Seconds one statement may take, from asking the pool for a
         #: connection to the last row of the answer, retry included.
         self.deadline = self.timeout + self.connect_timeout + self.statement_timeout
+        #: Seconds (by the ledger's clock) a claim's, refund's or prune
+        #: batch's answer is kept for its retry: far longer than any retry
+        #: within :attr:`deadline` can take.
+        self.reply_retention = max(REPLY_RETENTION, 2 * self.deadline)
         self.prune_batch = prune_batch
         self.auto_migrate = bool(auto_migrate)
         self.journal = journal
@@ -1714,20 +1970,29 @@ class PostgresStore(BaseStore):
             with_, now, col, frm = _SERVER_NOW, "clock.now", ", clock.now", "clock, "
         else:
             with_, now, col, frm = "", "%s::float8", "", ""
+        # A claim answers the now it was decided on (o_now: a retry answered
+        # from its kept reply gets the original's, not the retry's clock),
+        # which the rules must replay on to rebuild the records it stored.
+        claim_col = ", o_now" if server_clock else ""
         self._sql_claim = sql.SQL(
-            f"{with_}SELECT status, balance, {_OUT}{col} FROM {frm}{{}}.claim("
+            f"{with_}SELECT status, balance, {_OUT}{claim_col} FROM {frm}{{}}.claim("
             f"%s, %s, %s, %s, %s::bigint, %s, %s, {now}, %s::float8, %s::float8, "
-            "%s::bigint, %s::boolean, %s::boolean, %s::boolean)"
+            "%s::bigint, %s::boolean, %s::boolean, %s::boolean, %s::text, %s::float8)"
         ).format(s)
         self._sql_confirm = sql.SQL(
             f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.confirm(%s, %s, %s, %s::text)"
         ).format(s)
         self._sql_refund = sql.SQL(
             f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.refund("
-            f"%s, %s, %s, %s::text, {now}, %s::boolean)"
+            f"%s, %s, %s, %s::text, {now}, %s::boolean, %s::text, %s::float8)"
         ).format(s)
         self._sql_prune = sql.SQL(
-            f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.prune({now}, %s::integer, %s::boolean)"
+            f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.prune("
+            f"{now}, %s::integer, %s::boolean, %s::text, %s::float8)"
+        ).format(s)
+        self._sql_forget_replies = sql.SQL(
+            f"{with_}SELECT {{}}.forget_replies({now}, %s::float8, %s::integer)"
+            + (" FROM clock" if server_clock else "")
         ).format(s)
         self._sql_lookup = sql.SQL(
             f"{with_}SELECT {_COLUMNS}{col} FROM {frm}{{}}.jobs "
@@ -1836,6 +2101,7 @@ class PostgresStore(BaseStore):
             schema=sql.Identifier(self.schema),
             schema_name=sql.Literal(self.schema),
             lock_class=sql.Literal(_JOURNAL_LOCK_CLASS),
+            reply_lock=sql.Literal(_REPLY_LOCK_CLASS),
         )
 
     def _direct(self) -> psycopg.Connection[Any]:
@@ -2059,11 +2325,16 @@ class PostgresStore(BaseStore):
             conn.close()  # answered just in time, but the socket is shut: never reuse it
         return rows
 
-    def _run(self, query: sql.Composed, params: Sequence[Any], *, retry: bool) -> list[Row]:
+    def _run(
+        self, query: sql.Composed, params: Sequence[Any], *, retry: bool, attempts: int = 2
+    ) -> list[Row]:
         """Run one statement (one round trip) within the store's deadline; see
-        the class docstring for when a failure is retried."""
+        the class docstring for when a failure is retried. ``retry`` allows
+        up to ``attempts`` tries in all, every one within the same deadline,
+        each on another connection (the failed one is discarded by the pool)."""
         deadline = time.monotonic() + self.deadline
-        for attempt in (0, 1):
+        tries = attempts if retry else 1
+        for attempt in range(tries):
             try:
                 with self._connection(deadline) as conn:
                     return self._execute(conn, query, params, deadline)
@@ -2072,9 +2343,17 @@ class PostgresStore(BaseStore):
             except _UNAVAILABLE as exc:
                 if not is_unavailable(exc):
                     raise
-                if not retry or attempt or isinstance(exc, psycopg_pool.PoolTimeout):
+                if attempt + 1 >= tries or isinstance(exc, psycopg_pool.PoolTimeout):
                     raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replayable(self, query: sql.Composed, params: Sequence[Any]) -> list[Row]:
+        """Run a claim, refund or prune batch whose last two parameters are
+        a fresh operation id and the reply retention: retried (up to
+        ``_REPLAY_ATTEMPTS`` tries within the deadline) after a failure that
+        may have come after its commit, since the server answers a retry
+        with the original's reply (see version 6)."""
+        return self._run(query, params, retry=True, attempts=_REPLAY_ATTEMPTS)
 
     # -- turning rows into results -------------------------------------------------------
 
@@ -2106,6 +2385,8 @@ class PostgresStore(BaseStore):
             req.balances,
             self.journal,
             self.journal_reuses,
+            _op_id(),
+            self.reply_retention,
         )
 
     def _claim_result(self, req: ClaimRequest, rows: list[Row]) -> ClaimResult:
@@ -2160,7 +2441,7 @@ class PostgresStore(BaseStore):
     # -- the store protocol --------------------------------------------------------------
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
-        rows = self._run(self._sql_claim, self._claim_params(req), retry=False)
+        rows = self._replayable(self._sql_claim, self._claim_params(req))
         return self._claim_result(req, rows)
 
     def confirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
@@ -2170,8 +2451,9 @@ class PostgresStore(BaseStore):
         return result
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
-        rows = self._run(
-            self._sql_refund, (*key, charge_id, *self._now(now), self.journal), retry=False
+        rows = self._replayable(
+            self._sql_refund,
+            (*key, charge_id, *self._now(now), self.journal, _op_id(), self.reply_retention),
         )
         now = self._server_now(rows, now)
         result: Event | None = self._refund_result(key, charge_id, now, rows)
@@ -2188,13 +2470,15 @@ class PostgresStore(BaseStore):
         try:
             while limit is None or len(events) < limit:
                 batch = self._batches(limit, len(events))
-                rows = self._run(
-                    self._sql_prune, (*self._now(now), batch, self.journal), retry=False
+                rows = self._replayable(
+                    self._sql_prune,
+                    (*self._now(now), batch, self.journal, _op_id(), self.reply_retention),
                 )
                 events.extend(self._settled(rows, self._server_now(rows, now)))
                 if len(rows) < batch:
                     break
             self._forget_grants(now)
+            self._forget_replies(now)
         except BaseException as exc:
             # Each batch committed on its own: the ledger still fires theirs.
             with_settled(exc, events)
@@ -2206,11 +2490,16 @@ class PostgresStore(BaseStore):
         return self._snapshot_result(rows, now)
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
-        # Never retried by the store: a grant whose answer was lost is
-        # retried by its caller, with its grant_id (Store.grant).
+        # A grant with an id (the ledger always sends one: the caller's, or
+        # a fresh one) is retried like a claim: the server remembers the id
+        # and answers a repeat with the first grant's balance, writing
+        # nothing (version 4). Without an id it is never retried: a grant
+        # whose answer was lost may have committed.
         params = (account, amount, *self._now(now), grant_id, self.journal, GRANT_ID_RETENTION)
         try:
-            rows = self._run(self._sql_grant, params, retry=False)
+            rows = self._run(
+                self._sql_grant, params, retry=bool(grant_id), attempts=_REPLAY_ATTEMPTS
+            )
         except psycopg.Error as exc:
             if exc.sqlstate == _CAP_SQLSTATE:
                 before = int(exc.diag.message_detail or 0)
@@ -2230,6 +2519,18 @@ class PostgresStore(BaseStore):
                 retry=False,
             )
             if int(rows[0][0]) < self.prune_batch:
+                break
+
+    def _forget_replies(self, now: float) -> None:
+        """Delete the replies past their retention, a batch per statement
+        (each reply written also deletes up to two: this empties a backlog)."""
+        while True:
+            rows = self._run(
+                self._sql_forget_replies,
+                (*self._now(now), self.reply_retention, _FORGET_BATCH),
+                retry=False,
+            )
+            if int(rows[0][0]) < _FORGET_BATCH:
                 break
 
     def balance(self, account: str) -> int:
