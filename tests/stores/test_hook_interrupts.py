@@ -62,7 +62,7 @@ class StoreCallInterrupting:
 
 def _journal_kinds(ledger: Ledger) -> list[str] | None:
     """The journal's entries other than grants; None where the store keeps
-    no journal (Redis Cluster)."""
+    no journal (a store of one's own may not)."""
     try:
         entries = ledger.journal()
     except InvalidArgument:

@@ -781,7 +781,7 @@ def test_cluster_runs_the_rules_across_nodes(cluster_store: RedisStore) -> None:
     prune work for accounts spread over every node."""
     clock, events = FakeClock(), RecordingPlugin()
     ledger = _ledger(cluster_store, clock, events, balances=True)
-    assert cluster_store.journal is False  # a cluster keeps no journal
+    assert cluster_store.journal is True  # one stream per slot, merged by readers
     accounts = [f"acct-{n}" for n in range(30)] + ["{a}", "a|b:c", "用户"]
     for account in accounts:
         assert ledger.grant(account, 3) == 3
@@ -817,6 +817,17 @@ def test_cluster_runs_the_rules_across_nodes(cluster_store: RedisStore) -> None:
     assert len(expired) == len(accounts)
     assert ledger.snapshot() == []
     assert len(events.of("expire")) == len(accounts)
+    # The journal has every hook's event (and the grants), each account's in
+    # commit order: its balances are the running sums.
+    entries = ledger.journal(limit=10_000)
+    assert sorted((e.kind, e.charge_id) for e in entries if e.kind != "grant") == sorted(
+        (e.kind, e.record.charge_id) for e in events.events if e.kind != "reuse"
+    )
+    running: dict[str, int] = {}
+    for e in entries:
+        running[e.account] = running.get(e.account, 0) + e.delta
+        assert e.balance == running[e.account]
+    assert running == {a: ledger.balance(a) for a in accounts}
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """What only RedisStore's journal can get wrong: the stream written inside the
 Lua scripts, its ids, the cursor and trim scripts, threads racing on one
-store, the journal switched off, and Redis Cluster, which keeps none.
+store, the journal switched off, and Redis Cluster, whose entries go to a
+stream per slot and are merged by the readers.
 
 The journal's rules on every store kind are in ``test_journal.py``; the lost
 answer (a retried script must not journal twice) is in ``test_redis.py`` next
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from jobcredits_plugin import ConfigurationError, InvalidArgument, JobInProgress, Ledger
+from jobcredits_plugin import ConfigurationError, JobInProgress, Ledger
 from jobcredits_plugin.stores import ClaimRequest, from_url
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, _server_url
@@ -100,7 +101,7 @@ def test_journal_options_from_the_url_and_their_defaults(shared_url: str) -> Non
 @pytest.mark.parametrize(
     "query",
     ["journal=maybe", "journal_reuses=2", "journal_max_age=0", "journal_max_age=-1",
-     "journal_max_age=soon", "journal=true&cluster=true"],
+     "journal_max_age=soon"],
 )  # fmt: skip
 def test_bad_journal_options_are_configuration_errors(query: str) -> None:
     with pytest.raises(ConfigurationError):
@@ -108,8 +109,7 @@ def test_bad_journal_options_are_configuration_errors(query: str) -> None:
 
 
 class _NoServer:
-    """Stands in for a cluster client: the journal methods must refuse before
-    anything reaches a server."""
+    """Stands in for a cluster client that must not be reached."""
 
     def register_script(self, source: str) -> Callable[..., Any]:
         def call(**_kw: Any) -> Any:
@@ -121,61 +121,46 @@ class _NoServer:
         pass
 
 
-def test_cluster_has_no_journal_and_cannot_be_given_one() -> None:
-    """cluster=True with journal=True is refused (saying why and what to use
-    instead) before any connection; the cluster default is journal off, the
-    scripts then get no journal key (every key in the account's slot), and the
-    journal methods, sync and async, say the journal is not on Redis Cluster."""
-    with pytest.raises(ConfigurationError) as info:
-        RedisStore(url="redis://127.0.0.1:1/0", cluster=True, journal=True)
-    message = str(info.value)
-    for words in ("Cluster", "slot", "SQLite", "PostgreSQL", "standalone"):
-        assert words in message
+def test_every_cluster_slot_has_a_slot_stream_in_it() -> None:
+    """The slot tag solved from the CRC's linearity lands in the slot asked
+    for, for all 16,384 slots, with no brace (or glob character) in it."""
+    from redis.crc import key_slot
 
+    for slot in range(16384):
+        tag = redis_module._slot_tag(slot)
+        assert len(tag) == 5
+        assert all("@" <= ch <= "O" for ch in tag)
+        assert key_slot(f"p:{{{tag}}}:journal".encode()) == slot
+
+
+def test_a_cluster_journals_into_the_accounts_slot() -> None:
+    """On a cluster the journal is on by default (as everywhere) and every
+    script that changes the books gets, as its stream, the stream of the
+    account's own slot: all of a script's keys share one slot. The merged
+    journal, its cursors, marks and stream set share another."""
     from redis.crc import key_slot
 
     store = RedisStore(_NoServer(), cluster=True, prefix="p")
     try:
-        assert store.journal is False
-        keys, _args = store._claim_call(_req("job", "c1", 1.0))
-        assert len(keys) == 4  # job, due-set, balance, retry marker: no stream
-        assert len({key_slot(k.encode()) for k in keys}) == 1
-        grant_keys = store._grant_call("acct", 1, 1.0, "g")[0]
-        assert grant_keys[0] == store.balance_key("acct")
-        assert len(grant_keys) == 2
-        assert key_slot(grant_keys[1].encode()) == key_slot(keys[0].encode())
-        prune_keys = store._prune_call(store.due_key("acct"), 1.0, 10)[0]
-        assert prune_keys[0] == store.due_key("acct")
-        assert len(prune_keys) == 2  # the due-set and its retry marker
-        refund_keys = store._refund_call(("acct", "default", "job"), None, 1.0)[0]
-        assert len(refund_keys) == 4
-        every = [*keys, *prune_keys, *refund_keys]
-        assert len({key_slot(k.encode()) for k in every}) == 1
-        calls: list[Callable[[], Any]] = [
-            lambda: store.read_journal(0, 10),
-            lambda: store.trim_journal(10, None),
-            lambda: store.get_cursor("x"),
-            lambda: store.set_cursor("x", 1),
-            lambda: store.delete_cursor("x"),
-            lambda: store.cursors(),
-        ]
-        for call in calls:
-            with pytest.raises(InvalidArgument, match="not available on Redis Cluster"):
-                call()
-
-        async def async_calls() -> None:
-            for coro in (
-                store.aread_journal(0, 10),
-                store.atrim_journal(None, 1.0),
-                store.aget_cursor("x"),
-                store.aset_cursor("x", 1),
-                store.adelete_cursor("x"),
-                store.acursors(),
-            ):
-                with pytest.raises(InvalidArgument, match="not available on Redis Cluster"):
-                    await coro
-
-        asyncio.run(async_calls())
+        assert store.journal is True
+        for account in ("acct", "other", "ünï{code}", "a" * 256):
+            claim = store._claim_call(_req("job", "c1", 1.0, account=account))[0]
+            grant = store._grant_call(account, 1, 1.0, "g")[0]
+            prune = store._prune_call(store.due_key(account), 1.0, 10)[0]
+            refund = store._refund_call((account, "default", "job"), None, 1.0)[0]
+            stream = store.journal_stream(account)
+            assert stream.startswith("p:{")
+            assert stream.endswith("}:journal")
+            for keys in (claim, grant, prune, refund):
+                assert keys[-1] == stream
+            every = [*claim, *grant, *prune, *refund]
+            assert len({key_slot(k.encode()) for k in every}) == 1, account
+        shared = [store.journal_key, store.cursors_key, store._streams_key, store._marks_key]
+        assert store.journal_key == "p:{journal}"
+        assert len({key_slot(k.encode()) for k in shared}) == 1
+        off = RedisStore(_NoServer(), cluster=True, prefix="p", journal=False)
+        assert len(off._claim_call(_req("job", "c1", 1.0))[0]) == 4  # no stream
+        off.close()
     finally:
         store.close()
 

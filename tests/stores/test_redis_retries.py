@@ -8,11 +8,11 @@ the ledger fires each hook exactly once. A loopback proxy (tests/stores/
 _proxy.py) forwards the request and cuts the connection instead of passing
 on the answer; redis-py then retries. Every test runs on a standalone server
 and on a 3-master Redis Cluster (one proxy per node, the cluster client's
-``address_remap`` sending it through them), where there is no journal to
-recover a lost event from.
+``address_remap`` sending it through them), whose journal is merged from its
+slots' streams by the reads here.
 
-Each test asserts hooks once per committed event, exact balances, and (on the
-standalone server) one journal entry per event. The last one does it under
+Each test asserts hooks once per committed event, exact balances, and one
+journal entry per event. The last one does it under
 load: threads charging, reusing, refunding, abandoning and pruning while the
 proxies lose an answer every few milliseconds, audited afterwards (each charge
 settled exactly once by a hook, reuse hooks = uses - 1, balances from the
@@ -200,17 +200,13 @@ def _ledger(store: RedisStore, clock: FakeClock, events: RecordingPlugin, **kw: 
 
 def _journal(store: RedisStore, start: int) -> list[tuple[str, str | None, str, int, int]]:
     """(kind, job id, charge id, delta, balance) of the entries after ``start``
-    (nothing on a cluster, which keeps no journal)."""
-    if store.cluster:
-        return []
+    (on a cluster, merged from the slot streams by this read)."""
     return [
         (e.kind, e.job_id, e.charge_id, e.delta, e.balance) for e in store.read_journal(start, 1000)
     ]
 
 
 def _last_seq(store: RedisStore) -> int:
-    if store.cluster:
-        return 0
     entries = store.read_journal(0, 100_000)
     return entries[-1].seq if entries else 0
 
@@ -252,11 +248,10 @@ def test_a_retried_takeover_reports_the_stale_refund(lossy: Lossy) -> None:
     assert rec is not None
     assert rec.charge_id == new.record.charge_id
     assert rec.uses == 1
-    if not store.cluster:
-        assert _journal(store, start) == [
-            ("refund", "job", old.record.charge_id, 2, 10),
-            ("charge", "job", new.record.charge_id, -3, 7),
-        ]
+    assert _journal(store, start) == [
+        ("refund", "job", old.record.charge_id, 2, 10),
+        ("charge", "job", new.record.charge_id, -3, 7),
+    ]
 
 
 def test_a_retried_expiry_reports_the_expire(lossy: Lossy) -> None:
@@ -280,11 +275,10 @@ def test_a_retried_expiry_reports_the_expire(lossy: Lossy) -> None:
     assert events.kinds() == ["expire", "charge"]
     assert events.of("expire")[0].charge_id == old.record.charge_id
     assert ledger.balance("acct") == 6
-    if not store.cluster:
-        assert _journal(store, start) == [
-            ("expire", "job", old.record.charge_id, 0, 8),
-            ("charge", "job", new.record.charge_id, -2, 6),
-        ]
+    assert _journal(store, start) == [
+        ("expire", "job", old.record.charge_id, 0, 8),
+        ("charge", "job", new.record.charge_id, -2, 6),
+    ]
 
 
 @pytest.mark.parametrize("stale", ["pending", "expired"])
@@ -318,9 +312,8 @@ def test_a_retried_402_reports_the_settlement_before_it(lossy: Lossy, stale: str
     assert events.of(kind)[0].charge_id == old.record.charge_id
     assert ledger.balance("acct") == balance
     assert ledger.lookup("acct", "job") is None
-    if not store.cluster:
-        delta = 2 if stale == "pending" else 0
-        assert _journal(store, start) == [(kind, "job", old.record.charge_id, delta, balance)]
+    delta = 2 if stale == "pending" else 0
+    assert _journal(store, start) == [(kind, "job", old.record.charge_id, delta, balance)]
 
 
 def test_a_retried_prune_reports_what_it_settled(lossy: Lossy) -> None:
@@ -352,13 +345,12 @@ def test_a_retried_prune_reports_what_it_settled(lossy: Lossy) -> None:
     assert ledger.balance("acct") == 10 - 1
     assert ledger.prune() == []
     assert len(events.kinds()) == 2
-    if not store.cluster:
-        assert sorted(_journal(store, start)) == sorted(
-            [
-                ("expire", "done", done.record.charge_id, 0, 9),
-                ("refund", "stale", stale.record.charge_id, 2, 9),
-            ]
-        )
+    assert sorted(_journal(store, start)) == sorted(
+        [
+            ("expire", "done", done.record.charge_id, 0, 9),
+            ("refund", "stale", stale.record.charge_id, 2, 9),
+        ]
+    )
 
 
 # -- defect 3: a retried refund replays its own refund, never a newer charge ----------
@@ -399,11 +391,10 @@ def test_a_retried_refund_never_lands_on_a_newer_charge(lossy: Lossy, by_id: boo
     assert rec.charge_id == theirs[0].record.charge_id
     assert rec.state == "pending"
     assert ledger.balance("acct") == 10 - 3
-    if not store.cluster:
-        assert _journal(store, start) == [
-            ("refund", "job", mine.record.charge_id, 2, 10),
-            ("charge", "job", theirs[0].record.charge_id, -3, 7),
-        ]
+    assert _journal(store, start) == [
+        ("refund", "job", mine.record.charge_id, 2, 10),
+        ("charge", "job", theirs[0].record.charge_id, -3, 7),
+    ]
 
 
 # -- defect 5: a retried reuse counts (and journals) once -------------------------------
@@ -412,7 +403,7 @@ def test_a_retried_refund_never_lands_on_a_newer_charge(lossy: Lossy, by_id: boo
 def test_a_retried_reuse_counts_once(lossy: Lossy) -> None:
     """uses goes 1 -> 2, on_reuse fires once, and with journal_reuses one
     reuse entry is written."""
-    options = {} if lossy.kind == "cluster" else {"journal_reuses": True}
+    options = {"journal_reuses": True}
     store = lossy.store(**options)
     clock, events = FakeClock(), RecordingPlugin()
     ledger = _ledger(store, clock, events)
@@ -433,8 +424,7 @@ def test_a_retried_reuse_counts_once(lossy: Lossy) -> None:
     assert rec is not None
     assert rec.uses == 2
     assert ledger.balance("acct") == 8
-    if not store.cluster:
-        assert _journal(store, start) == [("reuse", "job", first.record.charge_id, 0, 8)]
+    assert _journal(store, start) == [("reuse", "job", first.record.charge_id, 0, 8)]
 
 
 def test_a_retried_last_reuse_is_not_exhausted(lossy: Lossy) -> None:
@@ -465,7 +455,7 @@ def test_a_retried_last_reuse_is_not_exhausted(lossy: Lossy) -> None:
 def test_async_retries_report_what_the_original_committed(lossy: Lossy) -> None:
     """The same through the async twins: a takeover, a reuse, a refund with a
     charge made meanwhile, and a prune, each with its answer lost once."""
-    options = {} if lossy.kind == "cluster" else {"journal_reuses": True}
+    options = {"journal_reuses": True}
     store = lossy.store(**options)
     clock, events = FakeClock(), RecordingPlugin()
     ledger = _ledger(store, clock, events)
@@ -531,12 +521,10 @@ def test_lost_answers_under_load_keep_every_hook_exactly_once(lossy: Lossy) -> N
     - reuse hooks per charge = the charge's uses when it was settled, minus 1;
     - each account's balance = its grant - debits charged + debits refunded,
       all from the hooks;
-    - on the standalone server, the journal's entries equal the hooks, kind by
-      kind and charge id by charge id.
+    - the journal's entries equal the hooks, kind by kind and charge id by
+      charge id (on the cluster: merged from the four accounts' slot streams).
     """
-    options: dict[str, Any] = {"retries": 3}
-    if lossy.kind == "redis":
-        options["journal_reuses"] = True
+    options: dict[str, Any] = {"retries": 3, "journal_reuses": True}
     store = lossy.store(**options)
     events = RecordingPlugin()
     t0, base = time.monotonic(), 1_700_000_000.0
@@ -629,8 +617,7 @@ def test_lost_answers_under_load_keep_every_hook_exactly_once(lossy: Lossy) -> N
         debited = sum(r.debited for r in charges.values() if r.account == account)
         refunded = sum(r.debited for r in events.of("refund") if r.account == account)
         assert ledger.balance(account) == 200 - debited + refunded, account
-    if not store.cluster:
-        entries = store.read_journal(start, 1_000_000)
-        journaled = sorted((e.kind, e.charge_id) for e in entries)
-        hooked = sorted((e.kind, e.record.charge_id) for e in events.events)
-        assert journaled == hooked
+    entries = store.read_journal(start, 1_000_000)
+    journaled = sorted((e.kind, e.charge_id) for e in entries)
+    hooked = sorted((e.kind, e.record.charge_id) for e in events.events)
+    assert journaled == hooked

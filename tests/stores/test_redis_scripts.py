@@ -431,3 +431,33 @@ def test_a_corrupt_retry_marker_is_refused_before_writing(
     mark = keys[3] if script != "prune" else keys[1]
     store._client.set(mark, kept)
     _refused(store, script, keys, args)
+
+
+# -- merge (Redis Cluster's journal) ---------------------------------------------------
+
+
+def _merge_args(stream: str, seq: str = "1", at: str = "5.0") -> list[str]:
+    return [stream, seq, "charge", "acct", "c1", '["default","j",null,null,1,5.0]', "-1", "4", at]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        *[_merge_args("p:{A}:journal", seq=v) for v in [*BAD_INTS, "0"] if v != ""],
+        *[_merge_args("p:{A}:journal", at=v) for v in BAD_TIMES],
+        _merge_args("p:{A}:journal")[:8],
+        [*_merge_args("p:{A}:journal"), *_merge_args("p:{A}:journal", seq="x")],
+    ],
+)
+def test_merge_refuses_a_bad_argument(ledger: Ledger, store: RedisStore, args: list[str]) -> None:
+    """The merge script (a cluster's readers run it; it runs as well on one
+    server) checks every entry of its batch before it appends any: a bad one
+    in the middle leaves the merged stream and the marks as they were."""
+    marks = f"{store.prefix}:{{journal}}:marks"
+    _refused(store, "merge", [store.journal_key, marks], args)
+
+
+def test_merge_refuses_a_corrupt_mark(ledger: Ledger, store: RedisStore) -> None:
+    marks = f"{store.prefix}:{{journal}}:marks"
+    store._client.hset(marks, "p:{A}:journal", "not a number")
+    _refused(store, "merge", [store.journal_key, marks], _merge_args("p:{A}:journal"))

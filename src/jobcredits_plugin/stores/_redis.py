@@ -23,8 +23,18 @@ account, ``lp(x)`` is ``<utf-8 byte length>:<x>``)::
     P:{T}:r:lp(account)lp(scope)lp(job_id)lp(token)
                                              string a refund's retry marker, for 60 s
     P:{T}:p:<token>                          string a prune batch's retry marker, for 60 s
-    P:journal                                stream the journal (standalone only)
-    P:journal:cursors                        hash   cursor name -> position
+    P:journal                                stream the journal (standalone)
+    P:journal:cursors                        hash   cursor name -> position (standalone)
+
+    On Redis Cluster (``S``: 5 characters of ``@A-O`` chosen to hash to the
+    slot of ``{T}``; see _slot_tag)::
+
+    P:{S}:journal                            stream the entries of the slot's accounts,
+                                                    until a reader merges them
+    P:{journal}                              stream the journal readers read (merged)
+    P:{journal}:cursors                      hash   cursor name -> position
+    P:{journal}:streams                      set    every slot stream written to
+    P:{journal}:marks                        hash   slot stream -> last seq merged
 
 Retry markers: redis-py re-sends a script whose answer was lost (the server
 ran it, the connection died before the reply came). The claim, refund, prune
@@ -42,8 +52,13 @@ prefixes make the job key injective in ``(account, scope, job_id)``.
 The journal is one stream for the whole store, passed as a key to every script
 that changes the books, which appends the change's entry (``XADD P:journal
 0-*``: the entry's id is ``0-<seq>``) in the same atomic step. A script on
-Redis Cluster may only touch keys of one slot, so a cluster store keeps no
-journal.
+Redis Cluster may only touch keys of one slot, so there the script appends to
+the stream of the account's own slot instead, and readers merge the slot
+streams into one numbered stream (_MERGE, ``RedisStore._merge_pass``): the
+entry still commits with its change, and the seq, the one public position, is
+given once, by whichever reader merges the entry first. The account keys are
+where they always were: turning the journal on changes no key of a running
+cluster.
 
 Clock: by default every time comparison uses the ``now`` the ledger passes
 in, and every float is passed and stored as Python's ``repr``, which Lua's
@@ -59,9 +74,11 @@ server stored.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import functools
 import hashlib
+import heapq
 import json
 import math
 import secrets
@@ -800,6 +817,64 @@ if count == 0 then return 0 end
 return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1))
 """
 
+# -- Redis Cluster: merging the slot streams into one journal ---------------------------
+#
+# On a cluster each change's entry goes to its slot's own stream (P:{S}:journal,
+# S a tag that hashes to the account's slot), the KEYS[5]/KEYS[3] the write
+# scripts above get, so the entry still commits with the change. Readers
+# number them: a merge pass reads the slot streams past their marks and hands
+# the entries, in the order it chose, to this script, which runs in the merged
+# journal's slot (P:{journal}) and appends each entry a slot stream has not
+# merged yet to the merged stream (XADD 0-*: the entry's seq) and moves that
+# stream's mark (KEYS[2], stream -> the last slot seq merged). Several readers
+# may merge at once: each entry is appended once, by the first pass whose
+# script gets it, and a slot's entries stay in their stream's order, because a
+# stream's entries arrive in order and the marks only grow. ARGV: groups of 9
+# (stream, slot seq, then the entry's k a c x d b t). Answers {appended,
+# stream1, mark1, ...} for the marks it moved: the caller trims those slot
+# streams up to them (what is merged is kept in the merged stream).
+_MERGE = """
+jc_arity(2, 0)
+if #ARGV % 9 ~= 0 then jc_fail('merge arguments', #ARGV) end
+if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
+  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
+end
+local marks = {}
+local seen = {}
+local moved = {}
+local take = {}
+for i = 1, #ARGV, 9 do
+  local s = jc_str(ARGV[i], 'slot stream')
+  local seq = jc_int(ARGV[i + 1], 'slot seq', 1, JC_MAX)
+  for j = i + 2, i + 8 do jc_str(ARGV[j], 'entry field') end
+  jc_num(ARGV[i + 8], 'entry time')
+  local m = marks[s]
+  if m == nil then m = jc_int(redis.call('HGET', KEYS[2], s) or '0', 'stored mark', 0, JC_MAX) end
+  if seq > m then
+    take[#take + 1] = i
+    m = seq
+    if not seen[s] then
+      seen[s] = true
+      moved[#moved + 1] = s
+    end
+  end
+  marks[s] = m
+end
+-- Everything is checked: from here on, the writes.
+for _, i in ipairs(take) do
+  redis.call('XADD', KEYS[1], '0-*', 'k', ARGV[i + 2], 'a', ARGV[i + 3], 'c', ARGV[i + 4],
+             'x', ARGV[i + 5], 'd', ARGV[i + 6], 'b', ARGV[i + 7], 't', ARGV[i + 8])
+end
+local out = {#take}
+for _, s in ipairs(moved) do
+  local m = string.format('%d', marks[s])
+  redis.call('HSET', KEYS[2], s, m)
+  out[#out + 1] = s
+  out[#out + 1] = m
+end
+return out
+"""
+
 #: The most retries a store may make of one command after a connection error.
 MAX_RETRIES = 100
 
@@ -814,6 +889,12 @@ _GRANT_MARKER_MS = str(int(GRANT_ID_RETENTION * 1000))
 #: Journal entries one trim script deletes at most (the caller loops).
 _TRIM_BATCH = 10_000
 
+#: Entries one merge pass fetches about (a cluster's journal; see _MERGE).
+_MERGE_BATCH = 1_000
+
+#: Merge passes a trim runs at most before it trims.
+_MERGE_PASSES = 1_000
+
 _SCRIPTS = {
     name: _CHECKS + src
     for name, src in {
@@ -826,6 +907,7 @@ _SCRIPTS = {
         "grant": _GRANT,
         "set_cursor": _SET_CURSOR,
         "trim": _TRIM,
+        "merge": _MERGE,
     }.items()
 }
 
@@ -858,6 +940,64 @@ def _tag(account: str) -> str:
     # would otherwise pick a different hash tag, and the digest spreads
     # accounts evenly over the cluster's slots.
     return hashlib.blake2b(account.encode(), digest_size=8).hexdigest()
+
+
+#: A slot stream's hash tag is this many characters, each ``@`` to ``O``
+#: (0x40 plus 4 free low bits), so every one of the cluster's 16,384 slots has
+#: one (see _slot_tag).
+_SLOT_TAG_CHARS = 5
+
+
+def _slot_tag_bit(i: int) -> bytes:
+    """The message with only free bit ``i`` set (bit i % 4 of character i // 4)."""
+    message = bytearray(_SLOT_TAG_CHARS)
+    message[i // 4] = 1 << (i % 4)
+    return bytes(message)
+
+
+@functools.cache
+def _slot_tag_basis() -> dict[int, tuple[int, int]]:
+    """A basis, over GF(2), of the slots the free bits reach: highest bit of
+    the slot vector -> (slot vector, the free bits that make it).
+
+    Redis's slot is CRC16-XMODEM of the hash tag, modulo 16,384, and that CRC
+    (zero initial value, no final xor) is linear over equal-length messages:
+    crc(a ^ b) == crc(a) ^ crc(b). So the slot of ``@@@@@`` with some free
+    bits flipped is the slot of ``@@@@@`` xor the slots of the single bits,
+    and a tag for any slot is found by solving a 14-bit linear system: no
+    search, a few microseconds, and the same answer on every host."""
+    basis: dict[int, tuple[int, int]] = {}
+    for i in range(4 * _SLOT_TAG_CHARS):
+        vec, combo = binascii.crc_hqx(_slot_tag_bit(i), 0) & 0x3FFF, 1 << i
+        for pivot in sorted(basis, reverse=True):
+            if vec >> pivot & 1:
+                vec ^= basis[pivot][0]
+                combo ^= basis[pivot][1]
+        if vec:
+            basis[vec.bit_length() - 1] = (vec, combo)
+    if len(basis) != 14:  # pragma: no cover - a property of CRC16, checked by the tests
+        raise RuntimeError("the slot tag bits do not reach every cluster slot")
+    return basis
+
+
+@functools.lru_cache(maxsize=16384)
+def _slot_tag(slot: int) -> str:
+    """A hash tag (5 characters of ``@A-O``) whose key slot is ``slot``: the
+    slot stream of a cluster store's journal must share the slot of the
+    accounts whose changes it records, and that slot is the digest tag's."""
+    base = bytes([0x40] * _SLOT_TAG_CHARS)
+    target = (slot & 0x3FFF) ^ (binascii.crc_hqx(base, 0) & 0x3FFF)
+    combo = 0
+    basis = _slot_tag_basis()
+    for pivot in sorted(basis, reverse=True):
+        if target >> pivot & 1:
+            target ^= basis[pivot][0]
+            combo ^= basis[pivot][1]
+    tag = bytearray(base)
+    for i in range(4 * _SLOT_TAG_CHARS):
+        if combo >> i & 1:
+            tag[i // 4] |= 1 << (i % 4)
+    return tag.decode()
 
 
 def _decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
@@ -961,11 +1101,12 @@ class RedisStore(BaseStore):
     :param journal: write a :class:`~jobcredits_plugin.JournalEntry` for every
         charge, refund, expiry and grant into the stream ``<prefix>:journal``,
         inside the script that makes the change. ``None`` (the default) means
-        on for a standalone server and off for ``cluster=True``, which cannot
-        keep one (asking for it there is an
-        :class:`~jobcredits_plugin.InvalidArgument`): a script may only touch
-        keys of one slot, and accounts live in different slots. Needs Redis
-        7.0 or newer (entry ids are ``0-<seq>``, given by ``XADD key 0-*``).
+        on. With ``cluster=True`` each entry goes to the stream of its
+        account's slot, ``<prefix>:{S}:journal``, and readers merge those into
+        ``<prefix>:{journal}`` (see docs/journal.md: one account's entries are
+        in commit order; across accounts the order is the merge's, the same
+        for every reader). Needs Redis 7.0 or newer (entry ids are
+        ``0-<seq>``, given by ``XADD key 0-*``).
     :param journal_reuses: journal reuses too (one job can have many).
     :param journal_max_age: seconds a journal entry is kept by
         :meth:`~jobcredits_plugin.Ledger.trim_journal` called without bounds
@@ -1019,14 +1160,7 @@ class RedisStore(BaseStore):
         journal_max_age = check_optional_seconds("journal_max_age", journal_max_age)
         server_clock = check_flag("server_clock", server_clock)
         if journal is None:
-            journal = not cluster
-        elif journal and cluster:
-            raise InvalidArgument(
-                "journal=True cannot be used with cluster=True: Redis Cluster cannot keep one "
-                "ordered journal, because a Lua script may only touch keys of one hash slot "
-                "and accounts live in different slots. The journal needs a standalone (or "
-                "Sentinel-managed) Redis, SQLite or PostgreSQL."
-            )
+            journal = True
         if client is None and url is None:
             url = "redis://127.0.0.1:6379/0"
         self.prefix = prefix
@@ -1038,9 +1172,19 @@ class RedisStore(BaseStore):
         self.journal_reuses = bool(journal_reuses)
         self.journal_max_age = None if journal_max_age is None else float(journal_max_age)
         self.server_clock = server_clock
-        #: The journal stream and its cursors hash (unused on a cluster).
-        self.journal_key = f"{prefix}:journal"
-        self.cursors_key = f"{prefix}:journal:cursors"
+        #: The journal stream readers read, and its cursors hash. On a cluster
+        #: both share the ``{journal}`` tag (one slot), with the set of slot
+        #: streams written to and each one's merge mark (see _MERGE).
+        if cluster:
+            self.journal_key = f"{prefix}:{{journal}}"
+            self.cursors_key = f"{prefix}:{{journal}}:cursors"
+        else:
+            self.journal_key = f"{prefix}:journal"
+            self.cursors_key = f"{prefix}:journal:cursors"
+        self._streams_key = f"{prefix}:{{journal}}:streams"
+        self._marks_key = f"{prefix}:{{journal}}:marks"
+        #: The slot streams this instance has registered in _streams_key.
+        self._registered: set[str] = set()
         self._label = "Redis store " + (
             redact_url(url) if url is not None else type(client).__name__
         )
@@ -1162,6 +1306,23 @@ class RedisStore(BaseStore):
     def _due_pattern(self) -> str:
         return f"{_escape_glob(self.prefix)}:{{{'?' * 16}}}:due"
 
+    def journal_stream(self, account: str) -> str:
+        """The stream the account's journal entries are written to: the
+        journal itself on a standalone server; on a cluster the stream of the
+        account's slot, ``<prefix>:{S}:journal`` (``S`` a tag in that slot),
+        which readers merge into the journal (public for operators and tests)."""
+        return self._stream_of_tag(_tag(account))
+
+    def _stream_of_tag(self, tag: str) -> str:
+        if not self.cluster:
+            return self.journal_key
+        slot = binascii.crc_hqx(tag.encode(), 0) & 0x3FFF
+        return f"{self.prefix}:{{{_slot_tag(slot)}}}:journal"
+
+    def _stream_of_due(self, due: str) -> str:
+        # P:{T}:due, where P has no braces: T is between the first { and }.
+        return self._stream_of_tag(due[due.index("{") + 1 : due.index("}")])
+
     # -- errors --------------------------------------------------------------------------
 
     def _fault(self, exc: BaseException) -> BaseException:
@@ -1265,7 +1426,7 @@ class RedisStore(BaseStore):
             )
         )
         if self.journal:
-            keys.append(self.journal_key)
+            keys.append(self.journal_stream(account))
         return keys, [control, account, packed]
 
     def _journal_flag(self) -> str:
@@ -1328,7 +1489,7 @@ class RedisStore(BaseStore):
             "1" if self.journal else "0",
         ]
         if self.journal:
-            keys.append(self.journal_key)
+            keys.append(self.journal_stream(account))
         return keys, args
 
     def _refund_event(
@@ -1354,7 +1515,7 @@ class RedisStore(BaseStore):
         # drawn once per call (a retry re-sends it).
         keys = [due, f"{base}p:{secrets.token_hex(8)}"]
         if self.journal:
-            keys.append(self.journal_key)
+            keys.append(self._stream_of_due(due))
         args = [self._now_arg(now), str(batch), base, "1" if self.journal else "0", _TOMBSTONE_MS]
         return keys, args
 
@@ -1368,22 +1529,116 @@ class RedisStore(BaseStore):
             _GRANT_MARKER_MS if grant_id else "",
         ]
         if self.journal:
-            keys.append(self.journal_key)
+            keys.append(self.journal_stream(account))
         packed = json.dumps([None, None, None, None, int(amount), None], separators=(",", ":"))
         return keys, [*args, account, grant_id, packed, self._now_arg(now)]
 
     # -- the journal's keys and answers ----------------------------------------------
 
     def _journal_keys(self) -> tuple[str, str]:
-        """The journal stream and cursors hash, or InvalidArgument on a cluster."""
-        if self.cluster:
-            raise InvalidArgument(
-                f"{self._label}: the journal is not available on Redis Cluster (a Lua "
-                "script may only touch keys of one slot and accounts live in different "
-                "slots, so no script can append to one ordered journal); use a "
-                "standalone (or Sentinel-managed) Redis, SQLite or PostgreSQL for a journal"
-            )
+        """The journal stream readers read and its cursors hash."""
         return self.journal_key, self.cursors_key
+
+    def _stream_to_register(self, keys: list[str]) -> str | None:
+        """The slot stream a cluster write script is about to append to (its
+        last key), unless this instance has registered it already."""
+        if not (self.cluster and self.journal) or not keys[-1].endswith("}:journal"):
+            return None
+        return None if keys[-1] in self._registered else keys[-1]
+
+    def _register(self, keys: list[str]) -> None:
+        """Add the script's slot stream to the set readers merge from, before
+        the script runs: an entry is only ever written to a stream that
+        readers already know, so none is left behind in a stream nobody reads
+        (a process that dies in between leaves a registered, empty stream).
+        Once per stream per store instance."""
+        stream = self._stream_to_register(keys)
+        if stream is not None:
+            self._run(self._client.sadd, self._streams_key, stream)
+            self._registered.add(stream)
+
+    async def _aregister(self, client: Any, keys: list[str]) -> None:
+        stream = self._stream_to_register(keys)
+        if stream is not None:
+            await self._arun(client.sadd(self._streams_key, stream))
+            self._registered.add(stream)
+
+    def _merge_pass(self, budget: int) -> int:
+        """Merge up to about ``budget`` entries from the slot streams into the
+        journal (a cluster's; see _MERGE); returns how many this pass appended
+        (0: nothing was waiting, or another reader merged it first).
+
+        The order: each slot stream's entries in their own order (an
+        account's entries are in commit order), interleaved across streams
+        by their time ``t`` (ties by stream name), a k-way merge that never
+        reorders one stream. The seq the merged stream gives them is final:
+        every reader sees the same order, and a reader resuming after seq N
+        gets exactly what was appended after N. The budget is shared among
+        the streams that have entries waiting (their XLEN: merged entries
+        are trimmed from them), so one busy slot cannot starve the others and
+        a pass never fetches much more than the budget."""
+        client = self._client
+        streams = sorted({_s(x) for x in self._run(client.smembers, self._streams_key)})
+        if not streams:
+            return 0
+        raw_marks = self._run(client.hgetall, self._marks_key) or {}
+        marks = {_s(k): int(_s(v)) for k, v in raw_marks.items()}
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        waiting = [
+            (int(n), stream) for n, stream in zip(self._run(pipe.execute), streams, strict=True)
+        ]
+        active = sorted((n, stream) for n, stream in waiting if n > 0)
+        if not active:
+            return 0
+        counts: dict[str, int] = {}
+        left = max(1, budget)
+        for i, (n, stream) in enumerate(active):
+            counts[stream] = min(n, max(1, left // (len(active) - i)))
+            left = max(0, left - counts[stream])
+        pipe = client.pipeline(transaction=False)
+        order = sorted(counts)
+        for stream in order:
+            pipe.xrange(stream, f"(0-{marks.get(stream, 0)}", "+", count=counts[stream])
+        fetched = self._run(pipe.execute)
+        runs = []
+        for index, (stream, reply) in enumerate(zip(order, fetched, strict=True)):
+            run = []
+            for entry_id, fields in reply:
+                f = {_s(k): _s(v) for k, v in fields.items()}
+                seq = _s(entry_id).rpartition("-")[2]
+                values = [f.get(name, "") for name in ("k", "a", "c", "x", "d", "b", "t")]
+                run.append((float(f.get("t", "0")), index, [stream, seq, *values]))
+            runs.append(run)
+        args = [a for _t, _i, entry in heapq.merge(*runs, key=lambda e: e[:2]) for a in entry]
+        appended = 0
+        if args:
+            reply = self._run(
+                self._scripts["merge"], keys=[self.journal_key, self._marks_key], args=args
+            )
+            appended = int(reply[0])
+            for i in range(1, len(reply), 2):
+                marks[_s(reply[i])] = int(_s(reply[i + 1]))
+        # What is merged lives on in the merged stream: drop it from the slot
+        # streams (also what an earlier pass merged but did not get to trim).
+        pipe = client.pipeline(transaction=False)
+        trimmed = 0
+        for _n, stream in active:
+            if marks.get(stream, 0) > 0:
+                pipe.xtrim(stream, minid=f"0-{marks[stream] + 1}")
+                trimmed += 1
+        if trimmed:
+            self._run(pipe.execute)
+        return appended
+
+    def _merge_backlog(self) -> None:
+        """Merge what waits in the slot streams (trimming merges first, so a
+        journal nobody reads is still bounded by its age), a bounded number
+        of passes, so a trim under a constant stream of writes still ends."""
+        for _ in range(_MERGE_PASSES):
+            if self._merge_pass(_MERGE_BATCH) < _MERGE_BATCH:
+                return
 
     @staticmethod
     def _xrange_args(after: int) -> tuple[str, str]:
@@ -1450,6 +1705,7 @@ class RedisStore(BaseStore):
 
     def claim(self, req: ClaimRequest) -> ClaimResult:
         keys, args = self._claim_call(req)
+        self._register(keys)
         reply = self._run(self._scripts["claim"], keys=keys, args=args)
         return self._claim_result(req, reply)
 
@@ -1462,6 +1718,7 @@ class RedisStore(BaseStore):
 
     def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
         keys, args = self._refund_call(key, charge_id, now)
+        self._register(keys)
         reply = self._run(self._scripts["refund"], keys=keys, args=args)
         return self._refund_event(reply, charge_id, now)
 
@@ -1485,6 +1742,7 @@ class RedisStore(BaseStore):
                 while limit is None or len(events) < limit:
                     batch = self._prune_size(limit, len(events))
                     keys, args = self._prune_call(due, now, batch)
+                    self._register(keys)
                     reply = self._run(self._scripts["prune"], keys=keys, args=args)
                     examined, settled = self._prune_events(reply, now)
                     events.extend(settled)
@@ -1507,6 +1765,7 @@ class RedisStore(BaseStore):
 
     def grant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
         keys, args = self._grant_call(account, amount, now, grant_id)
+        self._register(keys)
         reply = self._run(self._scripts["grant"], keys=keys, args=args)
         return _grant_result(reply, amount)
 
@@ -1521,12 +1780,28 @@ class RedisStore(BaseStore):
         if limit < 1:
             return []
         low, high = self._xrange_args(after)
-        return _entries(self._run(self._client.xrange, stream, low, high, count=int(limit)))
+        entries = _entries(self._run(self._client.xrange, stream, low, high, count=int(limit)))
+        if not self.cluster:
+            return entries
+        # A cluster: what the slot streams hold past the merged journal's end
+        # is numbered now, by this reader (or by another one at the same time).
+        while len(entries) < limit:
+            appended = self._merge_pass(max(limit - len(entries), _MERGE_BATCH))
+            last = entries[-1].seq if entries else after
+            low, high = self._xrange_args(last)
+            count = int(limit) - len(entries)
+            more = _entries(self._run(self._client.xrange, stream, low, high, count=count))
+            entries.extend(more)
+            if appended == 0:
+                break
+        return entries
 
     def trim_journal(self, through: int | None, cutoff: float | None) -> int:
         keys = list(self._journal_keys())
         if through is None and cutoff is None:
             return 0
+        if self.cluster:
+            self._merge_backlog()
         args = self._trim_args(through, cutoff)
         removed = 0
         while True:
@@ -1604,6 +1879,7 @@ class RedisStore(BaseStore):
         if got is None:
             return await super().aclaim(req)
         keys, args = self._claim_call(req)
+        await self._aregister(got[0], keys)
         reply = await self._arun(got[1]["claim"](keys=keys, args=args))
         return self._claim_result(req, reply)
 
@@ -1621,6 +1897,7 @@ class RedisStore(BaseStore):
         if got is None:
             return await super().arefund(key, charge_id, now)
         keys, args = self._refund_call(key, charge_id, now)
+        await self._aregister(got[0], keys)
         reply = await self._arun(got[1]["refund"](keys=keys, args=args))
         return self._refund_event(reply, charge_id, now)
 
@@ -1651,6 +1928,7 @@ class RedisStore(BaseStore):
                 while limit is None or len(events) < limit:
                     batch = self._prune_size(limit, len(events))
                     keys, args = self._prune_call(due, now, batch)
+                    await self._aregister(client, keys)
                     reply = await self._arun(scripts["prune"](keys=keys, args=args))
                     examined, settled = self._prune_events(reply, now)
                     events.extend(settled)
@@ -1680,6 +1958,7 @@ class RedisStore(BaseStore):
         if got is None:
             return await super().agrant(account, amount, now, grant_id)
         keys, args = self._grant_call(account, amount, now, grant_id)
+        await self._aregister(got[0], keys)
         reply = await self._arun(got[1]["grant"](keys=keys, args=args))
         return _grant_result(reply, amount)
 
@@ -1693,7 +1972,8 @@ class RedisStore(BaseStore):
     async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]:
         stream, _ = self._journal_keys()
         got = await self._aclient()
-        if got is None:
+        if got is None or self.cluster:
+            # A cluster's reads merge (several pipelines): the sync path, in a thread.
             return await super().aread_journal(after, limit)
         if limit < 1:
             return []
@@ -1703,7 +1983,7 @@ class RedisStore(BaseStore):
     async def atrim_journal(self, through: int | None, cutoff: float | None) -> int:
         keys = list(self._journal_keys())
         got = await self._aclient()
-        if got is None:
+        if got is None or self.cluster:
             return await super().atrim_journal(through, cutoff)
         if through is None and cutoff is None:
             return 0
