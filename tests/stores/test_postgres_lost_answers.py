@@ -395,6 +395,31 @@ def test_a_lost_prune_answer_is_recovered(lossy: tuple[PostgresStore, Proxy]) ->
     assert kinds == ["charge", "charge", "expire", "grant", "grant", "refund"]
 
 
+@pytest.mark.parametrize("marker", [b".forget_replies(", b".forget_grants("])
+def test_a_lost_housekeeping_answer_does_not_fail_the_prune(
+    lossy: tuple[PostgresStore, Proxy], marker: bytes
+) -> None:
+    """After its batches, prune deletes the replies and grant ids past their
+    retention: idempotent deletes, retried like a read. A lost answer there
+    used to fail the whole prune with StoreUnavailable (found by the fault
+    suite, tests/system/test_store_faults.py), though every batch had
+    committed and been reported."""
+    store, proxy = lossy
+    clock, events = FakeClock(), Events()
+    ledger = _ledger(store, clock, events)
+    ledger.grant("acct", 10)
+    expired = ledger.charge("acct", "job-1", cost=2).record
+    ledger.confirm("acct", "job-1")
+    clock.advance(61.0)
+
+    proxy.lose_next_pg_answer(marker)
+    pruned = ledger.prune()
+    assert proxy.lost == 1
+    assert [(r.charge_id, r.state) for r in pruned] == [(expired.charge_id, "charged")]
+    assert sorted(events.kinds()) == ["charge", "expire"]
+    _hooks_match_journal(store, ledger, events, ["acct"])
+
+
 def test_hooks_match_the_journal_after_lost_answers(
     lossy: tuple[PostgresStore, Proxy],
 ) -> None:

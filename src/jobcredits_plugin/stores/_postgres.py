@@ -1838,8 +1838,11 @@ class PostgresStore(BaseStore):
     StoreUnavailable, and what it did is unknown to the caller (in the books
     and the journal, without its hooks). Reads and ``confirm`` (idempotent:
     confirming twice reports the same record) are retried once, and so are
-    ``read_journal`` (its numbering is idempotent) and ``set_cursor``
-    (storing a position again changes nothing); ``trim_journal`` and
+    ``read_journal`` (its numbering is idempotent), ``set_cursor``
+    (storing a position again changes nothing) and the deletes of replies
+    and grant ids past their retention that end a prune (a retry deletes
+    what is left; their counts only decide whether to go on), so a lost
+    answer there never fails a prune whose batches committed; ``trim_journal`` and
     ``delete_cursor`` are not (doing them again is harmless, but their
     answer would be wrong). A client that retries a charge that got
     StoreUnavailable is still safe: its job is pending (``JobInProgress``)
@@ -2516,7 +2519,7 @@ class PostgresStore(BaseStore):
             rows = self._run(
                 self._sql_forget_grants,
                 (*self._now(now), GRANT_ID_RETENTION, self.prune_batch),
-                retry=False,
+                retry=True,  # idempotent: see the class docstring
             )
             if int(rows[0][0]) < self.prune_batch:
                 break
@@ -2528,7 +2531,7 @@ class PostgresStore(BaseStore):
             rows = self._run(
                 self._sql_forget_replies,
                 (*self._now(now), self.reply_retention, _FORGET_BATCH),
-                retry=False,
+                retry=True,  # idempotent: see the class docstring
             )
             if int(rows[0][0]) < _FORGET_BATCH:
                 break
