@@ -15,7 +15,8 @@ checks, exactly:
   ``StoreUnavailable`` (its outcome unknown to the caller, who then never
   learns of the change; the journal has it), matched by account, job and the
   call's clock interval. A fault the store must absorb (``exact=True``: one
-  lost answer at a time) allows none: every call must succeed;
+  lost answer at a time) allows none: every call that can change the books
+  (charge, refund, prune, grant, sync or async) must succeed (see EVENT_OPS);
 - every charge settled (refunded or expired) exactly once after settling, and
   **refunded at most once**, the refund giving back exactly what it debited;
 - **balances = grants - live debits** (the debits of charges not refunded),
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobcredits_plugin import (
+    Charge,
     InsufficientCredits,
     JobExhausted,
     JobInProgress,
@@ -66,6 +68,22 @@ TTL = 100.0
 MAX_USES = 3
 
 _EXPECTED = (JobInProgress, JobExhausted, InsufficientCredits)
+
+#: The operations that can change the books (and so fire hooks). Under a
+#: fault the store must absorb (one lost answer at a time) none of them may
+#: fail; confirm, the journal's reads, cursor moves and trims write no event
+#: and are retried less (once, or not at all for a trim, whose count would
+#: lie), so under answers lost back to back they can fail, harmlessly.
+EVENT_OPS = frozenset({"charge", "acharge", "refund", "arefund", "prune", "aprune", "grant"})
+
+
+def _outcome(result: Any) -> str:
+    """A call's answer in a word, for the trace."""
+    if isinstance(result, Charge):
+        return f"{result.outcome}:{result.record.charge_id}"
+    if isinstance(result, JobRecord):
+        return f"{result.state}:{result.charge_id}"
+    return repr(result)
 
 
 class FastClock:
@@ -148,6 +166,7 @@ class Storm:
         threads: int = 6,
         tasks: int = 6,
         journal: bool = True,
+        journal_reuses: bool = True,
         seed: int = 13,
     ) -> None:
         self.ledger = ledger
@@ -160,6 +179,7 @@ class Storm:
         self.n_threads = threads
         self.n_tasks = tasks
         self.journal = journal
+        self.journal_reuses = journal_reuses
         self.seed = seed
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -177,6 +197,9 @@ class Storm:
         self.seconds = 0.0
         #: When each call that got an answer (not StoreUnavailable) ended.
         self.answered: list[float] = []
+        #: (op, account, job, t0, t1, outcome) of every call about a job, to
+        #: explain what the audit finds.
+        self.trace: list[tuple[str, str | None, str | None, float, float, str]] = []
 
     # -- timing every call ------------------------------------------------------------
 
@@ -207,18 +230,24 @@ class Storm:
         answered None, as are the refusals of the rules."""
         t0, start = self.clock(), time.monotonic()
         failed = False
+        outcome = "?"
         try:
             result = fn(*args, **kwargs)
             self.answered.append(time.monotonic())
+            outcome = _outcome(result)
             return result
         except StoreUnavailable as exc:
             failed = True
+            outcome = "unavailable"
             self._unknown(op, account, job, t0, exc)
             return None
-        except _EXPECTED:
+        except _EXPECTED as exc:
+            outcome = exc.code
             return None
         finally:
             self._done(op, time.monotonic() - start, failed)
+            if job is not None:
+                self.trace.append((op, account, job, t0, self.clock(), outcome))
 
     async def acall(
         self,
@@ -232,18 +261,24 @@ class Storm:
         """:meth:`call` for the async twins."""
         t0, start = self.clock(), time.monotonic()
         failed = False
+        outcome = "?"
         try:
             result = await fn(*args, **kwargs)
             self.answered.append(time.monotonic())
+            outcome = _outcome(result)
             return result
         except StoreUnavailable as exc:
             failed = True
+            outcome = "unavailable"
             self._unknown(op, account, job, t0, exc)
             return None
-        except _EXPECTED:
+        except _EXPECTED as exc:
+            outcome = exc.code
             return None
         finally:
             self._done(op, time.monotonic() - start, failed)
+            if job is not None:
+                self.trace.append((op, account, job, t0, self.clock(), outcome))
 
     # -- the load ----------------------------------------------------------------------
 
@@ -477,7 +512,16 @@ class Storm:
             if abs(u.t0 - entry.at) < 2 * SPEED and (u.account in (None, entry.account))
         ]
         hooks = [(k, r) for k, r in self.hooks.pairs() if r.charge_id == entry.charge_id]
-        return f"\n    unknown calls near it: {near}\n    hooks of its charge: {hooks}"
+        calls = [
+            c
+            for c in self.trace
+            if (c[1], c[2]) == (entry.account, entry.job_id)
+            and c[3] - SPEED <= entry.at <= c[4] + SPEED
+        ]
+        return (
+            f"\n    unknown calls near it: {near}\n    hooks of its charge: {hooks}"
+            f"\n    calls on its job around it: {calls}"
+        )
 
     def granted(self) -> dict[str, int]:
         out = dict.fromkeys(self.accounts, 0)
@@ -487,16 +531,19 @@ class Storm:
 
     def audit(self, *, exact: bool) -> dict[str, Any]:
         """Check the books and hooks (see the module docstring); returns the
-        figures. ``exact``: the fault is one the store absorbs, so no call may
-        fail and every change must have its hook."""
+        figures. ``exact``: the fault is one the store absorbs, so no call that
+        changes the books may fail and every change must have its hook."""
         problems: list[str] = []
         events = self.hooks.pairs()
         unavailable = sum(s.unavailable for s in self.ops.values())
-        if exact and unavailable:
+        failed_events = {
+            op: s.unavailable for op, s in self.ops.items() if s.unavailable and op in EVENT_OPS
+        }
+        if exact and failed_events:
             problems.append(
-                f"{unavailable} calls raised StoreUnavailable under a fault the store must absorb: "
-                + ", ".join(f"{op}={s.unavailable}" for op, s in self.ops.items() if s.unavailable)
-                + f"; the first: {self.unknown[0]}"
+                "calls that change the books raised StoreUnavailable under a fault the store "
+                f"must absorb: {failed_events}; the first: "
+                f"{next(u for u in self.unknown if u.op in EVENT_OPS)}"
             )
         seen = Counter((k, r.charge_id) for k, r in events if k != "reuse")
         twice = [key for key, n in seen.items() if n > 1]
@@ -543,15 +590,26 @@ class Storm:
             problems.append("the cursor delivered seqs out of order or twice")
         changes = [e for e in entries if e.kind != "grant"]
         journaled = Counter((e.kind, e.charge_id) for e in changes if e.kind != "reuse")
-        journaled_reuses = Counter(e.charge_id for e in changes if e.kind == "reuse")
         hooked = Counter((k, r.charge_id) for k, r in events if k != "reuse")
-        hooked_reuses = Counter(r.charge_id for k, r in events if k == "reuse")
+        # A charge's reuses: its n-th reuse entry (in seq order) is the one
+        # whose hook reports uses = n + 1, so each entry has its own key.
+        reuse_entries: dict[tuple[str, int], JournalEntry] = {}
+        count: Counter[str] = Counter()
+        for e in changes:
+            if e.kind == "reuse":
+                count[e.charge_id] += 1
+                reuse_entries[(e.charge_id, count[e.charge_id] + 1)] = e
+        hooked_reuses = Counter((r.charge_id, r.uses) for k, r in events if k == "reuse")
+        if not self.journal_reuses:
+            hooked_reuses = Counter()  # the store journals no reuses
+        if any(n > 1 for n in hooked_reuses.values()):
+            problems.append("a reuse hook fired twice for the same use")
         extra = hooked - journaled
         if extra:
             problems.append(f"hooks with no journal entry: {list(extra)[:5]}")
-        extra_reuses = hooked_reuses - journaled_reuses
+        extra_reuses = set(hooked_reuses) - set(reuse_entries)
         if extra_reuses:
-            problems.append(f"reuse hooks with no journal entry: {list(extra_reuses)[:5]}")
+            problems.append(f"reuse hooks with no journal entry: {sorted(extra_reuses)[:5]}")
         unhooked = 0
         by_key = {(e.kind, e.charge_id): e for e in changes}
         for (kind, cid), n in (journaled - hooked).items():
@@ -559,12 +617,12 @@ class Storm:
             unhooked += n
             if exact or not self._attributable(entry, kind):
                 problems.append(f"a journal entry without its hook: {entry}{self._near(entry)}")
-        missing_reuses = journaled_reuses - hooked_reuses
-        for cid, n in missing_reuses.items():
-            unhooked += n
-            entry = next(e for e in changes if e.kind == "reuse" and e.charge_id == cid)
-            if exact or not self._attributable(entry, "reuse"):
-                problems.append(f"a reuse entry without its hook: {entry}{self._near(entry)}")
+        if self.journal_reuses:
+            for key in set(reuse_entries) - set(hooked_reuses):
+                entry = reuse_entries[key]
+                unhooked += 1
+                if exact or not self._attributable(entry, "reuse"):
+                    problems.append(f"a reuse entry without its hook: {entry}{self._near(entry)}")
         # every charge settled exactly once, refunded with what it debited
         charges = {e.charge_id: e for e in changes if e.kind == "charge"}
         settled: dict[str, JournalEntry] = {}

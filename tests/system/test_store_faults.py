@@ -124,14 +124,24 @@ def _run(
     bounds: Bounds,
     fault: Callable[[], Any],
     *,
-    journal: bool,
     recover: Callable[[], None] | None = None,
     seed: int = 13,
     seconds: float = SECONDS,
 ) -> Storm:
     clock, hooks = FastClock(), Hooks()
     ledger = _ledger(store, clock, hooks)
-    storm = Storm(ledger, clock, hooks, bounds=bounds, journal=journal, seed=seed)
+    # Audited against the journal wherever the store keeps one (on Redis
+    # Cluster too, once it does); else against the balances.
+    journal = bool(getattr(store, "journal", False))
+    storm = Storm(
+        ledger,
+        clock,
+        hooks,
+        bounds=bounds,
+        journal=journal,
+        journal_reuses=journal and bool(getattr(store, "journal_reuses", False)),
+        seed=seed,
+    )
     storm.prepare()
     try:
         storm.run(seconds, fault, scenario.interval)
@@ -237,7 +247,7 @@ def test_redis_under_faults(private_redis: RedisServer, fault: str) -> None:
             lossy.lose_marker = None
 
     try:
-        _run(scenario, store, _redis_bounds(retries), inject, journal=True, recover=recover)
+        _run(scenario, store, _redis_bounds(retries), inject, recover=recover)
         figures = scenario.figures
         if proxy is not None:
             figures["lost"] = proxy.lost
@@ -266,18 +276,7 @@ def _pg_bounds() -> Bounds:
     return Bounds(deadline, trips=TRIPS)
 
 
-PG_LOST_HOOKS = pytest.mark.xfail(
-    strict=True,
-    reason="not done: PostgreSQL does not retry an operation whose answer was lost, so the "
-    "calls raise StoreUnavailable and the hooks of what they committed never fire "
-    "(the pghooks change)",
-)
-
-
-@pytest.mark.parametrize(
-    "fault",
-    ["terminate-backends", pytest.param("lost-answers", marks=PG_LOST_HOOKS), "proxy-freeze"],
-)
+@pytest.mark.parametrize("fault", ["terminate-backends", "lost-answers", "proxy-freeze"])
 def test_postgres_under_faults(pg_url: str, fault: str) -> None:
     from jobcredits_plugin.stores import PostgresStore
 
@@ -330,7 +329,7 @@ def test_postgres_under_faults(pg_url: str, fault: str) -> None:
             frozen.thaw()
 
     try:
-        _run(scenario, store, _pg_bounds(), inject, journal=True, recover=recover)
+        _run(scenario, store, _pg_bounds(), inject, recover=recover)
         figures = scenario.figures
         if proxy is not None:
             figures["lost"] = proxy.lost
@@ -372,6 +371,7 @@ def _cluster_store(
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
             retries=retries,
+            journal_reuses=True,
         )
 
     def remap(address: tuple[str, int]) -> tuple[str, int]:
@@ -388,7 +388,7 @@ def _cluster_store(
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries),
         require_full_coverage=True,
     )
-    store = RedisStore(client, cluster=True, prefix=prefix)
+    store = RedisStore(client, cluster=True, prefix=prefix, journal_reuses=True)
     store._jc_owned_client = client  # type: ignore[attr-defined]
     return store
 
@@ -426,8 +426,7 @@ def test_redis_cluster_under_faults(cluster: ClusterNodes, fault: str) -> None:
                 p.lose_marker = None
 
     try:
-        # The cluster keeps no journal (yet): hooks are audited against the balances.
-        _run(scenario, store, _redis_bounds(retries), inject, journal=False, recover=recover)
+        _run(scenario, store, _redis_bounds(retries), inject, recover=recover)
         figures = scenario.figures
         if proxies is not None:
             figures["lost"] = sum(p.lost for p in proxies.values())
@@ -477,7 +476,7 @@ def test_redis_cluster_master_killed_replica_promoted(tmp_path: Path) -> None:
 
         seconds = max(SECONDS, 6.0)
         scenario = Scenario("redis-cluster", "master-killed-failover", seconds / 4)
-        storm = _run(scenario, store, _redis_bounds(1), inject, journal=False, seconds=seconds)
+        storm = _run(scenario, store, _redis_bounds(1), inject, seconds=seconds)
         assert happened, "the master was never killed"
         ok_at = happened.pop("ok_at")
         after = [t for t in storm.answered if t > ok_at]
