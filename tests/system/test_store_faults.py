@@ -241,7 +241,8 @@ def test_redis_under_faults(private_redis: RedisServer, fault: str) -> None:
         lossy = proxy
 
         def inject() -> Any:
-            lossy.lose_next_answer(rnd.choice([b"EVALSHA", b"XRANGE", b"HSET", b"XTRIM"]))
+            if lossy.lose_marker is None:  # one lost answer at a time
+                lossy.lose_next_answer(rnd.choice([b"EVALSHA", b"EVALSHA", b"XRANGE", b"HGET"]))
 
         def recover() -> None:
             lossy.lose_marker = None
@@ -305,12 +306,13 @@ def test_postgres_under_faults(pg_url: str, fault: str) -> None:
 
     elif fault == "lost-answers":
         assert proxy is not None
-        scenario = Scenario("postgres", fault, 0.04, exact=True)
+        scenario = Scenario("postgres", fault, 0.05, exact=True)
         lossy = proxy
         marker = f'"{schema}"'.encode()
 
         def inject() -> Any:
-            lossy.lose_next_pg_answer(marker)
+            if lossy.lose_marker is None:  # one lost answer at a time
+                lossy.lose_next_pg_answer(marker)
 
         def recover() -> None:
             lossy.lose_marker = None
@@ -419,7 +421,9 @@ def test_redis_cluster_under_faults(cluster: ClusterNodes, fault: str) -> None:
         chosen = list(proxies.values())
 
         def inject() -> Any:
-            rnd.choice(chosen).lose_next_answer(b"EVALSHA")
+            proxy = rnd.choice(chosen)
+            if proxy.lose_marker is None:  # one lost answer at a time per node
+                proxy.lose_next_answer(b"EVALSHA")
 
         def recover() -> None:
             for p in chosen:

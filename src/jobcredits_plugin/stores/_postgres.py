@@ -1840,9 +1840,10 @@ class PostgresStore(BaseStore):
     confirming twice reports the same record) are retried once, and so are
     ``read_journal`` (its numbering is idempotent), ``set_cursor``
     (storing a position again changes nothing) and the deletes of replies
-    and grant ids past their retention that end a prune (a retry deletes
-    what is left; their counts only decide whether to go on), so a lost
-    answer there never fails a prune whose batches committed; ``trim_journal`` and
+    and grant ids past their retention that end a prune (tried as often as
+    a batch: a retry deletes what is left, and their counts only decide
+    whether to go on), so a lost answer there does not fail a prune whose
+    batches committed; ``trim_journal`` and
     ``delete_cursor`` are not (doing them again is harmless, but their
     answer would be wrong). A client that retries a charge that got
     StoreUnavailable is still safe: its job is pending (``JobInProgress``)
@@ -2520,6 +2521,7 @@ class PostgresStore(BaseStore):
                 self._sql_forget_grants,
                 (*self._now(now), GRANT_ID_RETENTION, self.prune_batch),
                 retry=True,  # idempotent: see the class docstring
+                attempts=_REPLAY_ATTEMPTS,
             )
             if int(rows[0][0]) < self.prune_batch:
                 break
@@ -2532,6 +2534,7 @@ class PostgresStore(BaseStore):
                 self._sql_forget_replies,
                 (*self._now(now), self.reply_retention, _FORGET_BATCH),
                 retry=True,  # idempotent: see the class docstring
+                attempts=_REPLAY_ATTEMPTS,
             )
             if int(rows[0][0]) < _FORGET_BATCH:
                 break
