@@ -137,9 +137,12 @@ class Ledger:
         instead of ``[A-Za-z0-9._:-]+``; the 128-character limit stays, and
         control characters and lone surrogates are refused whatever it admits.
     :param clock: returns the time in seconds; the one time source for every
-        store (tests pass :class:`jobcredits_plugin.testing.FakeClock`). Each
-        reading is checked (see :meth:`now`): anything but a finite number
-        from 0 to below 2**33 is a :class:`~jobcredits_plugin.ConfigurationError`.
+        store (tests pass :class:`jobcredits_plugin.testing.FakeClock`),
+        except a Redis or PostgreSQL store built with ``server_clock=True``,
+        which decides by its server's clock so that hosts sharing it share
+        one clock. Each reading is checked (see :meth:`now`): anything but a
+        finite number from 0 to below 2**33 is a
+        :class:`~jobcredits_plugin.ConfigurationError`.
     :param plugins: plugin objects to register (see :mod:`~jobcredits_plugin.hookspecs`).
     :param entry_points: also load the plugins installed packages declare in
         the ``jobcredits_plugin`` entry point group. Off by default: installed

@@ -603,6 +603,11 @@ class BaseStore:
     #: :meth:`~jobcredits_plugin.Ledger.trim_journal` when it is called with no
     #: bound (``jobcredits prune`` does), unless a cursor has not read it yet.
     journal_max_age: float | None = 7 * 86400.0
+    #: Whether the store ignores the ``now`` it is passed and decides by its
+    #: server's clock, read inside each atomic operation (the shared stores'
+    #: ``server_clock=True``). Stores on the ledger's host have one clock
+    #: only, the ledger's, and keep this False.
+    server_clock: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Make every store's constructor and ``from_url`` report a bad option
