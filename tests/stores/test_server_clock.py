@@ -44,6 +44,9 @@ SKEW = 10.0
 SHORT = 1.0
 #: A real sleep that takes a SHORT window or lease past its end.
 PAST = SHORT + 0.2
+#: Windows and leases that a test never waits out: the steps that must fall
+#: inside them take milliseconds, this much leaves room for a loaded machine.
+LONG = 30.0
 
 SHARED_KINDS = ["redis", "redis-cluster", "postgres"]
 
@@ -118,6 +121,14 @@ def _hosts(
     return a, b, clock_a, clock_b, events
 
 
+def _warm(*ledgers: Ledger) -> None:
+    """Connect every ledger's store (and check PostgreSQL's schema) before a
+    test's timed steps, so that a slow first connection cannot use up a
+    SHORT window."""
+    for ledger in ledgers:
+        ledger.lookup("warm", "up")
+
+
 def _advance(seconds: float, *clocks: FakeClock) -> None:
     for clock in clocks:
         clock.advance(seconds)
@@ -169,7 +180,7 @@ def test_slow_host_reuses_past_the_window_on_its_own_clock(host_store: HostStore
 def test_fast_host_reuses_within_the_window_on_the_server_clock(host_store: HostStore) -> None:
     """The same skew, on the server's clock: the follow-up is inside the
     window (by the one clock both hosts share) and reused."""
-    a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=SHORT * 2, lease=SHORT)
+    a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=LONG, lease=LONG / 2)
     first = a.charge("acct", "job")
     a.confirm("acct", "job", charge_id=first.record.charge_id)
     follow_up = b.charge("acct", "job")
@@ -180,9 +191,9 @@ def test_fast_host_reuses_within_the_window_on_the_server_clock(host_store: Host
 
 def test_fast_pruner_leaves_a_running_call_on_the_server_clock(host_store: HostStore) -> None:
     """A pruner whose clock runs 10 s ahead leaves a call within its lease
-    alone; the call confirms. A slow-clock pruner still settles a lease
-    that the server's clock says is over."""
-    a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=SHORT * 4, lease=SHORT)
+    alone; the call confirms. A pruner whose clock runs 10 s behind still
+    settles a lease that the server's clock says is over."""
+    a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=LONG, lease=LONG / 2)
     first = a.charge("acct", "job")
     assert b.prune() == []
     confirmed = a.confirm("acct", "job", charge_id=first.record.charge_id)
@@ -193,7 +204,7 @@ def test_fast_pruner_leaves_a_running_call_on_the_server_clock(host_store: HostS
     slow = Ledger(
         host_store(True), clock=FakeClock(time.time() - SKEW), lease=SHORT, plugins=[events]
     )
-    second = a.charge("acct", "other")
+    second = slow.charge("acct", "other")
     time.sleep(PAST)
     assert [r.charge_id for r in slow.prune()] == [second.record.charge_id]
     assert events.kinds() == ["charge", "charge", "refund"]
@@ -205,6 +216,7 @@ def test_slow_host_charges_past_the_window_on_the_server_clock(host_store: HostS
     server's clock says it ends: no free reuse, no live record in lookups or
     snapshots, and the follow-up is a new charge."""
     a, b, _, _, events = _hosts(host_store, True, (0.0, -SKEW), ttl=SHORT, lease=SHORT / 2)
+    _warm(a, b)
     first = a.charge("acct", "job")
     a.confirm("acct", "job", charge_id=first.record.charge_id)
     assert b.lookup("acct", "job") is not None
@@ -222,27 +234,27 @@ def test_the_async_twins_use_the_server_clock(host_store: HostStore) -> None:
     client, a worker thread for the cluster and PostgreSQL)."""
 
     async def scenario() -> list[str]:
-        a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=SHORT * 2, lease=SHORT)
-        slow = Ledger(
-            host_store(True),
-            clock=FakeClock(time.time() - SKEW),
-            ttl=SHORT * 2,
-            lease=SHORT,
-            plugins=[events],
-        )
+        a, b, _, _, events = _hosts(host_store, True, (0.0, SKEW), ttl=LONG, lease=LONG / 2)
         first = await a.acharge("acct", "job")
         assert await b.aprune() == []  # the fast pruner leaves it running
         await a.aconfirm("acct", "job", charge_id=first.record.charge_id)
         assert (await b.acharge("acct", "job")).outcome == "reused"  # fast host
         assert [r.job_id for r in await b.asnapshot()] == ["job"]
-        await asyncio.sleep(SHORT * 2 + 0.2)
-        assert await slow.alookup("acct", "job") is None
-        assert (await slow.acharge("acct", "job")).outcome == "charged"  # slow host
-        for ledger in (a, b, slow):
+        short, slow = (
+            Ledger(host_store(True), clock=clock, ttl=SHORT, lease=SHORT / 2, plugins=[events])
+            for clock in (FakeClock(time.time() + SKEW), FakeClock(time.time() - SKEW))
+        )
+        charged = await short.acharge("acct", "brief")
+        await short.aconfirm("acct", "brief", charge_id=charged.record.charge_id)
+        await asyncio.sleep(PAST)
+        assert await slow.alookup("acct", "brief") is None
+        assert (await slow.acharge("acct", "brief")).outcome == "charged"  # slow host
+        for ledger in (a, b, short, slow):
             await ledger.aclose()
         return events.kinds()
 
-    assert asyncio.run(scenario()) == ["charge", "reuse", "expire", "charge"]
+    kinds = asyncio.run(scenario())
+    assert kinds == ["charge", "reuse", "charge", "expire", "charge"]
 
 
 def test_reported_records_are_the_stored_ones(host_store: HostStore) -> None:
@@ -326,25 +338,27 @@ def test_server_clock_option(kind: str) -> None:
     in a URL; anything else is the app's configuration error."""
     if kind == "redis":
         pytest.importorskip("redis", reason="the redis extra is not installed")
-        from jobcredits_plugin.stores import RedisStore as Store
+        from jobcredits_plugin.stores import RedisStore
 
+        store_class: Any = RedisStore
         url = "redis://127.0.0.1:6379/2"
         extra: dict[str, Any] = {"prefix": "jctest:unused"}
     else:
         pytest.importorskip("psycopg", reason="the postgres extra is not installed")
-        from jobcredits_plugin.stores import PostgresStore as Store  # type: ignore[assignment]
+        from jobcredits_plugin.stores import PostgresStore
 
+        store_class = PostgresStore
         url = "postgresql://postgres@127.0.0.1:5432/unused"
         extra = {}
     for query, expected in (("", False), ("?server_clock=true", True), ("?server_clock=0", False)):
-        store = Store.from_url(url + query, **extra)
+        store = store_class.from_url(url + query, **extra)
         assert store.server_clock is expected
         store.close()
     with pytest.raises(ConfigurationError, match="server_clock"):
-        Store.from_url(url + "?server_clock=sometimes", **extra)
+        store_class.from_url(url + "?server_clock=sometimes", **extra)
     for bad in ("true", 1, None):
         with pytest.raises(ConfigurationError, match="server_clock"):
-            Store.from_url(url, server_clock=bad, **extra)
+            store_class.from_url(url, server_clock=bad, **extra)
 
 
 @pytest.mark.parametrize("url", ["memory://?server_clock=true", "sqlite://?server_clock=true"])
