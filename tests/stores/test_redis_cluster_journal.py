@@ -29,6 +29,7 @@ from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _server_url
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 from jobcredits_plugin.stores import RedisStore  # noqa: E402
+from jobcredits_plugin.stores import _redis as redis_module  # noqa: E402
 
 MakeStore = Callable[..., RedisStore]
 
@@ -290,3 +291,37 @@ def test_a_given_async_cluster_client_registers_its_streams(
     assert Counter(e.kind for e in entries) == {"grant": 4, "charge": 4, "refund": 4}
     assert store._registered == {store.journal_stream(a) for a in accounts}
     assert all(ledger.balance(a) == 3 for a in accounts)
+
+
+def test_a_merge_that_died_before_its_trim_is_finished_by_the_next_reader(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that merged entries and died before trimming them from their
+    slot streams leaves those entries behind; another reader, which knows
+    nothing of the marks, skips them (the merge script answers the true
+    marks), trims them, and merges only the rest, each once, even when the
+    stale entries fill its first pass."""
+    store = make_store()
+    ledger = Ledger(store, clock=FakeClock())
+    accounts = _accounts(store, 6)
+    for i in range(5):
+        for account in accounts:
+            ledger.charge(account, f"job-{i}")
+    dying = make_store()
+    streams = dying._slot_streams()
+    args = [a for run in dying._read_slot_streams(streams, 3, {}) for values in run for a in values]
+    reply = dying._scripts["merge"](keys=[dying.journal_key, dying._marks_key], args=args)
+    assert int(reply[0]) == 18  # merged, never trimmed
+    assert _slot_backlog(store) == 30
+    reader = Ledger(make_store())
+    # Passes of about 4 entries: 1 per slot stream, all stale at first.
+    monkeypatch.setattr(redis_module, "_MERGE_BATCH", 1)
+    assert [e.seq for e in reader.journal(after=18, limit=4)] == [19, 20, 21, 22]
+    got = _everything(reader, page=4)
+    assert [e.seq for e in got] == list(range(1, 31))
+    assert Counter((e.account, e.job_id) for e in got) == Counter(
+        (a, f"job-{i}") for a in accounts for i in range(5)
+    )
+    for account in accounts:
+        assert [e.job_id for e in got if e.account == account] == [f"job-{i}" for i in range(5)]
+    assert _slot_backlog(store) == 0

@@ -831,8 +831,9 @@ return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1
 # script gets it, and a slot's entries stay in their stream's order, because a
 # stream's entries arrive in order and the marks only grow. ARGV: groups of 9
 # (stream, slot seq, then the entry's k a c x d b t). Answers {appended,
-# stream1, mark1, ...} for the marks it moved: the caller trims those slot
-# streams up to them (what is merged is kept in the merged stream).
+# stream1, mark1, ...}, the mark of every stream in the batch as it stands
+# after the script: the caller trims those slot streams up to them (what is
+# merged is kept in the merged stream) and reads them from there next time.
 _MERGE = """
 jc_arity(2, 0)
 if #ARGV % 9 ~= 0 then jc_fail('merge arguments', #ARGV) end
@@ -840,7 +841,7 @@ if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
   return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
 end
 local marks = {}
-local seen = {}
+local streams = {}
 local moved = {}
 local take = {}
 for i = 1, #ARGV, 9 do
@@ -849,14 +850,14 @@ for i = 1, #ARGV, 9 do
   for j = i + 2, i + 8 do jc_str(ARGV[j], 'entry field') end
   jc_num(ARGV[i + 8], 'entry time')
   local m = marks[s]
-  if m == nil then m = jc_int(redis.call('HGET', KEYS[2], s) or '0', 'stored mark', 0, JC_MAX) end
+  if m == nil then
+    m = jc_int(redis.call('HGET', KEYS[2], s) or '0', 'stored mark', 0, JC_MAX)
+    streams[#streams + 1] = s
+  end
   if seq > m then
     take[#take + 1] = i
     m = seq
-    if not seen[s] then
-      seen[s] = true
-      moved[#moved + 1] = s
-    end
+    moved[s] = true
   end
   marks[s] = m
 end
@@ -866,9 +867,9 @@ for _, i in ipairs(take) do
              'x', ARGV[i + 5], 'd', ARGV[i + 6], 'b', ARGV[i + 7], 't', ARGV[i + 8])
 end
 local out = {#take}
-for _, s in ipairs(moved) do
+for _, s in ipairs(streams) do
   local m = string.format('%d', marks[s])
-  redis.call('HSET', KEYS[2], s, m)
+  if moved[s] then redis.call('HSET', KEYS[2], s, m) end
   out[#out + 1] = s
   out[#out + 1] = m
 end
@@ -1185,6 +1186,10 @@ class RedisStore(BaseStore):
         self._marks_key = f"{prefix}:{{journal}}:marks"
         #: The slot streams this instance has registered in _streams_key.
         self._registered: set[str] = set()
+        #: What this instance knows of the slot streams (see _merge_pass): the
+        #: registered ones, and the last slot seq merged or read from each.
+        self._known_streams: list[str] = []
+        self._marks: dict[str, int] = {}
         self._label = "Redis store " + (
             redact_url(url) if url is not None else type(client).__name__
         )
@@ -1563,81 +1568,94 @@ class RedisStore(BaseStore):
             await self._arun(client.sadd(self._streams_key, stream))
             self._registered.add(stream)
 
-    def _merge_pass(self, budget: int) -> int:
-        """Merge up to about ``budget`` entries from the slot streams into the
-        journal (a cluster's; see _MERGE); returns how many this pass appended
-        (0: nothing was waiting, or another reader merged it first).
+    def _merge_pass(self, budget: int) -> tuple[int, int]:
+        """Merge about ``budget`` entries from the slot streams into the
+        journal (a cluster's; see _MERGE); returns how many this pass read
+        from the slot streams and how many of those it appended (the others
+        another reader had merged first; the next pass starts past them).
 
         The order: each slot stream's entries in their own order (an
         account's entries are in commit order), interleaved across streams
         by their time ``t`` (ties by stream name), a k-way merge that never
         reorders one stream. The seq the merged stream gives them is final:
         every reader sees the same order, and a reader resuming after seq N
-        gets exactly what was appended after N. The budget is shared among
-        the streams that have entries waiting (their XLEN: merged entries
-        are trimmed from them), so one busy slot cannot starve the others and
-        a pass never fetches much more than the budget."""
+        gets exactly what was appended after N.
+
+        One pipelined XRANGE per slot stream reads what it holds past this
+        instance's idea of its mark (the merge script skips what another
+        reader merged meanwhile and answers the true marks; merged entries
+        are trimmed from the slot streams, so a stale mark costs little); the
+        streams that filled their share are then read again for the rest of
+        the budget, so one busy slot gets most of a pass when the others are
+        quiet, and none is starved when they are not."""
         client = self._client
-        streams = sorted({_s(x) for x in self._run(client.smembers, self._streams_key)})
+        streams = self._slot_streams()
         if not streams:
-            return 0
-        raw_marks = self._run(client.hgetall, self._marks_key) or {}
-        marks = {_s(k): int(_s(v)) for k, v in raw_marks.items()}
-        pipe = client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xlen(stream)
-        waiting = [
-            (int(n), stream) for n, stream in zip(self._run(pipe.execute), streams, strict=True)
+            return 0, 0
+        share = max(1, budget // len(streams))
+        fetched = dict(zip(streams, self._read_slot_streams(streams, share, {}), strict=True))
+        full = [s for s in streams if len(fetched[s]) == share]
+        left = budget - sum(len(run) for run in fetched.values())
+        if full and left > 0:
+            more = max(1, left // len(full))
+            read = {s: int(fetched[s][-1][1]) for s in full}
+            for stream, run in zip(full, self._read_slot_streams(full, more, read), strict=True):
+                fetched[stream].extend(run)
+        runs = [
+            [(float(values[8]), index, values) for values in fetched[stream]]
+            for index, stream in enumerate(streams)
         ]
-        active = sorted((n, stream) for n, stream in waiting if n > 0)
-        if not active:
-            return 0
-        counts: dict[str, int] = {}
-        left = max(1, budget)
-        for i, (n, stream) in enumerate(active):
-            counts[stream] = min(n, max(1, left // (len(active) - i)))
-            left = max(0, left - counts[stream])
+        args = [a for _t, _i, values in heapq.merge(*runs, key=lambda e: e[:2]) for a in values]
+        if not args:
+            return 0, 0
+        reply = self._run(
+            self._scripts["merge"], keys=[self.journal_key, self._marks_key], args=args
+        )
+        marks = {_s(reply[i]): int(_s(reply[i + 1])) for i in range(1, len(reply), 2)}
+        self._marks.update(marks)
+        # What is merged lives on in the merged stream: drop it from the slot
+        # streams (also what an earlier pass merged but did not get to trim).
         pipe = client.pipeline(transaction=False)
-        order = sorted(counts)
-        for stream in order:
-            pipe.xrange(stream, f"(0-{marks.get(stream, 0)}", "+", count=counts[stream])
-        fetched = self._run(pipe.execute)
-        runs = []
-        for index, (stream, reply) in enumerate(zip(order, fetched, strict=True)):
+        for stream, mark in marks.items():
+            pipe.xtrim(stream, minid=f"0-{mark + 1}")
+        self._run(pipe.execute)
+        return len(args) // 9, int(reply[0])
+
+    def _slot_streams(self) -> list[str]:
+        """Every registered slot stream, sorted. The set only grows, so the
+        cached list is re-read only when its size (SCARD) has changed."""
+        size = int(self._run(self._client.scard, self._streams_key))
+        if size != len(self._known_streams):
+            members = self._run(self._client.smembers, self._streams_key)
+            self._known_streams = sorted({_s(m) for m in members})
+        return self._known_streams
+
+    def _read_slot_streams(
+        self, streams: list[str], count: int, after: dict[str, int]
+    ) -> list[list[list[str]]]:
+        """Up to ``count`` entries of each slot stream past ``after`` (by
+        default its known mark), each as the merge script's 9 values (stream,
+        slot seq, k a c x d b t)."""
+        pipe = self._client.pipeline(transaction=False)
+        for stream in streams:
+            start = after.get(stream, self._marks.get(stream, 0))
+            pipe.xrange(stream, f"(0-{start}", "+", count=count)
+        out = []
+        for stream, reply in zip(streams, self._run(pipe.execute), strict=True):
             run = []
             for entry_id, fields in reply:
                 f = {_s(k): _s(v) for k, v in fields.items()}
                 seq = _s(entry_id).rpartition("-")[2]
-                values = [f.get(name, "") for name in ("k", "a", "c", "x", "d", "b", "t")]
-                run.append((float(f.get("t", "0")), index, [stream, seq, *values]))
-            runs.append(run)
-        args = [a for _t, _i, entry in heapq.merge(*runs, key=lambda e: e[:2]) for a in entry]
-        appended = 0
-        if args:
-            reply = self._run(
-                self._scripts["merge"], keys=[self.journal_key, self._marks_key], args=args
-            )
-            appended = int(reply[0])
-            for i in range(1, len(reply), 2):
-                marks[_s(reply[i])] = int(_s(reply[i + 1]))
-        # What is merged lives on in the merged stream: drop it from the slot
-        # streams (also what an earlier pass merged but did not get to trim).
-        pipe = client.pipeline(transaction=False)
-        trimmed = 0
-        for _n, stream in active:
-            if marks.get(stream, 0) > 0:
-                pipe.xtrim(stream, minid=f"0-{marks[stream] + 1}")
-                trimmed += 1
-        if trimmed:
-            self._run(pipe.execute)
-        return appended
+                run.append([stream, seq, *(f.get(k, "") for k in "kacxdbt")])
+            out.append(run)
+        return out
 
     def _merge_backlog(self) -> None:
         """Merge what waits in the slot streams (trimming merges first, so a
         journal nobody reads is still bounded by its age), a bounded number
         of passes, so a trim under a constant stream of writes still ends."""
         for _ in range(_MERGE_PASSES):
-            if self._merge_pass(_MERGE_BATCH) < _MERGE_BATCH:
+            if self._merge_pass(_MERGE_BATCH)[0] < _MERGE_BATCH:
                 return
 
     @staticmethod
@@ -1786,13 +1804,13 @@ class RedisStore(BaseStore):
         # A cluster: what the slot streams hold past the merged journal's end
         # is numbered now, by this reader (or by another one at the same time).
         while len(entries) < limit:
-            appended = self._merge_pass(max(limit - len(entries), _MERGE_BATCH))
+            read, _appended = self._merge_pass(max(limit - len(entries), _MERGE_BATCH))
             last = entries[-1].seq if entries else after
             low, high = self._xrange_args(last)
             count = int(limit) - len(entries)
             more = _entries(self._run(self._client.xrange, stream, low, high, count=count))
             entries.extend(more)
-            if appended == 0:
+            if read == 0:  # nothing waits in the slot streams
                 break
         return entries
 
