@@ -572,33 +572,108 @@ def test_a_retry_waits_for_its_original_and_answers_its_reply(url: str) -> None:
         store.drop()
 
 
-def test_replies_do_not_grow_without_bound(url: str) -> None:
-    """Every reply is dropped once its retention has passed: prune deletes
-    them all, and each new reply deletes up to two old ones on its way in."""
+def test_replies_do_not_grow_without_bound(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reply is dropped once its retention has passed: a reply written
+    with an operation id that starts with "0" (one in sixteen) deletes up to
+    32 past it, and prune deletes them all."""
+    from jobcredits_plugin.stores import _postgres
+
+    drawn = _postgres._op_id
+    first = {"digit": "f"}
+    monkeypatch.setattr(_postgres, "_op_id", lambda: first["digit"] + drawn()[1:])
     store = PostgresStore.from_url(url, schema=f"jctest_{uuid.uuid4().hex[:12]}")
     clock, events = FakeClock(), Events()
     ledger = _ledger(store, clock, events)
     try:
         assert store.reply_retention == max(REPLY_RETENTION, 2 * store.deadline)
         ledger.grant("acct", 100)
-        for i in range(10):
+        for i in range(40):
             ledger.charge("acct", f"job-{i}", cost=1)
-        assert _replies(store) == 10
+        assert _replies(store) == 40
         clock.advance(store.reply_retention - 1)
+        first["digit"] = "0"
         ledger.charge("acct", "one-more", cost=1)
-        assert _replies(store) == 11  # none past its retention yet
+        assert _replies(store) == 41  # none past its retention yet
 
-        clock.advance(2.0)  # the first ten are past it
-        for i in range(3):
-            ledger.charge("acct", f"late-{i}", cost=1)
-        assert _replies(store) == 11 + 3 - 6  # each removed two
+        clock.advance(2.0)  # the first forty are past it
+        first["digit"] = "f"
+        ledger.charge("acct", "late-0", cost=1)
+        assert _replies(store) == 42  # this write does not clean up
+        first["digit"] = "0"
+        ledger.charge("acct", "late-1", cost=1)
+        assert _replies(store) == 43 - 32  # this one deletes 32
+        ledger.charge("acct", "late-2", cost=1)
+        assert _replies(store) == 4  # and the next the other 8
 
+        first["digit"] = "f"
         clock.advance(store.reply_retention + 1)
-        assert len(ledger.prune()) == 14  # every job pending past its lease: refunded
+        assert len(ledger.prune()) == 44  # every job pending past its lease: refunded
         assert _replies(store) == 1  # that prune batch's own reply
         clock.advance(store.reply_retention + 1)
         assert ledger.prune() == []
         assert _replies(store) == 0
     finally:
         ledger.close()
+        store.drop()
+
+
+def test_a_version_5_schema_is_migrated_to_version_6(url: str) -> None:
+    """The migration keeps jobs, balances and the journal; the version-5
+    signatures still work for processes running the old code (they keep no
+    reply); the new ones keep replies."""
+    from psycopg import sql
+
+    from jobcredits_plugin.stores._postgres import _MIGRATIONS, _VERSION_TABLE, SCHEMA_VERSION
+
+    schema = f"jctest_{uuid.uuid4().hex[:12]}"
+    store = PostgresStore.from_url(url, schema=schema)
+    v5_claim = (
+        "SELECT status FROM {schema}.claim('acct', 'default', %s, %s, 2, NULL, "
+        "NULL, 100.0, 3600.0, 60.0, NULL, true, true, false)"
+    )
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute(store._format(_VERSION_TABLE))
+                for version in range(5):
+                    conn.execute(store._format(_MIGRATIONS[version]))
+                    conn.execute(
+                        store._format("INSERT INTO {schema}.schema_version VALUES (%s)"),
+                        (version + 1,),
+                    )
+            conn.execute(
+                store._format(
+                    "SELECT * FROM {schema}.grant_credits('acct', 10, 100.0, 'g-1', true, 60.0)"
+                )
+            )
+            conn.execute(store._format(v5_claim), ("open", "c-open"))
+            assert store.migrate() == SCHEMA_VERSION == 6
+            versions = conn.execute(
+                sql.SQL("SELECT version FROM {}.schema_version ORDER BY version").format(
+                    sql.Identifier(schema)
+                )
+            ).fetchall()
+            assert versions == [(v,) for v in range(1, 7)]
+            # an old process's claim, during the rolling upgrade
+            assert conn.execute(store._format(v5_claim), ("old", "c-old")).fetchone() == (
+                "charged",
+            )
+        assert _replies(store) == 0
+        clock, events = FakeClock(start=100.0), Events()
+        ledger = _ledger(store, clock, events)
+        assert ledger.balance("acct") == 6  # the data survived
+        ledger.charge("acct", "new", cost=1)
+        assert _replies(store) == 1
+        clock.advance(6.0)
+        assert [r.job_id for r in ledger.prune()] == ["new"]
+        assert [(e.kind, e.job_id) for e in _audit(store, ledger, ["acct"])] == [
+            ("grant", None),
+            ("charge", "open"),
+            ("charge", "old"),
+            ("charge", "new"),
+            ("refund", "new"),
+        ]
+        assert store.migrate() == SCHEMA_VERSION  # idempotent
+    finally:
+        store.close()
         store.drop()
