@@ -431,7 +431,8 @@ def grant_exceeds_cap(before: int, amount: int) -> bool:
     return amount > 0 and before + amount > MAX_CREDITS
 
 
-#: How long, in seconds by the clock the ledger passes in, a store remembers a
+#: How long, in seconds by the clock the ledger passes in (the server's, for a
+#: store with ``server_clock``), a store remembers a
 #: grant id: a grant repeated with the same ``(account, grant_id)`` within this
 #: time of the first one is not applied again (see :meth:`Store.grant`).
 #: Seven days: a client retrying a grant whose answer it lost retries within
