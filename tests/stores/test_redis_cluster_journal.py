@@ -325,3 +325,51 @@ def test_a_merge_that_died_before_its_trim_is_finished_by_the_next_reader(
     for account in accounts:
         assert [e.job_id for e in got if e.account == account] == [f"job-{i}" for i in range(5)]
     assert _slot_backlog(store) == 0
+
+
+def test_turning_the_journal_on_moves_no_key_of_the_books(make_store: MakeStore) -> None:
+    """The upgrade path: a cluster deployment that ran without a journal (the
+    only way before) turns it on in place. Its balances and live jobs are
+    where the journaling store looks for them; only what happens from then on
+    is journaled."""
+    old = make_store(journal=False)
+    before = Ledger(old, clock=(clock := FakeClock()), balances=True)
+    before.grant("acct", 5)
+    pending = before.charge("acct", "job", cost=2)
+    assert old._client.exists(old.journal_stream("acct")) == 0
+    assert old._client.exists(old._streams_key) == 0
+    new = make_store()
+    assert new.journal is True
+    after = Ledger(new, clock=clock, balances=True)
+    assert after.balance("acct") == 3
+    record = after.lookup("acct", "job")
+    assert record is not None
+    assert record.charge_id == pending.record.charge_id
+    assert after.refund("acct", "job", charge_id=pending.record.charge_id)
+    after.charge("acct", "job-2")
+    entries = after.journal()
+    assert [(e.kind, e.delta, e.balance) for e in entries] == [("refund", 2, 5), ("charge", -1, 4)]
+
+
+def test_a_client_without_decoding_reads_the_same_journal(
+    make_store: MakeStore, cluster_url: str
+) -> None:
+    """A caller's cluster client with bytes replies merges and reads the same
+    entries as the store's own."""
+    client = redis.cluster.RedisCluster.from_url(cluster_url.split("?")[0])
+    mine = make_store()
+    store = RedisStore(client, cluster=True, prefix=mine.prefix)
+    try:
+        ledger = Ledger(store, clock=FakeClock(), balances=True)
+        for account in [*_accounts(store, 6), "ünïcode"]:
+            ledger.grant(account, 2)
+            ledger.charge(account, "job", tier="tïer")
+        entries = ledger.journal(limit=100)
+        assert len(entries) == 14
+        assert {(e.account, e.tier) for e in entries if e.account == "ünïcode"} == {
+            ("ünïcode", None),
+            ("ünïcode", "tïer"),
+        }
+        assert Ledger(mine).journal(limit=100) == entries
+    finally:
+        store.close()
