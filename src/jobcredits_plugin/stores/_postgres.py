@@ -1299,7 +1299,8 @@ $fn$;
 # can be retried. Each claim, refund and prune batch carries an operation id
 # the client draws per call (128 random bits) and re-sends on its retry. The
 # new overloads take the id (and the retention, ``p_keep`` seconds by the
-# ledger's clock) and wrap the version-5 functions: under a transaction-scoped
+# operation's now: the ledger's clock, or the server's with server_clock) and
+# wrap the version-5 functions: under a transaction-scoped
 # advisory lock of the id (so a retry that reaches the server while the
 # original still runs waits for it to end), they look the id up in
 # ``replies``; found, they answer what the original answered and do nothing
@@ -1311,11 +1312,11 @@ $fn$;
 # retry decides afresh, as nothing committed. One reply written in sixteen
 # deletes up to 32 replies past their retention (SKIP LOCKED), and prune
 # deletes them in batches through ``forget_replies``, so the table holds
-# about the retention's worth of operations however the store is used. The records are
-# kept as ``job_image``, a type of their own rather than the jobs row type,
-# so that a later migration may still add columns to jobs. The version-5
-# signatures stay, for processes still running the old code during a rolling
-# upgrade (their operations keep no reply).
+# about the retention's worth of operations however the store is used. The
+# records are kept as ``job_image``, a type of their own rather than the jobs
+# row type, so that a later migration may still add columns to jobs. The
+# version-5 signatures stay, for processes still running the old code during
+# a rolling upgrade (their operations keep no reply).
 _V6 = """
 CREATE TYPE {schema}.job_image AS (
     account     text,
@@ -1936,7 +1937,7 @@ class PostgresStore(BaseStore):
         #: Seconds one statement may take, from asking the pool for a
         #: connection to the last row of the answer, retry included.
         self.deadline = self.timeout + self.connect_timeout + self.statement_timeout
-        #: Seconds (by the ledger's clock) a claim's, refund's or prune
+        #: Seconds (of the operation's clock) a claim's, refund's or prune
         #: batch's answer is kept for its retry: far longer than any retry
         #: within :attr:`deadline` can take.
         self.reply_retention = max(REPLY_RETENTION, 2 * self.deadline)
