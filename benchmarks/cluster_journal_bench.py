@@ -4,7 +4,7 @@ Starts a throwaway 3-master cluster on loopback ports (``redis-server`` and
 ``redis-cli`` must be installed; ``tests/stores/_redis_cluster.py``) and
 reports, as ratios measured in this run:
 
-- **charge, journal on / off** on the cluster: new jobs charged on accounts
+- **charge time, journal on / off** on the cluster: new jobs charged on accounts
   spread over every slot's master, in chunks that take turns (the slot
   streams are registered first, as a long-running process has them);
 - **catch-up read, cluster / standalone**: entries per second read through
@@ -116,7 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, redis_cluster(Path(tmp)) as url:
         off, on = _charges_per_second(url, True, charges, 8)
         print(
-            f"charge on the cluster, journal on / off:  {on / off:.2f}  ({on:.0f} / {off:.0f} /s)"
+            f"charge time on the cluster, journal on / off:  {off / on:.2f}x  "
+            f"({on:.0f} / {off:.0f} charges/s)"
         )
         cluster_rate = _read_rate(url, backlog)
         try:
