@@ -62,9 +62,16 @@ class Report:
         self.mode = SIZES.mode
         self.load: list[dict[str, Any]] = []
         self.throughput: list[dict[str, Any]] = []
+        #: tests/system/test_store_faults.py: one row per store and fault.
+        self.store_faults: list[dict[str, Any]] = []
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "load": self.load, "throughput": self.throughput}
+        return {
+            "mode": self.mode,
+            "load": self.load,
+            "throughput": self.throughput,
+            "store_faults": self.store_faults,
+        }
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -91,6 +98,18 @@ class Report:
                     f" | throughput x{row['throughput_ratio']:.2f} "
                     f"p50 x{row['p50_ratio']:.2f} p99 x{row['p99_ratio']:.2f} "
                     f"cpu/call x{row['cpu_ratio']:.2f}"
+                )
+        if self.store_faults:
+            out.append(
+                f"store faults ({self.mode}): store, fault, calls/s, faults, events checked, "
+                "calls unanswered (StoreUnavailable), max latency / bound"
+            )
+            for row in self.store_faults:
+                out.append(
+                    f"  {row['store']:13} {row['fault']:22} {row['calls_per_second']:7.1f}/s "
+                    f"faults={row['faults']} events={row['events_checked']} "
+                    f"unavailable={row['unavailable']} max={row['max_latency']:.2f}s "
+                    f"bound={row['bound']:.1f}s -> audited"
                 )
         return out
 
