@@ -45,17 +45,17 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
         'jobcredits_plugin.flask needs Flask: pip install "jobcredits-plugin[flask]"'
     ) from exc
 
-from ._decorator import _check_on_missing, account_source, current_charge
+from ._decorator import account_source, current_charge
 from ._decorator import header as _header
 from ._errors import (
-    DEFAULT_RETRY_AFTER_MAX,
     ConfigurationError,
     InvalidArgument,
     JobCreditsError,
 )
 from ._ledger import Ledger
-from ._plugins import import_object, ledger_from_url, resolve_plugins
 from ._records import Charge
+from ._settings import DEFAULTS as SETTINGS_DEFAULTS
+from ._settings import Settings, import_callable, report
 from ._validation import check_flag, configuration, configuring
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
@@ -68,7 +68,6 @@ from ._web import (
     astart_call,
     bound,
     check_options,
-    problems,
     render_problem,
     resolve,
     start_call,
@@ -102,18 +101,7 @@ _CALL_KEY = "jobcredits.call"
 #: What ``app.config`` holds before the app says otherwise. Not
 #: ``JOBCREDITS_ACCOUNT``: who pays is the app's decision (see ``init_app``).
 DEFAULTS: Mapping[str, Any] = {
-    "JOBCREDITS_URL": "memory://",
-    "JOBCREDITS_TTL": 3600.0,
-    "JOBCREDITS_LEASE": 60.0,
-    "JOBCREDITS_BALANCES": False,
-    "JOBCREDITS_MAX_USES": None,
-    "JOBCREDITS_JOB_HEADER": DEFAULT_JOB_HEADER,
-    "JOBCREDITS_ON_MISSING": "charge",
-    "JOBCREDITS_FAIL_OPEN": False,
-    "JOBCREDITS_PLUGINS": (),
-    "JOBCREDITS_ENTRY_POINTS": False,
-    "JOBCREDITS_PROBLEM_TYPE_BASE": None,
-    "JOBCREDITS_RETRY_AFTER_MAX": DEFAULT_RETRY_AFTER_MAX,
+    f"JOBCREDITS_{key}": value for key, value in SETTINGS_DEFAULTS.items() if key != "ACCOUNT"
 }
 
 AccountFunc = Callable[[flask.Request], "str | None"]
@@ -152,60 +140,9 @@ class JobCreditsState:
 
 # -- configuration ------------------------------------------------------------------
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 
-
-def _flag(key: str, value: Any) -> bool:
-    """A boolean config value, also when it came from an environment string
-    ("0" must not turn fail-open on)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidArgument(f"{key} must be a boolean, not {value!r}")
-
-
-def _number(key: str, value: Any) -> Any:
-    """Seconds from config: numbers pass, numeric strings are converted; the
-    ledger checks the range."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise InvalidArgument(f"{key} must be a number of seconds, not {value!r}") from None
-    return value
-
-
-def _max_uses(value: Any) -> Any:
-    if isinstance(value, str):
-        if not value.strip() or value.strip().lower() == "none":
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise InvalidArgument(f"JOBCREDITS_MAX_USES must be an int, not {value!r}") from None
-    return value
-
-
-def _import_account(value: Any, key: str) -> AccountFunc | None:
-    """The account callable from a callable or an import string (``pkg.mod:func``
-    or ``pkg.mod.func``), imported at startup so that a typo fails the deploy
-    rather than every request."""
-    if value is None or callable(value):
-        return cast("AccountFunc | None", value)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidArgument(f"{key} must be a callable or a dotted path to one, not {value!r}")
-    path = value.strip()
-    try:
-        target = import_object(path)
-    except Exception as exc:  # any import failure is the same misconfiguration
-        raise InvalidArgument(f"{key}: cannot import {path!r} ({exc})") from exc
-    if not callable(target):
-        raise InvalidArgument(f"{key}: {path!r} is not callable")
-    return cast(AccountFunc, target)
+def _spell(key: str) -> str:
+    return f"JOBCREDITS_{key}"
 
 
 # -- the extension ------------------------------------------------------------------
@@ -238,7 +175,7 @@ class JobCredits:
         if ledger is not None and not isinstance(ledger, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
         self._ledger = ledger
-        self._account = _import_account(account, "account")
+        self._account = import_callable(account, "account")
         if app is not None:
             self.init_app(app)
 
@@ -253,9 +190,12 @@ class JobCredits:
         ``JOBCREDITS_PLUGINS`` names (objects, or import strings
         ``"pkg.mod:attr"`` / ``"pkg.mod.attr"``; a class is instantiated for
         this app's ledger) and, with ``JOBCREDITS_ENTRY_POINTS``, those of the
-        installed packages' ``jobcredits_plugin`` entry points. A bad entry
-        raises :class:`~jobcredits_plugin.InvalidArgument` here, before any
-        store is opened.
+        installed packages' ``jobcredits_plugin`` entry points.
+
+        Every ``JOBCREDITS_*`` key is read by the settings model Django's
+        checks use too (strings from the environment converted); the
+        problems found raise one :class:`~jobcredits_plugin.ConfigurationError`
+        naming them all, before any store is opened.
 
         Who pays must be said: ``JOBCREDITS_ACCOUNT`` (or ``account=``), or
         ``JOBCREDITS_ACCOUNT = None`` set on purpose when every charged view
@@ -269,43 +209,24 @@ class JobCredits:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         cfg = app.config
-        job_header = cfg["JOBCREDITS_JOB_HEADER"]
-        _reader(job_header)  # validates the header name
-        on_missing = cfg["JOBCREDITS_ON_MISSING"]
-        _check_on_missing(on_missing)
-        account = self._account or _import_account(
-            cfg.get("JOBCREDITS_ACCOUNT"), "JOBCREDITS_ACCOUNT"
-        )
-        fail_open = _flag("JOBCREDITS_FAIL_OPEN", cfg["JOBCREDITS_FAIL_OPEN"])
-        rendering = problems(
-            cfg["JOBCREDITS_PROBLEM_TYPE_BASE"],
-            cfg["JOBCREDITS_RETRY_AFTER_MAX"],
-            type_base_key="JOBCREDITS_PROBLEM_TYPE_BASE",
-            retry_after_max_key="JOBCREDITS_RETRY_AFTER_MAX",
-        )
-        entry_points = _flag("JOBCREDITS_ENTRY_POINTS", cfg["JOBCREDITS_ENTRY_POINTS"])
         chosen = ledger if ledger is not None else self._ledger
-        built = chosen is None
-        if chosen is None:
-            # Plugins first: an import string that fails must fail before any
-            # store is opened (a SQLite URL would create its file).
-            plugins = resolve_plugins(cfg["JOBCREDITS_PLUGINS"], key="JOBCREDITS_PLUGINS")
-            _check_account_said(app, account_said)
-            chosen = ledger_from_url(
-                cfg["JOBCREDITS_URL"],
-                ttl=_number("JOBCREDITS_TTL", cfg["JOBCREDITS_TTL"]),
-                lease=_number("JOBCREDITS_LEASE", cfg["JOBCREDITS_LEASE"]),
-                balances=_flag("JOBCREDITS_BALANCES", cfg["JOBCREDITS_BALANCES"]),
-                max_uses=_max_uses(cfg["JOBCREDITS_MAX_USES"]),
-                plugins=plugins,
-                entry_points=entry_points,
-                plugins_key="JOBCREDITS_PLUGINS",
-                entry_points_key="JOBCREDITS_ENTRY_POINTS",
-            )
-        elif not isinstance(chosen, Ledger):
+        if chosen is not None and not isinstance(chosen, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(chosen).__name__}")
-        else:
-            _check_account_said(app, account_said)
+        built = chosen is None
+        raw = {key: cfg[_spell(key)] for key in SETTINGS_DEFAULTS if _spell(key) in cfg}
+        if self._account is not None:
+            raw.pop("ACCOUNT", None)  # the constructor's account wins, unread
+        # Every setting is checked before any store is opened (a SQLite URL
+        # would create its file); all problems are named at once.
+        settings, found = Settings.from_mapping(
+            raw, spell=_spell, name="app.config", environ=True, ledger_keys=built
+        )
+        if settings is None:
+            raise ConfigurationError(report(found, f"config of app {app.name!r}"))
+        account = self._account or settings.account
+        _check_account_said(app, account_said)
+        if chosen is None:
+            chosen = settings.build_ledger(spell=_spell)
         if is_in_process_default(chosen.store) and not (app.debug or app.testing):
             warn_in_process(
                 f"Flask app {app.name!r}",
@@ -313,7 +234,7 @@ class JobCredits:
                 if built
                 else "build the ledger given to JobCredits with Ledger.from_url(url)",
             )
-        if not built and (cfg["JOBCREDITS_PLUGINS"] or entry_points):
+        if not built and (cfg["JOBCREDITS_PLUGINS"] or settings.entry_points):
             # Like JOBCREDITS_TTL, these describe the ledger the extension
             # builds; a ledger passed in was built, plugins and all, by the app
             # (registering them on it here would register them twice when one
@@ -328,10 +249,10 @@ class JobCredits:
         state = JobCreditsState(
             ledger=chosen,
             account=account,
-            job_header=job_header,
-            on_missing=on_missing,
-            fail_open=fail_open,
-            problems=rendering,
+            job_header=settings.job_header,
+            on_missing=settings.on_missing,
+            fail_open=settings.fail_open,
+            problems=settings.problems,
         )
         app.extensions[EXTENSION_KEY] = state
         app.register_error_handler(JobCreditsError, problem_response)

@@ -14,59 +14,32 @@ not) still fails with the same message instead of charging with a typo.
 
 from __future__ import annotations
 
-import difflib
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import attrs
 from asgiref.sync import sync_to_async
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.core.signals import setting_changed  # type: ignore[import-untyped]
 
-from .._decorator import header
-from .._errors import (
-    DEFAULT_RETRY_AFTER_MAX,
-    ConfigurationError,
-    InvalidArgument,
-    JobCreditsError,
-)
+from .._errors import ConfigurationError, InvalidArgument
 from .._ledger import Ledger
-from .._plugins import import_object, instantiate, ledger_from_url, load_plugin
-from .._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems
-from .._web import problems as problem_settings
-from ..stores import from_url, redact_url
-from ..stores._urls import check_url_text, redact_text
+from .._settings import DEFAULTS, Problem, Settings, report
+from .._settings import url_problem as _url_problem
+
+__all__ = ["DEFAULTS", "Config", "Problem", "get_config", "get_ledger", "read"]
 
 SETTING = "JOBCREDITS"
 
-#: Every key ``settings.JOBCREDITS`` accepts, with its default.
-DEFAULTS: dict[str, Any] = {
-    "URL": "memory://",
-    "TTL": 3600.0,
-    "LEASE": 60.0,
-    "BALANCES": False,
-    "MAX_USES": None,
-    "JOB_HEADER": DEFAULT_JOB_HEADER,
-    "ACCOUNT": None,
-    "ON_MISSING": "charge",
-    "FAIL_OPEN": False,
-    "PLUGINS": (),
-    "ENTRY_POINTS": False,
-    "PROBLEM_TYPE_BASE": None,
-    "RETRY_AFTER_MAX": DEFAULT_RETRY_AFTER_MAX,
-}
+#: The settings as a request reads them (the one model every adapter shares).
+Config = Settings
 
-ON_MISSING = ("charge", "reject")
 
-PLUGINS_KEY = "settings.JOBCREDITS['PLUGINS']"
-PLUGINS_HINT = (
-    "list plugin objects or classes, or import strings naming them: "
-    '"package.module:attribute" or "package.module.attribute" (a class is '
-    "instantiated with no arguments)"
-)
+def spell(key: str) -> str:
+    """A setting as the project writes it, for messages."""
+    return f"settings.JOBCREDITS[{key!r}]"
 
 
 class SettingsError(ImproperlyConfigured, ConfigurationError):  # type: ignore[misc]
@@ -78,80 +51,9 @@ class SettingsError(ImproperlyConfigured, ConfigurationError):  # type: ignore[m
         ConfigurationError.__init__(self, detail)
 
 
-@attrs.frozen
-class Problem:
-    """One thing wrong with the setting, in the form a system check reports.
-
-    ``id`` is the check id without the ``jobcredits.`` prefix (``E001``).
-    """
-
-    id: str
-    msg: str
-    hint: str | None = None
-
-
-@attrs.frozen
-class Config:
-    """``settings.JOBCREDITS`` after validation, with the dotted paths imported.
-
-    ``account`` None means "the default": the authenticated ``request.user``.
-    ``plugins`` holds the imported objects; a class among them is
-    instantiated for each ledger built (see :func:`build_ledger`).
-    ``entry_points`` also loads the installed packages' plugins.
-    """
-
-    url: str
-    ttl: float
-    lease: float
-    balances: bool
-    max_uses: int | None
-    job_header: str
-    account: Callable[..., Any] | None
-    on_missing: str
-    fail_open: bool
-    plugins: tuple[Any, ...]
-    entry_points: bool = False
-    #: How errors are rendered (``PROBLEM_TYPE_BASE``, ``RETRY_AFTER_MAX``).
-    problems: Problems = DEFAULT_PROBLEMS
-
-
-def import_path(path: str) -> Any:
-    """The object an import string names (``pkg.mod.attr`` or ``pkg.mod:attr``),
-    or the module itself; read the same way by every adapter."""
-    return import_object(path)
-
-
 def url_problem(url: Any) -> str | None:
-    """Why ``url`` cannot name a store, or None when it can.
-
-    Parsed by the stores' own :func:`~jobcredits_plugin.stores.from_url`, so
-    the check and the runtime never disagree, but without opening anything: a
-    SQLite URL is probed with its file swapped for ``:memory:``, because
-    ``manage.py check`` must not create database files.
-    """
-    if not isinstance(url, str):
-        return f"settings.JOBCREDITS['URL'] must be a string, not {type(url).__name__}"
-    probe = url
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        parts = None  # from_url gives the error
-    try:
-        if parts is not None and parts.scheme.lower() == "sqlite" and not parts.netloc:
-            # The file is swapped out of the probe, so its name is checked
-            # here as the store would (a NUL, raw or %00, is refused there).
-            check_url_text(url)
-            check_url_text(urllib.parse.unquote(parts.path), "SQLite path")
-            probe = "sqlite:///:memory:" + (f"?{parts.query}" if parts.query else "")
-        store = from_url(probe)
-    except JobCreditsError as exc:
-        return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"
-    except ImportError as exc:
-        # The store's driver is not installed: the message names the extra,
-        # and a check reports it rather than crashing `manage.py check`.
-        return f"settings.JOBCREDITS['URL'] {redact_url(url)!r}: {redact_text(str(exc), url)}"
-    store.close()
-    return None
+    """Why ``url`` cannot name a store, or None (probed without opening it)."""
+    return _url_problem(url, spell("URL"))
 
 
 def per_process(url: str) -> bool:
@@ -170,24 +72,9 @@ def per_process(url: str) -> bool:
     return False
 
 
-def _callable_problem(key: str, value: Any, what: str) -> tuple[Any, str | None]:
-    """Import a dotted path (or take an object as it is) and check it is
-    callable; returns (the object, None) or (None, why not)."""
-    if callable(value):
-        return value, None
-    if not isinstance(value, str):
-        return None, f"settings.JOBCREDITS[{key!r}] must be {what}, not {type(value).__name__}"
-    try:
-        obj = import_path(value)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the same misconfiguration
-        return None, f"settings.JOBCREDITS[{key!r}] = {value!r} does not import: {exc}"
-    if not callable(obj):
-        return None, f"settings.JOBCREDITS[{key!r}] = {value!r} is not callable"
-    return obj, None
-
-
-def read(raw: Any) -> tuple[Config | None, list[Problem]]:
-    """Validate a ``JOBCREDITS`` value; the Config is None when anything is wrong."""
+def read(raw: Any) -> tuple[Settings | None, list[Problem]]:
+    """Validate a ``JOBCREDITS`` value; the settings are None when anything is
+    wrong. Python settings are strict: no environment-string conversion."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -198,110 +85,9 @@ def read(raw: Any) -> tuple[Config | None, list[Problem]]:
                 'e.g. JOBCREDITS = {"URL": "sqlite:///jobcredits.db"}',
             )
         ]
-    problems: list[Problem] = []
-    for key in sorted(set(raw) - set(DEFAULTS), key=str):
-        close = difflib.get_close_matches(str(key).upper(), list(DEFAULTS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else None
-        problems.append(
-            Problem(
-                "E004",
-                f"unknown key {key!r} in settings.JOBCREDITS (accepted: {', '.join(DEFAULTS)})",
-                hint,
-            )
-        )
-    v = {**DEFAULTS, **{k: raw[k] for k in raw if k in DEFAULTS}}
-
-    why = url_problem(v["URL"])
-    if why is not None:
-        problems.append(
-            Problem(
-                "E001",
-                why,
-                "write memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db",
-            )
-        )
-    try:
-        # The ledger's own checks: positive seconds, lease <= ttl, max_uses.
-        Ledger(ttl=v["TTL"], lease=v["LEASE"], max_uses=v["MAX_USES"]).close()
-    except (InvalidArgument, ConfigurationError, TypeError) as exc:
-        problems.append(Problem("E005", f"settings.JOBCREDITS: {exc}"))
-    for key in ("BALANCES", "FAIL_OPEN", "ENTRY_POINTS"):
-        if not isinstance(v[key], bool):
-            problems.append(
-                Problem(
-                    "E005", f"settings.JOBCREDITS[{key!r}] must be True or False, not {v[key]!r}"
-                )
-            )
-    rendering = DEFAULT_PROBLEMS
-    try:
-        rendering = problem_settings(
-            v["PROBLEM_TYPE_BASE"],
-            v["RETRY_AFTER_MAX"],
-            type_base_key="settings.JOBCREDITS['PROBLEM_TYPE_BASE']",
-            retry_after_max_key="settings.JOBCREDITS['RETRY_AFTER_MAX']",
-        )
-    except JobCreditsError as exc:
-        problems.append(Problem("E005", exc.detail))
-    try:
-        header(v["JOB_HEADER"])
-    except (InvalidArgument, ConfigurationError) as exc:
-        problems.append(Problem("E005", f"settings.JOBCREDITS['JOB_HEADER']: {exc}"))
-    if v["ON_MISSING"] not in ON_MISSING:
-        problems.append(
-            Problem(
-                "E003",
-                f'settings.JOBCREDITS[\'ON_MISSING\'] must be "charge" or "reject", '
-                f"not {v['ON_MISSING']!r}",
-                '"charge" bills a call without a job id as a job of its own; '
-                '"reject" answers it 400',
-            )
-        )
-    account = None
-    if v["ACCOUNT"] is not None:
-        account, why = _callable_problem(
-            "ACCOUNT", v["ACCOUNT"], "a dotted path to a callable of the request"
-        )
-        if why is not None:
-            problems.append(
-                Problem(
-                    "E002",
-                    why,
-                    "name a function that takes the request and returns the account "
-                    "string, or None when the request is not authenticated",
-                )
-            )
-    plugins: list[Any] = []
-    if isinstance(v["PLUGINS"], (list, tuple)):
-        for entry in v["PLUGINS"]:
-            try:
-                plugins.append(load_plugin(entry, key=PLUGINS_KEY))
-            except (InvalidArgument, ConfigurationError) as exc:
-                problems.append(Problem("E006", str(exc), PLUGINS_HINT))
-    else:
-        problems.append(
-            Problem(
-                "E006",
-                f"{PLUGINS_KEY} must be a list, not {type(v['PLUGINS']).__name__}",
-                f"e.g. [{v['PLUGINS']!r}]" if isinstance(v["PLUGINS"], str) else PLUGINS_HINT,
-            )
-        )
-    if problems:
-        return None, problems
-    config = Config(
-        url=v["URL"],
-        ttl=float(v["TTL"]),
-        lease=float(v["LEASE"]),
-        balances=v["BALANCES"],
-        max_uses=v["MAX_USES"],
-        job_header=v["JOB_HEADER"],
-        account=account,
-        on_missing=v["ON_MISSING"],
-        fail_open=v["FAIL_OPEN"],
-        plugins=tuple(plugins),
-        entry_points=v["ENTRY_POINTS"],
-        problems=rendering,
+    return Settings.from_mapping(
+        raw, spell=spell, name="settings.JOBCREDITS", environ=False, unknown_keys=True
     )
-    return config, []
 
 
 def raw_setting() -> Any:
@@ -309,27 +95,11 @@ def raw_setting() -> Any:
     return getattr(settings, SETTING, None)
 
 
-def build_ledger(config: Config) -> Ledger:
-    """A new ledger as ``config`` describes; a plugin class is instantiated
-    here, so each ledger gets its own plugin objects. A plugin that fails to
-    instantiate, register or load (entry points) raises ImproperlyConfigured,
-    and no store is left open."""
+def build_ledger(config: Settings) -> Ledger:
+    """A new ledger as ``config`` describes (see :meth:`Settings.build_ledger`);
+    a plugin that fails raises ImproperlyConfigured, and no store is left open."""
     try:
-        plugins: list[object] = []
-        for plugin in (instantiate(p, key=PLUGINS_KEY) for p in config.plugins):
-            if not any(plugin is seen for seen in plugins):
-                plugins.append(plugin)
-        return ledger_from_url(
-            config.url,
-            ttl=config.ttl,
-            lease=config.lease,
-            balances=config.balances,
-            max_uses=config.max_uses,
-            plugins=plugins,
-            entry_points=config.entry_points,
-            plugins_key=PLUGINS_KEY,
-            entry_points_key="settings.JOBCREDITS['ENTRY_POINTS']",
-        )
+        return config.build_ledger(spell=spell)
     except (InvalidArgument, ConfigurationError) as exc:
         raise SettingsError(f"invalid settings.JOBCREDITS: {exc}") from exc
 
@@ -341,14 +111,14 @@ class _Cache:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.config: Config | None = None
+        self.config: Settings | None = None
         self.ledger: Ledger | None = None
 
 
 _cache = _Cache()
 
 
-def get_config() -> Config:
+def get_config() -> Settings:
     """The validated settings; raises ImproperlyConfigured when they are wrong."""
     config = _cache.config
     if config is not None:
@@ -357,9 +127,8 @@ def get_config() -> Config:
         if _cache.config is None:
             config, problems = read(raw_setting())
             if config is None:
-                details = "; ".join(p.msg + (f" ({p.hint})" if p.hint else "") for p in problems)
                 raise SettingsError(
-                    f"invalid settings.JOBCREDITS: {details} (manage.py check lists them)"
+                    report(problems, "settings.JOBCREDITS") + " (manage.py check lists them)"
                 )
             _cache.config = config
         return _cache.config
