@@ -299,9 +299,9 @@ def test_the_ledger_clock_still_rules_by_default(host_store: HostStore) -> None:
 
 
 def test_redis_retried_claim_answers_the_first_now() -> None:
-    """redis-py re-sends a claim whose answer was lost; on the server's clock
-    the retry must rebuild the very record the first run stored, so the
-    retry marker keeps the first run's now."""
+    """redis-py re-sends a claim (or a prune batch) whose answer was lost; on
+    the server's clock the retry must rebuild the very records the first run
+    stored and settled, so the retry marker keeps the first run's now."""
     url = _redis_url("redis")
     from jobcredits_plugin.stores import ClaimRequest, RedisStore
 
@@ -327,6 +327,20 @@ def test_redis_retried_claim_answers_the_first_now() -> None:
         retry = store._scripts["claim"](keys=keys, args=args)
         assert retry == first
         assert store._claim_result(req, retry) == store._claim_result(req, first)
+
+        # A prune batch's retry answers the first run's now and records too.
+        ledger = Ledger(store, lease=SHORT)
+        charged = ledger.charge("acct", "stale")
+        time.sleep(PAST)
+        keys, args = store._prune_call(store.due_key("acct"), 1.0, 10)
+        first = store._scripts["prune"](keys=keys, args=args)
+        time.sleep(0.01)
+        retry = store._scripts["prune"](keys=keys, args=args)
+        assert retry == first
+        _, events = store._prune_events(retry, 1.0)
+        assert [(e.kind, e.record.charge_id) for e in events] == [
+            ("refund", charged.record.charge_id)
+        ]
     finally:
         store.close()
         CLEANUP["redis"](store)
