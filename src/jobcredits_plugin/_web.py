@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
+import inspect
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -71,10 +73,12 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "AsyncWatchedBody",
     "JobCall",
+    "Options",
     "Problems",
     "Route",
     "WatchedBody",
     "afinish_raised",
+    "app_account",
     "astart_call",
     "bind",
     "bound",
@@ -85,8 +89,10 @@ __all__ = [
     "problem_body",
     "problem_headers",
     "problems",
+    "reader",
     "render_problem",
     "resolve",
+    "route_options",
     "start_call",
     "waits_for_body",
 ]
@@ -562,6 +568,106 @@ def check_options(
         check_on_missing(on_missing)
 
 
+# -- one route's options: a decorator's, a dependency's, a middleware route's ---------
+
+#: One reader per header name for every adapter: the same few names are read
+#: on every request, and building a reader checks the name once.
+_cached_reader = functools.lru_cache(maxsize=256)(header)
+
+
+def reader(name: Any) -> Callable[..., str | None]:
+    """The job id reader of a header name (the name checked when it is built).
+
+    Only a str reaches the cache: a list from a settings file would make the
+    cache raise a bare TypeError ("unhashable") instead of the header check's
+    own :class:`~jobcredits_plugin.ConfigurationError`."""
+    return _cached_reader(name) if isinstance(name, str) else header(name)
+
+
+async def app_account(account_of: Callable[..., Any], request: Any) -> Any:
+    """What the app's account callable returns for ``request``, awaited when
+    the callable is async (the async adapters accept both kinds)."""
+    account = account_of(request)
+    return await account if inspect.isawaitable(account) else account
+
+
+class Defaults(Protocol):
+    """The app-wide settings a route falls back on (an adapter's state, the
+    Django :class:`~jobcredits_plugin._settings.Settings`, a middleware)."""
+
+    @property
+    def job_header(self) -> str: ...
+    @property
+    def on_missing(self) -> str: ...
+    @property
+    def fail_open(self) -> bool: ...
+
+
+@attrs.frozen
+class Options:
+    """What one decorator, dependency or middleware route says; None means
+    "the app's setting" (see :class:`Defaults`), read at each request so that
+    a test swapping the app's settings is obeyed."""
+
+    scope: str = "default"
+    cost: int | Callable[..., int] = 1
+    tier: str | Callable[..., str | None] | None = None
+    backend: str | Callable[..., str | None] | None = None
+    account: Callable[..., Any] | None = None
+    ledger: Ledger | None = None
+    on_missing: str | None = None
+    fail_open: bool | None = None
+    header: str | None = None
+
+    def job_header(self, defaults: Defaults) -> str:
+        return self.header or defaults.job_header
+
+    def charge_args(
+        self, defaults: Defaults, request: Any, account_of: Callable[..., Any]
+    ) -> dict[str, Any]:
+        """What :func:`start_call` needs besides the ledger and the account,
+        for ``request``; ``account_of`` is the account callable in use (its
+        kind decides whose mistake a bad account is)."""
+        return {
+            "job_id": reader(self.job_header(defaults))(request),
+            "scope": self.scope,
+            "cost": resolve(self.cost, request, what="cost"),
+            "tier": resolve(self.tier, request, what="tier"),
+            "backend": resolve(self.backend, request, what="backend"),
+            "on_missing": self.on_missing or defaults.on_missing,
+            "fail_open": defaults.fail_open if self.fail_open is None else self.fail_open,
+            "account_source": account_source(account_of),
+        }
+
+
+@configuration()
+def route_options(
+    *,
+    scope: Any = "default",
+    cost: Any = 1,
+    tier: Any = None,
+    backend: Any = None,
+    account: Any = None,
+    ledger: Any = None,
+    on_missing: Any = None,
+    fail_open: Any = None,
+    header: Any = None,
+    request_kind: str = "request",
+) -> Options:
+    """Check a decorator's or dependency's options when the app is defined
+    (a typo fails the deploy, not the first paying request) and bundle them."""
+    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
+    if header is not None:
+        reader(header)
+    if ledger is not None and not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+    if account is not None and not callable(account):
+        raise InvalidArgument(f"account must be a callable of the {request_kind}")
+    if fail_open is not None and not isinstance(fail_open, bool):
+        raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
+    return Options(scope, cost, tier, backend, account, ledger, on_missing, fail_open, header)
+
+
 # -- routes, for the middleware ----------------------------------------------------
 
 _ROUTE_KEY = re.compile(r"^(?:(?P<methods>[A-Z]+(?:\|[A-Z]+)*)\s+)?(?P<path>/\S*)$")
@@ -688,22 +794,28 @@ class RoutedMiddleware(Generic[AppT]):
             if route.on_missing is not None:
                 check_on_missing(route.on_missing)
         self.account = account
-        self.account_source = account_source(account)
         self.job_header = job_header
         self.on_missing = on_missing
         self.fail_open = fail_open
         self.problems = problems(problem_type_base, retry_after_max)
-        # Each name is checked before it goes into a set: a list would be
-        # unhashable (TypeError), and a route's empty header was skipped as if
-        # it were None (the middleware's header) instead of refused.
-        header(job_header)
+        reader(job_header)
         for route in self.routes:
             if route.header is not None:
-                header(route.header)
-        self._readers = {
-            name: header(name)
-            for name in {job_header, *(r.header for r in self.routes if r.header is not None)}
-        }
+                reader(route.header)
+        self._options = tuple(
+            (
+                route,
+                Options(
+                    scope=route.scope,
+                    cost=route.cost,
+                    tier=route.tier,
+                    backend=route.backend,
+                    on_missing=route.on_missing,
+                    header=route.header,
+                ),
+            )
+            for route in self.routes
+        )
         if is_in_process_default(ledger.store):
             warn_in_process(
                 f"{type(self).__module__}.{type(self).__name__}",
@@ -715,31 +827,10 @@ class RoutedMiddleware(Generic[AppT]):
         status, headers, body = render_problem(err, path, self.problems)
         return status, [*headers, ("Content-Length", str(len(body)))], body
 
-    def _route(self, method: str, path: str) -> tuple[Route, str] | None:
-        """The route a request falls under and the job header it reads, or None
-        for a request to pass through untouched."""
-        route = match_route(self.routes, method, path)
-        if route is None:
-            return None
-        return route, route.header or self.job_header
-
-    def _charge_options(self, route: Route, job_header: str, request: Any) -> dict[str, Any]:
-        """The arguments of :func:`start_call` other than the account."""
-        return {
-            "job_id": self._readers[job_header](request),
-            "scope": route.scope,
-            "cost": resolve(route.cost, request, what="cost"),
-            "tier": resolve(route.tier, request, what="tier"),
-            "backend": resolve(route.backend, request, what="backend"),
-            "on_missing": route.on_missing or self.on_missing,
-            "fail_open": self.fail_open,
-            "account_source": self.account_source,
-        }
-
-
-def match_route(routes: Sequence[Route], method: str, path: str) -> Route | None:
-    """The first route that matches, in the order given."""
-    for route in routes:
-        if route.matches(method, path):
-            return route
-    return None
+    def _route(self, method: str, path: str) -> Options | None:
+        """The options of the route a request falls under (the first that
+        matches), or None for a request to pass through untouched."""
+        for route, options in self._options:
+            if route.matches(method, path):
+                return options
+        return None

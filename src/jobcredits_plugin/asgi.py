@@ -28,7 +28,6 @@ that ``X-Job-Charge`` always says what really happened.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from ._web import (
     Route,
     RoutedMiddleware,
     afinish_raised,
+    app_account,
     astart_call,
     bound,
     render_problem,
@@ -239,17 +239,16 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
         if scope["type"] != "http":  # lifespan, websocket: not ours
             await self.app(scope, receive, send)
             return
-        matched = self._route(scope["method"], _route_path(scope))
-        if matched is None:
+        options = self._route(scope["method"], _route_path(scope))
+        if options is None:
             await self.app(scope, receive, send)
             return
-        route, job_header = matched
+        job_header = options.job_header(self)
         try:
-            account = self.account(scope)
-            if inspect.isawaitable(account):
-                account = await account
             call = await astart_call(
-                self.ledger, account=account, **self._charge_options(route, job_header, scope)
+                self.ledger,
+                account=await app_account(self.account, scope),
+                **options.charge_args(self, scope, self.account),
             )
         except JobCreditsError as err:
             await _send_problem(send, err, scope.get("path"), self.problems)

@@ -353,6 +353,27 @@ def prune_lines(ledger: Ledger) -> list[str]:
     return lines
 
 
+def balance_lines(ledger: Ledger, account: str, setting: str) -> tuple[str, str | None]:
+    """The balance an operator command prints, and a note for stderr when
+    the ledger's balances are off (``setting`` names the switch).
+
+    Grants are stored even while balances are off (they are loaded before
+    the switch is turned on), so the stored figure is shown all the same,
+    read through a ledger with balances on over the same store; the note
+    says that nothing enforces it. The ``balance`` command of every adapter
+    prints through here."""
+    if ledger.balances:
+        return str(ledger.balance(account)), None
+    reader = Ledger(
+        ledger.store, ttl=ledger.ttl, lease=ledger.lease, balances=True, clock=ledger.clock
+    )
+    note = (
+        f"note: balances are off ({setting}); this figure is stored, not enforced: "
+        "calls are not debited"
+    )
+    return str(reader.balance(account)), note
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     with _open(args) as ledger:
         for line in prune_lines(ledger):

@@ -51,10 +51,8 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
         'jobcredits_plugin.fastapi needs FastAPI: pip install "jobcredits-plugin[fastapi]"'
     ) from exc
 
-import attrs
 
-from ._decorator import _check_on_missing, account_source
-from ._decorator import header as _header_reader
+from ._decorator import _check_on_missing
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import add_plugins, load_entry_points
@@ -67,14 +65,16 @@ from ._web import (
     JOB_CHARGE_HEADER,
     PROBLEM_CONTENT_TYPE,
     JobCall,
+    Options,
+    app_account,
     astart_call,
     bind,
     bound,
-    check_options,
     isolated,
     problems,
+    reader,
     render_problem,
-    resolve,
+    route_options,
 )
 from .asgi import ASGIApp, Receive, Scope, Send, _run_watched, _Watch
 
@@ -95,48 +95,6 @@ _SCOPE_KEY = "jobcredits_plugin.watch"
 #: OpenAPI schema.
 _MARK = "__jobcredits__"
 _PROBLEM_SCHEMA_NAME = "JobCreditsProblem"
-
-
-@attrs.frozen
-class _Options:
-    """What one dependency or decorator says; None means "the app's setting"."""
-
-    scope: str
-    cost: int | Callable[[Request], int]
-    tier: str | Callable[[Request], str | None] | None
-    backend: str | Callable[[Request], str | None] | None
-    account: AccountFn | None
-    ledger: Ledger | None
-    on_missing: str | None
-    fail_open: bool | None
-    header: str | None
-
-
-@configuration()
-def _options(
-    *,
-    cost: Any,
-    scope: Any,
-    tier: Any,
-    backend: Any,
-    account: Any,
-    ledger: Any,
-    on_missing: Any,
-    fail_open: Any,
-    header: Any,
-) -> _Options:
-    """Check a dependency's or decorator's options when the app is defined, so
-    a typo fails at import rather than on the first paying request."""
-    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
-    if account is not None and not callable(account):
-        raise InvalidArgument("account must be a callable of the request")
-    if ledger is not None and not isinstance(ledger, Ledger):
-        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-    if fail_open is not None and not isinstance(fail_open, bool):
-        raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
-    if header is not None:
-        _header_reader(header)  # checks the name
-    return _Options(scope, cost, tier, backend, account, ledger, on_missing, fail_open, header)
 
 
 class JobCredits:
@@ -194,6 +152,7 @@ class JobCredits:
         if not isinstance(entry_points, bool):
             raise InvalidArgument(f"entry_points must be True or False, not {entry_points!r}")
         self.problems = problems(problem_type_base, retry_after_max)
+        reader(job_header)  # checks the name before any plugin is registered
         added = add_plugins(ledger, plugins, key="plugins")
         if entry_points:
             try:
@@ -207,7 +166,6 @@ class JobCredits:
         self.account = account
         self.on_missing = on_missing
         self.fail_open = fail_open
-        self._readers = {job_header: _header_reader(job_header)}
 
     @configuration()
     def install(self, app: FastAPI) -> JobCredits:
@@ -246,13 +204,7 @@ class JobCredits:
         app.openapi_schema = None
         return self
 
-    def _reader(self, name: str) -> Callable[..., str | None]:
-        reader = self._readers.get(name)
-        if reader is None:
-            reader = self._readers[name] = _header_reader(name)
-        return reader
-
-    async def _start(self, request: Request, opts: _Options) -> JobCall:
+    async def _start(self, request: Request, opts: Options) -> JobCall:
         """Charge the request as ``opts`` say and leave the call for the
         middleware to settle at the response's first body byte."""
         watch = request.scope.get(_SCOPE_KEY)
@@ -272,21 +224,11 @@ class JobCredits:
                 "jobcredits: no account callable; pass JobCredits(..., account=...) "
                 "or account= to the dependency or decorator"
             )
-        account = account_fn(request)
-        if inspect.isawaitable(account):
-            account = await account
-        job_header = opts.header or self.job_header
+        job_header = opts.job_header(self)
         call = await astart_call(
             opts.ledger or self.ledger,
-            account=account,
-            job_id=self._reader(job_header)(request),
-            scope=opts.scope,
-            cost=resolve(opts.cost, request, what="cost"),
-            tier=resolve(opts.tier, request, what="tier"),
-            backend=resolve(opts.backend, request, what="backend"),
-            on_missing=opts.on_missing or self.on_missing,
-            fail_open=self.fail_open if opts.fail_open is None else opts.fail_open,
-            account_source=account_source(account_fn),
+            account=await app_account(account_fn, request),
+            **opts.charge_args(self, request, account_fn),
         )
         watch.attach(call, job_header)
         return call
@@ -325,8 +267,8 @@ class JobCredits:
             components.setdefault("schemas", {}).setdefault(_PROBLEM_SCHEMA_NAME, _PROBLEM_SCHEMA)
         return schema
 
-    def _document_operation(self, operation: dict[str, Any], opts: _Options) -> None:
-        job_header = opts.header or self.job_header
+    def _document_operation(self, operation: dict[str, Any], opts: Options) -> None:
+        job_header = opts.job_header(self)
         on_missing = opts.on_missing or self.on_missing
         fail_open = self.fail_open if opts.fail_open is None else opts.fail_open
         balances = (opts.ledger or self.ledger).balances
@@ -453,18 +395,18 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
             yield context
 
 
-def _charging_options(route: Any) -> _Options | None:
+def _charging_options(route: Any) -> Options | None:
     """The options of the charge a route makes, found on its endpoint (the
     decorator) or anywhere among its dependencies (router-level ones too)."""
     found = getattr(route.endpoint, _MARK, None)
-    if isinstance(found, _Options):
+    if isinstance(found, Options):
         return found
     dependant = route.dependant
     stack = list(dependant.dependencies) if dependant is not None else []
     while stack:
         dependant = stack.pop()
         found = getattr(dependant.call, _MARK, None)
-        if isinstance(found, _Options):
+        if isinstance(found, Options):
             return found
         stack.extend(dependant.dependencies)
     return None
@@ -547,7 +489,7 @@ def charge_credit(
     itself answers, which confirms like any 4xx. The :func:`charges_credit`
     decorator charges only requests that passed validation.
     """
-    opts = _options(
+    opts = route_options(
         cost=cost,
         scope=scope,
         tier=tier,
@@ -612,7 +554,7 @@ def charges_credit(
     outcomes as for :func:`charge_credit`; read the charge with
     :func:`jobcredits_plugin.current_charge`.
     """
-    opts = _options(
+    opts = route_options(
         cost=cost,
         scope=scope,
         tier=tier,

@@ -45,8 +45,7 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
         'jobcredits_plugin.flask needs Flask: pip install "jobcredits-plugin[flask]"'
     ) from exc
 
-from ._decorator import account_source, current_charge
-from ._decorator import header as _header
+from ._decorator import current_charge
 from ._errors import (
     ConfigurationError,
     InvalidArgument,
@@ -56,7 +55,7 @@ from ._ledger import Ledger
 from ._records import Charge
 from ._settings import DEFAULTS as SETTINGS_DEFAULTS
 from ._settings import Settings, import_callable, report
-from ._validation import check_flag, configuration, configuring
+from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
     DEFAULT_JOB_HEADER,
@@ -67,13 +66,12 @@ from ._web import (
     afinish_raised,
     astart_call,
     bound,
-    check_options,
     render_problem,
-    resolve,
+    route_options,
     start_call,
     waits_for_body,
 )
-from .cli import prune_lines, snapshot_lines
+from .cli import balance_lines, prune_lines, snapshot_lines
 from .stores._urls import redact_text
 
 __all__ = [
@@ -106,17 +104,6 @@ DEFAULTS: Mapping[str, Any] = {
 
 AccountFunc = Callable[[flask.Request], "str | None"]
 F = TypeVar("F", bound=Callable[..., Any])
-
-# One reader per header name: the same few names are read on every request,
-# and building the reader validates the name once.
-_cached_reader = functools.lru_cache(maxsize=64)(_header)
-
-
-def _reader(name: Any) -> Callable[..., str | None]:
-    # Only a str reaches the cache: a list from a settings file would make
-    # lru_cache raise a bare TypeError ("unhashable") instead of the header
-    # check's own error.
-    return _cached_reader(name) if isinstance(name, str) else _header(name)
 
 
 @attrs.define(slots=True)
@@ -400,39 +387,31 @@ def charges_credit(
     exception refunds, except a werkzeug ``HTTPException`` below 500 (the
     client's mistake was served). Works on ``async def`` views as well.
     """
-    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
-    if header is not None:
-        _reader(header)
-    if ledger is not None and not isinstance(ledger, Ledger):
-        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-    if account is not None and not callable(account):
-        raise InvalidArgument("account must be a callable of the Flask request")
-    if fail_open is not None:
-        with configuring("charges_credit"):
-            check_flag("fail_open", fail_open)
+    opts = route_options(
+        scope=scope,
+        cost=cost,
+        tier=tier,
+        backend=backend,
+        account=account,
+        ledger=ledger,
+        on_missing=on_missing,
+        fail_open=fail_open,
+        header=header,
+        request_kind="Flask request",
+    )
 
     def prepare() -> tuple[Ledger, dict[str, Any], str]:
         state = get_state()
         req = flask.request._get_current_object()  # type: ignore[attr-defined]
-        account_of = account if account is not None else state.account
+        account_of = opts.account if opts.account is not None else state.account
         if account_of is None:
             raise RuntimeError(
                 "jobcredits needs to know who pays: set JOBCREDITS_ACCOUNT (a callable "
                 "of flask.request) or pass account= to charges_credit"
             )
-        job_header = header if header is not None else state.job_header
-        params = {
-            "account": account_of(req),
-            "job_id": _reader(job_header)(req),
-            "scope": scope,
-            "cost": resolve(cost, req, what="cost"),
-            "tier": resolve(tier, req, what="tier"),
-            "backend": resolve(backend, req, what="backend"),
-            "on_missing": on_missing if on_missing is not None else state.on_missing,
-            "fail_open": fail_open if fail_open is not None else state.fail_open,
-            "account_source": account_source(account_of),
-        }
-        return (ledger if ledger is not None else state.ledger), params, job_header
+        params = {"account": account_of(req), **opts.charge_args(state, req, account_of)}
+        chosen = opts.ledger if opts.ledger is not None else state.ledger
+        return chosen, params, opts.job_header(state)
 
     def decorate(view: F) -> F:
         if inspect.iscoroutinefunction(view):
@@ -553,17 +532,8 @@ def _grant_command(account: str, amount: int, grant_id: str | None) -> None:
 @click.argument("account")
 def _balance_command(account: str) -> None:
     """Print ACCOUNT's balance."""
-    ledger = get_ledger()
     with _reported():
-        balance = ledger.balance(account)
-        if balance is None:
-            # Balances are off for this app, but grants are stored all the
-            # same (so they can be loaded before switching them on): show
-            # the stored figure, and say that nothing enforces it.
-            balance = Ledger(ledger.store, balances=True, clock=ledger.clock).balance(account)
-            click.echo(
-                "note: balances are off for this app (JOBCREDITS_BALANCES); "
-                "this figure is stored, not enforced",
-                err=True,
-            )
-    click.echo(str(balance))
+        balance, note = balance_lines(get_ledger(), account, "JOBCREDITS_BALANCES")
+    if note is not None:
+        click.echo(note, err=True)
+    click.echo(balance)

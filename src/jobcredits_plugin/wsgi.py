@@ -201,15 +201,15 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
-        matched = self._route(method, path)
-        if matched is None:
+        options = self._route(method, path)
+        if options is None:
             return self.app(environ, start_response)
-        route, job_header = matched
+        job_header = options.job_header(self)
         try:
             call = start_call(
                 self.ledger,
                 account=self.account(environ),
-                **self._charge_options(route, job_header, environ),
+                **options.charge_args(self, environ, self.account),
             )
         except JobCreditsError as err:
             status, headers, problem = self._render(err, path)

@@ -17,7 +17,6 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, cast
 
-import attrs
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.exceptions import (  # type: ignore[import-untyped]
     BadRequest,
@@ -32,27 +31,26 @@ from django.http import (  # type: ignore[import-untyped]
 )
 from django.http.multipartparser import MultiPartParserError  # type: ignore[import-untyped]
 
-from .._decorator import account_source
-from .._decorator import header as header_reader
-from .._errors import InvalidArgument, JobCreditsError
+from .._errors import JobCreditsError
 from .._ledger import Ledger
 from .._records import Charge
 from .._validation import configuration
 from .._web import (
     AsyncWatchedBody,
     JobCall,
+    Options,
     Problems,
     WatchedBody,
     afinish_raised,
+    app_account,
     astart_call,
     bound,
-    check_options,
     render_problem,
-    resolve,
+    route_options,
     start_call,
     waits_for_body,
 )
-from ._conf import Config, aget_ledger, get_config, get_ledger
+from ._conf import aget_ledger, get_config, get_ledger
 
 __all__ = ["charges_credit", "default_account"]
 
@@ -66,14 +64,6 @@ _CLIENT_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
     (BadRequest, 400),
     (SuspiciousOperation, 400),
 )
-
-_cached_reader = functools.cache(header_reader)
-
-
-def _reader(name: Any) -> Callable[..., str | None]:
-    # Only a str reaches the cache: header=[] would make functools.cache raise
-    # a bare TypeError ("unhashable") instead of the header check's error.
-    return _cached_reader(name) if isinstance(name, str) else header_reader(name)
 
 
 def client_error_status(exc: BaseException) -> int | None:
@@ -119,38 +109,6 @@ async def adefault_account(request: Any) -> str | None:
     if auser is not None:
         return _user_account(await auser())
     return await sync_to_async(default_account)(request)
-
-
-@attrs.frozen
-class _Options:
-    """A decorator's arguments; None means "as settings.JOBCREDITS says"."""
-
-    cost: int | Callable[..., int]
-    scope: str
-    tier: str | Callable[..., str | None] | None
-    backend: str | Callable[..., str | None] | None
-    account: Callable[..., Any] | None
-    ledger: Ledger | None
-    on_missing: str | None
-    fail_open: bool | None
-    header: str | None
-
-    def job_header(self, config: Config) -> str:
-        return self.header or config.job_header
-
-    def charge_args(self, config: Config, request: Any) -> dict[str, Any]:
-        """What :func:`~jobcredits_plugin._web.start_call` needs besides the
-        ledger and the account."""
-        return {
-            "job_id": _reader(self.job_header(config))(request),
-            "scope": self.scope,
-            "cost": resolve(self.cost, request, what="cost"),
-            "tier": resolve(self.tier, request, what="tier"),
-            "backend": resolve(self.backend, request, what="backend"),
-            "account_source": account_source(self.account or config.account),
-            "on_missing": self.on_missing or config.on_missing,
-            "fail_open": config.fail_open if self.fail_open is None else self.fail_open,
-        }
 
 
 def problem_response(
@@ -256,16 +214,19 @@ def _is_async_class_view(view: Callable[..., Any]) -> bool:
     return owner is not None and bool(getattr(type(owner), "view_is_async", False))
 
 
-def _sync_view(view: Callable[..., Any], opts: _Options) -> Callable[..., Any]:
+def _sync_view(view: Callable[..., Any], opts: Options) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
         _require_request(request, view)
         config = get_config()
         job_header = opts.job_header(config)
         try:
-            account = (opts.account or config.account or default_account)(request)
+            account_of = opts.account or config.account or default_account
+            account = account_of(request)
             ledger = opts.ledger if opts.ledger is not None else get_ledger()
-            call = start_call(ledger, account=account, **opts.charge_args(config, request))
+            call = start_call(
+                ledger, account=account, **opts.charge_args(config, request, account_of)
+            )
         except JobCreditsError as err:
             return problem_response(err, request, config.problems)
         _attach(request, call.charge)
@@ -285,23 +246,19 @@ def _sync_view(view: Callable[..., Any], opts: _Options) -> Callable[..., Any]:
     return wrapper
 
 
-def _async_view(view: Callable[..., Awaitable[Any]], opts: _Options) -> Callable[..., Any]:
-    async def account_of(request: Any, config: Config) -> Any:
-        fn = opts.account or config.account
-        if fn is None:
-            return await adefault_account(request)
-        result = fn(request)
-        return await result if inspect.isawaitable(result) else result
-
+def _async_view(view: Callable[..., Awaitable[Any]], opts: Options) -> Callable[..., Any]:
     @functools.wraps(view)
     async def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
         _require_request(request, view)
         config = get_config()
         job_header = opts.job_header(config)
         try:
-            account = await account_of(request, config)
+            account_of = opts.account or config.account or adefault_account
+            account = await app_account(account_of, request)
             ledger = opts.ledger if opts.ledger is not None else await aget_ledger()
-            call = await astart_call(ledger, account=account, **opts.charge_args(config, request))
+            call = await astart_call(
+                ledger, account=account, **opts.charge_args(config, request, account_of)
+            )
         except JobCreditsError as err:
             return problem_response(err, request, config.problems)
         _attach(request, call.charge)
@@ -365,16 +322,17 @@ def charges_credit(
     that, when the client got nothing; its headers, sent first, say
     ``charged``.
     """
-    check_options(scope=scope, cost=cost, tier=tier, backend=backend, on_missing=on_missing)
-    if account is not None and not callable(account):
-        raise InvalidArgument("account must be a callable of the request")
-    if ledger is not None and not isinstance(ledger, Ledger):
-        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
-    if fail_open is not None and not isinstance(fail_open, bool):
-        raise InvalidArgument(f"fail_open must be True, False or None, not {fail_open!r}")
-    if header is not None:
-        _reader(header)  # checks the name now, not at the first request
-    opts = _Options(cost, scope, tier, backend, account, ledger, on_missing, fail_open, header)
+    opts = route_options(
+        scope=scope,
+        cost=cost,
+        tier=tier,
+        backend=backend,
+        account=account,
+        ledger=ledger,
+        on_missing=on_missing,
+        fail_open=fail_open,
+        header=header,
+    )
 
     def decorate(view: V) -> V:
         if iscoroutinefunction(view) or _is_async_class_view(view):

@@ -17,7 +17,7 @@ from django.core.management.base import (  # type: ignore[import-untyped]
 
 from ...._errors import JobCreditsError
 from ...._ledger import Ledger
-from ....cli import non_negative, prune_lines, snapshot_lines
+from ....cli import balance_lines, non_negative, prune_lines, snapshot_lines
 from ....stores._urls import redact_text
 from ..._conf import get_ledger
 
@@ -77,11 +77,7 @@ class Command(BaseCommand):  # type: ignore[misc]
             self.stdout.write(line)
 
     def _balance(self, ledger: Ledger, account: str) -> None:
-        # The stored figure even with balances off, as `jobcredits balance`
-        # prints it: balances are loaded before they are switched on.
-        if ledger.balances:
-            self.stdout.write(str(ledger.balance(account)))
-            return
-        reader = Ledger(ledger.store, ttl=ledger.ttl, lease=ledger.lease, balances=True)
-        self.stdout.write(str(reader.balance(account)))
-        self.stderr.write("note: balances are off (JOBCREDITS['BALANCES']); calls are not debited")
+        balance, note = balance_lines(ledger, account, "JOBCREDITS['BALANCES']")
+        self.stdout.write(balance)
+        if note is not None:
+            self.stderr.write(note)
