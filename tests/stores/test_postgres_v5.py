@@ -14,6 +14,7 @@ it sees the signal.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -38,8 +39,16 @@ from jobcredits_plugin.stores._postgres import (  # noqa: E402
     PostgresStore,
 )
 
+
 #: The advisory lock a paused function holds while it waits (its signal).
-PAUSE_LOCK = 0x4A43F00D
+#: Each test draws its own key, and the watcher looks only in its own
+#: database: a victim of another test or of another run on the same server
+#: (a parallel worker, a backend still in its pause after its client went)
+#: must not look like this test's.
+def _new_pause_lock() -> int:
+    return random.randrange(1, 2**31)
+
+
 VICTIM = "jc-victim"
 
 
@@ -67,25 +76,27 @@ def make_store(url: str) -> Iterator[Callable[..., PostgresStore]]:
         made[0].drop()
 
 
-def _pause(url: str, schema: str, until: str, triggers: list[str]) -> None:
+def _pause(url: str, schema: str, until: str, triggers: list[str]) -> int:
     """Install a pause: each trigger (``"<timing> <event> ON <table> FOR EACH
     <level>"``) runs, on the victim's connection only, a function that returns
     at once when ``until`` (a SQL condition) already holds, and otherwise
-    takes PAUSE_LOCK and waits (5 s at most) until ``until`` holds or another
-    session waits for a lock this one holds."""
+    takes a pause lock of its own (returned: what ``_when_paused`` watches)
+    and waits (5 s at most) until ``until`` holds or another session waits
+    for a lock this one holds."""
+    lock = _new_pause_lock()
     with psycopg.connect(url, autocommit=True) as conn:
         body = f"""
         CREATE FUNCTION {{schema}}.test_pause() RETURNS trigger LANGUAGE plpgsql AS $p$
         BEGIN
             IF current_setting('application_name') = '{VICTIM}' AND NOT ({until}) THEN
-                PERFORM pg_advisory_lock({PAUSE_LOCK});
+                PERFORM pg_advisory_lock({lock});
                 FOR i IN 1..500 LOOP
                     EXIT WHEN ({until});
                     EXIT WHEN EXISTS (SELECT 1 FROM pg_locks l WHERE NOT l.granted
                                        AND pg_backend_pid() = ANY (pg_blocking_pids(l.pid)));
                     PERFORM pg_sleep(0.01);
                 END LOOP;
-                PERFORM pg_advisory_unlock({PAUSE_LOCK});
+                PERFORM pg_advisory_unlock({lock});
             END IF;
             IF TG_LEVEL = 'ROW' THEN
                 RETURN OLD;
@@ -112,10 +123,13 @@ def _pause(url: str, schema: str, until: str, triggers: list[str]) -> None:
                     fn=sql.Identifier(schema, "test_pause"),
                 )
             )
+    return lock
 
 
-def _when_paused(url: str, action: Callable[[], None]) -> tuple[threading.Thread, list[str]]:
-    """Run ``action`` in a thread as soon as the victim holds PAUSE_LOCK."""
+def _when_paused(
+    url: str, lock: int, action: Callable[[], None]
+) -> tuple[threading.Thread, list[str]]:
+    """Run ``action`` in a thread as soon as the victim holds its pause lock."""
     seen: list[str] = []
 
     def run() -> None:
@@ -124,8 +138,10 @@ def _when_paused(url: str, action: Callable[[], None]) -> tuple[threading.Thread
             while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database "
+                    "                WHERE datname = current_database()) "
                     "AND ((classid::bigint << 32) | objid::bigint) = %s",
-                    (PAUSE_LOCK,),
+                    (lock,),
                 ).fetchone()
                 if row and row[0]:
                     seen.append("paused")
@@ -170,7 +186,7 @@ def test_a_grant_committed_during_an_insufficient_claim_still_gives_402(
     # trigger fires for zero rows), or after version 5's DELETE of the
     # refused job's row.
     balance_is = f"(SELECT credits FROM {schema}.balances WHERE account = 'acct') >= 8"
-    _pause(
+    lock = _pause(
         url,
         schema,
         balance_is,
@@ -183,7 +199,7 @@ def test_a_grant_committed_during_an_insufficient_claim_still_gives_402(
     recorder, rejections = RecordingPlugin(), Rejections()
     ledger = Ledger(victim, clock=FakeClock(), balances=True, plugins=[recorder, rejections])
 
-    thread, seen = _when_paused(url, lambda: other_ledger.grant("acct", 5))
+    thread, seen = _when_paused(url, lock, lambda: other_ledger.grant("acct", 5))
     with pytest.raises(InsufficientCredits) as info:
         ledger.charge("acct", "job-1", cost=5)
     thread.join(timeout=20)
@@ -280,12 +296,12 @@ def test_an_expiry_journaled_by_prune_shows_the_running_balance(
     other_ledger.confirm("acct", "old")
     clock.advance(20.0)  # "old" has expired
     racer_done = f"EXISTS (SELECT 1 FROM {schema}.journal WHERE job_id = 'racer')"
-    _pause(url, schema, racer_done, ["BEFORE DELETE ON jobs FOR EACH ROW"])
+    lock = _pause(url, schema, racer_done, ["BEFORE DELETE ON jobs FOR EACH ROW"])
     victim = make_store(schema, victim=True, statement_timeout=20)
     recorder = RecordingPlugin()
     ledger = Ledger(victim, clock=clock, balances=True, ttl=10.0, lease=5.0, plugins=[recorder])
 
-    thread, seen = _when_paused(url, lambda: other_ledger.charge("acct", "racer", cost=1))
+    thread, seen = _when_paused(url, lock, lambda: other_ledger.charge("acct", "racer", cost=1))
     pruned = ledger.prune()
     thread.join(timeout=20)
     assert seen == ["paused", "done"]
@@ -315,11 +331,11 @@ def test_a_refund_journaled_by_prune_shows_the_running_balance(
     other_ledger.charge("acct", "stale", cost=2)  # never confirmed
     clock.advance(10.0)
     racer_done = f"EXISTS (SELECT 1 FROM {schema}.journal WHERE job_id = 'racer')"
-    _pause(url, schema, racer_done, ["BEFORE DELETE ON jobs FOR EACH ROW"])
+    lock = _pause(url, schema, racer_done, ["BEFORE DELETE ON jobs FOR EACH ROW"])
     victim = make_store(schema, victim=True, statement_timeout=20)
     ledger = Ledger(victim, clock=clock, balances=True, lease=5.0)
 
-    thread, seen = _when_paused(url, lambda: other_ledger.charge("acct", "racer", cost=1))
+    thread, seen = _when_paused(url, lock, lambda: other_ledger.charge("acct", "racer", cost=1))
     assert [r.job_id for r in ledger.prune()] == ["stale"]
     thread.join(timeout=20)
     assert seen == ["paused", "done"]
