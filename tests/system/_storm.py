@@ -391,7 +391,8 @@ class Storm:
     def _read_journal(self) -> int:
         """Deliver the entries after the cursor (skipping what was delivered
         already: an advance whose answer was lost leaves the cursor behind),
-        then advance it. Returns how many were new."""
+        then advance it. Returns how many it read (new or not), so that a
+        reader whose cursor is far behind goes on until the end."""
         cursor = self.ledger.cursor(self.cursor_name)
         entries = cursor.read(500)
         last = self.delivered[-1].seq if self.delivered else 0
@@ -408,7 +409,7 @@ class Storm:
         )
         if entries:
             cursor.advance(entries[-1].seq)
-        return len(new)
+        return len(entries)
 
     def _reader(self) -> None:
         try:
