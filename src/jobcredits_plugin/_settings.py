@@ -194,6 +194,25 @@ class Settings:
             return None, found
         return cls(**out), []
 
+    @classmethod
+    def from_keywords(cls, name: str, **keywords: Any) -> Settings:
+        """The web settings an adapter takes as keyword arguments (FastAPI's
+        ``JobCredits``, the middleware: ``job_header=``, ``on_missing=``,
+        ``fail_open=``, ``entry_points=``, ``problem_type_base=``,
+        ``retry_after_max=``), read by the same checks as a configuration
+        source's, strictly (Python values), and named as the keywords are.
+        Raises one :class:`~jobcredits_plugin.ConfigurationError` naming every
+        problem; ``name`` says whose keywords they are."""
+        settings, found = cls.from_mapping(
+            {key.upper(): value for key, value in keywords.items()},
+            spell=str.lower,
+            name=name,
+            ledger_keys=False,
+        )
+        if settings is None:
+            raise ConfigurationError(report(found, f"arguments of {name}"))
+        return settings
+
     def build_ledger(self, *, spell: Callable[[str], str]) -> Ledger:
         """A new ledger as these settings describe. A plugin class is
         instantiated here, so each ledger gets its own plugin objects; a

@@ -58,11 +58,9 @@ from ._records import Charge
 from ._validation import (
     MAX_SECONDS,
     check_cost,
-    check_flag,
     check_label,
     check_scope,
     configuration,
-    configuring,
 )
 from ._warnings import is_in_process_default, warn_in_process
 
@@ -784,9 +782,17 @@ class RoutedMiddleware(Generic[AppT]):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
         if not callable(account):
             raise InvalidArgument(f"account must be a callable of the {request_kind}")
-        check_on_missing(on_missing)
-        with configuring():
-            check_flag("fail_open", fail_open)
+        # Imported here: the settings model builds on this module.
+        from ._settings import Settings
+
+        settings = Settings.from_keywords(
+            type(self).__name__,
+            job_header=job_header,
+            on_missing=on_missing,
+            fail_open=fail_open,
+            problem_type_base=problem_type_base,
+            retry_after_max=retry_after_max,
+        )
         self.app = app
         self.ledger = ledger
         self.routes = compile_routes(routes)
@@ -794,11 +800,10 @@ class RoutedMiddleware(Generic[AppT]):
             if route.on_missing is not None:
                 check_on_missing(route.on_missing)
         self.account = account
-        self.job_header = job_header
-        self.on_missing = on_missing
-        self.fail_open = fail_open
-        self.problems = problems(problem_type_base, retry_after_max)
-        reader(job_header)
+        self.job_header = settings.job_header
+        self.on_missing = settings.on_missing
+        self.fail_open = settings.fail_open
+        self.problems = settings.problems
         for route in self.routes:
             if route.header is not None:
                 reader(route.header)

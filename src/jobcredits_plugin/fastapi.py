@@ -52,11 +52,11 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
     ) from exc
 
 
-from ._decorator import _check_on_missing
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
+from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
@@ -71,8 +71,6 @@ from ._web import (
     bind,
     bound,
     isolated,
-    problems,
-    reader,
     render_problem,
     route_options,
 )
@@ -146,15 +144,18 @@ class JobCredits:
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
         if account is not None and not callable(account):
             raise InvalidArgument("account must be a callable of the request")
-        _check_on_missing(on_missing)
-        if not isinstance(fail_open, bool):
-            raise InvalidArgument(f"fail_open must be True or False, not {fail_open!r}")
-        if not isinstance(entry_points, bool):
-            raise InvalidArgument(f"entry_points must be True or False, not {entry_points!r}")
-        self.problems = problems(problem_type_base, retry_after_max)
-        reader(job_header)  # checks the name before any plugin is registered
+        settings = Settings.from_keywords(
+            "JobCredits",
+            job_header=job_header,
+            on_missing=on_missing,
+            fail_open=fail_open,
+            entry_points=entry_points,
+            problem_type_base=problem_type_base,
+            retry_after_max=retry_after_max,
+        )
+        self.problems = settings.problems
         added = add_plugins(ledger, plugins, key="plugins")
-        if entry_points:
+        if settings.entry_points:
             try:
                 load_entry_points(ledger, key="entry_points")
             except (InvalidArgument, ConfigurationError):
@@ -162,10 +163,10 @@ class JobCredits:
                     ledger.unregister(plugin)
                 raise
         self.ledger = ledger
-        self.job_header = job_header
+        self.job_header = settings.job_header
         self.account = account
-        self.on_missing = on_missing
-        self.fail_open = fail_open
+        self.on_missing = settings.on_missing
+        self.fail_open = settings.fail_open
 
     @configuration()
     def install(self, app: FastAPI) -> JobCredits:
