@@ -103,3 +103,28 @@ def test_the_core_imports_no_optional_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "framework"),
+    [
+        ("jobcredits_plugin.flask", "flask"),
+        ("jobcredits_plugin.fastapi", "fastapi"),
+        ("jobcredits_plugin.django.management.commands.jobcredits", "django"),
+    ],
+)
+def test_a_web_adapter_imports_no_test_helper(adapter: str, framework: str) -> None:
+    """The adapters import :mod:`jobcredits_plugin.cli` for its report lines; the
+    CLI's demo needs the test helpers and wsgiref, which an app should not load
+    by importing an adapter (checked in a fresh interpreter)."""
+    import subprocess
+
+    pytest.importorskip(framework)
+    code = (
+        f"import sys, {adapter}\n"
+        "print(sorted({'jobcredits_plugin.testing', 'wsgiref'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -161,7 +162,7 @@ class Ledger:
         lease: float = 60.0,
         balances: bool = False,
         max_uses: int | None = None,
-        job_id_pattern: str | Any | None = None,
+        job_id_pattern: str | re.Pattern[str] | None = None,
         clock: Callable[[], float] = time.time,
         plugins: Iterable[object] = (),
         entry_points: bool = False,

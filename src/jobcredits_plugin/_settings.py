@@ -31,7 +31,7 @@ from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgumen
 from ._ledger import Ledger
 from ._plugins import import_object, instantiate, ledger_from_url, load_plugin
 from ._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems, problems
-from .stores import from_url, redact_url
+from .stores import ACCEPTED, from_url, redact_url
 from .stores._urls import check_url_text, redact_text
 
 __all__ = ["DEFAULTS", "Problem", "Settings", "import_callable", "url_problem"]
@@ -62,7 +62,7 @@ PLUGINS_HINT = (
     '"package.module:attribute" or "package.module.attribute" (a class is '
     "instantiated with no arguments)"
 )
-URL_HINT = "write memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db"
+URL_HINT = f"write one of {ACCEPTED}"
 ACCOUNT_HINT = (
     "name a function that takes the request and returns the account "
     "string, or None when the request is not authenticated"

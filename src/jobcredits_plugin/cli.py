@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import IO, Any, NoReturn
-from wsgiref.util import setup_testing_defaults
 
 import attrs
 
@@ -49,7 +48,6 @@ from ._warnings import is_in_process_default
 from .hookspecs import hookimpl
 from .stores import from_url, redact_url
 from .stores._urls import redact_text
-from .testing import FakeClock
 
 __all__ = ["main"]
 
@@ -674,6 +672,10 @@ class Response:
 
 def call(app: WSGIApp, path: str, account: str, job_id: str, **extra: Any) -> Response:
     """One HTTP call, made in-process: the environ a server would build."""
+    # Imported here, not at the top: the Flask and Django adapters import this
+    # module for its report lines, and an app should not load wsgiref for them.
+    from wsgiref.util import setup_testing_defaults
+
     environ: Environ = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": path,
@@ -775,6 +777,10 @@ def run_demo(url: str, *, seed: int, jobs: int) -> DemoResult:
     even on a store that serves real traffic, and the jobs still in their
     window show up in a later ``jobcredits snapshot`` of the same file.
     """
+    # Imported here, not at the top: the test helpers are for ``jobcredits
+    # demo`` only, and the web adapters import this module for its report lines.
+    from .testing import FakeClock
+
     rng = random.Random(seed)
     span = jobs * STEP + TAIL
     clock = FakeClock(time.time() - span)

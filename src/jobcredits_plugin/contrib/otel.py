@@ -47,11 +47,10 @@ __all__ = ["METER_NAME", "STORE_SECONDS_BUCKETS", "OpenTelemetryMetrics"]
 METER_NAME = "jobcredits_plugin"
 
 #: Bucket boundaries (seconds) suggested for the store latency histogram: the
-#: same as the Prometheus plugin's ``STORE_BUCKETS`` (both come from one list),
-#: so a latency panel reads the same from either. The SDK's own defaults (0, 5,
-#: 10, 25 ... 10000) were chosen for milliseconds and would put every store
-#: call of a healthy system into one bucket; these span a memory store's
-#: microseconds up to a store timing out. They are advice only: a View
+#: Prometheus plugin's ``STORE_BUCKETS`` (why these bounds: see
+#: ``jobcredits_plugin.contrib._buckets``). Suggested because the SDK's own
+#: defaults (0, 5, 10, 25 ... 10000) were chosen for milliseconds and would put
+#: every store call of a healthy system into one bucket. Advice only: a View
 #: configured in the SDK takes precedence.
 STORE_SECONDS_BUCKETS: tuple[float, ...] = _STORE_BUCKETS
 

@@ -41,11 +41,10 @@ from ._buckets import STORE_BUCKETS as _STORE_BUCKETS
 
 __all__ = ["STORE_BUCKETS", "PrometheusMetrics"]
 
-#: Upper bounds (seconds) of the ``store_seconds`` histogram buckets. A memory
-#: store answers in microseconds (all in the first bucket), SQLite and a
-#: local Redis in 0.1-5 ms, a remote PostgreSQL in 1-50 ms; the top buckets
-#: catch lock waits and the store timeouts (SQLite's default is 5 s), so a
-#: p99 computed from them is still meaningful when the store is in trouble.
+#: Upper bounds (seconds) of the ``store_seconds`` histogram buckets, 0.1 ms
+#: to 5 s: one list shared with the OpenTelemetry plugin. Why these bounds is
+#: written once, in ``jobcredits_plugin.contrib._buckets`` (and for readers in
+#: the Prometheus page of the docs).
 STORE_BUCKETS: tuple[float, ...] = _STORE_BUCKETS
 
 

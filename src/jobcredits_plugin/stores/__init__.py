@@ -160,10 +160,6 @@ _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], BaseStore]] = {
     "postgres": _postgres_from_url,
 }
 
-#: Schemes of stores that are planned but not in this release, so that their
-#: URL gets an honest answer instead of "unknown scheme".
-_LATER: dict[str, str] = {}
-
 
 def from_url(url: str) -> BaseStore:
     """Build a store from a URL (see the table above); query parameters become
@@ -188,11 +184,6 @@ def _from_url(url: str) -> BaseStore:
     scheme = parts.scheme.lower()
     factory = _SCHEMES.get(scheme)
     if factory is None:
-        if scheme in _LATER:
-            raise InvalidArgument(
-                f"{_LATER[scheme]} ({scheme}://) is not part of this release yet; "
-                f"accepted: {ACCEPTED}"
-            )
         raise InvalidArgument(
             f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; accepted: {ACCEPTED}"
         )
