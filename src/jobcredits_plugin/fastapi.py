@@ -54,15 +54,14 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
 
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
+from ._openapi import PROBLEM_SCHEMA, PROBLEM_SCHEMA_NAME, document_operation
 from ._plugins import add_plugins, load_entry_points
 from ._records import Charge
 from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import (
-    CREDITS_HEADER,
     DEFAULT_JOB_HEADER,
-    JOB_CHARGE_HEADER,
     PROBLEM_CONTENT_TYPE,
     JobCall,
     Options,
@@ -92,7 +91,6 @@ _SCOPE_KEY = "jobcredits_plugin.watch"
 #: The attribute that marks a dependency or an endpoint as charging, for the
 #: OpenAPI schema.
 _MARK = "__jobcredits__"
-_PROBLEM_SCHEMA_NAME = "JobCreditsProblem"
 
 
 class JobCredits:
@@ -265,119 +263,17 @@ class JobCredits:
                     used = True
         if used:
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).setdefault(_PROBLEM_SCHEMA_NAME, _PROBLEM_SCHEMA)
+            components.setdefault("schemas", {}).setdefault(PROBLEM_SCHEMA_NAME, PROBLEM_SCHEMA)
         return schema
 
     def _document_operation(self, operation: dict[str, Any], opts: Options) -> None:
-        job_header = opts.job_header(self)
-        on_missing = opts.on_missing or self.on_missing
-        fail_open = self.fail_open if opts.fail_open is None else opts.fail_open
-        balances = (opts.ledger or self.ledger).balances
-        parameters = operation.setdefault("parameters", [])
-        if not any(
-            p.get("in") == "header" and str(p.get("name", "")).lower() == job_header.lower()
-            for p in parameters
-        ):
-            parameters.append(
-                {
-                    "name": job_header,
-                    "in": "header",
-                    "required": on_missing == "reject",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-                    "description": (
-                        "The job this call belongs to, minted by the client once per job "
-                        "(a UUID fits): the job's first call is charged, its follow-ups "
-                        "ride free. "
-                        + (
-                            "Required."
-                            if on_missing == "reject"
-                            else "Without it the call is a job of its own, under a fresh "
-                            "id echoed in this header of the response."
-                        )
-                    ),
-                }
-            )
-        responses = operation.setdefault("responses", {})
-        success_headers = {
-            job_header: {
-                "description": "The job id (a fresh one if the request sent none).",
-                "schema": {"type": "string"},
-            },
-            JOB_CHARGE_HEADER: {
-                "description": "What this call cost: charged, reused or refunded.",
-                "schema": {"type": "string", "enum": ["charged", "reused", "refunded"]},
-            },
-        }
-        if balances:
-            success_headers[CREDITS_HEADER] = {
-                "description": "The account's credits left after this call.",
-                "schema": {"type": "integer"},
-            }
-        for status, declared in responses.items():
-            if str(status).startswith("2") and isinstance(declared, dict):
-                headers = declared.setdefault("headers", {})
-                for name, spec in success_headers.items():
-                    headers.setdefault(name, spec)
-        answers = dict(_PROBLEM_ANSWERS)
-        if not balances:
-            del answers["402"]
-        if fail_open:
-            del answers["503"]
-        for status, (description, retry_after) in answers.items():
-            if status in responses:
-                continue
-            response: dict[str, Any] = {
-                "description": description,
-                "content": {
-                    PROBLEM_CONTENT_TYPE: {
-                        "schema": {"$ref": f"#/components/schemas/{_PROBLEM_SCHEMA_NAME}"}
-                    }
-                },
-            }
-            if retry_after:
-                response["headers"] = {
-                    "Retry-After": {
-                        "description": "Seconds after which a retry may succeed.",
-                        "schema": {"type": "integer"},
-                    }
-                }
-            responses[status] = response
-
-
-_PROBLEM_ANSWERS: dict[str, tuple[str, bool]] = {
-    "400": ("Invalid job id, or none where the endpoint requires one (problem+json).", False),
-    "401": ("No account for this call: it must be authenticated (problem+json).", False),
-    "402": ("The account's credits are below the cost of a new job (problem+json).", False),
-    "409": (
-        "The job's first call is still running (retry after Retry-After), or the job "
-        "has served all its calls (problem+json).",
-        True,
-    ),
-    "503": ("The credit store is unavailable (retry after Retry-After; problem+json).", True),
-}
-
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "title": "Problem",
-    "description": "An RFC 9457 problem document; branch on `code`.",
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "format": "uri"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "code": {
-            "type": "string",
-            "description": "invalid_job_id, missing_job_id, not_authenticated, "
-            "insufficient_credits, job_in_progress, job_exhausted, store_unavailable, ...",
-        },
-        "retry_after": {"type": "integer"},
-        "balance": {"type": "integer", "nullable": True},
-        "cost": {"type": "integer", "nullable": True},
-        "max_uses": {"type": "integer", "nullable": True},
-    },
-    "required": ["type", "title", "status", "code"],
-}
+        document_operation(
+            operation,
+            job_header=opts.job_header(self),
+            on_missing=opts.on_missing or self.on_missing,
+            fail_open=self.fail_open if opts.fail_open is None else opts.fail_open,
+            balances=(opts.ledger or self.ledger).balances,
+        )
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
