@@ -11,14 +11,37 @@ import threading
 from pathlib import Path
 
 from jobcredits_plugin import Ledger
-from jobcredits_plugin.stores import SQLiteStore
+from jobcredits_plugin.stores import ClaimRequest, ClaimResult, Event, SQLiteStore
+from jobcredits_plugin.stores._base import Key
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
 
-def _hold_write_lock(path: Path) -> tuple[sqlite3.Connection, threading.Event]:
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN IMMEDIATE")
-    return conn, threading.Event()
+    return conn
+
+
+class _EnteringStore(SQLiteStore):
+    """Sets ``entered`` when a claim or refund starts in the store's worker
+    thread: from then on the caller awaits that thread, the moment the tests
+    cancel at (an event, not a sleep that hopes the thread got there)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, timeout=10)
+        self.entered = threading.Event()
+
+    def claim(self, req: ClaimRequest) -> ClaimResult:
+        self.entered.set()
+        return super().claim(req)
+
+    def refund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
+        self.entered.set()
+        return super().refund(key, charge_id, now)
+
+
+async def _until_entered(store: _EnteringStore) -> None:
+    assert await asyncio.to_thread(store.entered.wait, 60), "the store call never started"
 
 
 def test_cancelled_acharge_still_fires_on_charge_once(tmp_path: Path) -> None:
@@ -29,12 +52,13 @@ def test_cancelled_acharge_still_fires_on_charge_once(tmp_path: Path) -> None:
     lease."""
     path = tmp_path / "jobs.db"
     events = RecordingPlugin()
-    ledger = Ledger(SQLiteStore(path, timeout=10), clock=FakeClock(), plugins=[events])
-    blocker, _ = _hold_write_lock(path)
+    store = _EnteringStore(path)
+    ledger = Ledger(store, clock=FakeClock(), plugins=[events])
+    blocker = _hold_write_lock(path)
 
     async def scenario() -> None:
         task = asyncio.create_task(ledger.acharge("acct", "job-1"))
-        await asyncio.sleep(0.2)  # the claim is now waiting in its thread
+        await _until_entered(store)  # the claim is now under way in its thread
         task.cancel()
         try:
             await task
@@ -65,13 +89,15 @@ def test_cancelled_arefund_still_fires_on_refund_once(tmp_path: Path) -> None:
     """arefund cancelled mid-way: the refund commits and on_refund fires once."""
     path = tmp_path / "jobs.db"
     events = RecordingPlugin()
-    ledger = Ledger(SQLiteStore(path, timeout=10), clock=FakeClock(), plugins=[events])
+    store = _EnteringStore(path)
+    ledger = Ledger(store, clock=FakeClock(), plugins=[events])
     ledger.charge("acct", "job-1")
-    blocker, _ = _hold_write_lock(path)
+    store.entered.clear()
+    blocker = _hold_write_lock(path)
 
     async def scenario() -> None:
         task = asyncio.create_task(ledger.arefund("acct", "job-1"))
-        await asyncio.sleep(0.2)
+        await _until_entered(store)  # the refund is now under way in its thread
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

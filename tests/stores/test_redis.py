@@ -589,7 +589,7 @@ def test_server_stopped_then_restarted(private_redis: PrivateRedis) -> None:
         first = ledger.charge("acct", "job-1")
         ledger.confirm("acct", "job-1", charge_id=first.record.charge_id)
 
-        stop = threading.Event()
+        stop, charging, refused = threading.Event(), threading.Event(), threading.Event()
         outcomes: list[str] = []
 
         def hammer() -> None:
@@ -599,14 +599,18 @@ def test_server_stopped_then_restarted(private_redis: PrivateRedis) -> None:
                 try:
                     ledger.charge("acct", f"loop-{n}", cost=0)
                     outcomes.append("ok")
+                    charging.set()
                 except StoreUnavailable:
                     outcomes.append("unavailable")
+                    refused.set()
 
         worker = threading.Thread(target=hammer)
         worker.start()
-        time.sleep(0.2)
+        # Events, not sleeps: the server stops while calls are flowing, and
+        # the hammer stops once one call saw the server gone.
+        assert charging.wait(30), "no charge went through before the stop"
         private_redis.stop(save=True)
-        time.sleep(0.5)
+        refused.wait(30)
         stop.set()
         worker.join(timeout=30)
         assert not worker.is_alive()
