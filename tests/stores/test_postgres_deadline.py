@@ -35,8 +35,10 @@ from jobcredits_plugin.stores._postgres import PostgresStore  # noqa: E402
 #: Small timeouts keep the test short: a deadline of 0.5 + 0.5 + 0.5 s.
 OPTIONS: dict[str, Any] = {"timeout": 0.5, "connect_timeout": 0.5, "statement_timeout": 0.5}
 DEADLINE = 1.5
-#: What the test allows above the deadline: scheduling on a loaded machine.
-MARGIN = 2.0
+#: What the test allows above the deadline: scheduling on a loaded machine
+#: (3.6 s were seen at a load average of 15 on two cores). Deadline + margin
+#: stays well below FREEZE, so a call that waits out the freeze still fails.
+MARGIN = 3.0
 #: The proxy thaws by itself after this long, so that code without a
 #: deadline ends the test (failing it) instead of hanging.
 FREEZE = 6.0
