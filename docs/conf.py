@@ -68,6 +68,7 @@ nitpick_ignore = [
     ("py:class", "collections.abc.Iterable"),
     ("py:class", "os.PathLike"),
     ("py:class", "logging.Logger"),
+    ("py:class", "re.Pattern"),
     # The metrics libraries the ready plugins take objects of.
     ("py:class", "prometheus_client.registry.CollectorRegistry"),
     ("py:class", "MeterProvider"),
