@@ -52,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
     ) from exc
 
 
+from ._asgi import ASGIApp, Receive, Scope, Send, Watch, run_watched
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._openapi import PROBLEM_SCHEMA, PROBLEM_SCHEMA_NAME, document_operation
@@ -73,7 +74,6 @@ from ._web import (
     render_problem,
     route_options,
 )
-from .asgi import ASGIApp, Receive, Scope, Send, _run_watched, _Watch
 
 __all__ = ["JobCredits", "charge_credit", "charges_credit"]
 
@@ -207,7 +207,7 @@ class JobCredits:
         """Charge the request as ``opts`` say and leave the call for the
         middleware to settle at the response's first body byte."""
         watch = request.scope.get(_SCOPE_KEY)
-        if not isinstance(watch, _Watch):
+        if not isinstance(watch, Watch):
             raise RuntimeError(
                 "jobcredits: the request did not pass through the JobCredits middleware; "
                 "call JobCredits(...).install(app) on the app that serves this route"
@@ -347,10 +347,10 @@ class _ResponseStart:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        watch = _Watch()
+        watch = Watch()
         scope[_SCOPE_KEY] = watch
         with isolated():
-            await _run_watched(self.app, scope, receive, send, watch)
+            await run_watched(self.app, scope, receive, send, watch)
 
 
 def charge_credit(
