@@ -116,6 +116,26 @@ def _with_field(control: str, index: int, value: str) -> str:
     return "\x1f".join(fields)
 
 
+# -- the script files -------------------------------------------------------------------
+
+
+def test_every_lua_file_is_a_script_the_store_loads(store: RedisStore) -> None:
+    """The scripts ship as package files (``stores/_redis/lua/*.lua``): each one
+    but the shared prelude is a script the store registers (no file is left
+    over, none is missing), each starts with the prelude, and each compiles
+    on a real server (SCRIPT LOAD) to the SHA the store calls it by."""
+    from jobcredits_plugin.stores._redis._scripts import NAMES, SCRIPTS, lua_files
+
+    assert lua_files() == sorted([*NAMES, "prelude"])
+    assert set(store._scripts) == set(NAMES) == set(SCRIPTS)
+    prelude = SCRIPTS["claim"][: SCRIPTS["claim"].index("-- claim:")]
+    assert "local function jc_int(" in prelude
+    for name, script in store._scripts.items():
+        assert script.script == SCRIPTS[name]
+        assert SCRIPTS[name].startswith(prelude)
+        assert store._client.script_load(SCRIPTS[name]) == script.sha
+
+
 # -- claim ------------------------------------------------------------------------------
 
 #: The claim's packed control fields: index -> the bad spellings to try there.

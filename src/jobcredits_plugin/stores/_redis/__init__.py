@@ -54,7 +54,7 @@ that changes the books, which appends the change's entry (``XADD P:journal
 0-*``: the entry's id is ``0-<seq>``) in the same atomic step. A script on
 Redis Cluster may only touch keys of one slot, so there the script appends to
 the stream of the account's own slot instead, and readers merge the slot
-streams into one numbered stream (_MERGE, ``RedisStore._merge_pass``): the
+streams into one numbered stream (``lua/merge.lua``, ``RedisStore._merge_pass``): the
 entry still commits with its change, and the seq, the one public position, is
 given once, by whichever reader merges the entry first. The account keys are
 where they always were: turning the journal on changes no key of a running
@@ -88,9 +88,9 @@ from typing import Any, cast
 
 import attrs
 
-from .._errors import ConfigurationError, InvalidArgument, StoreUnavailable
-from .._records import REFUNDED, JobRecord, JobState, JournalEntry, JournalKind
-from .._validation import (
+from ..._errors import ConfigurationError, InvalidArgument, StoreUnavailable
+from ..._records import REFUNDED, JobRecord, JobState, JournalEntry, JournalKind
+from ..._validation import (
     MAX_BATCH,
     MAX_WAIT_SECONDS,
     check_flag,
@@ -100,7 +100,7 @@ from .._validation import (
     check_text,
     configuring,
 )
-from ._base import (
+from .._base import (
     GRANT_ID_RETENTION,
     BaseStore,
     ClaimRequest,
@@ -115,7 +115,7 @@ from ._base import (
     plan_settle,
     with_settled,
 )
-from ._urls import (
+from .._urls import (
     JOURNAL_OPTIONS,
     check_url_text,
     parse_bool,
@@ -124,6 +124,7 @@ from ._urls import (
     redact_text,
     redact_url,
 )
+from ._scripts import SCRIPTS
 
 try:
     import redis
@@ -206,681 +207,11 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-# -- the scripts -----------------------------------------------------------------------
-#
-# Record hash fields: the ones the scripts read or change, each on its own
-# (a account, c charge_id, st state, ea expires_at, lu lease_until, u uses,
-# d debited), and x, the fields only Python reads, packed by Python as one
-# JSON array [scope, job_id, tier, backend, cost, charged_at] that the scripts
-# store as they got it. Fewer fields and arguments are most of what makes a
-# charge cheap: Redis's own work per field and redis-py's per argument.
-# Numbers are kept as the strings Python wrote; Lua only parses them to
-# compare.
-#
-# The claim's control values come packed too, in ARGV[1], separated by the
-# unit separator (\31, which no number or charge id contains): now, charge_id,
-# cost, max_uses (0: none), balances (1/0), expires_at, lease_until, safety
-# expiry in ms (0: none), journal (0: off, 1: on, 2: on with reuses), the
-# retry marker's life in ms. ARGV[2] is the account, ARGV[3] the x field.
-# On the server's clock (server_clock=True) now is 'T', expires_at and
-# lease_until are the ttl and the lease, and ARGV[3] is the x field without
-# its last element (charged_at) and closing bracket: the script reads TIME
-# and completes all three (see jc_now). Every answer ends with the now the
-# script used, which the Python side decides and builds the records with.
-# KEYS: the job, the due-set, the balance, the claim's retry marker (named by
-# its charge id), and the journal stream when the journal is on.
-#
-# The retry marker holds what the claim answered, [status, balance, the record
-# as it was], written by every claim that writes (a charge, a reuse, a
-# settlement before a 402) before its other writes; a retry of the same call
-# (redis-py re-sends it when the answer was lost) finds it and answers it
-# again, so the Python side rebuilds the very result and events of the
-# original: the settlement of a stale or expired record is reported (and its
-# hook fires) once, a reuse is counted and journaled once. Claims that write
-# nothing (409, a plain 402) keep no marker: their retry decides afresh.
-#
-# The journal is one stream (KEYS[5] of the claim, passed only when the
-# journal is on), written by the very script that makes the change, so the
-# entry and the change commit together. An entry's fields: k kind, a account,
-# c charge id (the grant id for a grant), x the record's packed x field (for a
-# grant [null, null, null, null, amount asked, null]), d what the change did to
-# the stored balance, b the stored balance after it, t the operation's now.
-# Its id is 0-<seq>: "XADD key 0-*" (Redis >= 7.0) numbers entries 0-1, 0-2,
-# ... and a stream trimmed to empty keeps its last id, so seq never goes back.
-# Balances are integers that Lua holds as doubles: '%d' prints them as
-# integers (tostring would print 1e+15). A script that journals first checks
-# the server is 7.0 or newer, before it writes anything: a Lua script is not
-# rolled back when a command fails half-way, so an XADD refused by an older
-# server after the change would leave the change without its entry.
-
-
-# Every script that writes starts with _CHECKS and validates everything it
-# will use (its arguments, and the stored fields and balances it will write
-# from) *before its first write*: Redis does not roll a script back when a
-# command fails half-way, so a command that can fail after a write would leave
-# a change without its record, journal entry or hook (a claim whose PEXPIRE
-# was refused after HSET, ZADD and DECRBY once debited a balance and answered
-# "unavailable"). The Python side only ever sends values in range (the ledger
-# and the constructor bound them), so a failed check is a bug, reported as an
-# error reply naming the value, with nothing written. Numbers must be spelled
-# the way Redis's own INCRBY/PEXPIRE/ZADD parse them: Lua's tonumber alone
-# would also take "nan", "inf", "0x10" and " 5 ", which Redis refuses later.
-_CHECKS = """
-local JC_MAX = 9007199254740991
-local JC_I64 = 9223372036854775807
-local JC_MS = 1000000000000
-local function jc_fail(what, v)
-  error({err = 'jobcredits: bad ' .. what .. ': ' .. tostring(v)})
-end
-local function jc_num(v, what)
-  if type(v) ~= 'string' or #v > 40 or not string.find(v, '^%-?%d[%d%.eE%+%-]*$') then
-    jc_fail(what, v)
-  end
-  local n = tonumber(v)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge then jc_fail(what, v) end
-  return n
-end
-local function jc_int(v, what, lo, hi)
-  if type(v) ~= 'string' or #v > 20 or not (v == '0' or string.find(v, '^%-?[1-9]%d*$')) then
-    jc_fail(what, v)
-  end
-  local n = tonumber(v)
-  if n < lo or n > hi then jc_fail(what, v) end
-  return n
-end
-local function jc_flag(v, what, allowed)
-  if type(v) ~= 'string' or not string.find(allowed, v, 1, true) or #v ~= 1 then
-    jc_fail(what, v)
-  end
-  return v
-end
-local function jc_str(v, what)
-  if type(v) ~= 'string' then jc_fail(what, v) end
-  return v
-end
-local function jc_arity(nk, na)
-  if #KEYS < nk or #ARGV < na then jc_fail('number of keys/arguments', #KEYS .. '/' .. #ARGV) end
-end
-local function jc_credit_ok(b, add, what)
-  if b + add >= JC_I64 then jc_fail(what .. ' (the balance would overflow)', add) end
-end
--- A retry marker: nil, or the JSON array the script kept in it, whose first
--- element has the type `first`, and whose record elements (at `from` and on,
--- each a flat HGETALL list) are lists of strings.
-local function jc_kept(mark, first, from, to)
-  local kept = redis.call('GET', mark)
-  if not kept then return nil end
-  local ok, m = pcall(cjson.decode, kept)
-  if not ok or type(m) ~= 'table' or type(m[1]) ~= first then jc_fail('retry marker', kept) end
-  if to == nil then to = #m end
-  for i = from, to do
-    local raw = m[i]
-    if type(raw) ~= 'table' or #raw % 2 ~= 0 then jc_fail('retry marker', kept) end
-    for _, v in ipairs(raw) do
-      if type(v) ~= 'string' then jc_fail('retry marker', kept) end
-    end
-  end
-  return m
-end
--- The operation's now, as a number and as the string every stored time and
--- journal entry is written with: the caller's (v, a repr of a Python float)
--- or, when the caller sends 'T' (server_clock=True), the server's own clock,
--- read with TIME inside this very script, so the decision and its writes use
--- one time that every host sharing the server shares. TIME is a
--- non-deterministic command: Redis 5+ replicates a script's effects, not
--- the script, which makes it safe before writes (older servers must be told).
--- The string is the exact microseconds ("1765000000.012345"), which Lua and
--- Python parse to the same double.
-local function jc_now(v)
-  if v ~= 'T' then return jc_num(v, 'now'), v end
-  if (redis.REDIS_VERSION_NUM or 0) < 0x050000 and redis.replicate_commands then
-    redis.replicate_commands()
-  end
-  local t = redis.call('TIME')
-  local s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-  return tonumber(s), s
-end
--- A time the script computed, spelled so that Python reads back the very
--- double (17 significant digits round-trip any double).
-local function jc_time(x)
-  return string.format('%.17g', x)
-end
-"""
-
-_CLAIM = """
-jc_arity(4, 3)
-local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local p = {}
-for v in string.gmatch(ARGV[1], '[^\\31]+') do p[#p + 1] = v end
-if #p ~= 10 then jc_fail('claim arguments', ARGV[1]) end
-local now, nows = jc_now(p[1])
-local cid = p[2]
-local cost = p[3]
-local ncost = jc_int(cost, 'cost', 0, JC_MAX)
-local max_uses = jc_int(p[4], 'max_uses', 0, JC_MAX)
-local balances = jc_flag(p[5], 'balances flag', '01')
--- the new record's expiry and lease end, and its x field (whose last
--- element is charged_at): as the caller computed them from its now, or, on
--- the server's clock, computed here from the ttl and lease it sent instead
--- and the x it sent without its charged_at
-local ea, lu, nx = p[6], p[7], ARGV[3]
-if p[1] == 'T' then
-  ea = jc_time(now + jc_num(p[6], 'ttl'))
-  lu = jc_time(now + jc_num(p[7], 'lease'))
-  nx = jc_str(ARGV[3], 'record') .. nows .. ']'
-else
-  jc_num(p[6], 'expires_at')
-  jc_num(p[7], 'lease_until')
-end
-local expiry_ms = jc_int(p[8], 'safety expiry', 0, JC_MS)
-local jr = jc_flag(p[9], 'journal flag', '012')
-jc_int(p[10], 'marker life', 1, JC_MS)
-if jr ~= '0' then jc_arity(5, 3) end
-if jr ~= '0' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
-end
--- A retry of a call that committed: the original's answer, as it was.
-local kept = jc_kept(mark, 'string', 3, 3)
-if kept then
-  if type(kept[2]) ~= 'string' then jc_fail('retry marker', cjson.encode(kept)) end
-  -- the original's now too, so the retry rebuilds the very same record
-  local kept_now = kept[4]
-  if type(kept_now) ~= 'string' then kept_now = nows end
-  return {kept[1], kept[3], kept[2], kept_now}
-end
-local raw = redis.call('HGETALL', job)
-local rec = {}
-for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-local st = rec['st']
-local takeover = #raw > 0 and rec['c'] ~= cid and st == 'pending'
-local stored = '0'
-if balances == '1' or jr ~= '0' or takeover then stored = redis.call('GET', bal) or '0' end
-local nstored = jc_int(stored, 'stored balance', -JC_I64, JC_I64)
-if #raw > 0 and rec['c'] ~= cid and jr ~= '0' then jc_str(rec['x'], 'stored record') end
-local balance = '0'
-if balances == '1' then balance = stored end
-local function log(kind, c, x, d, b)
-  redis.call('XADD', KEYS[5], '0-*', 'k', kind, 'a', ARGV[2], 'c', c, 'x', x, 'd', d,
-             'b', string.format('%d', b), 't', nows)
-end
-local refund_debited = nil
-local expired = false
-local settled = false
-if #raw > 0 then
-  if rec['c'] == cid then
-    -- our own charge, whose marker is gone (it outlives any driver retry):
-    -- answered as that charge, journaled by that attempt, so not again
-    return {'replay', raw, balance, nows}
-  end
-  if st == 'pending' then
-    if now < jc_num(rec['lu'], 'stored lease_until') then
-      return {'in_progress', raw, balance, nows}
-    end
-    refund_debited = rec['d']
-    jc_credit_ok(nstored, jc_int(refund_debited, 'stored debit', 0, JC_I64), 'stored debit')
-    settled = true
-  elseif st == 'charged' and now < jc_num(rec['ea'], 'stored expires_at') then
-    local uses = jc_int(rec['u'], 'stored uses', 0, JC_I64 - 1)
-    if max_uses > 0 and uses >= max_uses then
-      return {'exhausted', raw, balance, nows}
-    end
-    local m = cjson.encode({'reused', balance, raw, nows})
-    -- Everything is checked: from here on, the writes.
-    redis.call('SET', mark, m, 'PX', p[10])
-    redis.call('HINCRBY', job, 'u', 1)
-    if jr == '2' then log('reuse', rec['c'], rec['x'], '0', nstored) end
-    return {'reused', raw, balance, nows}
-  else
-    settled = true
-    expired = st == 'charged'
-  end
-end
-local run = nstored
-local available = tonumber(balance)
-if refund_debited ~= nil then available = available + tonumber(refund_debited) end
-local debit = '0'
-local enough = true
-if balances == '1' then
-  if available < ncost then enough = false else debit = cost end
-end
--- What a retry of this call answers: every outcome that writes keeps it.
-local m = nil
-if enough then
-  m = cjson.encode({'charged', balance, raw, nows})
-elseif settled then
-  m = cjson.encode({'insufficient', balance, raw, nows})
-end
--- Everything is checked: from here on, the writes.
-if m ~= nil then redis.call('SET', mark, m, 'PX', p[10]) end
--- The settlement of what was there commits whether or not the charge does.
-if refund_debited ~= nil then
-  if refund_debited ~= '0' then redis.call('INCRBY', bal, refund_debited) end
-  if jr ~= '0' then
-    run = run + tonumber(refund_debited)
-    log('refund', rec['c'], rec['x'], refund_debited, run)
-  end
-elseif expired and jr ~= '0' then
-  log('expire', rec['c'], rec['x'], '0', run)
-end
-if not enough then
-  if settled then
-    redis.call('DEL', job)
-    redis.call('ZREM', due, job)
-  end
-  return {'insufficient', raw, balance, nows}
-end
-if debit ~= '0' then redis.call('DECRBY', bal, debit) end
-if #raw > 0 then redis.call('DEL', job) end
-redis.call('HSET', job, 'a', ARGV[2], 'x', nx, 'c', cid, 'st', 'pending',
-           'ea', ea, 'lu', lu, 'u', '1', 'd', debit)
-redis.call('ZADD', due, lu, job)
-if expiry_ms > 0 then
-  redis.call('PEXPIRE', job, p[8])
-  local ttl = redis.call('PTTL', due)
-  if ttl < expiry_ms then redis.call('PEXPIRE', due, p[8]) end
-end
-if jr ~= '0' then
-  local d = '0'
-  if debit ~= '0' then d = '-' .. debit end
-  log('charge', cid, nx, d, run - tonumber(debit))
-end
-return {'charged', raw, balance, nows}
-"""
-
-_CONFIRM = """
-jc_arity(2, 2)
-local job, due = KEYS[1], KEYS[2]
-jc_flag(ARGV[2], 'charge id flag', '01')
--- ARGV[3] = 'T' (server_clock): answer {now, raw}, the server's now telling
--- the caller whether a record confirmed before is still live
-local nows = nil
-if ARGV[3] == 'T' then
-  local _
-  _, nows = jc_now('T')
-end
-local raw = redis.call('HGETALL', job)
-local function answer(r)
-  if nows ~= nil then return {nows, r} end
-  return r
-end
-if #raw == 0 then return answer({}) end
-local rec = {}
-for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return answer({}) end
-if rec['st'] == 'pending' then
-  jc_num(rec['ea'], 'stored expires_at')
-  redis.call('ZADD', due, rec['ea'], job)
-  redis.call('HSET', job, 'st', 'charged')
-end
-return answer(raw)
-"""
-
-# A refund deletes the record and leaves a retry marker (KEYS[4]) keyed by
-# what it targeted, the job, and by its own token (drawn once per call), that
-# holds the refunded record for the marker's life (ARGV[5] ms): when the
-# answer is lost and redis-py re-sends the same call, the script finds its
-# marker and answers that refund again, so the caller still learns it
-# refunded (and on_refund fires once for that charge), even when a newer
-# charge of the job has been made meanwhile, which the retry never touches.
-# The journal entry was written by the first run. A refund that refunded
-# nothing writes nothing (its retry decides afresh: nothing had committed).
-# ARGV[6] is the journal flag (KEYS[5] the stream when it is on). Answers
-# {'refunded', raw} (the record before the refund) or {}.
-_REFUND = """
-jc_arity(4, 6)
-local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-jc_flag(ARGV[2], 'charge id flag', '01')
-local now, nows = jc_now(ARGV[3])
-if type(ARGV[4]) ~= 'string' or ARGV[4] == '' then jc_fail('refund token', ARGV[4]) end
-jc_int(ARGV[5], 'marker life', 1, JC_MS)
-local jr = jc_flag(ARGV[6], 'journal flag', '01')
-if jr == '1' then jc_arity(5, 6) end
-if jr == '1' and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
-end
-local kept = jc_kept(mark, 'table', 1, 1)
-if kept then return {'refunded', kept[1], nows} end
-local raw = redis.call('HGETALL', job)
-if #raw == 0 then return {} end
-local rec = {}
-for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
--- a refunded tombstone (left by an older version) counts as absent
-if rec['st'] == 'refunded' then return {} end
-if ARGV[2] == '1' and rec['c'] ~= ARGV[1] then return {} end
-if now >= jc_num(rec['ea'], 'stored expires_at') then return {} end
-local d = jc_int(rec['d'], 'stored debit', 0, JC_I64)
-local before = jc_int(redis.call('GET', bal) or '0', 'stored balance', -JC_I64, JC_I64)
-if jr == '1' then
-  jc_str(rec['a'], 'stored account')
-  jc_str(rec['x'], 'stored record')
-end
-jc_credit_ok(before, d, 'stored debit')
-local m = cjson.encode({raw})
--- Everything is checked: from here on, the writes.
-redis.call('SET', mark, m, 'PX', ARGV[5])
-redis.call('ZREM', due, job)
-redis.call('DEL', job)
-if d ~= 0 then redis.call('INCRBY', bal, rec['d']) end
-if jr == '1' then
-  redis.call('XADD', KEYS[5], '0-*', 'k', 'refund', 'a', rec['a'], 'c', rec['c'], 'x', rec['x'],
-             'd', rec['d'], 'b', redis.call('GET', bal) or '0', 't', nows)
-end
-return {'refunded', raw, nows}
-"""
-
-# Settles up to ARGV[2] due records of one due-set (one account slot). Answers
-# {examined, raw1, raw2, ...}: examined counts members taken off the set (also
-# those whose hash had vanished), so the caller knows whether more remain.
-# ARGV[4] is the journal flag (KEYS[3] the stream when it is on): one entry
-# per settled record, in the order of the answer. Two passes: the first reads
-# and checks every record it will settle (and the balances it will credit),
-# the second writes, so a bad record stops the batch before anything of it is
-# written. A batch that takes anything off the set keeps its answer in a
-# retry marker (KEYS[2], named by a token drawn per call, in the due-set's
-# slot) for ARGV[5] ms: a retry of a batch whose answer was lost answers the
-# same records, so their hooks fire once. Its size is bounded by the batch.
-_PRUNE = """
-jc_arity(2, 5)
-local due, mark = KEYS[1], KEYS[2]
-local now, nows = jc_now(ARGV[1])
--- on the server's clock the answer carries the now it used, second:
--- {examined, now, raw1, ...}
-local server = ARGV[1] == 'T'
-local first_raw = 2
-if server then first_raw = 3 end
-local limit = jc_int(ARGV[2], 'batch', 1, 1000000)
-local base = ARGV[3]
-local jr = jc_flag(ARGV[4], 'journal flag', '01') == '1'
-jc_int(ARGV[5], 'marker life', 1, JC_MS)
-if jr then jc_arity(3, 5) end
-if jr and (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
-end
-local kept = jc_kept(mark, 'number', first_raw)
-if kept then
-  if server and type(kept[2]) ~= 'string' then jc_fail('retry marker', cjson.encode(kept)) end
-  return kept
-end
-local members = redis.call('ZRANGEBYSCORE', due, '-inf', nows, 'LIMIT', 0, limit)
-local plan = {}
-local credited = {}
-for _, job in ipairs(members) do
-  local raw = redis.call('HGETALL', job)
-  local item = {job = job, raw = raw}
-  if #raw > 0 then
-    local rec = {}
-    for i = 1, #raw, 2 do rec[raw[i]] = raw[i + 1] end
-    if rec['st'] == 'pending' then
-      item.settle = now >= jc_num(rec['lu'], 'stored lease_until')
-    elseif rec['st'] ~= 'refunded' then
-      item.settle = now >= jc_num(rec['ea'], 'stored expires_at')
-    end
-    if item.settle then
-      jc_str(rec['a'], 'stored account')
-      jc_str(rec['c'], 'stored charge id')
-      jc_str(rec['x'], 'stored record')
-      item.rec = rec
-      item.bal = base .. 'b:' .. string.len(rec['a']) .. ':' .. rec['a']
-      if rec['st'] == 'pending' then
-        local d = jc_int(rec['d'], 'stored debit', 0, JC_I64)
-        local b = credited[item.bal]
-        if b == nil then
-          b = jc_int(redis.call('GET', item.bal) or '0', 'stored balance', -JC_I64, JC_I64)
-        end
-        jc_credit_ok(b, d, 'stored debit')
-        credited[item.bal] = b + d
-      end
-    end
-  end
-  plan[#plan + 1] = item
-end
-local out = {#members}
-if server then out[2] = nows end
-for _, item in ipairs(plan) do
-  if item.settle then out[#out + 1] = item.raw end
-end
-local m = nil
-if #members > 0 then m = cjson.encode(out) end
--- Everything is checked: from here on, the writes.
-if m ~= nil then redis.call('SET', mark, m, 'PX', ARGV[5]) end
-for _, item in ipairs(plan) do
-  if #item.raw == 0 then
-    redis.call('ZREM', due, item.job)
-  elseif item.settle then
-    local rec = item.rec
-    redis.call('DEL', item.job)
-    redis.call('ZREM', due, item.job)
-    local kind, d = 'expire', '0'
-    if rec['st'] == 'pending' then
-      kind, d = 'refund', rec['d']
-      if d ~= '0' then redis.call('INCRBY', item.bal, d) end
-    end
-    if jr then
-      redis.call('XADD', KEYS[3], '0-*', 'k', kind, 'a', rec['a'], 'c', rec['c'],
-                 'x', rec['x'], 'd', d, 'b', redis.call('GET', item.bal) or '0', 't', nows)
-    end
-  end
-end
-return out
-"""
-
-_SNAPSHOT = """
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-local out = {}
--- ARGV[1] = 'T' (server_clock): the server's now first, {now, raw1, ...}
-if ARGV[1] == 'T' then
-  local _
-  _, out[1] = jc_now('T')
-end
-for _, job in ipairs(members) do
-  local raw = redis.call('HGETALL', job)
-  if #raw > 0 then out[#out + 1] = raw end
-end
-return out
-"""
-
-# KEYS: the balance, the grant's marker, the stream (when the journal is on).
-# ARGV: amount, journal flag, the marker's life in ms ('' : no grant id, no
-# marker), account, grant id, x, now. The marker, "<amount> <balance after>
-# <now>", is the grant id's memory (Store.grant): a grant repeated with the
-# same id while the marker lives (GRANT_ID_RETENTION, by the ledger's clock;
-# the key's PX is the same span of server time) writes nothing and answers
-# {'replay', the balance the first one answered}, or {'conflict', the first
-# amount} when it asks for another amount. That covers both redis-py's own
-# re-send of a grant whose answer was lost and the caller's retry with its
-# grant_id. A marker of an older version ('1', from the 60 s markers) answers
-# {'replay', current balance}. A grant that adds credits and would take the
-# balance past MAX_CREDITS writes nothing and answers {'cap', balance}; the
-# others answer {'ok', balance}. Everything is checked before the first write.
-_GRANT = """
-jc_arity(2, 7)
-local amount = jc_int(ARGV[1], 'amount', -JC_MAX, JC_MAX)
-local jr = jc_flag(ARGV[2], 'journal flag', '01')
-local life = 0
-if ARGV[3] ~= '' then life = jc_int(ARGV[3], 'marker life', 1, JC_MS) end
-local now, nows = jc_now(ARGV[7])
-if jr == '1' then
-  jc_arity(3, 7)
-  if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-    return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
-  end
-end
-local stored = redis.call('GET', KEYS[1]) or '0'
-if life > 0 then
-  local memo = redis.call('GET', KEYS[2])
-  if memo then
-    local m_amount, m_balance, m_at = string.match(memo, '^(%-?%d+) (%-?%d+) (%S+)$')
-    if m_amount == nil then return {'replay', stored} end
-    if now < jc_num(m_at, 'stored grant time') + life / 1000 then
-      if m_amount ~= ARGV[1] then return {'conflict', m_amount} end
-      return {'replay', m_balance}
-    end
-  end
-end
-local before = jc_int(stored, 'stored balance', -JC_I64, JC_I64)
-if amount > 0 and before + amount > JC_MAX then return {'cap', stored} end
--- Everything is checked: from here on, the writes.
-local d = ARGV[1]
-if before + amount < 0 then
-  -- a grant never takes a balance below zero: it moves it by -before
-  redis.call('SET', KEYS[1], '0')
-  if before == 0 then
-    d = '0'
-  elseif string.sub(stored, 1, 1) == '-' then
-    d = string.sub(stored, 2)
-  else
-    d = '-' .. stored
-  end
-elseif amount ~= 0 then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-end
-local after = redis.call('GET', KEYS[1]) or '0'
-if life > 0 then
-  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. after .. ' ' .. nows, 'PX', ARGV[3])
-end
-if jr == '1' then
-  redis.call('XADD', KEYS[3], '0-*', 'k', 'grant', 'a', ARGV[4], 'c', ARGV[5], 'x', ARGV[6],
-             'd', d, 'b', after, 't', nows)
-end
-return {'ok', after}
-"""
-
-# A lookup on the server's clock (server_clock=True): {now, the job's
-# HGETALL}, read together, so the record is judged live or not by the time
-# the server read it. (On the ledger's clock a lookup is a plain HGETALL.)
-_LOOKUP = """
-local _, nows = jc_now('T')
-return {nows, redis.call('HGETALL', KEYS[1])}
-"""
-
-# A cursor only moves forward unless forced (ARGV[3] = '1'); answers the
-# stored position.
-_SET_CURSOR = """
-jc_arity(1, 3)
-local position = jc_int(ARGV[2], 'position', 0, JC_MAX)
-local force = jc_flag(ARGV[3], 'force flag', '01')
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if force ~= '1' and old and tonumber(old) ~= nil and tonumber(old) >= position then return old end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return ARGV[2]
-"""
-
-# Deletes journal entries from the start of the stream, in order, while their
-# seq is at most ARGV[1] ('' : no bound) and at most every cursor's position
-# (the cursors hash, KEYS[2]), and their t is below ARGV[2] ('' : no bound);
-# stops at the first entry that is too new, and after ARGV[3] entries, so one
-# call never blocks the server for long. Answers how many went. Its one write
-# is the XTRIM at the end.
-_TRIM = """
-jc_arity(2, 3)
-local stream, curs = KEYS[1], KEYS[2]
-local cap = nil
-if ARGV[1] ~= '' then cap = jc_int(ARGV[1], 'through', 0, JC_MAX) end
-for _, v in ipairs(redis.call('HVALS', curs)) do
-  local n = tonumber(v)
-  if n ~= nil and (cap == nil or n < cap) then cap = n end
-end
-local cutoff = nil
-if ARGV[2] ~= '' then cutoff = jc_num(ARGV[2], 'cutoff') end
-local bound = jc_int(ARGV[3], 'batch', 1, 1000000)
-local start = '-'
-local last = nil
-local count = 0
-while count < bound do
-  local want = math.min(1000, bound - count)
-  local chunk = redis.call('XRANGE', stream, start, '+', 'COUNT', want)
-  local stop = false
-  for _, e in ipairs(chunk) do
-    local id = e[1]
-    local seq = tonumber(string.sub(id, string.find(id, '-', 1, true) + 1))
-    if cap ~= nil and seq > cap then
-      stop = true
-      break
-    end
-    if cutoff ~= nil then
-      local f, t = e[2], nil
-      for i = 1, #f, 2 do
-        if f[i] == 't' then t = tonumber(f[i + 1]) end
-      end
-      if t == nil or t >= cutoff then
-        stop = true
-        break
-      end
-    end
-    last = seq
-    count = count + 1
-  end
-  if stop or #chunk < want then break end
-  start = '(' .. chunk[#chunk][1]
-end
-if count == 0 then return 0 end
-return redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%d', last + 1))
-"""
-
-# -- Redis Cluster: merging the slot streams into one journal ---------------------------
-#
-# On a cluster each change's entry goes to its slot's own stream (P:{S}:journal,
-# S a tag that hashes to the account's slot), the KEYS[5]/KEYS[3] the write
-# scripts above get, so the entry still commits with the change. Readers
-# number them: a merge pass reads the slot streams past their marks and hands
-# the entries, in the order it chose, to this script, which runs in the merged
-# journal's slot (P:{journal}) and appends each entry a slot stream has not
-# merged yet to the merged stream (XADD 0-*: the entry's seq) and moves that
-# stream's mark (KEYS[2], stream -> the last slot seq merged). Several readers
-# may merge at once: each entry is appended once, by the first pass whose
-# script gets it, and a slot's entries stay in their stream's order, because a
-# stream's entries arrive in order and the marks only grow. ARGV: groups of 9
-# (stream, slot seq, then the entry's k a c x d b t). Answers {appended,
-# stream1, mark1, ...}, the mark of every stream in the batch as it stands
-# after the script: the caller trims those slot streams up to them (what is
-# merged is kept in the merged stream) and reads them from there next time.
-_MERGE = """
-jc_arity(2, 0)
-if #ARGV % 9 ~= 0 then jc_fail('merge arguments', #ARGV) end
-if (redis.REDIS_VERSION_NUM or 0) < 0x070000 then
-  return redis.error_reply('the jobcredits journal needs Redis 7.0 or newer (or journal=false)')
-end
-local marks = {}
-local streams = {}
-local moved = {}
-local take = {}
-for i = 1, #ARGV, 9 do
-  local s = jc_str(ARGV[i], 'slot stream')
-  local seq = jc_int(ARGV[i + 1], 'slot seq', 1, JC_MAX)
-  for j = i + 2, i + 8 do jc_str(ARGV[j], 'entry field') end
-  jc_num(ARGV[i + 8], 'entry time')
-  local m = marks[s]
-  if m == nil then
-    m = jc_int(redis.call('HGET', KEYS[2], s) or '0', 'stored mark', 0, JC_MAX)
-    streams[#streams + 1] = s
-  end
-  if seq > m then
-    take[#take + 1] = i
-    m = seq
-    moved[s] = true
-  end
-  marks[s] = m
-end
--- Everything is checked: from here on, the writes.
-for _, i in ipairs(take) do
-  redis.call('XADD', KEYS[1], '0-*', 'k', ARGV[i + 2], 'a', ARGV[i + 3], 'c', ARGV[i + 4],
-             'x', ARGV[i + 5], 'd', ARGV[i + 6], 'b', ARGV[i + 7], 't', ARGV[i + 8])
-end
-local out = {#take}
-for _, s in ipairs(streams) do
-  local m = string.format('%d', marks[s])
-  if moved[s] then redis.call('HSET', KEYS[2], s, m) end
-  out[#out + 1] = s
-  out[#out + 1] = m
-end
-return out
-"""
-
 #: The most retries a store may make of one command after a connection error.
 MAX_RETRIES = 100
 
 #: How long a retry marker lives (a claim's, a refund's, a prune batch's; see
-#: _CLAIM, _REFUND, _PRUNE): far longer than a driver's retry takes, short
+#: lua/claim.lua, refund.lua, prune.lua): far longer than a driver's retry takes, short
 #: enough not to matter for memory.
 _TOMBSTONE_MS = "60000"
 
@@ -890,27 +221,11 @@ _GRANT_MARKER_MS = str(int(GRANT_ID_RETENTION * 1000))
 #: Journal entries one trim script deletes at most (the caller loops).
 _TRIM_BATCH = 10_000
 
-#: Entries one merge pass fetches about (a cluster's journal; see _MERGE).
+#: Entries one merge pass fetches about (a cluster's journal; see lua/merge.lua).
 _MERGE_BATCH = 1_000
 
 #: Merge passes a trim runs at most before it trims.
 _MERGE_PASSES = 1_000
-
-_SCRIPTS = {
-    name: _CHECKS + src
-    for name, src in {
-        "claim": _CLAIM,
-        "confirm": _CONFIRM,
-        "refund": _REFUND,
-        "prune": _PRUNE,
-        "snapshot": _SNAPSHOT,
-        "lookup": _LOOKUP,
-        "grant": _GRANT,
-        "set_cursor": _SET_CURSOR,
-        "trim": _TRIM,
-        "merge": _MERGE,
-    }.items()
-}
 
 _OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,
@@ -1175,7 +490,7 @@ class RedisStore(BaseStore):
         self.server_clock = server_clock
         #: The journal stream readers read, and its cursors hash. On a cluster
         #: both share the ``{journal}`` tag (one slot), with the set of slot
-        #: streams written to and each one's merge mark (see _MERGE).
+        #: streams written to and each one's merge mark (see lua/merge.lua).
         if cluster:
             self.journal_key = f"{prefix}:{{journal}}"
             self.cursors_key = f"{prefix}:{{journal}}:cursors"
@@ -1203,7 +518,7 @@ class RedisStore(BaseStore):
             assert url is not None
             client = self._sync_from_url(url)
         self._client = client
-        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
         self._given_async = async_client
         # One redis.asyncio client per event loop: its connections belong to
         # the loop that opened them.
@@ -1395,7 +710,7 @@ class RedisStore(BaseStore):
         ]
         now = float(req.now)
         if self.server_clock:
-            # The script reads TIME and completes these (see _CLAIM): the
+            # The script reads TIME and completes these (see lua/claim.lua): the
             # times as offsets, the x field without charged_at.
             times = ("T", repr(float(req.ttl)), repr(float(req.lease)))
             expiry = self._expiry_ms(max(req.ttl, req.lease)) or "0"
@@ -1570,7 +885,7 @@ class RedisStore(BaseStore):
 
     def _merge_pass(self, budget: int) -> tuple[int, int]:
         """Merge about ``budget`` entries from the slot streams into the
-        journal (a cluster's; see _MERGE); returns how many this pass read
+        journal (a cluster's; see lua/merge.lua); returns how many this pass read
         from the slot streams and how many of those it appended (the others
         another reader had merged first; the next pass starts past them).
 
@@ -1882,7 +1197,7 @@ class RedisStore(BaseStore):
             # suite's concurrent acharge test hit; a reply lost that way is a
             # charge whose caller never learns it won.
             return None
-        scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
         # An async generator started on this loop is closed by the loop's
         # shutdown_asyncgens() (asyncio.run does that), which lets us close the
         # client's connections while their loop still runs.
