@@ -15,7 +15,8 @@ import attrs
 import pytest
 
 from jobcredits_plugin import JobInProgress, Ledger, __version__
-from jobcredits_plugin.cli import build_app, call, main
+from jobcredits_plugin._demo import build_app, call
+from jobcredits_plugin.cli import main
 from jobcredits_plugin.testing import FakeClock
 
 # The demo's figures for seed 1 and 40 jobs, as the table prints them:
@@ -159,7 +160,7 @@ class Upstream:
             hook()  # type: ignore[operator]
         self.during.clear()
         if self.fail:
-            from jobcredits_plugin.cli import UpstreamError
+            from jobcredits_plugin._demo import UpstreamError
 
             raise UpstreamError(f"{step} failed")
         return {"step": step}

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from jobcredits_plugin import InvalidArgument, Ledger
-from jobcredits_plugin.cli import export_journal, main
+from jobcredits_plugin._operations import export_journal
+from jobcredits_plugin.cli import main
 from jobcredits_plugin.testing import FakeClock
 
 
@@ -223,7 +224,7 @@ def test_prune_trims_the_journal_to_its_max_age_but_not_past_a_cursor(
 def test_prune_on_a_store_that_keeps_no_journal_still_prunes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from jobcredits_plugin.cli import prune_lines
+    from jobcredits_plugin._report import prune_lines
     from jobcredits_plugin.stores import BaseStore, MemoryStore
 
     class Journalless(MemoryStore):

@@ -26,18 +26,16 @@ from jobcredits_plugin import (
     Ledger,
     StoreUnavailable,
 )
-from jobcredits_plugin.cli import (
+from jobcredits_plugin._operations import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_SOFTWARE,
     EXIT_USAGE,
     CliError,
     describe_error,
-    main,
-    snapshot_lines,
-    stats_lines,
-    stats_of,
 )
+from jobcredits_plugin._report import snapshot_lines, stats_lines, stats_of
+from jobcredits_plugin.cli import main
 from jobcredits_plugin.stores import BaseStore, MemoryStore
 from jobcredits_plugin.stores._base import ClaimRequest
 

@@ -26,19 +26,16 @@ adapter; this module only reads Flask's request and writes Flask's response.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import attrs
 
 try:
-    import click
     import flask
-    from flask.cli import AppGroup
     from werkzeug.exceptions import HTTPException
 except ImportError as exc:  # tested by hiding flask from sys.modules
     raise ImportError(
@@ -51,6 +48,7 @@ from ._errors import (
     InvalidArgument,
     JobCreditsError,
 )
+from ._flask_cli import build_group
 from ._ledger import Ledger
 from ._records import Charge
 from ._settings import DEFAULTS as SETTINGS_DEFAULTS
@@ -71,8 +69,6 @@ from ._web import (
     start_call,
     waits_for_body,
 )
-from .cli import balance_lines, prune_lines, snapshot_lines
-from .stores._urls import redact_text
 
 __all__ = [
     "JobCredits",
@@ -465,75 +461,5 @@ def charges_credit(
 
 # -- the CLI ------------------------------------------------------------------------
 
-cli = AppGroup(
-    "jobcredits",
-    help="Inspect and settle this app's job credits ledger (JOBCREDITS_URL).",
-)
-
-
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    """A ledger error as one line on stderr and exit status 1, like the
-    ``jobcredits`` command, instead of a traceback."""
-    try:
-        yield
-    except JobCreditsError as err:
-        raise click.ClickException(redact_text(err.detail)) from err
-
-
-@cli.command("snapshot")
-@click.option("--json", "as_json", is_flag=True, help="Print every live job as a JSON array.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=50,
-    show_default=True,
-    help="Rows of the table.",
-)
-def _snapshot_command(as_json: bool, limit: int) -> None:
-    """List the live jobs."""
-    with _reported():
-        records = get_ledger().snapshot()
-    for line in snapshot_lines(records, as_json=as_json, limit=limit):
-        click.echo(line)
-
-
-@cli.command("prune")
-def _prune_command() -> None:
-    """Remove expired jobs and refund first calls whose lease ran out."""
-    with _reported():
-        lines = prune_lines(get_ledger())
-    for line in lines:
-        click.echo(line)
-
-
-@cli.command("grant")
-@click.option(
-    "--id",
-    "grant_id",
-    metavar="ID",
-    default=None,
-    help="The grant's idempotency key: rerunning with the same ID grants nothing more.",
-)
-@click.argument("account")
-@click.argument("amount", metavar="N", type=int)
-def _grant_command(account: str, amount: int, grant_id: str | None) -> None:
-    """Add N credits to ACCOUNT and print the new balance.
-
-    A negative N takes credits away (write -- before it: grant -- ACCOUNT -5).
-    With --id the grant is safe to retry: the same ID for the same account is
-    applied once (for at least 7 days); a repeat prints the first one's balance.
-    """
-    with _reported():
-        click.echo(str(get_ledger().grant(account, amount, grant_id=grant_id)))
-
-
-@cli.command("balance")
-@click.argument("account")
-def _balance_command(account: str) -> None:
-    """Print ACCOUNT's balance."""
-    with _reported():
-        balance, note = balance_lines(get_ledger(), account, "JOBCREDITS_BALANCES")
-    if note is not None:
-        click.echo(note, err=True)
-    click.echo(balance)
+#: The ``flask jobcredits`` commands: those of ``jobcredits``, on the app's ledger.
+cli = build_group(get_ledger, _spell)
