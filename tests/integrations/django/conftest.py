@@ -13,24 +13,13 @@ from __future__ import annotations
 import pytest
 
 try:
-    import django
-    from django.conf import settings
+    import django  # noqa: F401
 except ImportError:  # the test modules skip themselves
-    django = None
+    pass
+else:
+    from .settings import configure_once
 
-
-def _configure() -> None:
-    from . import settings as test_settings
-
-    if not settings.configured:
-        settings.configure(
-            **{name: getattr(test_settings, name) for name in dir(test_settings) if name.isupper()}
-        )
-    django.setup()
-
-
-if django is not None:
-    _configure()
+    configure_once()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Django settings for the adapter's tests (applied by conftest.py with
-``settings.configure``, so that no DJANGO_SETTINGS_MODULE leaks into the
+"""Django settings for the adapter's tests (applied by :func:`configure_once`
+with ``settings.configure``, so that no DJANGO_SETTINGS_MODULE leaks into the
 environment of other tests or of the subprocesses they start)."""
 
 import importlib.util
@@ -33,3 +33,15 @@ REST_FRAMEWORK = {
 # Most tests name the account in an X-Account header; the default account
 # (request.user) has tests of its own.
 JOBCREDITS = {"ACCOUNT": "tests.integrations.django.views.account_from_header"}
+
+
+def configure_once() -> None:
+    """Configure this process's Django with these settings, unless it is
+    already (conftest.py here and tests/adapters/conftest.py both call it;
+    whichever pytest loads first does the work)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(**{name: value for name, value in globals().items() if name.isupper()})
+    django.setup()
