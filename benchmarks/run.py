@@ -210,67 +210,36 @@ def _pairs(accounts: Sequence[str], n: int) -> list[tuple[str, str]]:
     return [(accounts[i % len(accounts)], job) for i, job in enumerate(_job_ids(n))]
 
 
+def _load_sibling(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` by path: this file may itself have been
+    loaded by path (the smoke test), with ``benchmarks/`` not on sys.path."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location(f"jobcredits_benchmarks_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
 # --------------------------------------------------------------------------------------
 # (a) The original's algorithm, ported as is
 # --------------------------------------------------------------------------------------
 
 
-class OriginalPort:
-    """A direct port of the original ``job-credits.js``: one dict keyed by
-    ``f"{install}|{job}"``, and a scan of every entry to prune expired ones on
-    every ``lookup_job`` and every ``mark_job_charged``. Lookup and mark are two
-    separate steps, as in the original (that is its race, kept here)."""
-
-    JOB_TTL = 3600.0
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.clock = clock
-
-    @staticmethod
-    def key(install_id: str, job_id: str) -> str:
-        return f"{install_id}|{job_id}"
-
-    def lookup_job(self, install_id: str, job_id: str) -> dict[str, Any] | None:
-        if not install_id or not job_id:
-            return None
-        self._prune_expired()
-        existing = self.jobs.get(self.key(install_id, job_id))
-        if existing is not None and not existing["refunded"]:
-            return existing
-        return None
-
-    def mark_job_charged(
-        self, install_id: str, job_id: str, *, backend: str | None, tier: str | None
-    ) -> None:
-        if not install_id or not job_id:
-            return
-        self._prune_expired()
-        k = self.key(install_id, job_id)
-        existing = self.jobs.get(k)
-        if existing is not None and not existing["refunded"]:
-            return
-        self.jobs[k] = {
-            "backend": backend,
-            "tier": tier,
-            "charged_at": self.clock(),
-            "refunded": False,
-        }
-
-    def refund_job(self, install_id: str, job_id: str) -> None:
-        if not install_id or not job_id:
-            return
-        existing = self.jobs.get(self.key(install_id, job_id))
-        if existing is not None:
-            existing["refunded"] = True
-
-    def _prune_expired(self) -> None:
-        # JS deletes from a Map while iterating it; a Python dict needs the
-        # keys collected first. Either way every entry is visited.
-        cutoff = self.clock() - self.JOB_TTL
-        jobs = self.jobs
-        for k in [k for k, v in jobs.items() if v["charged_at"] < cutoff]:
-            del jobs[k]
+#: The port of the original ``job-credits.js`` (benchmarks/_original.py, which
+#: tests/test_original.py replays against the ledger): one dict keyed by
+#: ``f"{install}|{job}"``, a scan of every entry on every ``lookup_job`` and
+#: ``mark_job_charged``, and lookup and mark as two separate steps (that is its
+#: race, kept here).
+OriginalJobCredits = _load_sibling("_original").OriginalJobCredits
 
 
 # --------------------------------------------------------------------------------------
@@ -316,14 +285,14 @@ class _PortSubject:
 
     def __init__(self, size: int, accounts: Sequence[str]) -> None:
         self.clock = FakeClock()
-        self.port = OriginalPort(self.clock)
+        self.port = OriginalJobCredits(self.clock)
         self.accounts = accounts
         self.size = size
-        now = self.clock()
+        now = self.port.now_ms()
         # Filled directly: marking one by one would scan O(n^2) entries for
         # the same end state.
         for acct, job in _pairs(accounts, size):
-            self.port.jobs[OriginalPort.key(acct, job)] = {
+            self.port.jobs[OriginalJobCredits.key(acct, job)] = {
                 "backend": None,
                 "tier": None,
                 "charged_at": now,
@@ -345,7 +314,7 @@ class _PortSubject:
         per_op = _timed(run)
         assert len(self.port.jobs) == self.size + n
         for acct, job in pairs:
-            del self.port.jobs[OriginalPort.key(acct, job)]
+            del self.port.jobs[OriginalJobCredits.key(acct, job)]
         return per_op
 
 
@@ -761,25 +730,6 @@ def machine_info() -> dict[str, Any]:
 #: ``name``, ``figure``, ``unit``, and optionally ``key``, ``op``, ``target``,
 #: ``details``). A module whose framework is not installed is skipped.
 ADAPTER_MODULES = ("adapters", "fastapi_bench")
-
-
-def _load_sibling(name: str) -> Any:
-    """Import ``benchmarks/<name>.py`` by path: this file may itself have been
-    loaded by path (the smoke test), with ``benchmarks/`` not on sys.path."""
-    path = Path(__file__).resolve().parent / f"{name}.py"
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location(f"jobcredits_benchmarks_{name}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    except ImportError:
-        sys.modules.pop(spec.name, None)
-        raise
-    return module
 
 
 #: Modules measuring the shared stores against their server's own floor (a

@@ -1,12 +1,13 @@
 """The original JavaScript module's behaviour, replayed against the ledger.
 
-``OriginalJobCredits`` below is a line-by-line port of
-``recap-relay/server/job-credits.js`` (lookupJob, markJobCharged, refundJob,
-snapshotJobs, a ``Map`` keyed by ``install_id|job_id``), with its ``Date.now()``
-taken from a fake clock. ``original_call`` is how the relay used it: look the
-job up, and on a miss charge a credit and mark the job. The tests drive both
-with the same steps and compare what a client would see; the last tests show
-where the ledger deliberately differs.
+``OriginalJobCredits`` (``benchmarks/_original.py``, the port the benchmark
+times too) is ``recap-relay/server/job-credits.js`` function by function
+(lookupJob, markJobCharged, refundJob, snapshotJobs, a ``Map`` keyed by
+``install_id|job_id``), with its ``Date.now()`` taken from a fake clock.
+``original_call`` is how the relay used it: look the job up, and on a miss
+charge a credit and mark the job. The tests drive both with the same steps
+and compare what a client would see; the last tests show where the ledger
+deliberately differs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from benchmarks._original import OriginalJobCredits
 
 from jobcredits_plugin import (
     InvalidJobId,
@@ -23,63 +25,6 @@ from jobcredits_plugin import (
     current_charge,
 )
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger
-
-JOB_TTL_MS = 60 * 60 * 1000  # 1 hour, as in the original
-
-
-class OriginalJobCredits:
-    """A faithful Python port of the original in-memory module."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.jobs: dict[str, dict[str, Any]] = {}  # Map<install_id|job_id, {...}>
-        self.clock = clock
-
-    def now_ms(self) -> int:
-        return int(self.clock() * 1000)
-
-    @staticmethod
-    def key(install_id: str, job_id: str) -> str:
-        return f"{install_id}|{job_id}"
-
-    def lookup_job(self, install_id: str, job_id: str) -> dict[str, Any] | None:
-        if not install_id or not job_id:
-            return None
-        self.prune_expired()
-        existing = self.jobs.get(self.key(install_id, job_id))
-        if existing and not existing["refunded"]:
-            return existing
-        return None
-
-    def mark_job_charged(self, install_id: str, job_id: str, *, backend: Any, tier: Any) -> None:
-        if not install_id or not job_id:
-            return
-        self.prune_expired()
-        k = self.key(install_id, job_id)
-        if k in self.jobs and not self.jobs[k]["refunded"]:
-            return
-        self.jobs[k] = {
-            "backend": backend,
-            "tier": tier,
-            "charged_at": self.now_ms(),
-            "refunded": False,
-        }
-
-    def refund_job(self, install_id: str, job_id: str) -> None:
-        if not install_id or not job_id:
-            return
-        existing = self.jobs.get(self.key(install_id, job_id))
-        if existing:
-            existing["refunded"] = True
-
-    def prune_expired(self) -> None:
-        cutoff = self.now_ms() - JOB_TTL_MS
-        for k in list(self.jobs):
-            if self.jobs[k]["charged_at"] < cutoff:
-                del self.jobs[k]
-
-    def snapshot_jobs(self) -> list[dict[str, Any]]:
-        self.prune_expired()
-        return [{"key": k, **v} for k, v in self.jobs.items()]
 
 
 def original_call(
