@@ -20,10 +20,19 @@ from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpRespon
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 
-from jobcredits_plugin import Ledger, header
+from jobcredits_plugin import Ledger, current_charge, header
 from jobcredits_plugin.django import charges_credit
 
-from ._harness import COST, Answer, AppClient, Behaviour, HandlerFailed, headers_of, run_status
+from ._harness import (
+    COST,
+    SCOPE,
+    Answer,
+    AppClient,
+    Behaviour,
+    HandlerFailed,
+    headers_of,
+    run_status,
+)
 
 #: The HTTP exceptions Django answers 4xx, by status.
 _HTTP_ERRORS: dict[int, type[Exception]] = {
@@ -41,7 +50,8 @@ def _run(request: Any, behaviour: Behaviour) -> HttpResponse:
 
 
 def _answer(response: Any, body: bytes) -> Answer:
-    return Answer(response.status_code, headers_of(response.headers.items()), body)
+    pairs = headers_of(response.headers.items())
+    return Answer(response.status_code, pairs, body, current_charge())
 
 
 def build(
@@ -55,6 +65,7 @@ def build(
 ) -> AppClient:
     charged = charges_credit(
         cost=COST,
+        scope=SCOPE,
         ledger=ledger,
         account=header("X-Account"),
         on_missing=on_missing,  # type: ignore[arg-type]

@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from jobcredits_plugin import Charge, Ledger, header
 from jobcredits_plugin.fastapi import JobCredits, charge_credit, charges_credit
 
-from ._harness import COST, Answer, AppClient, Behaviour, HandlerFailed, asgi_request, run_status
+from ._harness import (
+    COST,
+    SCOPE,
+    Answer,
+    AppClient,
+    Behaviour,
+    HandlerFailed,
+    asgi_request,
+    run_status,
+)
 
 # No ``from __future__ import annotations`` here: FastAPI reads the
 # endpoints' annotations, which name objects local to build().
@@ -43,7 +52,7 @@ def build(
         return StreamingResponse(behaviour.chunks(), media_type="text/plain")
 
     if style == "depends":
-        Charged = Annotated[Charge | None, Depends(charge_credit(cost=COST))]
+        Charged = Annotated[Charge | None, Depends(charge_credit(cost=COST, scope=SCOPE))]
 
         @app.post("/run")
         async def run(request: Request, charge: Charged) -> JSONResponse:
@@ -58,7 +67,7 @@ def build(
             return stream()
 
     else:
-        charged = charges_credit(cost=COST)
+        charged = charges_credit(cost=COST, scope=SCOPE)
 
         @app.post("/run")
         @charged

@@ -9,10 +9,19 @@ from typing import Any
 
 import flask
 
-from jobcredits_plugin import Ledger, header
+from jobcredits_plugin import Ledger, current_charge, header
 from jobcredits_plugin.flask import JobCredits, charges_credit
 
-from ._harness import COST, Answer, AppClient, Behaviour, HandlerFailed, headers_of, run_status
+from ._harness import (
+    COST,
+    SCOPE,
+    Answer,
+    AppClient,
+    Behaviour,
+    HandlerFailed,
+    headers_of,
+    run_status,
+)
 
 
 def _run(behaviour: Behaviour) -> Any:
@@ -38,7 +47,7 @@ def build(
         JOBCREDITS_FAIL_OPEN=fail_open,
     )
     JobCredits(app, ledger)
-    charged = charges_credit(cost=COST)
+    charged = charges_credit(cost=COST, scope=SCOPE)
 
     def stream() -> flask.Response:
         return flask.Response(behaviour.chunks(), mimetype="text/plain")
@@ -84,6 +93,7 @@ def build(
             body = response.get_data()
         finally:
             response.close()
-        return Answer(response.status_code, headers_of(response.headers.items()), body)
+        pairs = headers_of(response.headers.items())
+        return Answer(response.status_code, pairs, body, current_charge())
 
     return AppClient(send, behaviour)

@@ -4,13 +4,17 @@ client gets, and framework-free WSGI and ASGI drivers.
 Each adapter module (``_flask``, ``_django``, ``_fastapi``, ``_middleware``)
 builds the same tiny app on a ledger it is given, with these routes:
 
-- ``POST /run``: answers ``{"outcome": ...}`` (what ``current_charge()`` said)
-  with the status of ``?status=N`` (default 200); ``?raise=N`` raises the
-  framework's HTTP exception for N instead (the middleware have no such
-  thing: their app answers N);
+- ``POST /run``: runs :attr:`Behaviour.during`, then answers
+  ``{"outcome": ...}`` (what ``current_charge()`` said) as JSON with the
+  status of ``?status=N`` (default 200); ``?raise=N`` raises the framework's
+  HTTP exception for N instead (the middleware have no such thing: their
+  app answers N);
 - ``POST /raise``: raises :class:`HandlerFailed`;
 - ``GET /stream`` (and ``HEAD``): a streamed body of :data:`CHUNKS`, which
-  calls :attr:`Behaviour.on_chunk` before each chunk is produced.
+  calls :attr:`Behaviour.on_chunk` before each chunk is produced, and breaks
+  where :attr:`Behaviour.breaks` says.
+
+Every route charges :data:`COST` credits in :data:`SCOPE`.
 
 and returns a :class:`Client`, whose answers are :class:`Answer` objects
 whatever the framework.
@@ -31,8 +35,9 @@ from jobcredits_plugin import Charge, current_charge
 ACCT = "acct-1"
 JOB = "job-1"
 PROBLEM = "application/problem+json"
-#: What every charging route of the test apps costs.
+#: What every charging route of the test apps costs, and its scope.
 COST = 2
+SCOPE = "summarize"
 #: What the streamed route produces, an empty chunk first (no byte yet).
 CHUNKS = (b"", b"part 1,", b"part 2")
 
@@ -41,28 +46,42 @@ class HandlerFailed(RuntimeError):
     """What ``POST /raise`` raises: a bug in the app's handler."""
 
 
+class StreamBroke(RuntimeError):
+    """What a streamed body raises where :attr:`Behaviour.breaks` says."""
+
+
 @attrs.define
 class Behaviour:
     """What a test app's handlers report to the test.
 
-    ``seen`` collects what ``current_charge()`` returned inside each handler
-    call; ``on_chunk`` runs before each streamed chunk is produced (a test
-    sets it to read the ledger as the body is being sent).
+    ``seen`` collects what ``current_charge()`` returned inside each call of
+    ``POST /run``; ``during`` runs there before it answers (a test sets it to
+    let the call outlive its lease); ``on_chunk`` runs before each streamed
+    chunk is produced (a test sets it to read the ledger as the body is
+    being sent); ``breaks`` makes the streamed body raise
+    :class:`StreamBroke` ``"before"`` its first byte (after the empty chunk)
+    or ``"after"`` it.
     """
 
     seen: list[Charge | None] = attrs.Factory(list)
+    during: Callable[[], None] = lambda: None
     on_chunk: Callable[[], None] = lambda: None
+    breaks: str | None = None
 
     def saw(self) -> dict[str, Any]:
-        """Note the handler's charge; the JSON body ``POST /run`` answers."""
+        """Note the handler's charge, run ``during``; the JSON body ``POST
+        /run`` answers."""
         charge = current_charge()
         self.seen.append(charge)
+        self.during()
         return {"outcome": charge.outcome if charge else None}
 
     def chunks(self) -> Iterator[bytes]:
         for chunk in CHUNKS:
             self.on_chunk()
             yield chunk
+            if (self.breaks, chunk) in (("before", b""), ("after", CHUNKS[1])):
+                raise StreamBroke(f"the stream broke {self.breaks} its first byte")
 
     async def achunks(self) -> AsyncIterator[bytes]:
         for chunk in self.chunks():
@@ -83,11 +102,17 @@ def run_status(params: Mapping[str, str]) -> int:
 
 @attrs.frozen
 class Answer:
-    """One response as the client got it (header names lower-case)."""
+    """One response as the client got it (header names lower-case).
+
+    ``charge_after`` is what ``current_charge()`` returned in the context the
+    request was sent from, once it was answered: the charge must not outlive
+    its request there (an in-process client runs the app in that context).
+    """
 
     status: int
     headers: Mapping[str, str]
     body: bytes
+    charge_after: Charge | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -211,9 +236,10 @@ def wsgi_request(
     except Exception:
         if raise_exceptions or started:
             raise
-        return Answer(500, {}, b"")
+        return Answer(500, {}, b"", current_charge())
     status, response_headers = started[-1]
-    return Answer(int(status.split()[0]), headers_of(response_headers), b"".join(written))
+    code = int(status.split()[0])
+    return Answer(code, headers_of(response_headers), b"".join(written), current_charge())
 
 
 # -- an ASGI server, played -----------------------------------------------------------
@@ -278,13 +304,13 @@ async def asgi_arequest(
         if raise_exceptions:
             raise
         if not sent:
-            return Answer(500, {}, b"")
+            return Answer(500, {}, b"", current_charge())
     finally:
         complete.set()
     start = next(m for m in sent if m["type"] == "http.response.start")
     pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])]
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return Answer(start["status"], headers_of(pairs), body)
+    return Answer(start["status"], headers_of(pairs), body, current_charge())
 
 
 def asgi_request(

@@ -14,6 +14,7 @@ from jobcredits_plugin import Ledger, header
 
 from ._harness import (
     COST,
+    SCOPE,
     Answer,
     AppClient,
     Behaviour,
@@ -25,7 +26,10 @@ from ._harness import (
 )
 
 #: The middleware's routes: the same three the framework apps decorate.
-ROUTES = {"POST /run": COST, "POST /raise": COST, "GET|HEAD /stream": COST}
+ROUTES = {
+    f"{methods} {path}": {"cost": COST, "scope": SCOPE}
+    for methods, path in [("POST", "/run"), ("POST", "/raise"), ("GET|HEAD", "/stream")]
+}
 
 
 def _answer(params: Mapping[str, str]) -> int:

@@ -50,11 +50,15 @@ class Expect:
       code. Flask answers OPTIONS itself, FastAPI answers 405 for a route
       without it, the middleware's routes name their methods; a Django
       function view is called whatever the method.
+    - ``problem_length``: whether a problem answer carries its
+      ``Content-Length``; Django's ``HttpResponse`` leaves it to the server
+      (or to ``CommonMiddleware``).
     """
 
     raised_page_charge: str | None = None
     http_error_charge: str | None = "charged"
     options_charged: bool = False
+    problem_length: bool = True
 
 
 @attrs.frozen
@@ -71,6 +75,8 @@ class Adapter:
     expect: Expect = Expect()
 
 
+DJANGO = Expect(http_error_charge=None, options_charged=True, problem_length=False)
+
 ADAPTERS = [
     Adapter("flask", ("flask",), "_flask", expect=Expect(raised_page_charge="refunded")),
     Adapter(
@@ -84,14 +90,14 @@ ADAPTERS = [
         "django",
         ("django",),
         "_django",
-        expect=Expect(http_error_charge=None, options_charged=True),
+        expect=DJANGO,
     ),
     Adapter(
         "django-async",
         ("django",),
         "_django",
         options={"asynchronous": True},
-        expect=Expect(http_error_charge=None, options_charged=True),
+        expect=DJANGO,
     ),
     Adapter("fastapi-depends", ("fastapi",), "_fastapi", options={"style": "depends"}),
     Adapter("fastapi-decorator", ("fastapi",), "_fastapi", options={"style": "decorator"}),

@@ -5,38 +5,75 @@ and ASGI middleware; see conftest.py).
 Each test runs once per adapter, through that framework's own request
 handling, on the same app (``_harness``). Where adapters differ by design
 the test reads the adapter's :class:`~tests.adapters.conftest.Expect`.
-Adapter-specific behaviour (configuration, class-based views, OpenAPI,
-dependencies failing validation...) stays in tests/integrations,
-tests/test_wsgi.py and tests/test_asgi.py.
+What only one adapter has (its configuration, class-based views, OpenAPI,
+route tables, dependencies failing validation, two calls of a job really
+overlapping...) stays in tests/integrations, tests/test_wsgi.py and
+tests/test_asgi.py.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 import pytest
 
 from jobcredits_plugin import Ledger
-from jobcredits_plugin.testing import RecordingPlugin, make_ledger
+from jobcredits_plugin.stores import MemoryStore
+from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger
 
-from ._harness import ACCT, CHUNKS, COST, JOB, PROBLEM, Answer, HandlerFailed
+from ._harness import (
+    ACCT,
+    CHUNKS,
+    COST,
+    JOB,
+    PROBLEM,
+    SCOPE,
+    Answer,
+    HandlerFailed,
+    StreamBroke,
+)
 from .conftest import Adapter, MakeClient
 
 
 def state(ledger: Ledger, job: str = JOB) -> str | None:
-    record = ledger.lookup(ACCT, job)
+    record = ledger.lookup(ACCT, job, scope=SCOPE)
     return None if record is None else record.state
 
 
-def assert_problem(answer: Answer, status: int, code: str, path: str = "/run") -> dict[str, Any]:
-    """An RFC 9457 answer: the status, the content type, the code, the path."""
+def assert_problem(
+    adapter: Adapter, answer: Answer, status: int, code: str, path: str = "/run"
+) -> dict[str, Any]:
+    """An RFC 9457 answer: the status, the content type, the code, the path;
+    no charge header (nothing was charged); its length where the adapter
+    gives it (``Expect``)."""
     assert answer.status == status
     assert answer.header("Content-Type") == PROBLEM
+    length = str(len(answer.body)) if adapter.expect.problem_length else None
+    assert answer.header("Content-Length") == length
     doc: dict[str, Any] = answer.json()
     assert (doc["status"], doc["code"], doc["instance"]) == (status, code, path)
     assert answer.header("X-Job-Charge") is None
     return doc
+
+
+class UnreachableStore(MemoryStore):
+    """A store whose backend cannot be reached: every claim fails as a
+    driver's would."""
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("backend unreachable")
+
+
+def closed_ledger() -> Ledger:
+    ledger = make_ledger()
+    ledger.close()
+    return ledger
+
+
+#: Two ways a store is down: a closed ledger, a backend that does not answer.
+DOWN = {"closed": closed_ledger, "unreachable": lambda: Ledger(UnreachableStore())}
 
 
 # -- charged once, then free -------------------------------------------------------------
@@ -46,15 +83,18 @@ def test_first_call_charges_then_follow_up_is_free(
     make_client: MakeClient, ledger: Ledger, events: RecordingPlugin
 ) -> None:
     """The first call of a job is charged and confirmed, the next one with
-    the same id rides free; both say so, echo the job id and give the
-    balance, which moved once; the handler saw each call's Charge; each
-    event's hook fired once."""
+    the same id rides free; both say so, echo the job id, give the balance
+    (which moved once) and keep the app's own headers; the handler saw each
+    call's Charge, which does not outlive the request; each event's hook
+    fired once."""
     client = make_client()
     first = client.post()
     assert first.status == 200
     assert first.json() == {"outcome": "charged"}
+    assert first.header("Content-Type") == "application/json"
     assert (first.header("X-Job-Charge"), first.header("X-Job-Id")) == ("charged", JOB)
     assert first.header("X-Credits-Remaining") == str(10 - COST)
+    assert first.charge_after is None
     assert state(ledger) == "charged"
 
     second = client.post()
@@ -62,13 +102,16 @@ def test_first_call_charges_then_follow_up_is_free(
     assert second.json() == {"outcome": "reused"}
     assert (second.header("X-Job-Charge"), second.header("X-Job-Id")) == ("reused", JOB)
     assert second.header("X-Credits-Remaining") == str(10 - COST)
+    assert second.charge_after is None
 
-    record = ledger.lookup(ACCT, JOB)
+    record = ledger.lookup(ACCT, JOB, scope=SCOPE)
     assert record is not None
     assert (record.state, record.uses, record.cost) == ("charged", 2, COST)
     assert ledger.balance(ACCT) == 10 - COST
     assert events.kinds() == ["charge", "reuse"]
-    assert [c.outcome if c else None for c in client.behaviour.seen] == ["charged", "reused"]
+    seen = client.behaviour.seen
+    assert [c.outcome if c else None for c in seen] == ["charged", "reused"]
+    assert [(c.record.job_id, c.record.scope) if c else None for c in seen] == [(JOB, SCOPE)] * 2
 
 
 def test_balances_off_sends_no_credits_header(make_client: MakeClient) -> None:
@@ -79,17 +122,19 @@ def test_balances_off_sends_no_credits_header(make_client: MakeClient) -> None:
 
 
 def test_another_job_is_charged_again(make_client: MakeClient, ledger: Ledger) -> None:
-    """Another job id is another job: charged again."""
+    """Another job id is another job: charged again, and the balance says so."""
     client = make_client()
-    assert client.post(job="job-a").header("X-Job-Charge") == "charged"
-    assert client.post(job="job-b").header("X-Job-Charge") == "charged"
+    first, second = client.post(job="job-a"), client.post(job="job-b")
+    assert (first.header("X-Job-Charge"), second.header("X-Job-Charge")) == ("charged", "charged")
+    assert first.header("X-Credits-Remaining") == str(10 - COST)
+    assert second.header("X-Credits-Remaining") == str(10 - 2 * COST)
     assert ledger.balance(ACCT) == 10 - 2 * COST
 
 
 # -- what counts as failure ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
 def test_a_5xx_answer_refunds(
     make_client: MakeClient, ledger: Ledger, events: RecordingPlugin, status: int
 ) -> None:
@@ -106,9 +151,10 @@ def test_a_5xx_answer_refunds(
     assert client.post().header("X-Job-Charge") == "charged"
 
 
-@pytest.mark.parametrize("status", [400, 404, 422])
-def test_a_4xx_answer_confirms(make_client: MakeClient, ledger: Ledger, status: int) -> None:
-    """A 4xx answer served the client's mistake: confirmed, not refunded."""
+@pytest.mark.parametrize("status", [201, 302, 400, 404, 422, 429, 499])
+def test_an_answer_below_500_confirms(make_client: MakeClient, ledger: Ledger, status: int) -> None:
+    """An answer below 500 served the call, a 4xx the client's mistake:
+    confirmed, not refunded."""
     answer = make_client().post(f"/run?status={status}")
     assert answer.status == status
     assert answer.header("X-Job-Charge") == "charged"
@@ -137,13 +183,13 @@ def test_a_raised_exception_refunds_and_reaches_the_caller(
     the test client, as it would to the server)."""
     with pytest.raises(HandlerFailed, match="the handler failed"):
         make_client().post("/raise")
-    assert state(ledger, JOB) is None
+    assert state(ledger) is None
     assert ledger.balance(ACCT) == 10
     assert events.kinds() == ["charge", "refund"]
 
 
 def test_a_raised_exception_is_answered_500(
-    make_client: MakeClient, adapter: Adapter, ledger: Ledger
+    make_client: MakeClient, adapter: Adapter, ledger: Ledger, events: RecordingPlugin
 ) -> None:
     """Answered rather than propagated, it is a 500 (the framework's page,
     or the server's behind a middleware), refunded; only Flask's page
@@ -153,6 +199,7 @@ def test_a_raised_exception_is_answered_500(
     assert answer.header("X-Job-Charge") == adapter.expect.raised_page_charge
     assert state(ledger) is None
     assert ledger.balance(ACCT) == 10
+    assert events.kinds() == ["charge", "refund"]
 
 
 def test_a_failing_follow_up_refunds_nothing(
@@ -169,22 +216,70 @@ def test_a_failing_follow_up_refunds_nothing(
     assert events.kinds() == ["charge", "reuse"]
 
 
+# -- the headers tell what really happened ----------------------------------------------
+
+
+def test_headers_say_refunded_when_a_prune_refunded_the_charge_meanwhile(
+    make_client: MakeClient, ledger: Ledger, clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """A handler that outlives its lease, whose charge a prune refunded
+    meanwhile, answers X-Job-Charge: refunded with the refunded balance,
+    not "charged": the confirm matched nothing."""
+    client = make_client()
+
+    def outlive() -> None:
+        clock.advance(ledger.lease + 1)
+        assert [r.job_id for r in ledger.prune()] == [JOB]
+
+    client.behaviour.during = outlive
+    answer = client.post()
+    assert answer.status == 200
+    assert answer.header("X-Job-Charge") == "refunded"
+    assert answer.header("X-Credits-Remaining") == "10"
+    assert ledger.balance(ACCT) == 10
+    assert state(ledger) is None
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_headers_after_a_takeover_give_the_balance_as_it_is(
+    make_client: MakeClient, ledger: Ledger, clock: FakeClock, events: RecordingPlugin
+) -> None:
+    """The job's next call took the outliving call's job over (refunding it,
+    then charging itself): the outliving call answers refunded, and its
+    X-Credits-Remaining is the balance read again, with the new charge in it."""
+    client = make_client()
+
+    def taken_over() -> None:
+        clock.advance(ledger.lease + 1)
+        assert ledger.charge(ACCT, JOB, scope=SCOPE, cost=COST).charged
+
+    client.behaviour.during = taken_over
+    answer = client.post()
+    assert answer.header("X-Job-Charge") == "refunded"
+    assert answer.header("X-Credits-Remaining") == str(10 - COST)
+    assert ledger.balance(ACCT) == 10 - COST
+    assert state(ledger) == "pending"  # the new charge, not the outliving call's
+    assert events.kinds() == ["charge", "refund", "charge"]
+
+
 # -- refused calls: problem+json --------------------------------------------------------
 
 
-def test_no_account_is_401(make_client: MakeClient, ledger: Ledger) -> None:
+def test_no_account_is_401(make_client: MakeClient, adapter: Adapter, ledger: Ledger) -> None:
     """The account callable returned None: 401, the handler never runs."""
     client = make_client()
-    assert_problem(client.post(account=None), 401, "not_authenticated")
+    assert_problem(adapter, client.post(account=None), 401, "not_authenticated")
     assert client.behaviour.seen == []
     assert ledger.snapshot() == []
 
 
 @pytest.mark.parametrize("job", ["not a valid id!", "x" * 129])
-def test_an_invalid_job_id_is_400(make_client: MakeClient, ledger: Ledger, job: str) -> None:
+def test_an_invalid_job_id_is_400(
+    make_client: MakeClient, adapter: Adapter, ledger: Ledger, job: str
+) -> None:
     """A job id outside [A-Za-z0-9._:-]{1,128}: 400, nothing recorded."""
     client = make_client()
-    assert_problem(client.post(job=job), 400, "invalid_job_id")
+    assert_problem(adapter, client.post(job=job), 400, "invalid_job_id")
     assert client.behaviour.seen == []
     assert ledger.snapshot() == []
 
@@ -200,52 +295,96 @@ def test_a_missing_job_id_is_charged_under_a_minted_one(
     assert minted is not None
     assert str(uuid.UUID(minted)) == minted
     assert first.header("X-Job-Charge") == "charged"
-    assert client.post(job=minted).header("X-Job-Charge") == "reused"
+    assert first.json() == {"outcome": "charged"}
+    again = client.post(job=minted)
+    assert again.header("X-Job-Charge") == "reused"
+    assert again.json() == {"outcome": "reused"}
     assert ledger.balance(ACCT) == 10 - COST
 
 
-def test_a_missing_job_id_rejected_is_400(make_client: MakeClient, ledger: Ledger) -> None:
+def test_a_missing_job_id_rejected_is_400(
+    make_client: MakeClient, adapter: Adapter, ledger: Ledger
+) -> None:
     """on_missing="reject": a call without a job id is 400 missing_job_id."""
     client = make_client(on_missing="reject")
-    assert_problem(client.post(job=None), 400, "missing_job_id")
+    assert_problem(adapter, client.post(job=None), 400, "missing_job_id")
     assert client.behaviour.seen == []
+    assert ledger.snapshot() == []
     assert client.post().header("X-Job-Charge") == "charged"
 
 
-def test_insufficient_credits_is_402(make_client: MakeClient, ledger: Ledger) -> None:
-    """Balance below the cost: 402 with the balance and the cost; nothing
-    recorded, the handler never runs."""
+def test_insufficient_credits_is_402(
+    make_client: MakeClient, adapter: Adapter, ledger: Ledger
+) -> None:
+    """Balance below the cost: 402 with the balance and the cost, no
+    Retry-After; nothing recorded, the handler never runs."""
     ledger.grant("poor", 1)
     client = make_client()
-    doc = assert_problem(client.post(account="poor"), 402, "insufficient_credits")
+    answer = client.post(account="poor")
+    doc = assert_problem(adapter, answer, 402, "insufficient_credits")
     assert (doc["balance"], doc["cost"]) == (1, COST)
-    assert ledger.lookup("poor", JOB) is None
+    assert answer.header("Retry-After") is None
+    assert ledger.lookup("poor", JOB, scope=SCOPE) is None
     assert client.behaviour.seen == []
 
 
-def test_a_store_down_is_503_with_retry_after(make_client: MakeClient) -> None:
-    """The store is unreachable: 503 with Retry-After; the handler never runs."""
-    down = make_ledger()
-    down.close()
-    client = make_client(down)
+def test_a_job_in_progress_is_409_with_retry_after(
+    make_client: MakeClient, adapter: Adapter, ledger: Ledger
+) -> None:
+    """A call of a job whose first call is still pending: 409 with
+    Retry-After (the 60 s lease left, capped at 5 by default); the handler
+    never runs. (Two calls really overlapping: each adapter's own tests.)"""
+    ledger.charge(ACCT, JOB, scope=SCOPE, cost=COST)
+    client = make_client()
     answer = client.post()
-    assert_problem(answer, 503, "store_unavailable")
+    doc = assert_problem(adapter, answer, 409, "job_in_progress")
+    assert answer.header("Retry-After") == "5"
+    assert doc["retry_after"] == 5
+    assert client.behaviour.seen == []
+
+
+def test_a_job_exhausted_is_409_without_retry_after(
+    make_client: MakeClient, adapter: Adapter
+) -> None:
+    """max_uses reached: 409 job_exhausted, and no Retry-After (retrying
+    cannot help)."""
+    client = make_client(make_ledger(max_uses=1))
+    assert client.post().status == 200
+    answer = client.post()
+    assert_problem(adapter, answer, 409, "job_exhausted")
+    assert answer.header("Retry-After") is None
+    assert len(client.behaviour.seen) == 1
+
+
+@pytest.mark.parametrize("down", list(DOWN))
+def test_a_store_down_is_503_with_retry_after(
+    make_client: MakeClient, adapter: Adapter, down: str
+) -> None:
+    """The store is unreachable: 503 with Retry-After; the handler never runs."""
+    client = make_client(DOWN[down]())
+    answer = client.post()
+    assert_problem(adapter, answer, 503, "store_unavailable")
     assert answer.header("Retry-After") == "1"
     assert client.behaviour.seen == []
 
 
-def test_fail_open_serves_uncharged(make_client: MakeClient) -> None:
+@pytest.mark.parametrize("down", list(DOWN))
+def test_fail_open_serves_uncharged_and_says_so_in_the_log(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, down: str
+) -> None:
     """fail_open with the store down: the handler runs with no charge, the
-    answer has no X-Job-Charge and echoes the job id."""
-    down = make_ledger()
-    down.close()
-    client = make_client(down, fail_open=True)
-    answer = client.post()
+    answer has no X-Job-Charge and echoes the job id, and the free pass is
+    logged."""
+    client = make_client(DOWN[down](), fail_open=True)
+    with caplog.at_level(logging.WARNING, logger="jobcredits_plugin"):
+        answer = client.post()
     assert answer.status == 200
     assert answer.json() == {"outcome": None}
     assert answer.header("X-Job-Charge") is None
+    assert answer.header("X-Credits-Remaining") is None
     assert answer.header("X-Job-Id") == JOB
     assert client.behaviour.seen == [None]
+    assert "UNCHARGED" in caplog.text
 
 
 # -- streamed bodies, HEAD, OPTIONS -------------------------------------------------------
@@ -266,6 +405,35 @@ def test_a_streamed_body_is_confirmed_at_its_first_byte(
     assert answer.header("X-Job-Charge") == "charged"
     assert states == ["pending", "pending", "charged"]
     assert state(ledger) == "charged"
+    assert ledger.balance(ACCT) == 10 - COST
+
+
+def test_a_stream_failing_before_its_first_byte_refunds(
+    make_client: MakeClient, ledger: Ledger, events: RecordingPlugin
+) -> None:
+    """A body that raises before producing a byte served nothing (the
+    server answers 500): refunded."""
+    client = make_client()
+    client.behaviour.breaks = "before"
+    with pytest.raises(StreamBroke, match="before its first byte"):
+        client.request("GET", "/stream")
+    assert state(ledger) is None
+    assert ledger.balance(ACCT) == 10
+    assert events.kinds() == ["charge", "refund"]
+
+
+def test_a_stream_failing_after_its_first_byte_stays_charged(
+    make_client: MakeClient, ledger: Ledger, events: RecordingPlugin
+) -> None:
+    """Once the first byte is out the client was answered: a later failure
+    of the body leaves the charge standing."""
+    client = make_client()
+    client.behaviour.breaks = "after"
+    with pytest.raises(StreamBroke, match="after its first byte"):
+        client.request("GET", "/stream")
+    assert state(ledger) == "charged"
+    assert ledger.balance(ACCT) == 10 - COST
+    assert events.kinds() == ["charge"]
 
 
 def test_head_is_charged_and_confirmed(make_client: MakeClient, ledger: Ledger) -> None:
