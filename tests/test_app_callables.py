@@ -26,7 +26,7 @@ from jobcredits_plugin import (
     charges_credit,
     header,
 )
-from jobcredits_plugin._decorator import account_source
+from jobcredits_plugin._headers import account_source
 from jobcredits_plugin.asgi import JobCreditsMiddleware as AsgiMiddleware
 from jobcredits_plugin.stores import MemoryStore
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin

@@ -12,7 +12,7 @@ from wsgiref.validate import validator
 import pytest
 
 from jobcredits_plugin import ConfigurationError, JobCreditsError, Ledger, current_charge, header
-from jobcredits_plugin._web import Route, compile_routes
+from jobcredits_plugin._middleware import Route, compile_routes
 from jobcredits_plugin.stores import MemoryStore
 from jobcredits_plugin.stores._base import ClaimRequest, ClaimResult
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger

@@ -9,7 +9,8 @@ the adapters (``jobcredits_plugin.flask``, ...) and the stores, imported only
 when used.
 """
 
-from ._decorator import charges_credit, current_charge, header
+from ._call import current_charge
+from ._decorator import charges_credit
 from ._errors import (
     ConfigurationError,
     InsufficientCredits,
@@ -23,6 +24,7 @@ from ._errors import (
     NotAuthenticated,
     StoreUnavailable,
 )
+from ._headers import header
 from ._journal import JournalCursor
 from ._ledger import Ledger
 from ._records import Charge, JobRecord, JournalEntry

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from ._call import DEFAULT_JOB_HEADER, JobCall
 from ._errors import JobCreditsError
-from ._web import DEFAULT_JOB_HEADER, JobCall, Problems, afinish_raised, render_problem
+from ._problems import Problems, render_problem
 
 __all__ = [
     "ASGIApp",
@@ -110,7 +111,7 @@ async def run_watched(
 
     The app's ``http.response.start`` is held until the first non-empty body
     chunk (or the body's end); then the start's status decides (see
-    ``_web.is_failure``), the call's headers are added to the start, and
+    ``_call.is_failure``), the call's headers are added to the start, and
     both go to the server. Settling there rather than after the body is what
     lets a follow-up sent the moment the client has the first bytes be
     ``reused`` instead of 409, and keeps a long stream from outliving the
@@ -152,7 +153,7 @@ async def run_watched(
     except BaseException as exc:
         watch.held = None  # never sent: the server answers the failure
         if watch.call is not None:
-            await afinish_raised(watch.call, exc)  # a no-op after the first byte
+            await watch.call.afinish_raised(exc)  # a no-op after the first byte
         raise
     if watch.held is not None:
         # Started, then returned without ending its body (not even an empty

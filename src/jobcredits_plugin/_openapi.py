@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._web import CREDITS_HEADER, JOB_CHARGE_HEADER, PROBLEM_CONTENT_TYPE
+from ._call import CREDITS_HEADER, JOB_CHARGE_HEADER
+from ._problems import PROBLEM_CONTENT_TYPE
 
 __all__ = ["PROBLEM_SCHEMA", "PROBLEM_SCHEMA_NAME", "document_operation"]
 

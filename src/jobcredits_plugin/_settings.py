@@ -26,11 +26,12 @@ from typing import Any
 
 import attrs
 
-from ._decorator import header
+from ._call import DEFAULT_JOB_HEADER
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
+from ._headers import header
 from ._ledger import Ledger
 from ._plugins import import_object, instantiate, ledger_from_url, load_plugin
-from ._web import DEFAULT_JOB_HEADER, DEFAULT_PROBLEMS, Problems, problems
+from ._problems import DEFAULT_PROBLEMS, Problems, problems
 from .stores import ACCEPTED, from_url, redact_url
 from .stores._urls import check_url_text, redact_text
 

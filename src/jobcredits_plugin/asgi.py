@@ -42,16 +42,11 @@ from ._asgi import (
     run_watched,
     send_problem,
 )
+from ._call import DEFAULT_JOB_HEADER, astart_call, bound
 from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
 from ._ledger import Ledger
-from ._web import (
-    DEFAULT_JOB_HEADER,
-    Route,
-    RoutedMiddleware,
-    app_account,
-    astart_call,
-    bound,
-)
+from ._middleware import Route, RoutedMiddleware
+from ._web import app_account
 
 __all__ = ["JobCreditsMiddleware"]
 
@@ -122,8 +117,8 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
         try:
             call = await astart_call(
                 self.ledger,
-                account=await app_account(self.account, scope),
-                **options.charge_args(self, scope, self.account),
+                await app_account(self.account, scope),
+                options.call_spec(self, scope, self.account),
             )
         except JobCreditsError as err:
             await send_problem(send, err, scope.get("path"), self.problems)

@@ -53,27 +53,17 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
 
 
 from ._asgi import ASGIApp, Receive, Scope, Send, Watch, run_watched
+from ._call import DEFAULT_JOB_HEADER, JobCall, astart_call, bind, bound, isolated
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._ledger import Ledger
 from ._openapi import PROBLEM_SCHEMA, PROBLEM_SCHEMA_NAME, document_operation
 from ._plugins import add_plugins, load_entry_points
+from ._problems import PROBLEM_CONTENT_TYPE, render_problem
 from ._records import Charge
 from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
-from ._web import (
-    DEFAULT_JOB_HEADER,
-    PROBLEM_CONTENT_TYPE,
-    JobCall,
-    Options,
-    app_account,
-    astart_call,
-    bind,
-    bound,
-    isolated,
-    render_problem,
-    route_options,
-)
+from ._web import Options, app_account, route_options
 
 __all__ = ["JobCredits", "charge_credit", "charges_credit"]
 
@@ -226,8 +216,8 @@ class JobCredits:
         job_header = opts.job_header(self)
         call = await astart_call(
             opts.ledger or self.ledger,
-            account=await app_account(account_fn, request),
-            **opts.charge_args(self, request, account_fn),
+            await app_account(account_fn, request),
+            opts.call_spec(self, request, account_fn),
         )
         watch.attach(call, job_header)
         return call

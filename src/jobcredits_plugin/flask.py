@@ -42,7 +42,15 @@ except ImportError as exc:  # tested by hiding flask from sys.modules
         'jobcredits_plugin.flask needs Flask: pip install "jobcredits-plugin[flask]"'
     ) from exc
 
-from ._decorator import current_charge
+from ._call import (
+    DEFAULT_JOB_HEADER,
+    CallSpec,
+    JobCall,
+    astart_call,
+    bound,
+    current_charge,
+    start_call,
+)
 from ._errors import (
     ConfigurationError,
     InvalidArgument,
@@ -50,25 +58,13 @@ from ._errors import (
 )
 from ._flask_cli import build_group
 from ._ledger import Ledger
+from ._problems import DEFAULT_PROBLEMS, Problems, render_problem
 from ._records import Charge
 from ._settings import DEFAULTS as SETTINGS_DEFAULTS
 from ._settings import Settings, import_callable, report
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
-from ._web import (
-    DEFAULT_JOB_HEADER,
-    DEFAULT_PROBLEMS,
-    JobCall,
-    Problems,
-    WatchedBody,
-    afinish_raised,
-    astart_call,
-    bound,
-    render_problem,
-    route_options,
-    start_call,
-    waits_for_body,
-)
+from ._web import WatchedBody, route_options, waits_for_body
 
 __all__ = [
     "JobCredits",
@@ -396,7 +392,7 @@ def charges_credit(
         request_kind="Flask request",
     )
 
-    def prepare() -> tuple[Ledger, dict[str, Any], str]:
+    def prepare() -> tuple[Ledger, Any, CallSpec, str]:
         state = get_state()
         req = flask.request._get_current_object()  # type: ignore[attr-defined]
         account_of = opts.account if opts.account is not None else state.account
@@ -405,17 +401,18 @@ def charges_credit(
                 "jobcredits needs to know who pays: set JOBCREDITS_ACCOUNT (a callable "
                 "of flask.request) or pass account= to charges_credit"
             )
-        params = {"account": account_of(req), **opts.charge_args(state, req, account_of)}
+        account = account_of(req)
+        spec = opts.call_spec(state, req, account_of)
         chosen = opts.ledger if opts.ledger is not None else state.ledger
-        return chosen, params, opts.job_header(state)
+        return chosen, account, spec, opts.job_header(state)
 
     def decorate(view: F) -> F:
         if inspect.iscoroutinefunction(view):
 
             @functools.wraps(view)
             async def async_wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-                chosen, params, job_header = prepare()
-                call = await astart_call(chosen, **params)
+                chosen, account, spec, job_header = prepare()
+                call = await astart_call(chosen, account, spec)
                 flask.request.environ[_CALL_KEY] = call
                 with bound(call):
                     try:
@@ -425,7 +422,7 @@ def charges_credit(
                         _headers_later(call, job_header)
                         raise
                     except BaseException as exc:  # cancelled included
-                        await afinish_raised(call, exc)
+                        await call.afinish_raised(exc)
                         _headers_later(call, job_header)
                         raise
                 if not _watch_stream(response, call):
@@ -436,8 +433,8 @@ def charges_credit(
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-            chosen, params, job_header = prepare()
-            call = start_call(chosen, **params)
+            chosen, account, spec, job_header = prepare()
+            call = start_call(chosen, account, spec)
             flask.request.environ[_CALL_KEY] = call
             with bound(call):
                 try:

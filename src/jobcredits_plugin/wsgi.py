@@ -32,17 +32,11 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
+from ._call import DEFAULT_JOB_HEADER, JobCall, bound, start_call
 from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
 from ._ledger import Ledger
-from ._web import (
-    DEFAULT_JOB_HEADER,
-    JobCall,
-    Route,
-    RoutedMiddleware,
-    bound,
-    close_then_settle,
-    start_call,
-)
+from ._middleware import Route, RoutedMiddleware
+from ._web import close_then_settle
 
 __all__ = ["JobCreditsMiddleware"]
 
@@ -208,8 +202,8 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
         try:
             call = start_call(
                 self.ledger,
-                account=self.account(environ),
-                **options.charge_args(self, environ, self.account),
+                self.account(environ),
+                options.call_spec(self, environ, self.account),
             )
         except JobCreditsError as err:
             status, headers, problem = self._render(err, path)

@@ -31,23 +31,18 @@ from django.http import (  # type: ignore[import-untyped]
 )
 from django.http.multipartparser import MultiPartParserError  # type: ignore[import-untyped]
 
+from .._call import JobCall, astart_call, bound, start_call
 from .._errors import JobCreditsError
 from .._ledger import Ledger
+from .._problems import Problems, render_problem
 from .._records import Charge
 from .._validation import configuration
 from .._web import (
     AsyncWatchedBody,
-    JobCall,
     Options,
-    Problems,
     WatchedBody,
-    afinish_raised,
     app_account,
-    astart_call,
-    bound,
-    render_problem,
     route_options,
-    start_call,
     waits_for_body,
 )
 from ._conf import aget_ledger, get_config, get_ledger
@@ -180,7 +175,7 @@ async def _afinish_raised(call: JobCall, exc: BaseException) -> None:
     the way every async adapter does (a cancellation without an await)."""
     status = client_error_status(exc)
     if status is None:
-        await afinish_raised(call, exc)
+        await call.afinish_raised(exc)
     else:
         await call.afinish(status)
 
@@ -224,9 +219,7 @@ def _sync_view(view: Callable[..., Any], opts: Options) -> Callable[..., Any]:
             account_of = opts.account or config.account or default_account
             account = account_of(request)
             ledger = opts.ledger if opts.ledger is not None else get_ledger()
-            call = start_call(
-                ledger, account=account, **opts.charge_args(config, request, account_of)
-            )
+            call = start_call(ledger, account, opts.call_spec(config, request, account_of))
         except JobCreditsError as err:
             return problem_response(err, request, config.problems)
         _attach(request, call.charge)
@@ -256,9 +249,7 @@ def _async_view(view: Callable[..., Awaitable[Any]], opts: Options) -> Callable[
             account_of = opts.account or config.account or adefault_account
             account = await app_account(account_of, request)
             ledger = opts.ledger if opts.ledger is not None else await aget_ledger()
-            call = await astart_call(
-                ledger, account=account, **opts.charge_args(config, request, account_of)
-            )
+            call = await astart_call(ledger, account, opts.call_spec(config, request, account_of))
         except JobCreditsError as err:
             return problem_response(err, request, config.problems)
         _attach(request, call.charge)
