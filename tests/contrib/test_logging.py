@@ -16,7 +16,12 @@ from typing import Any
 import pytest
 
 from jobcredits_plugin import JobCreditsError, Ledger, MissingJobId, StoreUnavailable
-from jobcredits_plugin.contrib.logging import DEFAULT_LOGGER, REDACTED, LoggingPlugin
+from jobcredits_plugin.contrib.logging import (
+    DEFAULT_LOGGER,
+    REDACTED,
+    LoggingPlugin,
+    SlowStoreLogPlugin,
+)
 from jobcredits_plugin.stores import ClaimRequest, ClaimResult, MemoryStore
 from jobcredits_plugin.testing import FakeClock, make_ledger
 
@@ -320,6 +325,38 @@ def test_fast_store_calls_stay_quiet(
     ledger = make(LoggingPlugin(slow_store_seconds=60.0))
     ledger.charge(A, "job-1")
     assert [r.jobcredits_event for r in ours(records)] == ["charge"]  # type: ignore[attr-defined]
+
+
+def test_slow_store_log_is_a_plugin_of_its_own(
+    make: Callable[..., Ledger], records: pytest.LogCaptureFixture
+) -> None:
+    """SlowStoreLogPlugin alone logs slow store calls and no events; the
+    LoggingPlugin shortcut builds one on its own logger, and without the
+    shortcut a LoggingPlugin has no on_store_call at all (nothing hidden)."""
+    ledger = make(SlowStoreLogPlugin(0.0, level=logging.INFO))
+    assert len(ledger.plugin_manager.hook.on_store_call.get_hookimpls()) == 1
+    ledger.charge(A, "job-1")
+    (slow,) = ours(records)
+    assert slow.levelno == logging.INFO
+    assert slow.jobcredits_event == "slow_store_call"  # type: ignore[attr-defined]
+    assert slow.jobcredits_operation == "claim"  # type: ignore[attr-defined]
+    assert not hasattr(LoggingPlugin(), "on_store_call")
+    shortcut = LoggingPlugin("acme.billing", slow_store_seconds=0.5)
+    assert isinstance(shortcut.slow_store, SlowStoreLogPlugin)
+    assert shortcut.slow_store.logger is shortcut.logger
+    assert shortcut.slow_store.seconds == 0.5
+    assert "seconds=0.5" in repr(shortcut.slow_store)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"seconds": -1}, ValueError), ({"seconds": "1"}, ValueError), ({"level": "W"}, TypeError)],
+)
+def test_slow_store_log_refuses_bad_arguments(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        SlowStoreLogPlugin(**{"seconds": 1.0, **kwargs})
 
 
 # -- privacy -------------------------------------------------------------------------

@@ -6,5 +6,6 @@ extra to install):
 
 - :mod:`jobcredits_plugin.contrib.prometheus`: ``PrometheusMetrics`` (extra ``prometheus``)
 - :mod:`jobcredits_plugin.contrib.otel`: ``OpenTelemetryMetrics`` (extra ``otel``)
-- :mod:`jobcredits_plugin.contrib.logging`: ``LoggingPlugin`` (standard library only)
+- :mod:`jobcredits_plugin.contrib.logging`: ``LoggingPlugin`` and ``SlowStoreLogPlugin``
+  (standard library only)
 """

@@ -15,6 +15,9 @@ structlog's ``ExtraAdder`` and JSON formatters copy them as they are, and
 handlers that accept only primitive attribute values (OpenTelemetry's log
 bridge) keep them all.
 
+Slow store calls are logged by a plugin of their own, :class:`SlowStoreLogPlugin`
+(register it too, or pass ``slow_store_seconds`` to :class:`LoggingPlugin`).
+
 Standard library only: no extra to install.
 """
 
@@ -34,7 +37,14 @@ from .._errors import JobCreditsError
 from .._records import JobRecord
 from ..hookspecs import hookimpl
 
-__all__ = ["DEFAULT_LOGGER", "FIELD_PREFIX", "REDACTED", "LoggingPlugin", "Privacy"]
+__all__ = [
+    "DEFAULT_LOGGER",
+    "FIELD_PREFIX",
+    "REDACTED",
+    "LoggingPlugin",
+    "Privacy",
+    "SlowStoreLogPlugin",
+]
 
 #: The logger used when none is given: a child of the ledger's own
 #: ``jobcredits_plugin`` logger, so both can be configured together or apart.
@@ -100,122 +110,23 @@ def _check_level(name: str, value: object) -> int:
     return value
 
 
-class LoggingPlugin:
-    """A plugin that logs each charge, reuse, refund, expiry and rejection.
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return value
 
-    :param logger: the logger (or its name) to log to; ``None`` means
-        ``logging.getLogger("jobcredits_plugin.events")``.
-    :param level: the level of the events that change the books (charge,
-        reuse, refund, expire). INFO by default: they are the normal life of
-        the service, and the record an operator reads back to answer "was I
-        billed twice?".
-    :param reject_level: the level of refused calls. WARNING by default: each
-        one is a client that did not get served (a bad job id, a 402, a 409,
-        a store that could not be reached), which is worth seeing in a
-        production log that shows warnings only. Lower it to ``level`` if
-        refusals are routine for your clients.
-    :param accounts: how the account appears: ``"plain"``; ``"hash"``, a BLAKE2b
-        hex digest (16 characters), equal for equal accounts so one customer's
-        records can still be followed; or ``"redact"``, always ``"***"``.
-    :param job_ids: the same choice for job ids. ``"plain"`` by default: a
-        job id is a random token the client mints, not customer data, and it
-        is what support asks for.
-    :param hash_key: the secret key for ``"hash"`` (at most 64 bytes; a
-        ``str`` is UTF-8 encoded). Without one the hash is a plain BLAKE2b,
-        which anyone can recompute for a list of guessed accounts (user
-        numbers, e-mail addresses) and so reverse; with one, only holders of
-        the key can. Keep it as secret as the accounts.
-    :param slow_store_seconds: log store operations that took at least this
-        long (at ``slow_store_level``); ``None`` (the default) logs none, and
-        then the plugin does not even register its ``on_store_call`` hook, so
-        the ledger does not time store calls on its account. Fixed when the
-        plugin is registered.
-    :param slow_store_level: the level of those records.
 
-    Refused calls are logged with the error's ``code`` and ``status`` only,
-    never its message: the message may quote the value that failed
-    validation, or the store's address. The account, scope, job id and cost
-    of a refusal are the ones :func:`~jobcredits_plugin.hookspecs.on_reject`
-    passes, which are None for any value that failed validation, so a hostile
-    header never reaches the log raw.
+def _logger(logger: logging.Logger | str | None) -> logging.Logger:
+    if logger is None or isinstance(logger, str):
+        return logging.getLogger(logger or DEFAULT_LOGGER)
+    return logger
 
-    A handler that raises cannot break a charge: the plugin catches what
-    escapes ``Logger.log`` and reports it on ``sys.stderr`` the way
-    ``logging.Handler.handleError`` does (only while
-    ``logging.raiseExceptions`` is true). It cannot rely on the ledger's own
-    isolation, which logs the failure to the ``jobcredits_plugin`` logger,
-    the parent of the default one and likely to share the broken handler.
-    """
 
-    def __init__(
-        self,
-        logger: logging.Logger | str | None = None,
-        level: int = logging.INFO,
-        *,
-        reject_level: int = logging.WARNING,
-        accounts: Privacy = "plain",
-        job_ids: Privacy = "plain",
-        hash_key: bytes | str | None = None,
-        slow_store_seconds: float | None = None,
-        slow_store_level: int = logging.WARNING,
-    ) -> None:
-        if logger is None or isinstance(logger, str):
-            logger = logging.getLogger(logger or DEFAULT_LOGGER)
-        self.logger = logger
-        self.level = _check_level("level", level)
-        self.reject_level = _check_level("reject_level", reject_level)
-        self.slow_store_level = _check_level("slow_store_level", slow_store_level)
-        self.accounts = _check_privacy("accounts", accounts)
-        self.job_ids = _check_privacy("job_ids", job_ids)
-        if isinstance(hash_key, str):
-            hash_key = hash_key.encode()
-        if hash_key is not None and not isinstance(hash_key, bytes):
-            raise TypeError("hash_key must be bytes, str or None")
-        if hash_key is not None and len(hash_key) > hashlib.blake2b.MAX_KEY_SIZE:
-            raise ValueError(
-                f"hash_key must be at most {hashlib.blake2b.MAX_KEY_SIZE} bytes "
-                f"(secrets.token_hex(32) is enough), not {len(hash_key)}"
-            )
-        self._hash_key = hash_key or b""
-        if slow_store_seconds is not None and (
-            isinstance(slow_store_seconds, bool)
-            or not isinstance(slow_store_seconds, (int, float))
-            or slow_store_seconds < 0
-        ):
-            raise ValueError("slow_store_seconds must be None or a number of seconds >= 0")
-        self.slow_store_seconds = slow_store_seconds
+class _Emitter:
+    """Writing one record, for both plugins: the message and the attributes,
+    and a handler that raises kept away from the charge."""
 
-    def __dir__(self) -> list[str]:
-        """Hide ``on_store_call`` from pluggy (which finds hook
-        implementations through ``dir()``) unless slow store calls are to be
-        logged: while no plugin implements that hook the ledger does not time
-        its store calls at all, and most users of this plugin want no store
-        records."""
-        names = list(super().__dir__())
-        if self.slow_store_seconds is None:
-            names.remove("on_store_call")
-        return names
-
-    def __repr__(self) -> str:
-        return (
-            f"LoggingPlugin(logger={self.logger.name!r}, accounts={self.accounts!r}, "
-            f"job_ids={self.job_ids!r})"
-        )
-
-    # -- privacy ---------------------------------------------------------------
-
-    def _hash(self, value: str) -> str:
-        digest = hashlib.blake2b(value.encode(), digest_size=_HASH_HEX // 2, key=self._hash_key)
-        return digest.hexdigest()
-
-    def _private(self, mode: Privacy, value: str | None) -> str | None:
-        if value is None or mode == "plain":
-            return value
-        if mode == "hash":
-            return self._hash(value)
-        return REDACTED
-
-    # -- emitting --------------------------------------------------------------
+    logger: logging.Logger
 
     def _emit(
         self, level: int, event: str, fields: Mapping[str, Any], message: tuple[str, ...]
@@ -246,8 +157,169 @@ class LoggingPlugin:
             return
         # As in handleError: a closed or broken stderr is not worth raising for.
         with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write("--- jobcredits LoggingPlugin: a logging handler raised ---\n")
+            sys.stderr.write(
+                f"--- jobcredits {type(self).__name__}: a logging handler raised ---\n"
+            )
             traceback.print_exc(file=sys.stderr)
+
+
+class SlowStoreLogPlugin(_Emitter):
+    """A plugin that logs each store operation that took at least ``seconds``.
+
+    :param seconds: the threshold; ``0`` logs every operation (for
+        debugging).
+    :param logger: the logger (or its name) to log to; ``None`` means
+        ``logging.getLogger("jobcredits_plugin.events")``, as for
+        :class:`LoggingPlugin`.
+    :param level: the level of the records (WARNING).
+
+    A plugin of its own, rather than a hook of :class:`LoggingPlugin`: the
+    ledger times its store calls only while some plugin implements
+    ``on_store_call``, and most users of the event log want no store
+    records, nor the timing. Register it when you do (or pass
+    ``slow_store_seconds`` to :class:`LoggingPlugin`, which builds one).
+
+    A failed operation gives the error's class name only: a store error's
+    message may hold its URL.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        logger: logging.Logger | str | None = None,
+        *,
+        level: int = logging.WARNING,
+    ) -> None:
+        self.seconds = _check_seconds("seconds", seconds)
+        self.logger = _logger(logger)
+        self.level = _check_level("level", level)
+
+    def __repr__(self) -> str:
+        return f"SlowStoreLogPlugin(seconds={self.seconds!r}, logger={self.logger.name!r})"
+
+    @hookimpl
+    def on_store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
+        if seconds < self.seconds or not self.logger.isEnabledFor(self.level):
+            return
+        fields = {
+            "operation": operation,
+            "seconds": seconds,
+            # The class name only: a store error's message may hold its URL.
+            "error": None if error is None else type(error).__qualname__,
+            "outcome": "ok" if error is None else "error",
+        }
+        self._emit(self.level, "slow_store_call", fields, _STORE_MESSAGE)
+
+
+class LoggingPlugin(_Emitter):
+    """A plugin that logs each charge, reuse, refund, expiry and rejection.
+
+    :param logger: the logger (or its name) to log to; ``None`` means
+        ``logging.getLogger("jobcredits_plugin.events")``.
+    :param level: the level of the events that change the books (charge,
+        reuse, refund, expire). INFO by default: they are the normal life of
+        the service, and the record an operator reads back to answer "was I
+        billed twice?".
+    :param reject_level: the level of refused calls. WARNING by default: each
+        one is a client that did not get served (a bad job id, a 402, a 409,
+        a store that could not be reached), which is worth seeing in a
+        production log that shows warnings only. Lower it to ``level`` if
+        refusals are routine for your clients.
+    :param accounts: how the account appears: ``"plain"``; ``"hash"``, a BLAKE2b
+        hex digest (16 characters), equal for equal accounts so one customer's
+        records can still be followed; or ``"redact"``, always ``"***"``.
+    :param job_ids: the same choice for job ids. ``"plain"`` by default: a
+        job id is a random token the client mints, not customer data, and it
+        is what support asks for.
+    :param hash_key: the secret key for ``"hash"`` (at most 64 bytes; a
+        ``str`` is UTF-8 encoded). Without one the hash is a plain BLAKE2b,
+        which anyone can recompute for a list of guessed accounts (user
+        numbers, e-mail addresses) and so reverse; with one, only holders of
+        the key can. Keep it as secret as the accounts.
+    :param slow_store_seconds: also log store operations that took at least
+        this long (at ``slow_store_level``), as a :class:`SlowStoreLogPlugin`
+        on the same logger would: the plugin builds one (``.slow_store``) and
+        implements ``on_store_call`` through it. ``None`` (the default) logs
+        none, and then the plugin has no ``on_store_call`` hook at all, so the
+        ledger does not time store calls on its account.
+    :param slow_store_level: the level of those records.
+
+    Refused calls are logged with the error's ``code`` and ``status`` only,
+    never its message: the message may quote the value that failed
+    validation, or the store's address. The account, scope, job id and cost
+    of a refusal are the ones :func:`~jobcredits_plugin.hookspecs.on_reject`
+    passes, which are None for any value that failed validation, so a hostile
+    header never reaches the log raw.
+
+    A handler that raises cannot break a charge: the plugin catches what
+    escapes ``Logger.log`` and reports it on ``sys.stderr`` the way
+    ``logging.Handler.handleError`` does (only while
+    ``logging.raiseExceptions`` is true). It cannot rely on the ledger's own
+    isolation, which logs the failure to the ``jobcredits_plugin`` logger,
+    the parent of the default one and likely to share the broken handler.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | str | None = None,
+        level: int = logging.INFO,
+        *,
+        reject_level: int = logging.WARNING,
+        accounts: Privacy = "plain",
+        job_ids: Privacy = "plain",
+        hash_key: bytes | str | None = None,
+        slow_store_seconds: float | None = None,
+        slow_store_level: int = logging.WARNING,
+    ) -> None:
+        self.logger = _logger(logger)
+        self.level = _check_level("level", level)
+        self.reject_level = _check_level("reject_level", reject_level)
+        self.slow_store_level = _check_level("slow_store_level", slow_store_level)
+        self.accounts = _check_privacy("accounts", accounts)
+        self.job_ids = _check_privacy("job_ids", job_ids)
+        if isinstance(hash_key, str):
+            hash_key = hash_key.encode()
+        if hash_key is not None and not isinstance(hash_key, bytes):
+            raise TypeError("hash_key must be bytes, str or None")
+        if hash_key is not None and len(hash_key) > hashlib.blake2b.MAX_KEY_SIZE:
+            raise ValueError(
+                f"hash_key must be at most {hashlib.blake2b.MAX_KEY_SIZE} bytes "
+                f"(secrets.token_hex(32) is enough), not {len(hash_key)}"
+            )
+        self._hash_key = hash_key or b""
+        self.slow_store_seconds = slow_store_seconds
+        #: The :class:`SlowStoreLogPlugin` that ``slow_store_seconds`` asked for
+        #: (None without it), whose hook this plugin takes on as its own.
+        self.slow_store: SlowStoreLogPlugin | None = None
+        if slow_store_seconds is not None:
+            _check_seconds("slow_store_seconds", slow_store_seconds)
+            self.slow_store = SlowStoreLogPlugin(
+                slow_store_seconds, self.logger, level=self.slow_store_level
+            )
+            # An attribute of this object only, so that pluggy (which finds
+            # hooks by name) sees on_store_call exactly when it was asked for.
+            self.on_store_call = self.slow_store.on_store_call
+
+    def __repr__(self) -> str:
+        return (
+            f"LoggingPlugin(logger={self.logger.name!r}, accounts={self.accounts!r}, "
+            f"job_ids={self.job_ids!r})"
+        )
+
+    # -- privacy ---------------------------------------------------------------
+
+    def _hash(self, value: str) -> str:
+        digest = hashlib.blake2b(value.encode(), digest_size=_HASH_HEX // 2, key=self._hash_key)
+        return digest.hexdigest()
+
+    def _private(self, mode: Privacy, value: str | None) -> str | None:
+        if value is None or mode == "plain":
+            return value
+        if mode == "hash":
+            return self._hash(value)
+        return REDACTED
+
+    # -- emitting --------------------------------------------------------------
 
     def _record_event(self, event: str, record: JobRecord) -> None:
         if not self.logger.isEnabledFor(self.level):
@@ -309,19 +381,3 @@ class LoggingPlugin:
             "outcome": "rejected",
         }
         self._emit(self.reject_level, "reject", fields, _REJECT_MESSAGE)
-
-    @hookimpl
-    def on_store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
-        threshold = self.slow_store_seconds
-        if threshold is None or seconds < threshold:
-            return
-        if not self.logger.isEnabledFor(self.slow_store_level):
-            return
-        fields = {
-            "operation": operation,
-            "seconds": seconds,
-            # The class name only: a store error's message may hold its URL.
-            "error": None if error is None else type(error).__qualname__,
-            "outcome": "ok" if error is None else "error",
-        }
-        self._emit(self.slow_store_level, "slow_store_call", fields, _STORE_MESSAGE)
