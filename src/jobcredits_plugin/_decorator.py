@@ -13,6 +13,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+import attrs
+
 from ._call import (
     RESULT_CHECKS,
     Terms,
@@ -88,58 +90,88 @@ def charges_credit(
         check_on_missing(on_missing)  # not None: the decorator has no app setting to fall back on
         check_options(scope=scope, cost=cost, tier=tier, backend=backend)
 
-    acct_source = account_source(account)
-    job_id_source = account_source(job_id)
-
-    def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, Terms]:
-        """The account, the job id and the terms of one call. Identified
-        before the options are resolved: a call with no account is refused
-        before the app's cost callable runs."""
-        jid_value = job_id(*args, **kwargs)
-        if job_id_source == "app":
-            app_value("job_id callable", RESULT_CHECKS["job_id"], jid_value)
-        acct, jid, _ = identify(
-            account(*args, **kwargs), jid_value, on_missing, ledger, scope, acct_source
-        )
-        terms = Terms(
-            scope=scope,
-            cost=resolve_option("cost", cost, *args, **kwargs),
-            tier=resolve_option("tier", tier, *args, **kwargs),
-            backend=resolve_option("backend", backend, *args, **kwargs),
-            fail_open=fail_open,
-        )
-        return acct, jid, terms
+    caller = _Caller(ledger, account, job_id, on_missing, scope, cost, tier, backend, fail_open)
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                call = await abegin(ledger, *prepare(args, kwargs))
-                with bound(call):
-                    try:
-                        result = await afn(*args, **kwargs)
-                    except BaseException:
-                        await call.asettle(ok=False)
-                        raise
-                await call.asettle(ok=True)
-                return result
-
-            return cast(Callable[P, R], async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            call = begin(ledger, *prepare(args, kwargs))
-            with bound(call):
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException:
-                    call.settle(ok=False)
-                    raise
-            call.settle(ok=True)
-            return result
-
-        return wrapper
+            return cast(Callable[P, R], _async_wrapper(fn, caller))
+        return _wrapper(fn, caller)
 
     return decorate
+
+
+@attrs.frozen
+class _Caller:
+    """How one decorated function's calls are charged: its checked options,
+    and how to find a call's account, job id and terms among its arguments."""
+
+    ledger: Ledger
+    account: Callable[..., str | None]
+    job_id: Callable[..., str | None]
+    on_missing: str
+    scope: str
+    cost: Any
+    tier: Any
+    backend: Any
+    fail_open: bool
+
+    def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, Terms]:
+        """The account, the job id and the terms of one call. Identified
+        before the options are resolved: a call with no account is refused
+        before the app's cost callable runs."""
+        jid_value = self.job_id(*args, **kwargs)
+        if account_source(self.job_id) == "app":
+            app_value("job_id callable", RESULT_CHECKS["job_id"], jid_value)
+        account = self.account(*args, **kwargs)
+        acct, jid, _ = identify(
+            account,
+            jid_value,
+            self.on_missing,
+            self.ledger,
+            self.scope,
+            account_source(self.account),
+        )
+        terms = Terms(
+            scope=self.scope,
+            cost=resolve_option("cost", self.cost, *args, **kwargs),
+            tier=resolve_option("tier", self.tier, *args, **kwargs),
+            backend=resolve_option("backend", self.backend, *args, **kwargs),
+            fail_open=self.fail_open,
+        )
+        return acct, jid, terms
+
+
+def _wrapper(fn: Callable[P, R], caller: _Caller) -> Callable[P, R]:
+    """``fn`` charged: confirmed when it returns, refunded when it raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        call = begin(caller.ledger, *caller.prepare(args, kwargs))
+        with bound(call):
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException:
+                call.settle(ok=False)
+                raise
+        call.settle(ok=True)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(fn: Callable[..., Awaitable[Any]], caller: _Caller) -> Callable[..., Any]:
+    """:func:`_wrapper` for a coroutine function (a cancellation refunds too)."""
+
+    @functools.wraps(fn)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        call = await abegin(caller.ledger, *caller.prepare(args, kwargs))
+        with bound(call):
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException:
+                await call.asettle(ok=False)
+                raise
+        await call.asettle(ok=True)
+        return result
+
+    return async_wrapper

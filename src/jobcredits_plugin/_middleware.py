@@ -20,6 +20,7 @@ from ._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
 from ._headers import reader
 from ._ledger import Ledger
 from ._problems import render_problem
+from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
 from ._web import Options
@@ -113,6 +114,32 @@ def compile_routes(
     return tuple(compiled)
 
 
+def _route_options(routes: Sequence[Route]) -> tuple[tuple[Route, Options], ...]:
+    """Each route with the :class:`~jobcredits_plugin._web.Options` its
+    requests are charged by, its own settings checked (a ``Route`` object
+    passed as it is has not been through :func:`compile_routes`' checks)."""
+    for route in routes:
+        if route.on_missing is not None:
+            check_on_missing(route.on_missing)
+    for route in routes:
+        if route.header is not None:
+            reader(route.header)
+    return tuple(
+        (
+            route,
+            Options(
+                scope=route.scope,
+                cost=route.cost,
+                tier=route.tier,
+                backend=route.backend,
+                on_missing=route.on_missing,
+                header=route.header,
+            ),
+        )
+        for route in routes
+    )
+
+
 AppT = TypeVar("AppT")
 
 
@@ -140,9 +167,6 @@ class RoutedMiddleware(Generic[AppT]):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
         if not callable(account):
             raise InvalidArgument(f"account must be a callable of the {request_kind}")
-        # Imported here: the settings model builds on this module.
-        from ._settings import Settings
-
         settings = Settings.from_keywords(
             type(self).__name__,
             job_header=job_header,
@@ -154,31 +178,12 @@ class RoutedMiddleware(Generic[AppT]):
         self.app = app
         self.ledger = ledger
         self.routes = compile_routes(routes)
-        for route in self.routes:
-            if route.on_missing is not None:
-                check_on_missing(route.on_missing)
+        self._options = _route_options(self.routes)
         self.account = account
         self.job_header = settings.job_header
         self.on_missing = settings.on_missing
         self.fail_open = settings.fail_open
         self.problems = settings.problems
-        for route in self.routes:
-            if route.header is not None:
-                reader(route.header)
-        self._options = tuple(
-            (
-                route,
-                Options(
-                    scope=route.scope,
-                    cost=route.cost,
-                    tier=route.tier,
-                    backend=route.backend,
-                    on_missing=route.on_missing,
-                    header=route.header,
-                ),
-            )
-            for route in self.routes
-        )
         if is_in_process_default(ledger.store):
             warn_in_process(
                 f"{type(self).__module__}.{type(self).__name__}",

@@ -29,31 +29,42 @@ def document_operation(
 ) -> None:
     """Add to ``operation`` (in place) what a charging endpoint answers;
     what the operation already documents is left as it is."""
-    parameters = operation.setdefault("parameters", [])
-    if not any(
+    _add_job_header(operation.setdefault("parameters", []), job_header, on_missing)
+    responses = operation.setdefault("responses", {})
+    _add_success_headers(responses, job_header, balances)
+    _add_problem_answers(responses, balances=balances, fail_open=fail_open)
+
+
+def _add_job_header(parameters: list[Any], job_header: str, on_missing: str) -> None:
+    """The job header as a header parameter, unless the operation has it."""
+    if any(
         p.get("in") == "header" and str(p.get("name", "")).lower() == job_header.lower()
         for p in parameters
     ):
-        parameters.append(
-            {
-                "name": job_header,
-                "in": "header",
-                "required": on_missing == "reject",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-                "description": (
-                    "The job this call belongs to, minted by the client once per job "
-                    "(a UUID fits): the job's first call is charged, its follow-ups "
-                    "ride free. "
-                    + (
-                        "Required."
-                        if on_missing == "reject"
-                        else "Without it the call is a job of its own, under a fresh "
-                        "id echoed in this header of the response."
-                    )
-                ),
-            }
-        )
-    responses = operation.setdefault("responses", {})
+        return
+    parameters.append(
+        {
+            "name": job_header,
+            "in": "header",
+            "required": on_missing == "reject",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            "description": (
+                "The job this call belongs to, minted by the client once per job "
+                "(a UUID fits): the job's first call is charged, its follow-ups "
+                "ride free. "
+                + (
+                    "Required."
+                    if on_missing == "reject"
+                    else "Without it the call is a job of its own, under a fresh "
+                    "id echoed in this header of the response."
+                )
+            ),
+        }
+    )
+
+
+def _add_success_headers(responses: dict[str, Any], job_header: str, balances: bool) -> None:
+    """The headers that say what a call cost, on each declared 2xx answer."""
     success_headers = {
         job_header: {
             "description": "The job id (a fresh one if the request sent none).",
@@ -74,6 +85,11 @@ def document_operation(
             headers = declared.setdefault("headers", {})
             for name, spec in success_headers.items():
                 headers.setdefault(name, spec)
+
+
+def _add_problem_answers(responses: dict[str, Any], *, balances: bool, fail_open: bool) -> None:
+    """The problem+json answers the charge may give, where none is declared:
+    402 only with balances on, 503 only when the call does not fail open."""
     answers = dict(_PROBLEM_ANSWERS)
     if not balances:
         del answers["402"]

@@ -454,42 +454,52 @@ def charges_credit(
     )
 
     def decorate(endpoint: F) -> F:
-        signature = _evaluated_signature(endpoint)
-        params = list(signature.parameters.values())
-        request_name = next((p.name for p in params if _is_request(p.annotation)), None)
-        added: str | None = None
-        if request_name is None:
-            taken = {p.name for p in params}
-            added = next(
-                n
-                for n in ("request", "jobcredits_request", "_jobcredits_request")
-                if n not in taken
-            )
-            extra = inspect.Parameter(added, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
-            at = len(params)
-            if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-                at -= 1
-            params.insert(at, extra)
-        is_async = inspect.iscoroutinefunction(endpoint)
-
-        @functools.wraps(endpoint)
-        async def charged_endpoint(*args: Any, **kwargs: Any) -> Any:
-            if added is not None:
-                request = kwargs.pop(added)
-            else:
-                assert request_name is not None
-                if request_name in kwargs:
-                    request = kwargs[request_name]
-                else:  # called positionally, not by FastAPI
-                    request = signature.bind_partial(*args, **kwargs).arguments[request_name]
-            call = await _installed(request)._start(request, opts)
-            with bound(call):
-                if is_async:
-                    return await endpoint(*args, **kwargs)
-                return await run_in_threadpool(endpoint, *args, **kwargs)
-
-        cast(Any, charged_endpoint).__signature__ = signature.replace(parameters=params)
-        cast(Any, charged_endpoint).__jobcredits__ = opts
-        return cast(F, charged_endpoint)
+        return cast(F, _charged_endpoint(endpoint, opts))
 
     return decorate
+
+
+def _request_parameter(signature: inspect.Signature) -> tuple[list[inspect.Parameter], str, bool]:
+    """The parameters FastAPI is to see, the name of the one that receives
+    the request, and whether that one was added here (the endpoint has no
+    ``Request`` parameter of its own, so it is not passed on)."""
+    params = list(signature.parameters.values())
+    request_name = next((p.name for p in params if _is_request(p.annotation)), None)
+    if request_name is not None:
+        return params, request_name, False
+    taken = {p.name for p in params}
+    added = next(
+        n for n in ("request", "jobcredits_request", "_jobcredits_request") if n not in taken
+    )
+    extra = inspect.Parameter(added, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+    at = len(params)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        at -= 1
+    params.insert(at, extra)
+    return params, added, True
+
+
+def _charged_endpoint(endpoint: Callable[..., Any], opts: Options) -> Callable[..., Any]:
+    """``endpoint`` charged as ``opts`` say, with a signature FastAPI reads
+    the request parameter from (see :func:`charges_credit`)."""
+    signature = _evaluated_signature(endpoint)
+    params, request_name, added = _request_parameter(signature)
+    is_async = inspect.iscoroutinefunction(endpoint)
+
+    @functools.wraps(endpoint)
+    async def charged_endpoint(*args: Any, **kwargs: Any) -> Any:
+        if added:
+            request = kwargs.pop(request_name)
+        elif request_name in kwargs:
+            request = kwargs[request_name]
+        else:  # called positionally, not by FastAPI
+            request = signature.bind_partial(*args, **kwargs).arguments[request_name]
+        call = await _installed(request)._start(request, opts)
+        with bound(call):
+            if is_async:
+                return await endpoint(*args, **kwargs)
+            return await run_in_threadpool(endpoint, *args, **kwargs)
+
+    cast(Any, charged_endpoint).__signature__ = signature.replace(parameters=params)
+    cast(Any, charged_endpoint).__jobcredits__ = opts
+    return charged_endpoint

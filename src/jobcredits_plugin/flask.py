@@ -64,7 +64,7 @@ from ._settings import DEFAULTS as SETTINGS_DEFAULTS
 from ._settings import Settings, import_callable, report
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
-from ._web import WatchedBody, route_options, waits_for_body
+from ._web import Options, WatchedBody, route_options, waits_for_body
 
 __all__ = [
     "JobCredits",
@@ -392,68 +392,77 @@ def charges_credit(
         request_kind="Flask request",
     )
 
-    def prepare() -> tuple[Ledger, Any, CallSpec, str]:
-        state = get_state()
-        req = flask.request._get_current_object()  # type: ignore[attr-defined]
-        account_of = opts.account if opts.account is not None else state.account
-        if account_of is None:
-            raise RuntimeError(
-                "jobcredits needs to know who pays: set JOBCREDITS_ACCOUNT (a callable "
-                "of flask.request) or pass account= to charges_credit"
-            )
-        account = account_of(req)
-        spec = opts.call_spec(state, req, account_of)
-        chosen = opts.ledger if opts.ledger is not None else state.ledger
-        return chosen, account, spec, opts.job_header(state)
-
     def decorate(view: F) -> F:
         if inspect.iscoroutinefunction(view):
-
-            @functools.wraps(view)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-                chosen, account, spec, job_header = prepare()
-                call = await astart_call(chosen, account, spec)
-                flask.request.environ[_CALL_KEY] = call
-                with bound(call):
-                    try:
-                        response = flask.make_response(await view(*args, **kwargs))
-                    except HTTPException as exc:
-                        await call.afinish(_http_status(exc))
-                        _headers_later(call, job_header)
-                        raise
-                    except BaseException as exc:  # cancelled included
-                        await call.afinish_raised(exc)
-                        _headers_later(call, job_header)
-                        raise
-                if not _watch_stream(response, call):
-                    await call.afinish(response.status_code)
-                return _put_headers(response, call, job_header)
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-            chosen, account, spec, job_header = prepare()
-            call = start_call(chosen, account, spec)
-            flask.request.environ[_CALL_KEY] = call
-            with bound(call):
-                try:
-                    response = flask.make_response(view(*args, **kwargs))
-                except HTTPException as exc:
-                    call.finish(_http_status(exc))
-                    _headers_later(call, job_header)
-                    raise
-                except BaseException:
-                    call.finish(None)
-                    _headers_later(call, job_header)
-                    raise
-            if not _watch_stream(response, call):
-                call.finish(response.status_code)
-            return _put_headers(response, call, job_header)
-
-        return cast(F, wrapper)
+            return cast(F, _async_view(view, opts))
+        return cast(F, _sync_view(view, opts))
 
     return decorate
+
+
+def _start(opts: Options) -> tuple[Ledger, Any, CallSpec, str]:
+    """What charging the current request takes: the ledger, the account, the
+    call's spec and the job header, from the view's options over the app's."""
+    state = get_state()
+    req = flask.request._get_current_object()  # type: ignore[attr-defined]
+    account_of = opts.account if opts.account is not None else state.account
+    if account_of is None:
+        raise RuntimeError(
+            "jobcredits needs to know who pays: set JOBCREDITS_ACCOUNT (a callable "
+            "of flask.request) or pass account= to charges_credit"
+        )
+    account = account_of(req)
+    spec = opts.call_spec(state, req, account_of)
+    chosen = opts.ledger if opts.ledger is not None else state.ledger
+    return chosen, account, spec, opts.job_header(state)
+
+
+def _sync_view(view: Callable[..., Any], opts: Options) -> Callable[..., flask.Response]:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> flask.Response:
+        chosen, account, spec, job_header = _start(opts)
+        call = start_call(chosen, account, spec)
+        flask.request.environ[_CALL_KEY] = call
+        with bound(call):
+            try:
+                response = flask.make_response(view(*args, **kwargs))
+            except HTTPException as exc:
+                call.finish(_http_status(exc))
+                _headers_later(call, job_header)
+                raise
+            except BaseException:
+                call.finish(None)
+                _headers_later(call, job_header)
+                raise
+        if not _watch_stream(response, call):
+            call.finish(response.status_code)
+        return _put_headers(response, call, job_header)
+
+    return wrapper
+
+
+def _async_view(view: Callable[..., Any], opts: Options) -> Callable[..., Any]:
+    @functools.wraps(view)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> flask.Response:
+        chosen, account, spec, job_header = _start(opts)
+        call = await astart_call(chosen, account, spec)
+        flask.request.environ[_CALL_KEY] = call
+        with bound(call):
+            try:
+                response = flask.make_response(await view(*args, **kwargs))
+            except HTTPException as exc:
+                await call.afinish(_http_status(exc))
+                _headers_later(call, job_header)
+                raise
+            except BaseException as exc:  # cancelled included
+                await call.afinish_raised(exc)
+                _headers_later(call, job_header)
+                raise
+        if not _watch_stream(response, call):
+            await call.afinish(response.status_code)
+        return _put_headers(response, call, job_header)
+
+    return async_wrapper
 
 
 # -- the CLI ------------------------------------------------------------------------
