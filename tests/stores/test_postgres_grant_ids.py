@@ -24,16 +24,12 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 
 from psycopg import sql  # noqa: E402
 
-from jobcredits_plugin.stores._postgres import (  # noqa: E402
-    _MIGRATIONS,
-    _VERSION_TABLE,
-    SCHEMA_VERSION,
-    PostgresStore,
-)
+from jobcredits_plugin.stores._postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+from tests.stores._pg_history import VERSIONS, historic_step, make_schema_at  # noqa: E402
 
-#: The migration that adds the grants table (``_MIGRATIONS[GRANTS_STEP]``
+#: The version before the one that added the grants table (its historic step
 #: takes the schema from GRANTS_STEP to GRANTS_STEP + 1).
-GRANTS_STEP = next(i for i, step in enumerate(_MIGRATIONS) if ".grants (" in step)
+GRANTS_STEP = next(v - 1 for v in VERSIONS if ".grants (" in historic_step(v))
 
 
 @pytest.fixture
@@ -63,13 +59,7 @@ def _make_schema_before_grants(url: str, schema: str) -> None:
     store = PostgresStore.from_url(url, schema=schema)
     try:
         with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-            conn.execute(store._format(_VERSION_TABLE))
-            for version in range(GRANTS_STEP):
-                conn.execute(store._format(_MIGRATIONS[version]))
-                conn.execute(
-                    store._format("INSERT INTO {schema}.schema_version VALUES (%s)"),
-                    (version + 1,),
-                )
+            make_schema_at(conn, store, GRANTS_STEP)
             conn.execute(
                 store._format("SELECT {schema}.grant_credits('acct', 5, 100.0, 'g-1', true)")
             )

@@ -43,12 +43,8 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 
 from psycopg import sql  # noqa: E402
 
-from jobcredits_plugin.stores._postgres import (  # noqa: E402
-    _MIGRATIONS,
-    _VERSION_TABLE,
-    SCHEMA_VERSION,
-    PostgresStore,
-)
+from jobcredits_plugin.stores._postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+from tests.stores._pg_history import make_schema_at  # noqa: E402
 
 
 @pytest.fixture
@@ -523,9 +519,7 @@ def make_v1_schema(url: str, schema: str) -> None:
     store = PostgresStore.from_url(url, schema=schema)
     try:
         with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-            conn.execute(store._format(_VERSION_TABLE))
-            conn.execute(store._format(_MIGRATIONS[0]))
-            conn.execute(store._format("INSERT INTO {schema}.schema_version VALUES (1)"))
+            make_schema_at(conn, store, 1)
             conn.execute(store._format("SELECT {schema}.credit('acct', 7)"))
             conn.execute(
                 store._format(

@@ -623,7 +623,8 @@ def test_a_version_5_schema_is_migrated_to_version_6(url: str) -> None:
     reply); the new ones keep replies."""
     from psycopg import sql
 
-    from jobcredits_plugin.stores._postgres import _MIGRATIONS, _VERSION_TABLE, SCHEMA_VERSION
+    from jobcredits_plugin.stores._postgres import SCHEMA_VERSION
+    from tests.stores._pg_history import make_schema_at
 
     schema = f"jctest_{uuid.uuid4().hex[:12]}"
     store = PostgresStore.from_url(url, schema=schema)
@@ -634,13 +635,7 @@ def test_a_version_5_schema_is_migrated_to_version_6(url: str) -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             with conn.transaction():
-                conn.execute(store._format(_VERSION_TABLE))
-                for version in range(5):
-                    conn.execute(store._format(_MIGRATIONS[version]))
-                    conn.execute(
-                        store._format("INSERT INTO {schema}.schema_version VALUES (%s)"),
-                        (version + 1,),
-                    )
+                make_schema_at(conn, store, 5)
             conn.execute(
                 store._format(
                     "SELECT * FROM {schema}.grant_credits('acct', 10, 100.0, 'g-1', true, 60.0)"

@@ -19,12 +19,8 @@ psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not insta
 
 from psycopg import sql  # noqa: E402
 
-from jobcredits_plugin.stores._postgres import (  # noqa: E402
-    _MIGRATIONS,
-    _VERSION_TABLE,
-    SCHEMA_VERSION,
-    PostgresStore,
-)
+from jobcredits_plugin.stores._postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+from tests.stores._pg_history import make_schema_at  # noqa: E402
 
 MAX_CREDITS = 2**53 - 1
 
@@ -56,13 +52,7 @@ def _make_v2_schema(url: str, schema: str) -> None:
     store = PostgresStore.from_url(url, schema=schema)
     try:
         with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-            conn.execute(store._format(_VERSION_TABLE))
-            for version in (0, 1):
-                conn.execute(store._format(_MIGRATIONS[version]))
-                conn.execute(
-                    store._format("INSERT INTO {schema}.schema_version VALUES (%s)"),
-                    (version + 1,),
-                )
+            make_schema_at(conn, store, 2)
             conn.execute(
                 store._format("SELECT {schema}.grant_credits('acct', %s, 100.0, 'g-1', true)"),
                 (MAX_CREDITS - 2,),

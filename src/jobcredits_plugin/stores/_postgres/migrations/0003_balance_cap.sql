@@ -1,0 +1,3 @@
+-- Version 3: a grant that adds credits is refused, with nothing written, when
+-- it would take the balance past MAX_CREDITS (see grant_credits in
+-- functions.sql). No table changes.

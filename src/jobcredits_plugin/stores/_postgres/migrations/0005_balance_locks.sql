@@ -1,0 +1,3 @@
+-- Version 5 (issue 13): every balance a claim decides on, or a journal entry
+-- records, is read under the balance row's lock (claim, refund, prune and
+-- journal_balance in functions.sql). No table changes.
