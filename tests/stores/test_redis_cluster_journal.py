@@ -29,7 +29,7 @@ from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _server_url
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 from jobcredits_plugin.stores import RedisStore  # noqa: E402
-from jobcredits_plugin.stores import _redis as redis_module  # noqa: E402
+from jobcredits_plugin.stores._redis import _merge  # noqa: E402
 
 MakeStore = Callable[..., RedisStore]
 
@@ -315,7 +315,7 @@ def test_a_merge_that_died_before_its_trim_is_finished_by_the_next_reader(
     assert _slot_backlog(store) == 30
     reader = Ledger(make_store())
     # Passes of about 4 entries: 1 per slot stream, all stale at first.
-    monkeypatch.setattr(redis_module, "_MERGE_BATCH", 1)
+    monkeypatch.setattr(_merge, "_MERGE_BATCH", 1)
     assert [e.seq for e in reader.journal(after=18, limit=4)] == [19, 20, 21, 22]
     got = _everything(reader, page=4)
     assert [e.seq for e in got] == list(range(1, 31))

@@ -28,7 +28,7 @@ from tests.stores.conftest import REDIS_DEFAULT, REDIS_URL_ENV, _redis_cleanup, 
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed")
 from jobcredits_plugin.stores import RedisStore  # noqa: E402
-from jobcredits_plugin.stores import _redis as redis_module  # noqa: E402
+from jobcredits_plugin.stores._redis import _keys, _wire  # noqa: E402
 
 MakeStore = Callable[..., RedisStore]
 
@@ -127,7 +127,7 @@ def test_every_cluster_slot_has_a_slot_stream_in_it() -> None:
     from redis.crc import key_slot
 
     for slot in range(16384):
-        tag = redis_module._slot_tag(slot)
+        tag = _keys.slot_tag(slot)
         assert len(tag) == 5
         assert all("@" <= ch <= "O" for ch in tag)
         assert key_slot(f"p:{{{tag}}}:journal".encode()) == slot
@@ -455,7 +455,7 @@ def test_trim_crosses_script_calls_and_chunks(
     assert rstore.trim_journal(None, 1_500.5) == 1_500  # one call, two chunks of 1,000
     assert rstore.read_journal(0, 1)[0].seq == 1_501
     rstore.set_cursor("slow", 2_200)
-    monkeypatch.setattr(redis_module, "_TRIM_BATCH", 150)
+    monkeypatch.setattr(_wire, "_TRIM_BATCH", 150)
     calls = {"n": 0}
     script = rstore._scripts["trim"]
 

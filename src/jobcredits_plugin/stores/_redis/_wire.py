@@ -1,0 +1,339 @@
+"""What each script of the Redis store is sent, and what its answer becomes.
+
+Shared by the sync and the async paths, and free of I/O: the methods here
+build a script's KEYS and ARGV (documented in its ``lua/<name>.lua``) and
+turn its reply into the results and events of the store protocol, replaying
+the same pure ``plan_*`` rules every store uses on the record the script
+hands back. The loops of several script calls (a prune's batches, a trim's
+rounds) are generators here too, written once: :class:`.RedisStore` drives
+them with the sync client or an async one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from ..._records import REFUNDED, JobRecord
+from .._base import (
+    GRANT_ID_RETENTION,
+    ClaimRequest,
+    ClaimResult,
+    Event,
+    Key,
+    claim_from_server,
+    plan_confirm,
+    plan_refund,
+    plan_settle,
+    with_settled,
+)
+from ._keys import Keys, lp
+from ._replies import decode, s
+
+__all__ = ["Call", "Failed", "Steps", "Wire", "resume"]
+
+_T = TypeVar("_T")
+
+#: One script call: its KEYS and its ARGV.
+Call = tuple[list[str], list[str]]
+
+#: A loop of script calls (see :meth:`Wire._prune_steps`): it yields each
+#: call, is sent the call's answer (or thrown its error), and returns the
+#: operation's result.
+Steps = Generator[Call, Any, _T]
+
+
+@attrs.frozen
+class Failed:
+    """A script call's error, which a loop of calls gets thrown (see resume)."""
+
+    error: BaseException
+
+
+def resume(steps: Steps[Any], outcome: Any) -> Call:
+    """The next call of the loop ``steps``, once it has the outcome of the
+    last: its answer, sent in, or its error (a :class:`Failed`), thrown in
+    where the loop waits for the answer. Raises StopIteration, carrying the
+    loop's result, when the loop is done."""
+    if isinstance(outcome, Failed):
+        return steps.throw(outcome.error)
+    return steps.send(outcome)
+
+
+#: How long a retry marker lives (a claim's, a refund's, a prune batch's; see
+#: lua/claim.lua, refund.lua, prune.lua): far longer than a driver's retry
+#: takes, short enough not to matter for memory.
+_TOMBSTONE_MS = "60000"
+
+#: How long a grant's marker lives: GRANT_ID_RETENTION, in milliseconds.
+_GRANT_MARKER_MS = str(int(GRANT_ID_RETENTION * 1000))
+
+#: Journal entries one trim script deletes at most (the caller loops).
+_TRIM_BATCH = 10_000
+
+
+class Wire(Keys):
+    """Each script's arguments and the meaning of its answer, by the store's
+    settings (set by :class:`.RedisStore`'s constructor)."""
+
+    journal: bool
+    journal_reuses: bool
+    server_clock: bool
+    safety_expiry: float | None
+    prune_batch: int
+
+    def _claim_call(self, req: ClaimRequest) -> Call:
+        account = req.account
+        base = self._base(account)
+        lp_account = lp(account)
+        keys = [
+            f"{base}j:{lp_account}{lp(req.scope)}{lp(req.job_id)}",
+            f"{base}due",
+            f"{base}b:{lp_account}",
+            # the retry marker: this call's answer, kept by the script
+            f"{base}c:{lp_account}{lp(req.charge_id)}",
+        ]
+        now = float(req.now)
+        if self.server_clock:
+            # The script reads TIME and completes these (see lua/claim.lua): the
+            # times as offsets, the x field without charged_at.
+            times = ("T", repr(float(req.ttl)), repr(float(req.lease)))
+            expiry = self._expiry_ms(max(req.ttl, req.lease)) or "0"
+            packed = (
+                json.dumps(
+                    [req.scope, req.job_id, req.tier, req.backend, req.cost],
+                    ensure_ascii=False,
+                    separators=(",", ":"),
+                )[:-1]
+                + ","
+            )
+        else:
+            expires_at, lease_until = now + req.ttl, now + req.lease
+            times = (repr(now), repr(expires_at), repr(lease_until))
+            expiry = self._expiry_ms(max(expires_at, lease_until) - now) or "0"
+            packed = json.dumps(
+                [req.scope, req.job_id, req.tier, req.backend, req.cost, now],
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+        control = "\x1f".join(
+            (
+                times[0],
+                req.charge_id,
+                str(req.cost),
+                "0" if req.max_uses is None else str(req.max_uses),
+                "1" if req.balances else "0",
+                times[1],
+                times[2],
+                expiry,
+                self._journal_flag(),
+                _TOMBSTONE_MS,
+            )
+        )
+        if self.journal:
+            keys.append(self.journal_stream(account))
+        return keys, [control, account, packed]
+
+    def _journal_flag(self) -> str:
+        """The claim's journal control value: 0 off, 1 on, 2 on with reuses."""
+        if not self.journal:
+            return "0"
+        return "2" if self.journal_reuses else "1"
+
+    def _expiry_ms(self, seconds_ahead: float) -> str:
+        if self.safety_expiry is None:
+            return ""
+        return str(max(1, math.ceil((seconds_ahead + self.safety_expiry) * 1000)))
+
+    def _now_arg(self, now: float) -> str:
+        """The ``now`` a script gets: the ledger's, or ``T`` for the server's."""
+        return "T" if self.server_clock else repr(float(now))
+
+    def _claim_result(self, req: ClaimRequest, reply: Sequence[Any]) -> ClaimResult:
+        status = s(reply[0])
+        existing = decode(reply[1])
+        balance = int(s(reply[2]))
+        if self.server_clock:
+            # The rules replay on the server's now: the record the Python
+            # side builds is then the one the script stored, to the bit.
+            req = attrs.evolve(req, now=float(s(reply[3])))
+        if status == "replay" and existing is not None:
+            return ClaimResult(
+                "charged",
+                existing,
+                balance if req.balances else None,
+                (Event("charge", existing),),
+            )
+        # The script's committed decision is the truth, should the rules
+        # disagree (see claim_from_server).
+        return claim_from_server("Redis store", status, existing, balance, req)
+
+    def _key_call(self, key: Key, charge_id: str | None) -> list[str]:
+        return [charge_id or "", "0" if charge_id is None else "1"]
+
+    def _refund_call(self, key: Key, charge_id: str | None, now: float) -> Call:
+        # The token is drawn once per call: redis-py re-sends these very keys
+        # and arguments when it retries, which is how the script finds its own
+        # marker (keyed by the job and the token: a newer charge of the job
+        # never touches it).
+        token = secrets.token_hex(8)
+        account, scope, job_id = key
+        keys = [
+            self.job_key(key),
+            self.due_key(account),
+            self.balance_key(account),
+            f"{self._base(account)}r:{lp(account)}{lp(scope)}{lp(job_id)}{lp(token)}",
+        ]
+        args = [
+            *self._key_call(key, charge_id),
+            self._now_arg(now),
+            token,
+            _TOMBSTONE_MS,
+            "1" if self.journal else "0",
+        ]
+        if self.journal:
+            keys.append(self.journal_stream(account))
+        return keys, args
+
+    def _refund_event(
+        self, reply: Sequence[Any], charge_id: str | None, now: float
+    ) -> Event | None:
+        if not reply:
+            return None
+        if self.server_clock:
+            now = float(s(reply[2]))
+        # {'refunded', the record before the refund}: the same answer whether
+        # this run refunded or a retry found the marker of the run that did.
+        record = decode(reply[1])
+        assert record is not None
+        # The server's committed refund is the truth, whatever the rules say.
+        return plan_refund(record, charge_id, now) or Event("refund", record.with_state(REFUNDED))
+
+    def _prune_size(self, limit: int | None, done: int) -> int:
+        return self.prune_batch if limit is None else min(self.prune_batch, limit - done)
+
+    def _prune_call(self, due: str, now: float, batch: int) -> Call:
+        base = due[: -len("due")]
+        # The batch's retry marker, in the due-set's slot, named by a token
+        # drawn once per call (a retry re-sends it).
+        keys = [due, f"{base}p:{secrets.token_hex(8)}"]
+        if self.journal:
+            keys.append(self._stream_of_due(due))
+        args = [self._now_arg(now), str(batch), base, "1" if self.journal else "0", _TOMBSTONE_MS]
+        return keys, args
+
+    def _grant_call(self, account: str, amount: int, now: float, grant_id: str) -> Call:
+        keys = [self.balance_key(account), f"{self._base(account)}g:{lp(account)}{lp(grant_id)}"]
+        args = [
+            str(int(amount)),
+            "1" if self.journal else "0",
+            _GRANT_MARKER_MS if grant_id else "",
+        ]
+        if self.journal:
+            keys.append(self.journal_stream(account))
+        packed = json.dumps([None, None, None, None, int(amount), None], separators=(",", ":"))
+        return keys, [*args, account, grant_id, packed, self._now_arg(now)]
+
+    @staticmethod
+    def _xrange_args(after: int) -> tuple[str, str]:
+        return f"(0-{max(0, int(after))}", "+"
+
+    @staticmethod
+    def _trim_args(through: int | None, cutoff: float | None) -> list[str]:
+        return [
+            "" if through is None else str(int(through)),
+            "" if cutoff is None else repr(float(cutoff)),
+            str(_TRIM_BATCH),
+        ]
+
+    @staticmethod
+    def _set_cursor_args(name: str, position: int, force: bool) -> list[str]:
+        return [name, str(int(position)), "1" if force else "0"]
+
+    def _prune_events(self, reply: Sequence[Any], now: float) -> tuple[int, list[Event]]:
+        events = []
+        raws = reply[1:]
+        if self.server_clock:
+            now, raws = float(s(reply[1])), reply[2:]
+        for raw in raws:
+            record = decode(raw)
+            assert record is not None
+            event = plan_settle(record, now)
+            if event is not None:
+                events.append(event)
+        return int(reply[0]), events
+
+    def _snapshot_args(self) -> list[str]:
+        return ["T"] if self.server_clock else []
+
+    def _snapshot_records(self, replies: Iterable[Sequence[Any]], now: float) -> list[JobRecord]:
+        live: list[JobRecord] = []
+        for reply in replies:
+            raws = reply
+            if self.server_clock:
+                # each due-set's script read its own server's now (one node
+                # of a cluster per slot)
+                now, raws = float(s(reply[0])), reply[1:]
+            live.extend(r for r in map(decode, raws) if r is not None and r.is_live(now))
+        live.sort(key=lambda r: (r.charged_at, r.key))
+        return live
+
+    def _confirm_args(self, key: Key, charge_id: str | None) -> list[str]:
+        args = self._key_call(key, charge_id)
+        return [*args, "T"] if self.server_clock else args
+
+    def _confirm_result(
+        self, reply: Sequence[Any], charge_id: str | None, now: float
+    ) -> JobRecord | None:
+        if self.server_clock:
+            now, reply = float(s(reply[0])), reply[1]
+        return plan_confirm(decode(reply), charge_id, now)[0]
+
+    def _lookup_result(self, reply: Any, now: float) -> JobRecord | None:
+        if self.server_clock:
+            now, reply = float(s(reply[0])), reply[1]
+        record = decode(reply)
+        return record if record is not None and record.is_live(now) else None
+
+    # -- the loops of script calls -----------------------------------------------
+
+    def _prune_steps(
+        self, dues: Iterable[str], now: float, limit: int | None
+    ) -> Steps[list[Event]]:
+        """A prune: batches of the prune script over each due-set until it
+        answers fewer than it was asked for, or ``limit`` events are in.
+        A failed call is thrown in here, and leaves with the events of the
+        batches before it: each script committed its batch, so the ledger
+        still fires their hooks."""
+        events: list[Event] = []
+        try:
+            for due in dues:
+                while limit is None or len(events) < limit:
+                    batch = self._prune_size(limit, len(events))
+                    reply = yield self._prune_call(due, now, batch)
+                    examined, settled = self._prune_events(reply, now)
+                    events.extend(settled)
+                    if examined < batch:
+                        break
+                if limit is not None and len(events) >= limit:
+                    break
+        except BaseException as exc:
+            with_settled(exc, events)
+            raise
+        return events
+
+    def _trim_steps(self, through: int | None, cutoff: float | None) -> Steps[int]:
+        """A trim: rounds of the trim script, each deleting at most
+        _TRIM_BATCH entries, until one deletes fewer."""
+        keys, args = [self.journal_key, self.cursors_key], self._trim_args(through, cutoff)
+        removed = 0
+        while True:
+            n = int((yield keys, args))
+            removed += n
+            if n < _TRIM_BATCH:
+                return removed
