@@ -5,7 +5,7 @@ that reads the job's record (and the account's balance), decides, writes and
 answers in one step on the server, so no other client's command can run in
 between, and the whole operation costs one round trip.
 
-The scripts mirror the pure ``plan_*`` rules of :mod:`._base` and hand back
+The scripts mirror the stores' pure ``plan_*`` rules and hand back
 the *pre-image* (the record and balance as they were before the script ran).
 The Python side then runs the very same ``plan_*`` function on that pre-image
 to build the :class:`ClaimResult` / :class:`Event` objects, so the results are
@@ -80,8 +80,8 @@ cluster's journal; :mod:`._store` the :class:`RedisStore` class itself.
 
 from __future__ import annotations
 
-# The driver is an optional extra: say which one when it is missing. (Every
-# module of this package imports redis; this one is always imported first.)
+# The driver is an optional extra: say which one when it is missing. (The
+# modules that use it import it plainly: this one always runs before them.)
 try:
     import redis  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised without the extra
