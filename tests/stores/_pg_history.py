@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jobcredits_plugin.stores._postgres import _VERSION_TABLE, PostgresStore
+from jobcredits_plugin.stores._postgres import PostgresStore
+from jobcredits_plugin.stores._postgres._schema import _VERSION_TABLE
 
 HISTORY = Path(__file__).parent / "postgres_history"
 

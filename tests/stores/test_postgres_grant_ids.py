@@ -145,7 +145,7 @@ def test_a_grant_whose_answer_was_lost_is_retried_safely_with_its_grant_id(
 
     def losing_run(query: Any, params: Any, **options: Any) -> Any:
         rows = real_run(query, params, **options)
-        if query is store._sql_grant and lose["left"]:
+        if query is store._sql.grant and lose["left"]:
             lose["left"] -= 1
             # what _run raises when the connection dies before the answer
             raise StoreUnavailable("PostgreSQL store: server closed the connection")

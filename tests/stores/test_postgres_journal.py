@@ -111,7 +111,7 @@ def _request(job_id: str, *, account: str = "acct", balances: bool = False) -> C
 def _claim_in(conn: Any, store: PostgresStore, req: ClaimRequest) -> str:
     """Run the store's own claim function on ``conn`` (inside its open
     transaction); returns the status."""
-    row = conn.execute(store._sql_claim, store._claim_params(req)).fetchone()
+    row = conn.execute(store._sql.claim, store._claim_params(req)).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -462,9 +462,9 @@ def test_trim_never_removes_above_the_lowest_cursor_nor_an_unnumbered_entry(
 def test_trim_deletes_in_bounded_batches(
     url: str, make_store: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jobcredits_plugin.stores import _postgres
+    from jobcredits_plugin.stores._postgres import _store
 
-    monkeypatch.setattr(_postgres, "_TRIM_BATCH", 3)
+    monkeypatch.setattr(_store, "_TRIM_BATCH", 3)
     store = make_store()
     ledger = Ledger(store, clock=FakeClock())
     for n in range(10):
@@ -478,9 +478,9 @@ def test_trim_deletes_in_bounded_batches(
 def test_reading_numbers_a_bounded_batch_per_call(
     make_store: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jobcredits_plugin.stores import _postgres
+    from jobcredits_plugin.stores._postgres import _store
 
-    monkeypatch.setattr(_postgres, "_SEQUENCE_BATCH", 2)
+    monkeypatch.setattr(_store, "_SEQUENCE_BATCH", 2)
     store = make_store()
     ledger = Ledger(store, clock=FakeClock())
     for n in range(5):

@@ -546,14 +546,14 @@ def test_a_retry_waits_for_its_original_and_answers_its_reply(url: str) -> None:
         answers: list[Any] = []
         with psycopg.connect(url, autocommit=True) as first, first.transaction():
             answers.append(
-                first.execute(store._sql_claim, _claim_params(store, op_id, "c1")).fetchone()
+                first.execute(store._sql.claim, _claim_params(store, op_id, "c1")).fetchone()
             )
 
             def retry() -> None:
                 with psycopg.connect(url, autocommit=True) as second:
                     answers.append(
                         second.execute(
-                            store._sql_claim, _claim_params(store, op_id, "c1")
+                            store._sql.claim, _claim_params(store, op_id, "c1")
                         ).fetchone()
                     )
 
@@ -576,11 +576,11 @@ def test_replies_do_not_grow_without_bound(url: str, monkeypatch: pytest.MonkeyP
     """Every reply is dropped once its retention has passed: a reply written
     with an operation id that starts with "0" (one in sixteen) deletes up to
     32 past it, and prune deletes them all."""
-    from jobcredits_plugin.stores import _postgres
+    from jobcredits_plugin.stores._postgres import _store
 
-    drawn = _postgres._op_id
+    drawn = _store._op_id
     first = {"digit": "f"}
-    monkeypatch.setattr(_postgres, "_op_id", lambda: first["digit"] + drawn()[1:])
+    monkeypatch.setattr(_store, "_op_id", lambda: first["digit"] + drawn()[1:])
     store = PostgresStore.from_url(url, schema=f"jctest_{uuid.uuid4().hex[:12]}")
     clock, events = FakeClock(), Events()
     ledger = _ledger(store, clock, events)

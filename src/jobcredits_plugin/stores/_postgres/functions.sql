@@ -167,6 +167,11 @@ $fn$;
 -- value and reports it (a separate read after a failed conditional UPDATE
 -- could see a grant committed in between, and report a sufficient balance
 -- for a refused claim); an entry that moves nothing reads journal_balance.
+--
+-- Long because it is the whole operation in one call: taking a new job,
+-- answering a live one (409, the max-uses refusal, a reuse) and taking over a
+-- stale or expired one all decide under the same row locks in one round
+-- trip, and each helper function it called would cost every charge a call.
 CREATE OR REPLACE FUNCTION {schema}.claim(
     p_account text, p_scope text, p_job_id text, p_charge_id text, p_cost bigint,
     p_tier text, p_backend text, p_now double precision, p_ttl double precision,
@@ -412,7 +417,8 @@ $fn$;
 -- the order the records are returned (which is the order of the events), each
 -- with its account's running balance: the balance read after the credits (a
 -- later statement, so a fresh snapshot, under the locks) minus the deltas of
--- the account's rows that follow it.
+-- the account's rows that follow it. (A little over sixty lines: one
+-- statement for each of these steps.)
 CREATE OR REPLACE FUNCTION {schema}.prune(
     p_now double precision, p_limit integer, p_journal boolean)
 RETURNS SETOF {schema}.jobs LANGUAGE plpgsql AS $fn$
