@@ -11,11 +11,11 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 
-from ._call import check_on_missing, check_options
+from ._call import DEFAULT_JOB_HEADER, check_on_missing, check_options
 from ._errors import DEFAULT_RETRY_AFTER_MAX, InvalidArgument, JobCreditsError
 from ._headers import reader
 from ._ledger import Ledger
@@ -141,12 +141,18 @@ def _route_options(routes: Sequence[Route]) -> tuple[tuple[Route, Options], ...]
 
 
 AppT = TypeVar("AppT")
+AccountT = TypeVar("AccountT", bound=Callable[..., Any])
 
 
-class RoutedMiddleware(Generic[AppT]):
-    """What the WSGI and ASGI middleware share: their settings, checked once at
-    startup, and the per-request choice of route and charge options. They
-    differ only in how a request arrives and a response leaves."""
+class RoutedMiddleware(Generic[AppT, AccountT]):
+    """What the WSGI and ASGI middleware share: their constructor and
+    settings, checked once at startup, and the per-request choice of route
+    and charge options. They differ only in how a request arrives and a
+    response leaves (and in their types: the app, and the account callable,
+    which receives the WSGI environ or the ASGI scope)."""
+
+    #: What the account callable receives, for the message when it is none.
+    request_kind: ClassVar[str] = "request"
 
     @configuration()
     def __init__(
@@ -155,18 +161,17 @@ class RoutedMiddleware(Generic[AppT]):
         ledger: Ledger,
         routes: Mapping[str, Any] | Sequence[Route],
         *,
-        account: Callable[..., Any],
-        job_header: str,
-        on_missing: str,
-        fail_open: bool,
-        request_kind: str,
-        problem_type_base: Any = None,
-        retry_after_max: Any = DEFAULT_RETRY_AFTER_MAX,
+        account: AccountT,
+        job_header: str = DEFAULT_JOB_HEADER,
+        on_missing: str = "charge",
+        fail_open: bool = False,
+        problem_type_base: str | None = None,
+        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
     ) -> None:
         if not isinstance(ledger, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
         if not callable(account):
-            raise InvalidArgument(f"account must be a callable of the {request_kind}")
+            raise InvalidArgument(f"account must be a callable of the {self.request_kind}")
         settings = Settings.from_keywords(
             type(self).__name__,
             job_header=job_header,

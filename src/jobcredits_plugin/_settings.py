@@ -137,17 +137,9 @@ class Settings:
         read (the app passed its own ledger). Returns the settings and no
         problem, or None and every problem found.
         """
-        found: list[Problem] = []
-        if unknown_keys:
-            for key in sorted(set(raw) - set(DEFAULTS), key=str):
-                close = difflib.get_close_matches(str(key).upper(), list(DEFAULTS), n=1)
-                found.append(
-                    Problem(
-                        "E004",
-                        f"unknown key {key!r} in {name} (accepted: {', '.join(DEFAULTS)})",
-                        f"did you mean {close[0]!r}?" if close else None,
-                    )
-                )
+        # One line per setting below, in the order the problems are listed:
+        # the table reads best whole, so this function stays longer than ~60.
+        found = _unknown_keys(raw, name) if unknown_keys else []
         v = {**DEFAULTS, **{k: raw[k] for k in raw if k in DEFAULTS}}
         out: dict[str, Any] = {}
 
@@ -247,6 +239,22 @@ def report(problems_found: list[Problem], name: str) -> str:
 
 def _same(key: str, value: Any) -> Any:
     return value
+
+
+def _unknown_keys(raw: Mapping[str, Any], name: str) -> list[Problem]:
+    """A problem for each key of ``raw`` that is no setting (a typo such as
+    ``TIL``), with the closest setting as its hint."""
+    found = []
+    for key in sorted(set(raw) - set(DEFAULTS), key=str):
+        close = difflib.get_close_matches(str(key).upper(), list(DEFAULTS), n=1)
+        found.append(
+            Problem(
+                "E004",
+                f"unknown key {key!r} in {name} (accepted: {', '.join(DEFAULTS)})",
+                f"did you mean {close[0]!r}?" if close else None,
+            )
+        )
+    return found
 
 
 def _seconds(key: str, value: Any) -> Any:

@@ -28,9 +28,6 @@ that ``X-Job-Charge`` always says what really happened.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from ._asgi import (
     AccountFn,
     ASGIApp,
@@ -42,16 +39,15 @@ from ._asgi import (
     run_watched,
     send_problem,
 )
-from ._call import DEFAULT_JOB_HEADER, astart_call, bound
-from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
-from ._ledger import Ledger
-from ._middleware import Route, RoutedMiddleware
+from ._call import astart_call, bound
+from ._errors import JobCreditsError
+from ._middleware import RoutedMiddleware
 from ._web import app_account
 
 __all__ = ["JobCreditsMiddleware"]
 
 
-class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
+class JobCreditsMiddleware(RoutedMiddleware[ASGIApp, AccountFn]):
     """Charge the HTTP requests that match ``routes`` once per job.
 
     :param app: the ASGI application to wrap.
@@ -79,31 +75,7 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp]):
     :class:`~jobcredits_plugin.Charge`.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        ledger: Ledger,
-        routes: Mapping[str, Any] | Sequence[Route],
-        *,
-        account: AccountFn,
-        job_header: str = DEFAULT_JOB_HEADER,
-        on_missing: str = "charge",
-        fail_open: bool = False,
-        problem_type_base: str | None = None,
-        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
-    ) -> None:
-        super().__init__(
-            app,
-            ledger,
-            routes,
-            account=account,
-            job_header=job_header,
-            on_missing=on_missing,
-            fail_open=fail_open,
-            request_kind="ASGI scope",
-            problem_type_base=problem_type_base,
-            retry_after_max=retry_after_max,
-        )
+    request_kind = "ASGI scope"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan, websocket: not ours

@@ -187,44 +187,16 @@ class JobCredits:
         account_said = self._account is not None or "JOBCREDITS_ACCOUNT" in app.config
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        cfg = app.config
         chosen = ledger if ledger is not None else self._ledger
         if chosen is not None and not isinstance(chosen, Ledger):
             raise InvalidArgument(f"ledger must be a Ledger, not {type(chosen).__name__}")
         built = chosen is None
-        raw = {key: cfg[_spell(key)] for key in SETTINGS_DEFAULTS if _spell(key) in cfg}
-        if self._account is not None:
-            raw.pop("ACCOUNT", None)  # the constructor's account wins, unread
-        # Every setting is checked before any store is opened (a SQLite URL
-        # would create its file); all problems are named at once.
-        settings, found = Settings.from_mapping(
-            raw, spell=_spell, name="app.config", environ=True, ledger_keys=built
-        )
-        if settings is None:
-            raise ConfigurationError(report(found, f"config of app {app.name!r}"))
+        settings = self._read_config(app, built)
         account = self._account or settings.account
         _check_account_said(app, account_said)
         if chosen is None:
             chosen = settings.build_ledger(spell=_spell)
-        if is_in_process_default(chosen.store) and not (app.debug or app.testing):
-            warn_in_process(
-                f"Flask app {app.name!r}",
-                "set app.config['JOBCREDITS_URL']"
-                if built
-                else "build the ledger given to JobCredits with Ledger.from_url(url)",
-            )
-        if not built and (cfg["JOBCREDITS_PLUGINS"] or settings.entry_points):
-            # Like JOBCREDITS_TTL, these describe the ledger the extension
-            # builds; a ledger passed in was built, plugins and all, by the app
-            # (registering them on it here would register them twice when one
-            # ledger serves several apps). Said aloud, since lost metrics or an
-            # audit trail that never started go unnoticed.
-            log.warning(
-                "app %r: JOBCREDITS_PLUGINS and JOBCREDITS_ENTRY_POINTS are ignored "
-                "because a ledger was passed to the extension; register plugins on "
-                "that ledger (Ledger(plugins=..., entry_points=...) or ledger.register())",
-                app.name,
-            )
+        _warn_about_ledger(app, chosen, built, settings)
         state = JobCreditsState(
             ledger=chosen,
             account=account,
@@ -242,6 +214,48 @@ class JobCredits:
     def ledger(self) -> Ledger:
         """The ledger of the current app (needs an app context)."""
         return get_ledger()
+
+    def _read_config(self, app: flask.Flask, built: bool) -> Settings:
+        """Every ``JOBCREDITS_*`` key of ``app.config``, checked before any
+        store is opened (a SQLite URL would create its file); all problems
+        are named at once. The ledger's own keys only when the extension
+        builds the ledger (``built``)."""
+        cfg = app.config
+        raw = {key: cfg[_spell(key)] for key in SETTINGS_DEFAULTS if _spell(key) in cfg}
+        if self._account is not None:
+            raw.pop("ACCOUNT", None)  # the constructor's account wins, unread
+        settings, found = Settings.from_mapping(
+            raw, spell=_spell, name="app.config", environ=True, ledger_keys=built
+        )
+        if settings is None:
+            raise ConfigurationError(report(found, f"config of app {app.name!r}"))
+        return settings
+
+
+def _warn_about_ledger(app: flask.Flask, ledger: Ledger, built: bool, settings: Settings) -> None:
+    """Say aloud what would otherwise go unnoticed: a ledger on the
+    in-process default store outside debug and testing mode (each worker
+    process would charge the same job again), and plugin settings ignored
+    because the app passed a ledger of its own."""
+    if is_in_process_default(ledger.store) and not (app.debug or app.testing):
+        warn_in_process(
+            f"Flask app {app.name!r}",
+            "set app.config['JOBCREDITS_URL']"
+            if built
+            else "build the ledger given to JobCredits with Ledger.from_url(url)",
+        )
+    if not built and (app.config["JOBCREDITS_PLUGINS"] or settings.entry_points):
+        # Like JOBCREDITS_TTL, these describe the ledger the extension
+        # builds; a ledger passed in was built, plugins and all, by the app
+        # (registering them on it here would register them twice when one
+        # ledger serves several apps). Said aloud, since lost metrics or an
+        # audit trail that never started go unnoticed.
+        log.warning(
+            "app %r: JOBCREDITS_PLUGINS and JOBCREDITS_ENTRY_POINTS are ignored "
+            "because a ledger was passed to the extension; register plugins on "
+            "that ledger (Ledger(plugins=..., entry_points=...) or ledger.register())",
+            app.name,
+        )
 
 
 def _check_account_said(app: flask.Flask, said: bool) -> None:

@@ -27,15 +27,14 @@ what really happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from ._call import DEFAULT_JOB_HEADER, JobCall, bound, start_call
-from ._errors import DEFAULT_RETRY_AFTER_MAX, JobCreditsError
-from ._ledger import Ledger
-from ._middleware import Route, RoutedMiddleware
+from ._call import JobCall, bound, start_call
+from ._errors import JobCreditsError
+from ._middleware import RoutedMiddleware
 from ._web import close_then_settle
 
 __all__ = ["JobCreditsMiddleware"]
@@ -44,6 +43,9 @@ Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+#: The account callable: receives the environ, returns the account (None:
+#: not authenticated).
+AccountFn = Callable[[Environ], "str | None"]
 
 
 def _status_line(code: int) -> str:
@@ -145,7 +147,7 @@ class _Body:
         close_then_settle(self._body, self._held.call)
 
 
-class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
+class JobCreditsMiddleware(RoutedMiddleware[WSGIApp, AccountFn]):
     """Charge the requests that match ``routes`` once per job.
 
     :param app: the WSGI application to wrap.
@@ -166,31 +168,7 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp]):
         (None: the whole lease left).
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        ledger: Ledger,
-        routes: Mapping[str, Any] | Sequence[Route],
-        *,
-        account: Callable[[Environ], str | None],
-        job_header: str = DEFAULT_JOB_HEADER,
-        on_missing: str = "charge",
-        fail_open: bool = False,
-        problem_type_base: str | None = None,
-        retry_after_max: int | None = DEFAULT_RETRY_AFTER_MAX,
-    ) -> None:
-        super().__init__(
-            app,
-            ledger,
-            routes,
-            account=account,
-            job_header=job_header,
-            on_missing=on_missing,
-            fail_open=fail_open,
-            request_kind="WSGI environ",
-            problem_type_base=problem_type_base,
-            retry_after_max=retry_after_max,
-        )
+    request_kind = "WSGI environ"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")

@@ -180,23 +180,29 @@ async def _afinish_raised(call: JobCall, exc: BaseException) -> None:
         await call.afinish(status)
 
 
-async def _settle_later(
-    pending: Awaitable[Any], request: Any, call: JobCall, job_header: str
+async def _settle_async(
+    run: Callable[[], Awaitable[Any]], request: Any, call: JobCall, job_header: str
 ) -> Any:
-    """Finish a sync-wrapped call whose view returned a coroutine (a sync
-    function handing over to an async one, which Django then awaits). The
-    charge was taken synchronously; the confirm or refund waits for the real
-    response, since the coroutine object says nothing about success."""
+    """Run an async view (``run`` calls it) and settle its charge by what it
+    answered or raised; a cancellation refunds."""
     with bound(call):
         try:
-            response = await pending
-        except BaseException as exc:
+            response = await run()
+        except BaseException as exc:  # cancellation included: it refunds
             await _afinish_raised(call, exc)
             raise
     if not _watch_stream(request, response, call):
         await call.afinish(_status(response))
     _add_headers(response, call, job_header)
     return response
+
+
+def _settle_later(pending: Awaitable[Any], request: Any, call: JobCall, job_header: str) -> Any:
+    """Finish a sync-wrapped call whose view returned a coroutine (a sync
+    function handing over to an async one, which Django then awaits). The
+    charge was taken synchronously; the confirm or refund waits for the real
+    response, since the coroutine object says nothing about success."""
+    return _settle_async(lambda: pending, request, call, job_header)
 
 
 def _is_async_class_view(view: Callable[..., Any]) -> bool:
@@ -253,16 +259,9 @@ def _async_view(view: Callable[..., Awaitable[Any]], opts: Options) -> Callable[
         except JobCreditsError as err:
             return problem_response(err, request, config.problems)
         _attach(request, call.charge)
-        with bound(call):
-            try:
-                response = await view(request, *args, **kwargs)
-            except BaseException as exc:  # cancellation included: it refunds
-                await _afinish_raised(call, exc)
-                raise
-        if not _watch_stream(request, response, call):
-            await call.afinish(_status(response))
-        _add_headers(response, call, job_header)
-        return response
+        return await _settle_async(
+            lambda: view(request, *args, **kwargs), request, call, job_header
+        )
 
     return wrapper
 
