@@ -411,12 +411,15 @@ def test_a_streamed_body_is_confirmed_at_its_first_byte(
 def test_a_stream_failing_before_its_first_byte_refunds(
     make_client: MakeClient, ledger: Ledger, events: RecordingPlugin
 ) -> None:
-    """A body that raises before producing a byte served nothing (the
-    server answers 500): refunded."""
+    """A body that raises before producing a byte (pending until then)
+    served nothing (the server answers 500): refunded."""
     client = make_client()
+    states: list[str | None] = []
+    client.behaviour.on_chunk = lambda: states.append(state(ledger))
     client.behaviour.breaks = "before"
     with pytest.raises(StreamBroke, match="before its first byte"):
         client.request("GET", "/stream")
+    assert states == ["pending"]
     assert state(ledger) is None
     assert ledger.balance(ACCT) == 10
     assert events.kinds() == ["charge", "refund"]

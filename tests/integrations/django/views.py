@@ -2,7 +2,8 @@
 
 Query parameters steer what a view does, so one view covers many outcomes:
 ``?status=N`` answers with status N, ``?raise=404|403|400|bad|suspicious|boom``
-raises the matching exception, ``?stream=1`` answers with a streaming response.
+raises the matching exception. (What every adapter shares, the adapter
+contract, builds its own views: tests/adapters/_django.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 
@@ -30,10 +31,6 @@ CLOCKED = make_ledger(clock=CLOCK, plugins=[CLOCKED_EVENTS])
 
 #: A ledger that is not the settings' one, for the ``ledger=`` override.
 OTHER = make_ledger()
-
-#: A ledger whose store is unreachable (a closed ledger raises StoreUnavailable).
-DOWN = make_ledger()
-DOWN.close()
 
 #: A plugin object named by dotted path in JOBCREDITS["PLUGINS"] tests.
 EVENTS = RecordingPlugin()
@@ -71,8 +68,6 @@ def _behave(request: Any, body: dict[str, Any]) -> HttpResponse:
         raise SuspiciousOperation("odd")
     if kind == "boom":
         raise RuntimeError("upstream exploded")
-    if request.GET.get("stream"):
-        return StreamingHttpResponse(iter([b"part1,", b"part2"]))
     return JsonResponse(body, status=int(request.GET.get("status", 200)))
 
 
@@ -83,11 +78,6 @@ def charged(request: Any) -> HttpResponse:
 
 @charges_credit(cost=2, scope="summarize", tier="gold", backend=lambda r: r.GET.get("backend"))
 def priced(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-@charges_credit(on_missing="reject")
-def reject_missing(request: Any) -> HttpResponse:
     return _behave(request, _describe(request))
 
 
@@ -103,16 +93,6 @@ def other_ledger(request: Any) -> HttpResponse:
 
 @charges_credit(ledger=CLOCKED)
 def clocked(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-@charges_credit(ledger=DOWN)
-def down_closed(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-@charges_credit(ledger=DOWN, fail_open=True)
-def down_open(request: Any) -> HttpResponse:
     return _behave(request, _describe(request))
 
 
@@ -150,31 +130,6 @@ async def acharged(request: Any) -> HttpResponse:
     SEEN["acharged"] = request.job_credit
     await asyncio.sleep(0)
     return _behave(request, _describe(request))
-
-
-@charges_credit(ledger=CLOCKED)
-async def aclocked(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-@charges_credit(ledger=DOWN)
-async def adown_closed(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-@charges_credit(ledger=DOWN, fail_open=True)
-async def adown_open(request: Any) -> HttpResponse:
-    return _behave(request, _describe(request))
-
-
-async def _astream() -> Any:
-    yield b"a"
-    yield b"b"
-
-
-@charges_credit()
-async def astream(request: Any) -> StreamingHttpResponse:
-    return StreamingHttpResponse(_astream())
 
 
 # -- class-based views ---------------------------------------------------------------
