@@ -13,8 +13,11 @@ tests/test_asgi.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -56,6 +59,20 @@ def assert_problem(
     assert (doc["status"], doc["code"], doc["instance"]) == (status, code, path)
     assert answer.header("X-Job-Charge") is None
     return doc
+
+
+@contextlib.contextmanager
+def raises_through_groups(kind: type[BaseException], match: str) -> Iterator[None]:
+    """``pytest.raises(kind, match=match)``, also when the exception arrives
+    alone in an exception group: older Starlette (0.27, FastAPI 0.100's)
+    streams a body in an anyio task group, which wraps what the body raised."""
+    with pytest.raises(BaseException) as info:
+        yield
+    raised: Any = info.value
+    while isinstance(getattr(raised, "exceptions", None), tuple) and len(raised.exceptions) == 1:
+        raised = raised.exceptions[0]
+    assert isinstance(raised, kind), repr(info.value)
+    assert re.search(match, str(raised)), str(raised)
 
 
 class UnreachableStore(MemoryStore):
@@ -417,7 +434,7 @@ def test_a_stream_failing_before_its_first_byte_refunds(
     states: list[str | None] = []
     client.behaviour.on_chunk = lambda: states.append(state(ledger))
     client.behaviour.breaks = "before"
-    with pytest.raises(StreamBroke, match="before its first byte"):
+    with raises_through_groups(StreamBroke, "before its first byte"):
         client.request("GET", "/stream")
     assert states == ["pending"]
     assert state(ledger) is None
@@ -432,7 +449,7 @@ def test_a_stream_failing_after_its_first_byte_stays_charged(
     of the body leaves the charge standing."""
     client = make_client()
     client.behaviour.breaks = "after"
-    with pytest.raises(StreamBroke, match="after its first byte"):
+    with raises_through_groups(StreamBroke, "after its first byte"):
         client.request("GET", "/stream")
     assert state(ledger) == "charged"
     assert ledger.balance(ACCT) == 10 - COST
