@@ -26,7 +26,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +42,11 @@ from psycopg import sql
 
 from jobcredits_plugin import Ledger
 from jobcredits_plugin.stores._postgres import PostgresStore
+
+# The shared helpers, from the directory of this file (it may have been
+# loaded by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import at_once
 
 URL = os.environ.get(
     "JOBCREDITS_BENCH_POSTGRES_URL",
@@ -114,28 +118,6 @@ class Bench:
         return run
 
 
-def _timed(runs: list[Callable[[], None]]) -> float:
-    """Seconds for all runs at once (one thread each when several)."""
-    if len(runs) == 1:
-        start = time.perf_counter()
-        runs[0]()
-        return time.perf_counter() - start
-    barrier = threading.Barrier(len(runs) + 1)
-
-    def go(run: Callable[[], None]) -> None:
-        barrier.wait()
-        run()
-
-    threads = [threading.Thread(target=go, args=(r,)) for r in runs]
-    for th in threads:
-        th.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for th in threads:
-        th.join()
-    return time.perf_counter() - start
-
-
 def _ratio(bench: Bench, clients: int, n: int, repeats: int) -> float:
     conns = [psycopg.connect(URL, autocommit=True, prepare_threshold=None) for _ in range(clients)]
     try:
@@ -143,8 +125,8 @@ def _ratio(bench: Bench, clients: int, n: int, repeats: int) -> float:
         for _ in range(repeats):
             ledger_s = bare_s = 0.0
             for _chunk in range(4):  # the sides take turns
-                ledger_s += _timed([bench.charge_run(n, t) for t in range(clients)])
-                bare_s += _timed([bench.bare_run(conns[t], n, t) for t in range(clients)])
+                ledger_s += at_once([bench.charge_run(n, t) for t in range(clients)])
+                bare_s += at_once([bench.bare_run(conns[t], n, t) for t in range(clients)])
             ratios.append(bare_s / ledger_s)  # = ledger rate / bare rate
         return statistics.median(ratios)
     finally:

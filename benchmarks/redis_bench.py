@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +48,11 @@ import redis
 
 from jobcredits_plugin import Ledger
 from jobcredits_plugin.stores import RedisStore
+
+# The shared helpers, from the directory of this file (it may have been
+# loaded by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import at_once
 
 THREADS = 8
 
@@ -161,21 +165,7 @@ def _set_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
 def _rate(make: Callable[[str, str, int], Callable[[], None]], url: str, n: int, k: int) -> float:
     """Operations per second of ``k`` clients doing ``n`` operations each at once."""
     prefix = f"jcbench:{uuid.uuid4().hex[:8]}:"
-    works = [make(url, prefix, n) for _ in range(k)]
-    barrier = threading.Barrier(k + 1)
-
-    def run(work: Callable[[], None]) -> None:
-        barrier.wait()
-        work()
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in works]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = at_once([make(url, prefix, n) for _ in range(k)])
     admin = redis.Redis.from_url(url)
     try:
         _cleanup(admin, prefix)

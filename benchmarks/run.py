@@ -414,17 +414,11 @@ def _fill_new_jobs(ledger: Ledger, accounts: Sequence[str], n: int) -> None:
         confirm(acct, job, charge_id=charge(acct, job).record.charge_id)
 
 
-def bench_memory_bytes(
-    cfg: Config, log: Callable[[str], None]
-) -> tuple[list[Figure], list[dict[str, Any]]]:
-    n = cfg.memory_jobs
-    log(f"(b) counting bytes held by {n:,} live jobs (tracemalloc)")
-    accounts = _accounts(cfg.accounts)
-    clock = FakeClock()
-    # What a live job holds. The journal's entries are not part of it: they
-    # are bounded by journal_limit whatever the number of live jobs, and
-    # counted on their own in section (g).
-    store = MemoryStore(journal=False)
+def _traced_bytes(
+    store: MemoryStore, accounts: Sequence[str], n: int, clock: FakeClock
+) -> tuple[float, list[dict[str, Any]]]:
+    """Bytes held per job by ``store`` after ``n`` new jobs (charged and
+    confirmed), and the lines that allocated them, biggest first."""
     ledger = Ledger(store, clock=clock)
     # Warm up on another ledger: the first call fills regex and pluggy caches
     # that belong to the process, not to the jobs.
@@ -448,8 +442,6 @@ def bench_memory_bytes(
         else:
             tracemalloc.stop()
     assert len(store) == n
-    per_job = (after - before) / n
-
     own = tracemalloc.Filter(False, tracemalloc.__file__)
     stats = snap_after.filter_traces([own]).compare_to(
         snap_before.filter_traces([own]), "traceback"
@@ -471,7 +463,22 @@ def bench_memory_bytes(
             }
         )
     breakdown.sort(key=lambda row: -row["bytes_per_job"])
-    del ledger, store, snap_before, snap_after, stats
+    return (after - before) / n, breakdown
+
+
+def bench_memory_bytes(
+    cfg: Config, log: Callable[[str], None]
+) -> tuple[list[Figure], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Bytes per live job twice: the job alone (journal off), and with the
+    memory store's default settings, its in-process journal included (the
+    store a ``Ledger()`` gets when no store is given)."""
+    n = cfg.memory_jobs
+    log(f"(b) counting bytes held by {n:,} live jobs (tracemalloc), journal off and defaults")
+    accounts = _accounts(cfg.accounts)
+    # What a live job holds. The journal's entries are not part of it: they
+    # are bounded by journal_limit whatever the number of live jobs, and
+    # counted on their own in section (g).
+    per_job, breakdown = _traced_bytes(MemoryStore(journal=False), accounts, n, FakeClock())
     figure = Figure(
         "memory_bytes_per_job",
         f"memory: bytes held per live job ({n:,} jobs, ids included)",
@@ -479,9 +486,29 @@ def bench_memory_bytes(
         "B",
         "<=",
         512.0,
-        {"jobs": n, "accounts": cfg.accounts, "traced_bytes": after - before},
+        {"jobs": n, "accounts": cfg.accounts, "traced_bytes": per_job * n},
     )
-    return [figure], breakdown
+    # What a service that keeps the defaults pays: each job's share of the
+    # journal (a charge and a confirm entry per job, up to journal_limit).
+    store = MemoryStore()
+    per_job_defaults, breakdown_defaults = _traced_bytes(store, accounts, n, FakeClock())
+    journal_size = getattr(store, "journal_size", None)
+    entries = journal_size() if journal_size is not None else None
+    defaults = Figure(
+        "memory_bytes_per_job_defaults",
+        f"memory: bytes held per live job, default settings (journal on), {n:,} jobs",
+        per_job_defaults,
+        "B",
+        "<=",
+        512.0,
+        {
+            "jobs": n,
+            "journal_limit": store.journal_limit,
+            "journal_entries_held": entries,
+            "journal_share_bytes_per_job": per_job_defaults - per_job,
+        },
+    )
+    return [figure, defaults], breakdown, breakdown_defaults
 
 
 def _location(frame: tracemalloc.Frame) -> str:
@@ -699,6 +726,7 @@ class Report:
     figures: list[Figure]
     breakdown: list[dict[str, Any]]
     elapsed: float
+    breakdown_defaults: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -707,6 +735,7 @@ class Report:
             "elapsed_s": self.elapsed,
             "figures": [f.as_dict() for f in self.figures],
             "memory_breakdown": self.breakdown,
+            "memory_breakdown_defaults": self.breakdown_defaults,
         }
 
 
@@ -726,16 +755,19 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 #: Modules next to this file that measure an adapter against the framework's
-#: usual extension, each exposing ``run(quick: bool) -> list[dict]`` (rows with
-#: ``name``, ``figure``, ``unit``, and optionally ``key``, ``op``, ``target``,
-#: ``details``). A module whose framework is not installed is skipped.
-ADAPTER_MODULES = ("adapters", "fastapi_bench")
+#: usual extension (Flask-Limiter, slowapi), each exposing
+#: ``run(quick: bool) -> list[dict]`` (rows with ``name``, ``figure``, ``unit``,
+#: and optionally ``key``, ``op``, ``target``, ``details``). A module whose
+#: framework (or peer) is not installed is skipped.
+ADAPTER_MODULES = ("adapters", "fastapi_bench", "fastapi_peers")
 
 
 #: Modules measuring the shared stores against their server's own floor (a
-#: bare ``SET NX PX`` / ``INSERT ... ON CONFLICT DO NOTHING``), same interface.
-#: A module whose driver is missing, or whose server does not answer, is skipped.
-STORE_MODULES = ("redis_bench", "postgres_bench")
+#: bare ``SET NX PX`` / ``INSERT ... ON CONFLICT DO NOTHING``) and, on Redis,
+#: against the peers on the same server (Powertools' idempotency, ``limits``),
+#: same interface. A module whose driver or peer library is missing, or whose
+#: server does not answer, is skipped.
+STORE_MODULES = ("redis_bench", "postgres_bench", "redis_peers")
 
 
 def _bench_modules(
@@ -806,10 +838,11 @@ def run(
     t0 = time.perf_counter()
     figures: list[Figure] = []
     breakdown: list[dict[str, Any]] = []
+    breakdown_defaults: list[dict[str, Any]] = []
     if "time" in only:
         figures += bench_memory_time(cfg, log)
     if "bytes" in only:
-        mem_figures, breakdown = bench_memory_bytes(cfg, log)
+        mem_figures, breakdown, breakdown_defaults = bench_memory_bytes(cfg, log)
         figures += mem_figures
     if "sqlite" in only:
         figures += bench_sqlite(cfg, log)
@@ -821,7 +854,7 @@ def run(
         figures += bench_metrics(cfg, log)
     if "journal" in only:
         figures += bench_journal(cfg, log)
-    return Report(cfg, figures, breakdown, time.perf_counter() - t0)
+    return Report(cfg, figures, breakdown, time.perf_counter() - t0, breakdown_defaults)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -839,7 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         choices=BENCHMARKS,
         help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), "
-        "adapters (d), stores (e: Redis and PostgreSQL, when their servers answer), "
+        "adapters (d: Flask-Limiter, slowapi beside ours), stores (e: Redis and PostgreSQL, "
+        "when their servers answer; Powertools and limits beside ours on Redis), "
         "metrics (f: the Prometheus plugin's cost per charge), journal (g: the journal's "
         "cost per charge on each store, and the memory store's retention bound)",
     )
@@ -863,6 +897,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.breakdown:
         print("Where the bytes of one live job go (tracemalloc, by line; ids included):")
         print(format_breakdown(report.breakdown, cfg.breakdown_lines))
+        print()
+    if report.breakdown_defaults:
+        print("The same with the memory store's default settings (its journal on):")
+        print(format_breakdown(report.breakdown_defaults, cfg.breakdown_lines))
         print()
     misses = [f for f in report.figures if f.status == "MISS"]
     if misses:

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ EXPECTED = {
     "memory_vs_original",
     "original_scaling",
     "memory_bytes_per_job",
+    "memory_bytes_per_job_defaults",
     "sqlite_charge_rate",
     "sqlite_charge_rate_balances",
     "sqlite_charge_rate_journal",
@@ -63,6 +65,7 @@ def test_quick_run_produces_every_figure(bench: ModuleType, tmp_path: Path) -> N
             assert value > 0, key
         assert figure["status"] in {"PASS", "MISS", "info"}, key
     assert data["memory_breakdown"], "tracemalloc found no allocation held by the jobs"
+    assert data["memory_breakdown_defaults"], "tracemalloc found nothing held with the defaults"
 
 
 def test_quick_metrics_run_produces_its_figures(bench: ModuleType, tmp_path: Path) -> None:
@@ -108,3 +111,64 @@ def test_quick_journal_run_produces_its_figures(bench: ModuleType, tmp_path: Pat
         assert math.isfinite(figure["value"]), key
         if key.endswith("_ratio"):
             assert figure["value"] > 0, key
+
+
+def _load(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as the module ``<name>``, as the modules import
+    each other (``benchmarks/`` on sys.path, where they put it themselves)."""
+    sys.path.insert(0, str(RUN_PY.parent))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(RUN_PY.parent))
+
+
+def _check_rows(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    by_key = {str(row["key"]): row for row in rows}
+    assert len(by_key) == len(rows), "two rows share a key"
+    for key, row in by_key.items():
+        value = row["figure"]
+        assert isinstance(value, float), key
+        assert math.isfinite(value), key
+    return by_key
+
+
+def test_quick_fastapi_peers_run_produces_its_figures() -> None:
+    """benchmarks/fastapi_peers.py: our dependency and decorator against
+    slowapi, each in its own app (needs FastAPI and slowapi)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("slowapi")
+    rows = _check_rows(_load("fastapi_peers").run(quick=True, log=lambda _msg: None))
+    assert set(rows) == {
+        "fastapi_dependency_vs_slowapi_new_job",
+        "fastapi_dependency_vs_slowapi_follow_up",
+        "fastapi_decorator_vs_slowapi_new_job",
+        "fastapi_decorator_vs_slowapi_follow_up",
+        "fastapi_slowapi_overhead_vs_bare",
+    }
+    assert all(rows[k].get("target") is not None for k in rows if "_vs_slowapi_" in k)
+
+
+def test_quick_redis_peers_run_produces_its_figures() -> None:
+    """benchmarks/redis_peers.py: ours against Powertools' idempotency and
+    ``limits`` on one Redis server (needs the peers and a server: a private
+    redis-server when the binary is installed, else JOBCREDITS_TEST_REDIS_URL)."""
+    pytest.importorskip("redis")
+    pytest.importorskip("aws_lambda_powertools")
+    pytest.importorskip("limits")
+    private = shutil.which("redis-server") is not None
+    if not private and not os.environ.get("JOBCREDITS_TEST_REDIS_URL"):
+        pytest.skip("no redis-server binary and no JOBCREDITS_TEST_REDIS_URL")
+    rows = _check_rows(_load("redis_peers").run(quick=True, log=lambda _msg: None))
+    for clients in ("1", "8"):
+        for key in (
+            "new_job_vs_powertools_new",
+            "follow_up_vs_powertools_replay",
+            "follow_up_vs_limits_hit",
+        ):
+            assert f"redis_{key}_{clients}" in rows
+            assert f"redis_{key}_{clients}_cpu" in rows
+    if private:  # a server of its own: the server's counts are exact (not timings)
+        assert rows["redis_set_nx_round_trips"]["figure"] == 1.0
+        assert rows["redis_ours_new_job_round_trips"]["figure"] == 2.0
+        assert rows["redis_ours_follow_up_round_trips"]["figure"] == 1.0
