@@ -91,16 +91,25 @@ def current_charge() -> Charge | None:
     return _current.get()
 
 
-@contextlib.contextmanager
-def bound(call: JobCall) -> Iterator[JobCall]:
+class bound:  # lower case: it reads as a function, `with bound(call):`
     """Make ``call.charge`` what :func:`current_charge` returns while the
     handler runs (a ContextVar, so it is per request in threaded and async
-    servers alike)."""
-    token = _current.set(call.charge)
-    try:
-        yield call
-    finally:
-        _current.reset(token)
+    servers alike).
+
+    A class rather than a ``@contextmanager`` generator: it is on the path of
+    every charged call, and this is several times cheaper."""
+
+    __slots__ = ("_call", "_token")
+
+    def __init__(self, call: JobCall) -> None:
+        self._call = call
+
+    def __enter__(self) -> JobCall:
+        self._token = _current.set(self._call.charge)
+        return self._call
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 def bind(call: JobCall) -> None:
@@ -356,10 +365,10 @@ Settled = Literal["confirmed", "refunded", "missed"] | None
 Steps = Generator[str, object, Settled]
 
 
-def settle_steps(record: JobRecord | None, ok: bool) -> Steps:
-    """Confirm (``ok``) or refund the charging call ``record`` (None: there
-    is nothing to settle), as steps for :meth:`JobCall.settle` and its async
-    twin to run, so that both decide alike.
+def settle_steps(record: JobRecord, ok: bool) -> Steps:
+    """Confirm (``ok``) or refund the charging call ``record``, as steps for
+    :meth:`JobCall.settle` and its async twin to run, so that both decide
+    alike.
 
     A confirm that matches nothing means the charge is gone: the call outlived
     its lease and was refunded meanwhile (a prune, or the job's next call
@@ -368,8 +377,6 @@ def settle_steps(record: JobRecord | None, ok: bool) -> Steps:
     (a no-op when the charge was refunded already), so that whatever made
     the confirm miss, nothing stays debited for a call answered as refunded.
     """
-    if record is None:
-        return None
     if ok:
         if (yield "confirm"):
             return "confirmed"
@@ -449,17 +456,16 @@ class JobCall:
 
     # -- settling: by exception (the decorator) or by status (the web) -------------
 
-    def _steps(self, ok: bool) -> Steps:
-        """The steps that settle this call: none when it was settled already
-        (settling is idempotent, so an adapter may settle from both its
-        response path and its error path without a double refund), when it
-        failed open, or for a follow-up (which needs neither confirm nor
-        refund)."""
-        record = None
-        if not self.finished and self.charge is not None and self.charge.charged:
-            record = self.charge.record
-        self.finished = True
-        return settle_steps(record, ok)
+    def _steps(self, ok: bool) -> Steps | None:
+        """The steps that settle this call; None when there is nothing to
+        settle: it was settled already (settling is idempotent, so an adapter
+        may settle from both its response path and its error path without a
+        double refund), it failed open, or it is a follow-up (which needs
+        neither confirm nor refund)."""
+        done, self.finished = self.finished, True
+        if done or self.charge is None or not self.charge.charged:
+            return None
+        return settle_steps(self.charge.record, ok)
 
     def _by_charge(self, operation: Callable[..., Any]) -> Any:
         """Run ``operation`` (a ledger confirm or refund) on this charge only."""
@@ -489,23 +495,25 @@ class JobCall:
         :func:`settle_steps`). Never raises: the call's answer is decided."""
         steps, answer = self._steps(ok), None
         try:
-            while True:
+            while steps is not None:
                 answer = self._by_charge(getattr(self.ledger, steps.send(answer)))
         except StopIteration as done:
             return self._settled(done.value)
         except StoreUnavailable as exc:
             return self._failed(ok, exc)
+        return None
 
     async def asettle(self, ok: bool) -> Settled:
         """Async twin of :meth:`settle` (the ledger's twins are ``a`` + name)."""
         steps, answer = self._steps(ok), None
         try:
-            while True:
+            while steps is not None:
                 answer = await self._by_charge(getattr(self.ledger, "a" + steps.send(answer)))
         except StopIteration as done:
             return self._settled(done.value)
         except StoreUnavailable as exc:
             return self._failed(ok, exc)
+        return None
 
     @property
     def _balance_account(self) -> str | None:

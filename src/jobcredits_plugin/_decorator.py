@@ -29,7 +29,7 @@ from ._call import (
     resolve_option,
 )
 from ._errors import ConfigurationError
-from ._headers import account_source, header
+from ._headers import AccountSource, account_source, header
 from ._ledger import Ledger
 from ._validation import (
     check_flag,
@@ -114,24 +114,39 @@ class _Caller:
     tier: Any
     backend: Any
     fail_open: bool
+    # Worked out once, when the function is decorated (every call needs them):
+    # whose mistake a bad account or job id is, and the terms of every call
+    # when no option is a callable.
+    account_from: AccountSource = attrs.field(init=False)
+    job_id_from: AccountSource = attrs.field(init=False)
+    fixed: Terms | None = attrs.field(init=False)
+
+    @account_from.default
+    def _account_from(self) -> AccountSource:
+        return account_source(self.account)
+
+    @job_id_from.default
+    def _job_id_from(self) -> AccountSource:
+        return account_source(self.job_id)
+
+    @fixed.default
+    def _fixed(self) -> Terms | None:
+        if any(callable(o) for o in (self.cost, self.tier, self.backend)):
+            return None
+        return Terms(self.scope, self.cost, self.tier, self.backend, self.fail_open)
 
     def prepare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, Terms]:
         """The account, the job id and the terms of one call. Identified
         before the options are resolved: a call with no account is refused
         before the app's cost callable runs."""
         jid_value = self.job_id(*args, **kwargs)
-        if account_source(self.job_id) == "app":
+        if self.job_id_from == "app":
             app_value("job_id callable", RESULT_CHECKS["job_id"], jid_value)
-        account = self.account(*args, **kwargs)
+        account, source = self.account(*args, **kwargs), self.account_from
         acct, jid, _ = identify(
-            account,
-            jid_value,
-            self.on_missing,
-            self.ledger,
-            self.scope,
-            account_source(self.account),
+            account, jid_value, self.on_missing, self.ledger, self.scope, source
         )
-        terms = Terms(
+        terms = self.fixed or Terms(
             scope=self.scope,
             cost=resolve_option("cost", self.cost, *args, **kwargs),
             tier=resolve_option("tier", self.tier, *args, **kwargs),
