@@ -1,0 +1,161 @@
+"""Run the code blocks of the documentation as tests (issue 16).
+
+Every ```` ```python ```` block of ``README.md`` and ``docs/*.md`` is executed by
+sybil, page by page: the blocks of one page share one namespace, in the order a
+reader pastes them, in a fresh temporary working directory (so ``jobs.db`` and
+the like land there). A block that cannot run as written (a settings excerpt, a
+sketch with ``...``, code that needs a production host) carries a visible marker
+with its reason just above it::
+
+    <!-- skip: next "a settings excerpt: the full file is django_project/jobsite/settings.py" -->
+
+tests/test_docs.py fails on a ```` ```python ```` block that is neither run nor
+marked so, and on a marker without a reason.
+
+Two things are adapted to the test machine, and only these:
+
+- a page that needs a framework, driver or metrics library that is not
+  installed (the ``noframework`` tox env) is skipped from that block on, the
+  way ``pytest.importorskip`` would;
+- the Redis and PostgreSQL URLs the pages show (``redis://localhost:6379/0``,
+  ``postgresql://...``) are pointed at the test servers of
+  ``JOBCREDITS_TEST_REDIS_URL`` / ``JOBCREDITS_TEST_POSTGRES_URL`` (see
+  tests/stores/conftest.py: skip off CI when the server does not answer, fail on
+  CI).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sybil import Example, Sybil
+from sybil.parsers.myst import CodeBlockParser, SkipParser
+
+#: Packages the pages import that the core does not need: their absence skips
+#: the rest of a page instead of failing it (importorskip semantics).
+OPTIONAL = frozenset(
+    {
+        "flask",
+        "werkzeug",
+        "django",
+        "asgiref",
+        "rest_framework",
+        "fastapi",
+        "starlette",
+        "pydantic",
+        "httpx",
+        "redis",
+        "psycopg",
+        "psycopg_pool",
+        "prometheus_client",
+        "opentelemetry",
+        "structlog",
+        "uvicorn",
+        "gunicorn",
+    }
+)
+
+_SKIP = "_docs_skip_reason"
+_STATE = "_docs_saved_state"
+# Scheme, host and database; the page's query string (?prefix=..., ?schema=...) stays.
+_REDIS_URL = re.compile(r"redis://[^\"'\s?]*")
+_POSTGRES_URL = re.compile(r"postgres(?:ql)?://[^\"'\s?]*")
+
+
+def _server(source: str) -> str:
+    """The block's source with the pages' server URLs pointed at the test servers."""
+    from tests.stores.conftest import (
+        POSTGRES_DEFAULT,
+        POSTGRES_URL_ENV,
+        REDIS_DEFAULT,
+        REDIS_URL_ENV,
+        _server_url,
+    )
+
+    if _REDIS_URL.search(source):
+        url = _server_url(REDIS_URL_ENV, REDIS_DEFAULT, "Redis")
+        source = _REDIS_URL.sub(url, source)
+    if _POSTGRES_URL.search(source):
+        url = _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+        source = _POSTGRES_URL.sub(url, source)
+    return source
+
+
+class _PageEvaluator:
+    """Runs one python block in its page's namespace (see the module docstring)."""
+
+    def __call__(self, example: Example) -> None:
+        __tracebackhide__ = True
+        reason = example.namespace.get(_SKIP)
+        if reason:
+            raise unittest.SkipTest(reason)
+        source = _server(str(example.parsed))
+        # Padded with blank lines so that tracebacks name the page's own line numbers.
+        source = "\n" * (example.line + example.parsed.line_offset) + source
+        try:
+            # exec: running the pages' own code is this module's whole purpose.
+            code = compile(source, example.path, "exec", dont_inherit=True)
+            exec(code, example.namespace)  # noqa: S102
+        except ModuleNotFoundError as error:
+            top = (error.name or "").partition(".")[0]
+            if top not in OPTIONAL:
+                raise
+            example.namespace[_SKIP] = f"{top} is not installed: the rest of the page needs it"
+            raise unittest.SkipTest(example.namespace[_SKIP]) from error
+        finally:
+            example.namespace.pop("__builtins__", None)
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    """A page runs in a fresh directory; what it changes in the process (the
+    environment, the root logger) is put back after it."""
+    root = logging.getLogger()
+    namespace[_STATE] = (os.getcwd(), dict(os.environ), root.level, list(root.handlers))
+    # Not "__main__": a page's `if __name__ == "__main__":` would start a server.
+    namespace["__name__"] = "docs_page"
+    namespace["_docs_directory"] = directory = tempfile.mkdtemp(prefix="jobcredits-docs-")
+    os.chdir(directory)
+
+
+def _teardown(namespace: dict[str, Any]) -> None:
+    cwd, environ, level, handlers = namespace[_STATE]
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+    root = logging.getLogger()
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    shutil.rmtree(namespace["_docs_directory"], ignore_errors=True)
+
+
+# The reader's own modules the pages name ("myapp.audit:AuditTrail", ...).
+sys.path.append(str(Path(__file__).parent / "tests" / "_docs"))
+
+
+#: The pages and how their blocks are run; tests/test_docs.py checks it against the pages.
+DOCS = Sybil(
+    parsers=[CodeBlockParser(language="python", evaluator=_PageEvaluator()), SkipParser()],
+    patterns=["README.md", "docs/*.md"],
+    setup=_setup,
+    teardown=_teardown,
+)
+pytest_collect_file = DOCS.pytest()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A page's blocks share one namespace and run in order, so they must run in
+    # one process: under pytest-xdist, plain `-n 2` (--dist load) becomes
+    # loadscope, which sends each page (and each test module or class) to one
+    # worker. (loadgroup would too, but its "@group" node id suffix breaks
+    # sybil's items.)
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadscope"

@@ -1,0 +1,115 @@
+"""The documentation's code blocks are all tested, or say why not (issue 16).
+
+The root conftest.py runs every ```` ```python ```` block of README.md and
+docs/*.md with sybil. These tests keep it that way as pages are added and
+edited: every page is collected, every python block is one sybil runs, a block
+that is not run carries ``<!-- skip: next "the reason" -->`` right above it, and
+no fence leaves its language out (a Python snippet in a bare fence would be
+shown to readers and never run).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+sybil = pytest.importorskip("sybil")
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+_PYTHON = re.compile(r"^(python|\{(code-block|code|sourcecode)\}[ \t]+python)[ \t]*$")
+_SKIP = re.compile(r"^[ \t]*(<!--|%)[ \t]*skip:(?P<arguments>.*?)(-->)?[ \t]*$")
+
+
+def _docs(config: pytest.Config) -> sybil.Sybil:
+    """The Sybil object of the root conftest.py (a plugin of the run)."""
+    for plugin in config.pluginmanager.get_plugins():
+        docs = getattr(plugin, "DOCS", None)
+        if isinstance(docs, sybil.Sybil):
+            return docs
+    pytest.fail("the root conftest.py defines no DOCS = Sybil(...)")
+
+
+def _fences(page: Path) -> list[tuple[int, str]]:
+    """(line, info string) of each fence that opens a block, line numbers from 1."""
+    opened: str | None = None
+    found = []
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        match = _FENCE.match(line)
+        if match is None:
+            continue
+        fence, info = match["fence"], match["info"].strip()
+        if opened is None:
+            opened = fence
+            found.append((number, info))
+        elif fence[0] == opened[0] and len(fence) >= len(opened) and not info:
+            opened = None
+    return found
+
+
+def _marker_above(lines: list[str], number: int) -> str | None:
+    """The skip marker on the last non-blank line above line ``number``, if any."""
+    for line in reversed(lines[: number - 1]):
+        if line.strip():
+            match = _SKIP.match(line)
+            return match["arguments"].strip() if match else None
+    return None
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_page_is_collected(page: Path, pytestconfig: pytest.Config) -> None:
+    assert _docs(pytestconfig).should_parse(page), f"conftest.py's DOCS does not run {page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_fence_names_its_language(page: Path) -> None:
+    bare = [number for number, info in _fences(page) if not info]
+    assert not bare, f"{page.name}: fences without a language (python, text, console...) at {bare}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_python_blocks_run_or_say_why(page: Path, pytestconfig: pytest.Config) -> None:
+    lines = page.read_text(encoding="utf-8").splitlines()
+    run = {example.line for example in _docs(pytestconfig).parse(page)}
+    for number, info in _fences(page):
+        if not _PYTHON.match(info):
+            continue
+        assert number in run, f"{page.name}:{number}: a python block the docs tests do not run"
+        arguments = _marker_above(lines, number)
+        if arguments is None:
+            continue
+        action, _, reason = arguments.partition(" ")
+        assert action == "next", (
+            f"{page.name}:{number}: mark each block that is not run on its own: "
+            f'skip: next "the reason", not skip: {action}'
+        )
+        try:
+            text = ast.literal_eval(reason.strip()) if reason.strip() else ""
+        except (ValueError, SyntaxError):
+            text = ""
+        assert isinstance(text, str), f"{page.name}:{number}: the reason is a string"
+        assert text.strip(), (
+            f'{page.name}:{number}: a skipped block says why: skip: next "the reason"'
+        )
+
+
+def test_markers_stand_above_python_blocks() -> None:
+    """A skip marker that no longer stands right above a python block (the block was
+    moved or removed) would skip whatever python block comes next: refuse it."""
+    stray = []
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        python = {number for number, info in _fences(page) if _PYTHON.match(info)}
+        for number, line in enumerate(lines, 1):
+            if _SKIP.match(line):
+                following = next(
+                    (n for n in range(number + 1, len(lines) + 1) if lines[n - 1].strip()), None
+                )
+                if following not in python:
+                    stray.append(f"{page.name}:{number}")
+    assert not stray, f"skip markers not right above a python block: {stray}"
