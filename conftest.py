@@ -64,6 +64,8 @@ OPTIONAL = frozenset(
     }
 )
 
+#: How the package's ImportErrors name the extra to install.
+_EXTRA = re.compile(r'pip install "jobcredits-plugin\[(\w+)\]"')
 _SKIP = "_docs_skip_reason"
 _STATE = "_docs_saved_state"
 # Scheme, host and database; the page's query string (?prefix=..., ?schema=...) stays.
@@ -90,6 +92,22 @@ def _server(source: str) -> str:
     return source
 
 
+def _missing_optional(error: BaseException) -> str | None:
+    """The optional package whose absence caused ``error``, if that is what it is.
+    The package's own modules re-raise it as an ImportError naming the extra."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError):
+            top = (seen.name or "").partition(".")[0]
+            if top in OPTIONAL:
+                return top
+        extra = _EXTRA.search(str(seen))
+        if isinstance(seen, ImportError) and extra:
+            return f"the {extra[1]} extra"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class _PageEvaluator:
     """Runs one python block in its page's namespace (see the module docstring)."""
 
@@ -105,9 +123,9 @@ class _PageEvaluator:
             # exec: running the pages' own code is this module's whole purpose.
             code = compile(source, example.path, "exec", dont_inherit=True)
             exec(code, example.namespace)  # noqa: S102
-        except ModuleNotFoundError as error:
-            top = (error.name or "").partition(".")[0]
-            if top not in OPTIONAL:
+        except ImportError as error:
+            top = _missing_optional(error)
+            if top is None:
                 raise
             example.namespace[_SKIP] = f"{top} is not installed: the rest of the page needs it"
             raise unittest.SkipTest(example.namespace[_SKIP]) from error
