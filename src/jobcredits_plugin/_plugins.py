@@ -24,10 +24,11 @@ entry.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._errors import ConfigurationError, InvalidArgument
@@ -192,15 +193,24 @@ def add_plugins(ledger: Ledger, specs: Any, *, key: str = "plugins") -> list[obj
             continue
         added.append(obj)
     done: list[object] = []
-    try:
+    with _all_or_none(ledger, done):
         for plugin in added:
             _register(ledger, plugin, key)
             done.append(plugin)
+    return added
+
+
+@contextlib.contextmanager
+def _all_or_none(ledger: Ledger, registered: list[object]) -> Iterator[None]:
+    """Take back every plugin of ``registered`` (the ones the block has
+    registered so far, in order) when the block fails with a configuration
+    error, so that a bad list leaves the ledger as it was."""
+    try:
+        yield
     except (InvalidArgument, ConfigurationError):
-        for plugin in reversed(done):
+        for plugin in reversed(registered):
             ledger.unregister(plugin)
         raise
-    return added
 
 
 def _register(ledger: Ledger, plugin: object, key: str, name: str | None = None) -> None:
@@ -221,7 +231,7 @@ def load_entry_points(ledger: Ledger, *, key: str = "entry_points") -> list[obje
     takes back the ones registered before it. Returns the plugins added."""
     pm = ledger.plugin_manager
     added: list[object] = []
-    try:
+    with _all_or_none(ledger, added):
         for dist in list(importlib.metadata.distributions()):
             for ep in dist.entry_points:
                 if (
@@ -242,10 +252,6 @@ def load_entry_points(ledger: Ledger, *, key: str = "entry_points") -> list[obje
                     continue
                 _register(ledger, plugin, f"{key}: {where}", ep.name)
                 added.append(plugin)
-    except (InvalidArgument, ConfigurationError):
-        for plugin in reversed(added):
-            ledger.unregister(plugin)
-        raise
     return added
 
 

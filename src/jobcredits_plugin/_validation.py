@@ -150,13 +150,24 @@ def _preview(value: str) -> str:
     return repr(shown)
 
 
+def _check_length(
+    name: str, value: str, most: int, error: type[InvalidArgument] = InvalidArgument
+) -> None:
+    """Refuse an empty ``value`` or one over ``most`` characters, as ``error``.
+
+    Checked before any pattern or character scan, so a megabyte header costs
+    a ``len()`` and nothing more.
+    """
+    if not value:
+        raise error(f"{name} must not be empty")
+    if len(value) > most:
+        raise error(f"{name} is {len(value)} characters long; at most {most} allowed")
+
+
 def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN) -> str:
     if not isinstance(job_id, str):
         raise InvalidJobId(f"job id must be a string, not {type(job_id).__name__}")
-    if not job_id:
-        raise InvalidJobId("job id must not be empty")
-    if len(job_id) > JOB_ID_MAX:
-        raise InvalidJobId(f"job id is {len(job_id)} characters long; at most {JOB_ID_MAX} allowed")
+    _check_length("job id", job_id, JOB_ID_MAX, InvalidJobId)
     if pattern.fullmatch(job_id) is None:
         raise InvalidJobId(
             f"job id {_preview(job_id)} has characters outside the allowed pattern "
@@ -187,12 +198,7 @@ def check_scope(scope: Any) -> str:
 def check_account(account: Any) -> str:
     if not isinstance(account, str):
         raise InvalidAccount(f"account must be a string, not {type(account).__name__}")
-    if not account:
-        raise InvalidAccount("account must not be empty")
-    if len(account) > ACCOUNT_MAX:
-        raise InvalidAccount(
-            f"account is {len(account)} characters long; at most {ACCOUNT_MAX} allowed"
-        )
+    _check_length("account", account, ACCOUNT_MAX, InvalidAccount)
     problem = _bad_text(account)
     if problem is not None:
         raise InvalidAccount(f"account must not contain {problem}")
@@ -269,12 +275,7 @@ def check_grant_id(grant_id: Any) -> str | None:
         return None
     if not isinstance(grant_id, str):
         raise InvalidArgument(f"grant_id must be a string or None, not {type(grant_id).__name__}")
-    if not grant_id:
-        raise InvalidArgument("grant_id must not be empty")
-    if len(grant_id) > GRANT_ID_MAX:
-        raise InvalidArgument(
-            f"grant_id is {len(grant_id)} characters long; at most {GRANT_ID_MAX} allowed"
-        )
+    _check_length("grant_id", grant_id, GRANT_ID_MAX)
     if DEFAULT_JOB_ID_PATTERN.fullmatch(grant_id) is None:
         problem = _bad_text(grant_id)
         what = (

@@ -39,7 +39,7 @@ from ..hookspecs import hookimpl
 from ._buckets import STORE_BUCKETS as _STORE_BUCKETS
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.metrics import Counter, MeterProvider
 
 __all__ = ["METER_NAME", "STORE_SECONDS_BUCKETS", "OpenTelemetryMetrics"]
 
@@ -87,40 +87,40 @@ class OpenTelemetryMetrics:
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         meter = metrics.get_meter(METER_NAME, __version__, meter_provider=meter_provider)
         self.meter = meter
-        self.charges = meter.create_counter(
+
+        def counter(name: str, unit: str, description: str) -> Counter:
+            return meter.create_counter(name, unit=unit, description=description)
+
+        self.charges = counter(
             "jobcredits.charges",
-            unit="{charge}",
-            description="Jobs charged: calls that opened a job and paid for it.",
+            "{charge}",
+            "Jobs charged: calls that opened a job and paid for it.",
         )
-        self.reuses = meter.create_counter(
-            "jobcredits.reuses",
-            unit="{call}",
-            description="Follow-up calls that rode on their job's charge.",
+        self.reuses = counter(
+            "jobcredits.reuses", "{call}", "Follow-up calls that rode on their job's charge."
         )
-        self.refunds = meter.create_counter(
+        self.refunds = counter(
             "jobcredits.refunds",
-            unit="{refund}",
-            description="Charges given back (failed jobs, first calls whose lease ran out).",
+            "{refund}",
+            "Charges given back (failed jobs, first calls whose lease ran out).",
         )
-        self.expirations = meter.create_counter(
+        self.expirations = counter(
             "jobcredits.expirations",
-            unit="{job}",
-            description="Charged jobs whose window closed and whose record was removed.",
+            "{job}",
+            "Charged jobs whose window closed and whose record was removed.",
         )
-        self.rejections = meter.create_counter(
+        self.rejections = counter(
             "jobcredits.rejections",
-            unit="{call}",
-            description="Calls refused before anything was recorded, by error code.",
+            "{call}",
+            "Calls refused before anything was recorded, by error code.",
         )
-        self.credits_charged = meter.create_counter(
-            "jobcredits.credits.charged",
-            unit="{credit}",
-            description="Credits of the jobs charged (their cost).",
+        self.credits_charged = counter(
+            "jobcredits.credits.charged", "{credit}", "Credits of the jobs charged (their cost)."
         )
-        self.credits_refunded = meter.create_counter(
+        self.credits_refunded = counter(
             "jobcredits.credits.refunded",
-            unit="{credit}",
-            description="Credits of the charges given back (their cost).",
+            "{credit}",
+            "Credits of the charges given back (their cost).",
         )
         description = "Latency of one store operation, by operation."
         try:
@@ -164,9 +164,7 @@ class OpenTelemetryMetrics:
 
     @hookimpl
     def on_store_call(self, operation: str, seconds: float, error: BaseException | None) -> None:
-        if error is None:
-            self.store_seconds.record(seconds, {"operation": operation})
-        else:
-            self.store_seconds.record(
-                seconds, {"operation": operation, "error.type": error_type(error)}
-            )
+        attributes = {"operation": operation}
+        if error is not None:
+            attributes["error.type"] = error_type(error)
+        self.store_seconds.record(seconds, attributes)

@@ -64,41 +64,38 @@ class _Collectors:
     """
 
     def __init__(self, registry: CollectorRegistry, namespace: str) -> None:
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, doc, labels, namespace=namespace, registry=registry)
-
+        # What registered so far, to take back should a later name be taken.
         created: list[Counter | Histogram] = []
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            made = Counter(name, doc, labels, namespace=namespace, registry=registry)
+            created.append(made)
+            return made
+
         try:
             self.charges = counter(
                 "charges", "Jobs charged (first calls that paid).", ("scope", "tier")
             )
-            created.append(self.charges)
             self.reuses = counter(
                 "reuses", "Follow-up calls that rode on a job's charge.", ("scope",)
             )
-            created.append(self.reuses)
             self.refunds = counter(
                 "refunds", "Charges given back (failures, lapsed leases).", ("scope",)
             )
-            created.append(self.refunds)
             self.expirations = counter(
                 "expirations", "Charged jobs removed after their window closed.", ("scope",)
             )
-            created.append(self.expirations)
             self.rejections = counter(
                 "rejections",
                 "Calls refused with nothing recorded, by error code.",
                 ("scope", "code"),
             )
-            created.append(self.rejections)
             self.credits_charged = counter(
                 "credits_charged", "Credits charged (the cost of each charged job).", ("scope",)
             )
-            created.append(self.credits_charged)
             self.credits_refunded = counter(
                 "credits_refunded", "Credits of the charges given back.", ("scope",)
             )
-            created.append(self.credits_refunded)
             self.store_seconds = Histogram(
                 "store_seconds",
                 "Duration of one store operation, failed ones included.",

@@ -61,6 +61,13 @@ class Statements:
                 + (" FROM clock" if server_clock else "")
             ).format(s)
 
+        def call(columns: str, function: str, arguments: str) -> sql.Composed:
+            # confirm, refund and prune: SELECT <columns>[, clock.now]
+            # FROM [clock, ]<schema>.<function>(<arguments>)
+            return sql.SQL(
+                f"{with_}SELECT {columns}{col} FROM {frm}{{}}.{function}({arguments})"
+            ).format(s)
+
         # A claim answers the now it was decided on (o_now: a retry answered
         # from its kept reply gets the original's, not the retry's clock),
         # which the rules must replay on to rebuild the records it stored. So
@@ -73,17 +80,15 @@ class Statements:
             f"%s, %s, %s, %s, %s::bigint, %s, %s, {claim_now}, %s::float8, %s::float8, "
             "%s::bigint, %s::boolean, %s::boolean, %s::boolean, %s::text, %s::float8)"
         ).format(s)
-        self.confirm = sql.SQL(
-            f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.confirm(%s, %s, %s, %s::text)"
-        ).format(s)
-        self.refund = sql.SQL(
-            f"{with_}SELECT hit, {_OUT}{col} FROM {frm}{{}}.refund("
-            f"%s, %s, %s, %s::text, {now}, %s::boolean, %s::text, %s::float8)"
-        ).format(s)
-        self.prune = sql.SQL(
-            f"{with_}SELECT {COLUMNS}{col} FROM {frm}{{}}.prune("
-            f"{now}, %s::integer, %s::boolean, %s::text, %s::float8)"
-        ).format(s)
+        self.confirm = call(f"hit, {_OUT}", "confirm", "%s, %s, %s, %s::text")
+        self.refund = call(
+            f"hit, {_OUT}",
+            "refund",
+            f"%s, %s, %s, %s::text, {now}, %s::boolean, %s::text, %s::float8",
+        )
+        self.prune = call(
+            COLUMNS, "prune", f"{now}, %s::integer, %s::boolean, %s::text, %s::float8"
+        )
         self.forget_replies = forget("forget_replies")
         # A lookup reads one row: the clock in its select list is read once.
         self.lookup = sql.SQL(
