@@ -66,6 +66,7 @@ nitpick_ignore = [
     # The standard library, as it appears in signatures.
     ("py:class", "collections.abc.Callable"),
     ("py:class", "collections.abc.Iterable"),
+    ("py:class", "collections.abc.Sequence"),
     ("py:class", "os.PathLike"),
     ("py:class", "logging.Logger"),
     ("py:class", "re.Pattern"),

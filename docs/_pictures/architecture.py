@@ -74,7 +74,16 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     (
         "the ledger: the rules applied, hooks fired once",
         "#fee2e2",
-        ("__init__", "_ledger", "_plugins", "hookspecs", "_journal", "_cursor"),
+        (
+            "__init__",
+            "_ledger",
+            "_plugins",
+            "hookspecs",
+            "_journal",
+            "_cursor",
+            "_hooks",
+            "_store_calls",
+        ),
     ),
     ("stores: one contract, four backends", "#ede9fe", ("stores",)),
     ("foundation: records, rules, errors, validation", "#f3f4f6", ("",)),

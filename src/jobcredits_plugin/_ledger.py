@@ -11,16 +11,14 @@ change, however many threads, processes or hosts share the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import pluggy
 
@@ -32,10 +30,11 @@ from ._errors import (
     JobCreditsError,
     JobExhausted,
     JobInProgress,
-    StoreUnavailable,
 )
-from ._journal import JournalCursor
-from ._records import Charge, JobRecord, JournalEntry
+from ._hooks import Hooks, PluginManager
+from ._journal import LedgerJournal
+from ._records import Charge, JobRecord
+from ._store_calls import StoreCalls
 from ._validation import (
     CLOCK_MAX,
     check_account,
@@ -43,34 +42,32 @@ from ._validation import (
     check_charge_id,
     check_clock_reading,
     check_cost,
-    check_cursor_name,
     check_flag,
     check_grant_id,
     check_job_id,
-    check_journal_limit,
     check_label,
     check_optional_count,
-    check_position,
     check_positive_seconds,
     check_scope,
     compile_job_id_pattern,
     configuration,
 )
 from ._warnings import mark_in_process
-from .stores import BaseStore, ClaimRequest, ClaimResult, Event, MemoryStore
+from .stores import (
+    ClaimRequest,
+    ClaimResult,
+    JournalStore,
+    Key,
+    MemoryStore,
+    Store,
+    settled_so_far,
+)
 from .stores import from_url as store_from_url
-from .stores._base import Key, settled_so_far
-from .stores._urls import redact_text
+from .stores._protocol import lacking
 
 __all__ = ["Ledger"]
 
 log = logging.getLogger("jobcredits_plugin")
-
-T = TypeVar("T")
-
-#: Errors from a store that mean "could not reach it", in case a store lets
-#: one through unwrapped: they must still become a bounded 503, not a 500.
-_UNREACHABLE = (OSError, ConnectionError, TimeoutError)
 
 
 def _new_charge_id() -> str:
@@ -97,29 +94,7 @@ def _valid_or_none(check: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-#: One hook implementation, ready to call: (function, which of the spec's
-#: arguments it takes as indexes, None when it takes all of them in order,
-#: plugin name).
-_Impl = tuple[Callable[..., Any], "tuple[int, ...] | None", str]
-
-
-class _PluginManager(pluggy.PluginManager):
-    """pluggy's manager, counting registrations so the ledger can cache which
-    implementations each hook has (looking them up on every call is most of
-    what an unobserved charge would otherwise spend on hooks)."""
-
-    generation = 0
-
-    def register(self, plugin: object, name: str | None = None) -> str | None:
-        self.generation += 1
-        return super().register(plugin, name)
-
-    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
-        self.generation += 1
-        return super().unregister(plugin, name)
-
-
-class Ledger:
+class Ledger(LedgerJournal):
     """Charges a job once, lets its follow-up calls through free, refunds
     failures and expires old jobs.
 
@@ -156,7 +131,7 @@ class Ledger:
     @configuration()
     def __init__(
         self,
-        store: BaseStore | None = None,
+        store: Store | None = None,
         *,
         ttl: float = 3600.0,
         lease: float = 60.0,
@@ -183,19 +158,29 @@ class Ledger:
         if store is None:
             store = MemoryStore()
             mark_in_process(store)  # the adapters warn about this one
-        for method in ("claim", "confirm", "refund", "lookup", "prune", "snapshot"):
-            if not callable(getattr(store, method, None)):
-                raise InvalidArgument(f"store {store!r} has no {method}() method")
-        self._store = store
+        if not isinstance(store, Store):
+            raise InvalidArgument(
+                f"store {store!r} is not a jobcredits_plugin.stores.Store: it lacks "
+                f"{', '.join(lacking(store, Store))}"
+            )
+        self._store: Store = store
+        self._journal_store = store if isinstance(store, JournalStore) else None
         self._balances = check_flag("balances", balances)
-        # "no" from a settings file must not load every installed plugin.
-        entry_points = check_flag("entry_points", entry_points)
         self._clock = clock
-        self._closed = False
-        self._pm = _PluginManager(hookspecs.PROJECT_NAME)
+        self._pm = PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
-        self._impl_cache: dict[str, tuple[_Impl, ...]] = {}
-        self._impl_generation = -1
+        self._hooks = Hooks(self._pm)
+        self._calls = StoreCalls(store, self._hooks, self.now)
+        # Bound once: every charge calls these.
+        self._call = self._calls.call
+        self._acall = self._calls.acall
+        self._abandon_claim = self._calls.abandon_claim
+        self._fire = self._hooks.fire
+        self._fire_one = self._hooks.fire_one
+        # "no" from a settings file must not load every installed plugin.
+        self._register_all(plugins, check_flag("entry_points", entry_points))
+
+    def _register_all(self, plugins: Iterable[object], entry_points: bool) -> None:
         if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
             # A string would register each of its characters as a "plugin".
             raise ConfigurationError(
@@ -230,7 +215,7 @@ class Ledger:
     # -- configuration, read-only ------------------------------------------------
 
     @property
-    def store(self) -> BaseStore:
+    def store(self) -> Store:
         return self._store
 
     @property
@@ -287,84 +272,6 @@ class Ledger:
         it marked it ``optionalhook=True``. Call it in your tests."""
         self._pm.check_pending()
 
-    def _impls(self, hook_name: str) -> tuple[_Impl, ...]:
-        """The implementations of one hook, in pluggy's calling order (LIFO,
-        tryfirst first), cached until a plugin is registered or unregistered."""
-        if self._impl_generation == self._pm.generation:
-            impls = self._impl_cache.get(hook_name)
-            if impls is not None:
-                return impls
-        return self._load_impls(hook_name)
-
-    def _load_impls(self, hook_name: str) -> tuple[_Impl, ...]:
-        pm = self._pm
-        if self._impl_generation != pm.generation:
-            self._impl_cache = {}
-            self._impl_generation = pm.generation
-        impls = self._impl_cache.get(hook_name)
-        if impls is None:
-            caller = getattr(pm.hook, hook_name)
-            spec = tuple(caller.spec.argnames) if caller.spec is not None else ()
-            found = []
-            for impl in reversed(caller.get_hookimpls()):
-                if impl.hookwrapper or impl.wrapper:
-                    continue  # notifications have no result to wrap
-                names = tuple(impl.argnames)
-                picks = None if names == spec else tuple(spec.index(n) for n in names)
-                found.append((impl.function, picks, impl.plugin_name))
-            impls = self._impl_cache[hook_name] = tuple(found)
-        return impls
-
-    def _notify(self, hook_name: str, impls: tuple[_Impl, ...], values: tuple[Any, ...]) -> None:
-        """Call each implementation with the spec's argument ``values``, each
-        in isolation: pluggy would stop at the first one that raises, and a
-        metrics bug must not hide the event from the audit log plugin.
-
-        An ``Exception`` is logged and skipped. A ``BaseException`` (a
-        cancellation, ``KeyboardInterrupt``, ``SystemExit``) must reach the
-        caller, but only after every other implementation has seen the event:
-        the first one is re-raised once all of them ran.
-        """
-        interrupt: BaseException | None = None
-        for function, picks, plugin_name in impls:
-            try:
-                if picks is None:
-                    function(*values)
-                else:
-                    function(*[values[i] for i in picks])
-            except Exception:
-                # Logging can raise too (a broken handler): the change is
-                # committed, so nothing may escape to the caller from here.
-                with contextlib.suppress(Exception):
-                    log.exception(
-                        "jobcredits hook %s of plugin %r raised; it was skipped "
-                        "(whatever it reports stays committed)",
-                        hook_name,
-                        plugin_name,
-                    )
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                if interrupt is None:
-                    interrupt = exc
-        if interrupt is not None:
-            raise interrupt
-
-    def _fire(self, events: Iterable[Event]) -> None:
-        """Call each hook implementation for each committed event; an
-        interrupting hook (see :meth:`_notify`) is re-raised after every
-        event was reported."""
-        interrupt: BaseException | None = None
-        for event in events:
-            name = "on_" + event.kind
-            impls = self._impls(name)
-            if impls:
-                try:
-                    self._notify(name, impls, (event.record,))
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    if interrupt is None:
-                        interrupt = exc
-        if interrupt is not None:
-            raise interrupt
-
     def report_rejection(
         self,
         error: JobCreditsError,
@@ -378,10 +285,10 @@ class Ledger:
         before it reached the ledger (no account, no job id). The ledger's own
         refusals fire it by themselves; adapters call this for theirs. Values
         that do not pass validation are reported as None."""
-        impls = self._impls("on_reject")
+        impls = self._hooks.impls("on_reject")
         if not impls:
             return
-        self._notify(
+        self._hooks.notify(
             "on_reject",
             impls,
             (
@@ -423,180 +330,15 @@ class Ledger:
             balances=self._balances,
         )
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreUnavailable("this ledger is closed")
-
-    def _unreachable(self, exc: BaseException) -> StoreUnavailable:
-        # A driver's message may echo the connection string: one redactor.
-        return StoreUnavailable(redact_text(f"store {self._store!r} unreachable: {exc}"))
-
-    def _call(
-        self,
-        op: str,
-        fn: Callable[..., T],
-        *args: Any,
-        late: Callable[[T], None] | None = None,
-    ) -> T:
-        """Make one store call, turning "could not reach it" into
-        StoreUnavailable and timing it for ``on_store_call`` when observed.
-
-        ``late`` settles a committed result that will not reach the caller
-        (an ``on_store_call`` implementation interrupted the call after the
-        commit): it fires the result's hooks and takes back a new charge.
-        """
-        self._check_open()
-        impls = self._impls("on_store_call")
-        if not impls:
-            try:
-                return fn(*args)
-            except _UNREACHABLE as exc:
-                raise self._unreachable(exc) from exc
-        start = time.perf_counter()
-        try:
-            result = fn(*args)
-        except _UNREACHABLE as exc:
-            error = self._unreachable(exc)
-            self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
-            raise error from exc
-        except BaseException as exc:
-            self._notify("on_store_call", impls, (op, time.perf_counter() - start, exc))
-            raise
-        try:
-            self._notify("on_store_call", impls, (op, time.perf_counter() - start, None))
-        except BaseException:
-            if late is not None:
-                self._settle_late(late, result)
-            raise
-        return result
-
-    async def _acall(
-        self,
-        op: str,
-        fn: Callable[..., Awaitable[T]],
-        *args: Any,
-        late: Callable[[T], None] | None = None,
-    ) -> T:
-        """Await one store operation, keeping its hooks exactly once even when
-        the caller is cancelled mid-way.
-
-        A store whose async twin runs in a worker thread (or on a network
-        round trip) commits whether or not its awaiting task is cancelled. So
-        the operation is shielded, and if the caller is cancelled, ``late``
-        settles what it commits later: the events still fire, and a new
-        charge, whose Charge never reaches the cancelled caller, is refunded.
-        Stores that never suspend (``cancel_safe``) skip the extra task.
-        """
-        self._check_open()
-        impls = self._impls("on_store_call")
-        error: BaseException | None = None
-        result: Any = None
-        start = time.perf_counter()
-        try:
-            if getattr(self._store, "cancel_safe", False):
-                result = await fn(*args)
-                return result  # type: ignore[no-any-return]
-            task = asyncio.ensure_future(fn(*args))
-            try:
-                result = await asyncio.shield(task)
-                return result  # type: ignore[no-any-return]
-            except asyncio.CancelledError:
-                if late is not None:
-                    task.add_done_callback(functools.partial(self._late_done, late))
-                raise
-        except _UNREACHABLE as exc:
-            error = self._unreachable(exc)
-            raise error from exc
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if impls:
-                try:
-                    self._notify("on_store_call", impls, (op, time.perf_counter() - start, error))
-                except BaseException:
-                    if error is None and late is not None:
-                        self._settle_late(late, result)
-                    raise
-
-    def _late_done(self, late: Callable[[Any], None], task: asyncio.Future[Any]) -> None:
-        """The done callback of a store operation whose caller was cancelled."""
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            # Batches a failed prune committed before the failure.
-            self._settle_late(self._fire, settled_so_far(error))
-            return
-        self._settle_late(late, task.result())
-
-    def _settle_late(self, late: Callable[[Any], None], result: Any) -> None:
-        """Run ``late`` for a committed result whose caller is gone or already
-        leaving with an exception of its own: that exception is the one the
-        caller sees, so nothing ``late`` raises may replace it."""
-        try:
-            late(result)
-        except BaseException:  # the caller's own exception wins
-            with contextlib.suppress(Exception):
-                log.warning(
-                    "jobcredits: settling a store result its caller never received was interrupted",
-                    exc_info=True,
-                )
-
-    def _take_back(self, result: ClaimResult) -> None:
-        """Refund a charge that committed but whose :class:`Charge` never
-        reached the caller (a hook interrupted it, or the caller was cancelled
-        while the claim was in flight): nobody would confirm or refund it, so
-        the credit would stay debited until its lease ran out. The refund
-        fires ``on_refund`` like any other. Never raises: the caller is
-        already leaving with an exception of its own; if the store fails
-        here, the lease still settles the charge."""
-        if result.status != "charged" or result.record is None:
-            return  # a reuse or a refusal debited nothing
-        record = result.record
-        key = (record.account, record.scope, record.job_id)
-        try:
-            event = self._call(
-                "refund",
-                self._store.refund,
-                key,
-                record.charge_id,
-                self.now(),
-                late=self._fire_one,
-            )
-            if event is not None:
-                self._fire((event,))
-        except BaseException:  # see the docstring
-            with contextlib.suppress(Exception):
-                log.warning(
-                    "jobcredits: taking back charge %s of job %r (its caller never received "
-                    "it) failed or was interrupted; if it was not refunded, its lease will be",
-                    record.charge_id,
-                    record.job_id,
-                    exc_info=True,
-                )
-
-    def _abandon_claim(self, req: ClaimRequest, result: ClaimResult) -> None:
-        """``late`` for a claim: report its events, then take its charge back."""
-        try:
-            self._fire(result.events)
-        finally:
-            self._take_back(result)
-
-    def _fire_one(self, event: Event | None) -> None:
-        """``late`` for a refund."""
-        if event is not None:
-            self._fire((event,))
-
     def _settle_claim(self, req: ClaimRequest, result: ClaimResult) -> Charge:
         """Fire the hooks of a committed claim, then turn its status into a
         Charge or the error the caller must see. A hook that interrupts the
-        call (see :meth:`_notify`) takes the new charge back before its
+        call (a ``BaseException``) takes the new charge back before its
         exception goes on: the caller never gets the Charge to settle."""
         try:
             self._fire(result.events)
         except BaseException:
-            self._take_back(result)
+            self._calls.take_back(result)
             raise
         status = result.status
         if status == "charged" or status == "reused":
@@ -642,9 +384,7 @@ class Ledger:
         """
         try:
             req = self._claim_request(account, job_id, scope, cost, tier, backend)
-            result = self._call(
-                "claim", self._store.claim, req, late=functools.partial(self._abandon_claim, req)
-            )
+            result = self._call("claim", self._store.claim, req, late=self._abandon_claim)
             return self._settle_claim(req, result)
         except JobCreditsError as exc:
             self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
@@ -745,112 +485,10 @@ class Ledger:
             return None
         return self._call("balance", self._store.balance, account)
 
-    # -- the journal ---------------------------------------------------------------
-
-    def _journal_call(self, op: str, method: str, *args: Any) -> Any:
-        fn = getattr(self._store, method, None)
-        if fn is None:
-            raise InvalidArgument(f"store {self._store!r} keeps no journal")
-        try:
-            return self._call(op, fn, *args)
-        except NotImplementedError as exc:
-            raise InvalidArgument(f"store {self._store!r} keeps no journal") from exc
-
-    async def _ajournal_call(self, op: str, method: str, *args: Any) -> Any:
-        fn = getattr(self._store, method, None)
-        if fn is None:
-            raise InvalidArgument(f"store {self._store!r} keeps no journal")
-        try:
-            return await self._acall(op, fn, *args)
-        except NotImplementedError as exc:
-            raise InvalidArgument(f"store {self._store!r} keeps no journal") from exc
-
-    def journal(self, *, after: int = 0, limit: int = 100) -> list[JournalEntry]:
-        """Journal entries with ``seq`` above ``after``, oldest first, at most
-        ``limit`` (1 to 10,000).
-
-        Every committed charge, refund, expiry and grant (and reuse, when the
-        store journals them) has exactly one entry, written in the same atomic
-        step as the change, so a reader that keeps the last ``seq`` it handled
-        and asks again from there sees every entry exactly once, in order:
-        no entry can turn up later below a ``seq`` already returned. Keep the
-        position in a named :meth:`cursor` so trimming never drops what the
-        reader has not seen.
-        """
-        return self._journal_call(  # type: ignore[no-any-return]
-            "journal",
-            "read_journal",
-            check_position("after", after),
-            check_journal_limit(limit),
-        )
-
-    def _trim_bounds(self, before: Any, max_age: Any) -> tuple[int | None, float | None]:
-        through = None if before is None else check_position("before", before)
-        if max_age is None and through is None:
-            max_age = getattr(self._store, "journal_max_age", None)
-            if max_age is None:
-                return None, None
-        cutoff = None
-        if max_age is not None:
-            cutoff = self.now() - check_positive_seconds("max_age", max_age)
-        return through, cutoff
-
-    def trim_journal(self, before: int | None = None, *, max_age: float | None = None) -> int:
-        """Delete journal entries that are done with; returns how many went.
-
-        ``before`` deletes the entries up to and including that seq (the
-        position of a reader that has handled them); ``max_age`` those older
-        than that many seconds; both together, those that are both. With
-        neither, the store's ``journal_max_age`` applies (``jobcredits prune``
-        calls this). Whatever the bounds, an entry that a stored cursor has not
-        read yet is never deleted.
-        """
-        through, cutoff = self._trim_bounds(before, max_age)
-        if through is None and cutoff is None:
-            return 0
-        return self._journal_call(  # type: ignore[no-any-return]
-            "trim_journal", "trim_journal", through, cutoff
-        )
-
-    def cursor(self, name: str) -> JournalCursor:
-        """The named journal cursor, created at position 0 (the start of what
-        the journal still holds) if the store has none by that name. From then
-        on it holds back trimming of every entry it has not read."""
-        name = check_cursor_name(name)
-        self._journal_call("cursor", "set_cursor", name, 0, False)
-        return JournalCursor(self, name)
-
-    def cursors(self) -> dict[str, int]:
-        """Every stored cursor and its position."""
-        return self._journal_call("cursors", "cursors")  # type: ignore[no-any-return]
-
-    def cursor_exists(self, name: str) -> bool:
-        """Whether the store has a cursor by that name (without creating it,
-        as :meth:`cursor` would)."""
-        name = check_cursor_name(name)
-        return self._journal_call("cursor", "get_cursor", name) is not None
-
-    def delete_cursor(self, name: str) -> bool:
-        """Forget a stored cursor, so it no longer holds entries back from
-        trimming (a retired exporter's). True if it existed."""
-        return self._delete_cursor(check_cursor_name(name))
-
-    def _cursor_position(self, name: str) -> int:
-        position = self._journal_call("cursor", "get_cursor", name)
-        if position is None:
-            raise InvalidArgument(f"journal cursor {name!r} does not exist (it was deleted)")
-        return int(position)
-
-    def _set_cursor(self, name: str, position: int, force: bool) -> int:
-        return int(self._journal_call("cursor", "set_cursor", name, position, force))
-
-    def _delete_cursor(self, name: str) -> bool:
-        return bool(self._journal_call("cursor", "delete_cursor", name))
-
     def close(self) -> None:
         """Release the store's connections. Idempotent."""
-        if not self._closed:
-            self._closed = True
+        if not self._calls.closed:
+            self._calls.closed = True
             self._store.close()
 
     def __enter__(self) -> Ledger:
@@ -879,9 +517,7 @@ class Ledger:
         """Async twin of :meth:`charge`; never blocks the event loop."""
         try:
             req = self._claim_request(account, job_id, scope, cost, tier, backend)
-            result = await self._acall(
-                "claim", self._store.aclaim, req, late=functools.partial(self._abandon_claim, req)
-            )
+            result = await self._acall("claim", self._store.aclaim, req, late=self._abandon_claim)
             return self._settle_claim(req, result)
         except JobCreditsError as exc:
             self.report_rejection(exc, account=account, job_id=job_id, scope=scope, cost=cost)
@@ -948,52 +584,10 @@ class Ledger:
             return None
         return await self._acall("balance", self._store.abalance, account)
 
-    async def ajournal(self, *, after: int = 0, limit: int = 100) -> list[JournalEntry]:
-        """Async twin of :meth:`journal`."""
-        return await self._ajournal_call(  # type: ignore[no-any-return]
-            "journal",
-            "aread_journal",
-            check_position("after", after),
-            check_journal_limit(limit),
-        )
-
-    async def atrim_journal(
-        self, before: int | None = None, *, max_age: float | None = None
-    ) -> int:
-        """Async twin of :meth:`trim_journal`."""
-        through, cutoff = self._trim_bounds(before, max_age)
-        if through is None and cutoff is None:
-            return 0
-        return await self._ajournal_call(  # type: ignore[no-any-return]
-            "trim_journal", "atrim_journal", through, cutoff
-        )
-
-    async def acursor(self, name: str) -> JournalCursor:
-        """Async twin of :meth:`cursor`."""
-        name = check_cursor_name(name)
-        await self._ajournal_call("cursor", "aset_cursor", name, 0, False)
-        return JournalCursor(self, name)
-
-    async def acursors(self) -> dict[str, int]:
-        """Async twin of :meth:`cursors`."""
-        return await self._ajournal_call("cursors", "acursors")  # type: ignore[no-any-return]
-
-    async def _acursor_position(self, name: str) -> int:
-        position = await self._ajournal_call("cursor", "aget_cursor", name)
-        if position is None:
-            raise InvalidArgument(f"journal cursor {name!r} does not exist (it was deleted)")
-        return int(position)
-
-    async def _aset_cursor(self, name: str, position: int, force: bool) -> int:
-        return int(await self._ajournal_call("cursor", "aset_cursor", name, position, force))
-
-    async def _adelete_cursor(self, name: str) -> bool:
-        return bool(await self._ajournal_call("cursor", "adelete_cursor", name))
-
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
-        if not self._closed:
-            self._closed = True
+        if not self._calls.closed:
+            self._calls.closed = True
             await self._store.aclose()
 
     async def __aenter__(self) -> Ledger:

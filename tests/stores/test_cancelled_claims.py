@@ -23,8 +23,10 @@ import pytest
 from jobcredits_plugin import Ledger
 from jobcredits_plugin.stores import BaseStore, ClaimRequest, ClaimResult
 from jobcredits_plugin.testing import RecordingPlugin
+from tests.stores._forwarding import forwarding
 
 
+@forwarding
 class GatedStore:
     """Delegates everything to ``inner``; its first ``aclaim`` waits at a gate.
 

@@ -14,6 +14,7 @@ import pytest
 from jobcredits_plugin import InvalidArgument, JobRecord, Ledger, hookimpl
 from jobcredits_plugin.stores import BaseStore
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores._forwarding import forwarding
 
 MakeLedger = Callable[..., Ledger]
 
@@ -196,6 +197,7 @@ def test_interrupted_on_store_call_after_a_claim_fires_and_takes_back(
     assert ledger.lookup(A, J) is None
 
 
+@forwarding
 class _GatedStore:
     """Any store, with its ``aclaim`` held at a gate: lets a test cancel an
     ``acharge`` while its claim is in flight, then let the claim commit."""

@@ -34,6 +34,7 @@ from jobcredits_plugin import (
 )
 from jobcredits_plugin.stores import BaseStore
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
+from tests.stores.conftest import IN_PROCESS
 
 MakeLedger = Callable[..., Ledger]
 
@@ -293,6 +294,37 @@ def test_cursors_move_forward_unless_rewound(make_ledger: MakeLedger) -> None:
             ledger.cursor(bad)  # type: ignore[arg-type]
 
 
+def test_the_ledgers_cursor_methods_are_what_cursors_are_built_on(
+    make_ledger: MakeLedger,
+) -> None:
+    """JournalCursor uses only public Ledger methods: they work by name, move
+    forward unless forced, and refuse a cursor that does not exist."""
+    ledger = make_ledger()
+    for i in range(3):
+        ledger.charge("acct", f"job-{i}")
+    seqs = [e.seq for e in everything(ledger)]
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        ledger.cursor_position("feed")
+    assert ledger.move_cursor("feed", seqs[1]) == seqs[1]  # created by moving it
+    assert ledger.cursor_position("feed") == seqs[1]
+    assert ledger.move_cursor("feed", seqs[0]) == seqs[1]  # never backwards unforced
+    assert ledger.move_cursor("feed", seqs[0], force=True) == seqs[0]
+    assert ledger.cursor("feed").position() == seqs[0]
+    for bad in ({"name": "a b"}, {"position": -1}, {"position": 1.5}, {"force": "yes"}):
+        args: dict[str, object] = {"name": "feed", "position": 1, **bad}
+        with pytest.raises(InvalidArgument):
+            ledger.move_cursor(**args)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await ledger.amove_cursor("feed", seqs[2]) == seqs[2]
+        assert await ledger.acursor_position("feed") == seqs[2]
+        assert await ledger.adelete_cursor("feed") is True
+        with pytest.raises(InvalidArgument, match="does not exist"):
+            await ledger.acursor_position("feed")
+
+    asyncio.run(main())
+
+
 # -- retention -------------------------------------------------------------------------
 
 
@@ -475,8 +507,8 @@ _KILLED_CHILD = textwrap.dedent(
 def test_a_process_killed_before_its_hooks_still_leaves_the_entry(
     store: BaseStore, store_kind: str, tmp_path: Path
 ) -> None:
-    if store_kind == "memory":
-        pytest.skip("the memory store dies with its process, journal and all")
+    if store_kind in IN_PROCESS:
+        pytest.skip(f"the {store_kind} store dies with its process, journal and all")
     script = tmp_path / "child.py"
     script.write_text(_KILLED_CHILD)
     done = subprocess.run(

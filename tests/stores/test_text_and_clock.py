@@ -29,6 +29,7 @@ from jobcredits_plugin import (
 )
 from jobcredits_plugin.stores import BaseStore
 from jobcredits_plugin.testing import DEFAULT_START, FakeClock, RecordingPlugin
+from tests.stores._forwarding import forwarding
 
 MakeLedger = Callable[..., Ledger]
 
@@ -252,6 +253,7 @@ def test_store_is_untouched_by_a_broken_clock(store: BaseStore) -> None:
     """The check runs before the store call: the store never sees the reading."""
     seen: list[str] = []
 
+    @forwarding
     class Spy:
         def __getattr__(self, name: str) -> Any:
             seen.append(name)

@@ -26,16 +26,32 @@ from typing import Any
 from .._errors import InvalidArgument
 from .._validation import configuring
 from .._warnings import mark_in_process
-from ._base import (
+from ._base import BaseStore
+from ._memory import MemoryStore
+from ._protocol import AsyncStore, JournalStore, Store
+from ._rows import JournalRow, entry_delta, entry_from_row, grant_row, journal_rows
+from ._rules import (
     GRANT_ID_RETENTION,
-    AsyncStore,
-    BaseStore,
+    ClaimPlan,
     ClaimRequest,
     ClaimResult,
+    ClaimStatus,
     Event,
-    Store,
+    EventKind,
+    Key,
+    balance_cap_error,
+    claim_from_server,
+    deadline,
+    grant_conflict_error,
+    grant_exceeds_cap,
+    grant_id_live,
+    plan_claim,
+    plan_confirm,
+    plan_refund,
+    plan_settle,
+    settled_so_far,
+    with_settled,
 )
-from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 from ._urls import JOURNAL_OPTIONS, check_url_text, parse_options, redact_url
 
@@ -43,16 +59,38 @@ __all__ = [
     "GRANT_ID_RETENTION",
     "AsyncStore",
     "BaseStore",
+    "ClaimPlan",
     "ClaimRequest",
     "ClaimResult",
+    "ClaimStatus",
     "Event",
+    "EventKind",
+    "JournalRow",
+    "JournalStore",
+    "Key",
     "MemoryStore",
     "PostgresStore",
     "RedisStore",
     "SQLiteStore",
     "Store",
+    "balance_cap_error",
+    "claim_from_server",
+    "deadline",
+    "entry_delta",
+    "entry_from_row",
     "from_url",
+    "grant_conflict_error",
+    "grant_exceeds_cap",
+    "grant_id_live",
+    "grant_row",
+    "journal_rows",
+    "plan_claim",
+    "plan_confirm",
+    "plan_refund",
+    "plan_settle",
     "redact_url",
+    "settled_so_far",
+    "with_settled",
 ]
 
 ACCEPTED = (
@@ -106,7 +144,7 @@ def _lazy_store(name: str) -> Any:
     return __getattr__(name)
 
 
-def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
     if parts.netloc or parts.path not in ("", "/"):
         raise InvalidArgument(f"memory:// takes no host or path, got {redact_url(url)!r}")
     allowed: dict[str, Callable[[str], Any]] = {
@@ -119,7 +157,7 @@ def _memory_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     return store
 
 
-def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
+def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
     # As SQLAlchemy spells it: three slashes then a relative path, four for an
     # absolute one. "sqlite://" alone, or sqlite:///:memory:, is an in-memory DB.
     if parts.netloc:
@@ -140,17 +178,17 @@ def _sqlite_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
     return store
 
 
-def _redis_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
-    store: BaseStore = _lazy_store("RedisStore").from_url(url)
+def _redis_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
+    store: Store = _lazy_store("RedisStore").from_url(url)
     return store
 
 
-def _postgres_from_url(parts: urllib.parse.SplitResult, url: str) -> BaseStore:
-    store: BaseStore = _lazy_store("PostgresStore").from_url(url)
+def _postgres_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
+    store: Store = _lazy_store("PostgresStore").from_url(url)
     return store
 
 
-_SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], BaseStore]] = {
+_SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Store]] = {
     "memory": _memory_from_url,
     "sqlite": _sqlite_from_url,
     "redis": _redis_from_url,
@@ -161,7 +199,7 @@ _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], BaseStore]] = {
 }
 
 
-def from_url(url: str) -> BaseStore:
+def from_url(url: str) -> Store:
     """Build a store from a URL (see the table above); query parameters become
     store options, e.g. ``sqlite:///jobs.db?timeout=2``.
 
@@ -171,7 +209,7 @@ def from_url(url: str) -> BaseStore:
         return _from_url(url)
 
 
-def _from_url(url: str) -> BaseStore:
+def _from_url(url: str) -> Store:
     if not isinstance(url, str) or "://" not in url:
         raise InvalidArgument(f"store URL must look like scheme://..., accepted: {ACCEPTED}")
     check_url_text(url)

@@ -24,21 +24,18 @@ import attrs
 from .._errors import InvalidArgument
 from .._records import PENDING, JobRecord, JournalEntry
 from .._validation import MAX_BATCH, check_int_option, check_optional_seconds
-from ._base import (
-    BaseStore,
+from ._base import BaseStore
+from ._rows import JournalRow, entry_from_row, grant_row, journal_rows
+from ._rules import (
     ClaimRequest,
     ClaimResult,
     Event,
-    JournalRow,
     Key,
     balance_cap_error,
     deadline,
-    entry_from_row,
     grant_conflict_error,
     grant_exceeds_cap,
     grant_id_live,
-    grant_row,
-    journal_rows,
     plan_claim,
     plan_confirm,
     plan_refund,
@@ -85,6 +82,8 @@ class MemoryStore(BaseStore):
     """
 
     schemes = ("memory",)
+    #: Its operations never block on I/O: the async twins BaseStore generates
+    #: call them inline instead of paying for a thread hop.
     cancel_safe = True
 
     settle_batch: int = 8
@@ -356,54 +355,6 @@ class MemoryStore(BaseStore):
 
     def close(self) -> None:
         """Nothing to release; the data lives as long as the object."""
-
-    # The memory store never blocks on I/O, so its async twins run inline
-    # instead of paying for a thread hop.
-
-    async def aclaim(self, req: ClaimRequest) -> ClaimResult:
-        return self.claim(req)
-
-    async def aconfirm(self, key: Key, charge_id: str | None, now: float) -> JobRecord | None:
-        return self.confirm(key, charge_id, now)
-
-    async def arefund(self, key: Key, charge_id: str | None, now: float) -> Event | None:
-        return self.refund(key, charge_id, now)
-
-    async def alookup(self, key: Key, now: float) -> JobRecord | None:
-        return self.lookup(key, now)
-
-    async def aprune(self, now: float, limit: int | None = None) -> list[Event]:
-        return self.prune(now, limit)
-
-    async def asnapshot(self, now: float) -> list[JobRecord]:
-        return self.snapshot(now)
-
-    async def agrant(self, account: str, amount: int, now: float = 0.0, grant_id: str = "") -> int:
-        return self.grant(account, amount, now, grant_id)
-
-    async def abalance(self, account: str) -> int:
-        return self.balance(account)
-
-    async def aread_journal(self, after: int, limit: int) -> list[JournalEntry]:
-        return self.read_journal(after, limit)
-
-    async def atrim_journal(self, through: int | None, cutoff: float | None) -> int:
-        return self.trim_journal(through, cutoff)
-
-    async def aget_cursor(self, name: str) -> int | None:
-        return self.get_cursor(name)
-
-    async def aset_cursor(self, name: str, position: int, force: bool = False) -> int:
-        return self.set_cursor(name, position, force)
-
-    async def adelete_cursor(self, name: str) -> bool:
-        return self.delete_cursor(name)
-
-    async def acursors(self) -> dict[str, int]:
-        return self.cursors()
-
-    async def aclose(self) -> None:
-        self.close()
 
     def __len__(self) -> int:
         """How many records are held, live or awaiting settlement."""
