@@ -26,10 +26,12 @@ Two things are adapted to the test machine, and only these:
 
 from __future__ import annotations
 
+import doctest
 import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -69,8 +71,12 @@ _EXTRA = re.compile(r'pip install "jobcredits-plugin\[(\w+)\]"')
 _SKIP = "_docs_skip_reason"
 _STATE = "_docs_saved_state"
 # Scheme, host and database; the page's query string (?prefix=..., ?schema=...) stays.
-_REDIS_URL = re.compile(r"redis://[^\"'\s?]*")
-_POSTGRES_URL = re.compile(r"postgres(?:ql)?://[^\"'\s?]*")
+# Only the production hosts the pages make up (cache.internal, db.internal): a
+# localhost URL is one the page means as written (an error example's closed port).
+_REDIS_URL = re.compile(r"redis://(?![^\"'\s?]*@?(?:localhost|127\.0\.0\.1)[:/])[^\"'\s?]*")
+_POSTGRES_URL = re.compile(
+    r"postgres(?:ql)?://(?![^\"'\s?]*@?(?:localhost|127\.0\.0\.1)[:/])[^\"'\s?]*"
+)
 
 
 def _server(source: str) -> str:
@@ -133,6 +139,60 @@ class _PageEvaluator:
             example.namespace.pop("__builtins__", None)
 
 
+#: A console block runs when each of its commands is one of these: the CLI, and
+#: the environment it reads. (pip, curl and servers are the reader's to run;
+#: tests/test_docs_quickstarts.py runs the quickstarts' servers.)
+_CONSOLE_COMMAND = re.compile(r"^(jobcredits( |$)|export JOBCREDITS_\w+=|unset JOBCREDITS_\w+$)")
+_BASH = shutil.which("bash") or "/bin/sh"
+_OUTPUT_VARIES = re.compile(r'^<!--\s*output:\s*varies\s+"(?P<reason>[^"]+)"\s*-->$')
+
+
+class _ConsoleEvaluator:
+    """Runs a console block's ``jobcredits`` commands in the page's directory and
+    compares what they print (stdout and stderr, as a terminal shows them) with
+    the page, ``...`` matching anything as in doctest. A block whose output
+    cannot repeat (fresh job ids, the time) says so above it with
+    ``<!-- output: varies "reason" -->``: its commands must then succeed."""
+
+    def __call__(self, example: Example) -> None:
+        __tracebackhide__ = True
+        reason = example.namespace.get(_SKIP)
+        if reason:
+            raise unittest.SkipTest(reason)
+        steps = re.split(r"^\$ (.*)\n", str(example.parsed), flags=re.MULTILINE)[1:]
+        commands = steps[0::2]
+        if not commands or not all(_CONSOLE_COMMAND.match(c) for c in commands):
+            return  # a shell session for the reader (installs, servers, curl)
+        before = example.document.text[: example.start].rstrip().rpartition("\n")[2].strip()
+        varies = _OUTPUT_VARIES.match(before)
+        checker = doctest.OutputChecker()
+        flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+        for command, expected in zip(commands, steps[1::2], strict=True):
+            command = _server(command)
+            if command.startswith(("export ", "unset ")):
+                name, _, value = command.partition(" ")[2].partition("=")
+                if command.startswith("export "):
+                    os.environ[name] = value
+                else:
+                    os.environ.pop(name, None)
+                continue
+            shell = f'jobcredits() {{ "{sys.executable}" -m jobcredits_plugin "$@"; }}\n{command}'
+            # S603: the commands are the page's own, checked against _CONSOLE_COMMAND.
+            done = subprocess.run(  # noqa: S603
+                [_BASH, "-c", shell], capture_output=True, text=True, timeout=120, check=False
+            )
+            printed = done.stdout + done.stderr
+            extra = _EXTRA.search(printed)
+            if extra and not _EXTRA.search(expected):
+                raise unittest.SkipTest(f"the {extra[1]} extra is not installed")
+            if varies:
+                assert done.returncode == 0, f"$ {command}\n{printed}"
+            elif not checker.check_output(expected, printed, flags):
+                raise AssertionError(
+                    f"$ {command}\nthe page shows:\n{expected}\nit printed:\n{printed}"
+                )
+
+
 def _setup(namespace: dict[str, Any]) -> None:
     """A page runs in a fresh directory; what it changes in the process (the
     environment, the root logger) is put back after it."""
@@ -161,7 +221,11 @@ sys.path.append(str(Path(__file__).parent / "tests" / "_docs"))
 
 #: The pages and how their blocks are run; tests/test_docs.py checks it against the pages.
 DOCS = Sybil(
-    parsers=[CodeBlockParser(language="python", evaluator=_PageEvaluator()), SkipParser()],
+    parsers=[
+        CodeBlockParser(language="python", evaluator=_PageEvaluator()),
+        CodeBlockParser(language="console", evaluator=_ConsoleEvaluator()),
+        SkipParser(),
+    ],
     patterns=["README.md", "docs/*.md"],
     setup=_setup,
     teardown=_teardown,

@@ -5,7 +5,9 @@ docs/*.md with sybil. These tests keep it that way as pages are added and
 edited: every page is collected, every python block is one sybil runs, a block
 that is not run carries ``<!-- skip: next "the reason" -->`` right above it, and
 no fence leaves its language out (a Python snippet in a bare fence would be
-shown to readers and never run).
+shown to readers and never run). Console blocks of ``jobcredits`` commands run
+too, their output compared with the page unless ``<!-- output: varies
+"the reason" -->`` stands above them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _PYTHON = re.compile(r"^(python|\{(code-block|code|sourcecode)\}[ \t]+python)[ \t]*$")
+_VARIES = re.compile(r'^[ \t]*<!--[ \t]*output:[ \t]*varies[ \t]+"[^"]+"[ \t]*-->[ \t]*$')
 _SKIP = re.compile(r"^[ \t]*(<!--|%)[ \t]*skip:(?P<arguments>.*?)(-->)?[ \t]*$")
 
 
@@ -98,18 +101,24 @@ def test_python_blocks_run_or_say_why(page: Path, pytestconfig: pytest.Config) -
         )
 
 
-def test_markers_stand_above_python_blocks() -> None:
-    """A skip marker that no longer stands right above a python block (the block was
-    moved or removed) would skip whatever python block comes next: refuse it."""
+def test_markers_stand_above_their_blocks() -> None:
+    """A marker that no longer stands right above its kind of block (the block was
+    moved or removed) would apply to whatever block comes next: refuse it. A skip
+    stands above a python or console block, an ``output: varies`` above a console
+    block."""
     stray = []
     for page in PAGES:
         lines = page.read_text(encoding="utf-8").splitlines()
-        python = {number for number, info in _fences(page) if _PYTHON.match(info)}
+        fences = dict(_fences(page))
         for number, line in enumerate(lines, 1):
-            if _SKIP.match(line):
-                following = next(
-                    (n for n in range(number + 1, len(lines) + 1) if lines[n - 1].strip()), None
-                )
-                if following not in python:
-                    stray.append(f"{page.name}:{number}")
-    assert not stray, f"skip markers not right above a python block: {stray}"
+            skip, varies = _SKIP.match(line), _VARIES.match(line)
+            if not (skip or varies):
+                continue
+            following = next(
+                (n for n in range(number + 1, len(lines) + 1) if lines[n - 1].strip()), None
+            )
+            info = fences.get(following, "") if following else ""
+            fits = _PYTHON.match(info) or info == "console" if skip else info == "console"
+            if not fits:
+                stray.append(f"{page.name}:{number}")
+    assert not stray, f"markers not right above a block they apply to: {stray}"
