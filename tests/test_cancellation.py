@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 from jobcredits_plugin import Ledger
-from jobcredits_plugin.stores import ClaimRequest, ClaimResult, Event, SQLiteStore
-from jobcredits_plugin.stores._base import Key
+from jobcredits_plugin.stores import ClaimRequest, ClaimResult, Event, Key, SQLiteStore
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin
 
 

@@ -36,8 +36,7 @@ from jobcredits_plugin._operations import (
 )
 from jobcredits_plugin._report import snapshot_lines, stats_lines, stats_of
 from jobcredits_plugin.cli import main
-from jobcredits_plugin.stores import BaseStore, MemoryStore
-from jobcredits_plugin.stores._base import ClaimRequest
+from jobcredits_plugin.stores import BaseStore, ClaimRequest, MemoryStore
 
 BIG = str(2**63)  # one past the largest SQLite/PostgreSQL integer
 NOW = time.time()

@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 from jobcredits_plugin import ConfigurationError, Ledger, header
-from jobcredits_plugin.stores import MemoryStore
-from jobcredits_plugin.stores._base import ClaimRequest, ClaimResult
+from jobcredits_plugin.stores import ClaimRequest, ClaimResult, MemoryStore
 from jobcredits_plugin.testing import make_ledger
 
 from ._secrets import CANARY, HOST, POSTGRES_URL, assert_no_secret, assert_nothing_internal

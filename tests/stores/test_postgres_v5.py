@@ -216,7 +216,7 @@ def test_a_disagreement_with_the_rules_reports_what_the_server_committed(
     """Should a server's decision and the Python rules ever disagree again,
     the caller gets the server's committed outcome (logged at ERROR), never a
     bare RuntimeError."""
-    from jobcredits_plugin.stores._base import claim_from_server
+    from jobcredits_plugin.stores import claim_from_server
 
     req = ClaimRequest(
         account="acct",

@@ -8,8 +8,8 @@ class is created: the operation run in a worker thread, so the event loop never
 waits on it, or called inline when the store says its operations never block.
 A store with a native async driver writes its twins itself, and those are kept.
 
-The rules the stores apply live in :mod:`._rules` and the journal's rows in
-:mod:`._rows`; the stores that import them from this module still find them.
+The rules the stores apply live in :mod:`._rules`, the journal's rows in
+:mod:`._rows`, the protocols in :mod:`._protocol`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._validation import configuring
 from ._protocol import JOURNAL_OPERATIONS, STORE_OPERATIONS, JournalStore, Store
-
-# The rules and rows, for the stores that import them from this module.
-from ._rows import *  # noqa: F403
-from ._rules import *  # noqa: F403
 from ._rules import ClaimRequest, ClaimResult, Event, Key
 
 if TYPE_CHECKING:

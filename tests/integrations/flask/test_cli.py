@@ -11,8 +11,7 @@ flask = pytest.importorskip("flask")
 
 from jobcredits_plugin import Ledger  # noqa: E402
 from jobcredits_plugin.flask import JobCredits  # noqa: E402
-from jobcredits_plugin.stores import MemoryStore  # noqa: E402
-from jobcredits_plugin.stores._base import ClaimRequest  # noqa: E402
+from jobcredits_plugin.stores import ClaimRequest, MemoryStore  # noqa: E402
 from jobcredits_plugin.testing import FakeClock, make_ledger  # noqa: E402
 
 

@@ -41,8 +41,11 @@ from jobcredits_plugin.flask import (  # noqa: E402
     get_state,
     job_credit,
 )
-from jobcredits_plugin.stores import MemoryStore  # noqa: E402
-from jobcredits_plugin.stores._base import ClaimRequest, ClaimResult  # noqa: E402
+from jobcredits_plugin.stores import (  # noqa: E402
+    ClaimRequest,
+    ClaimResult,
+    MemoryStore,
+)
 from jobcredits_plugin.testing import FakeClock, RecordingPlugin, make_ledger  # noqa: E402
 
 ACCT = "acct-1"

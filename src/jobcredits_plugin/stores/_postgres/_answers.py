@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..._records import REFUNDED, JobRecord
-from .._base import (
+from .._rules import (
     ClaimRequest,
     ClaimResult,
     Event,

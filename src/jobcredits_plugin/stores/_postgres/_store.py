@@ -28,15 +28,15 @@ from ..._validation import (
     check_optional_seconds,
     check_positive_seconds,
 )
-from .._base import (
+from .._base import BaseStore
+from .._rows import entry_from_row
+from .._rules import (
     GRANT_ID_RETENTION,
-    BaseStore,
     ClaimRequest,
     ClaimResult,
     Event,
     Key,
     balance_cap_error,
-    entry_from_row,
     grant_conflict_error,
     with_settled,
 )
@@ -559,7 +559,7 @@ class PostgresStore(BaseStore):
 
     def trim_journal(self, through: int | None, cutoff: float | None) -> int:
         """Delete numbered entries up to ``through`` and older than ``cutoff``
-        (see :meth:`BaseStore.trim_journal`), never one above the lowest
+        (see :meth:`JournalStore.trim_journal`), never one above the lowest
         cursor, in statements of at most ``_TRIM_BATCH`` rows. Not retried: a
         statement that committed before its answer was lost would be counted
         twice (deleting again is harmless, but the count would lie)."""

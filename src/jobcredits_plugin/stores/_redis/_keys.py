@@ -11,7 +11,7 @@ import binascii
 import functools
 import hashlib
 
-from .._base import Key
+from .._rules import Key
 
 __all__ = ["Keys", "lp", "slot_tag", "tag"]
 

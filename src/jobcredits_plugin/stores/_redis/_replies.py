@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from ..._records import JobRecord, JobState, JournalEntry, JournalKind
-from .._base import balance_cap_error, grant_conflict_error
+from .._rules import balance_cap_error, grant_conflict_error
 
 __all__ = ["cursor_map", "decode", "entries", "entry_seq", "fields", "grant_result", "s"]
 

@@ -25,7 +25,8 @@ from ..._validation import (
     check_text,
     configuring,
 )
-from .._base import BaseStore, ClaimRequest, ClaimResult, Event, Key
+from .._base import BaseStore
+from .._rules import ClaimRequest, ClaimResult, Event, Key
 from .._urls import (
     JOURNAL_OPTIONS,
     check_url_text,

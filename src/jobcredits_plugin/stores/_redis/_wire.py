@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ..._records import REFUNDED, JobRecord
-from .._base import (
+from .._rules import (
     GRANT_ID_RETENTION,
     ClaimRequest,
     ClaimResult,
