@@ -630,17 +630,28 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
         self.paused = False
 
-    def outage(self, seconds: float, *, crash: bool = True) -> dict[str, float]:
+    def outage(
+        self,
+        seconds: float,
+        *,
+        crash: bool = True,
+        while_down: Callable[[], object] | None = None,
+    ) -> dict[str, float]:
         """Take the server down for ``seconds`` and bring it back on the same
         port: ``crash=True`` kills it (``SIGKILL``) and starts it again,
-        ``crash=False`` pauses it (``SIGSTOP``/``SIGCONT``). Returns how long
-        it was down and how long the restart took."""
+        ``crash=False`` pauses it (``SIGSTOP``/``SIGCONT``). ``while_down``
+        runs once the server is down, and the server stays down until it
+        returned (at least ``seconds`` in all), so what it does is known to
+        have met the outage whatever the machine's load. Returns how long it
+        was down and how long the restart took."""
         t0 = time.monotonic()
         if crash:
             self.kill()
         else:
             self.pause()
-        time.sleep(seconds)
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
         t1 = time.monotonic()
         if crash:
             self.start()

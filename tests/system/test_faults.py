@@ -46,6 +46,8 @@ import pytest
 
 pytest.importorskip("httpx")
 
+import httpx
+
 from jobcredits_plugin import Ledger
 from jobcredits_plugin.testing import RecordingPlugin
 from tests.system._books import Books, check_books, settle
@@ -383,6 +385,7 @@ def _redis_outage_run(
     require(kind)
     scenario = Scenario(jobs=jobs, clients=_size(20, 40), seed=13, deadline=45.0)
     times: dict[str, float] = {}
+    probes: list[tuple[float, float, httpx.Response]] = []
     with _timed() as took, RedisServer(tmp_path / "redis") as redis_server:
         url = with_query(redis_server.url, prefix=f"jcsys-{uuid.uuid4().hex[:8]}")
         grant(url, scenario.granted())
@@ -391,10 +394,31 @@ def _redis_outage_run(
         with start_server(kind, url, env=env, log_dir=tmp_path) as server:
             workers = set(server.worker_pids())
 
+            def probe() -> None:
+                # One charging call of a new job sent once Redis is dead, and
+                # answered before it is started again: the outage's answer is
+                # then observed however slowly the load's own calls run on a
+                # loaded machine (they may all miss a 3 s window).
+                api_key = next(iter(scenario.accounts))
+                started = time.monotonic()
+                response = httpx.post(
+                    server.base_url + server.charged_paths[0],
+                    headers={
+                        "X-Api-Key": api_key,
+                        "Authorization": f"Bearer {api_key}",
+                        "X-Job-Id": f"probe-{uuid.uuid4().hex}",
+                        "Content-Type": "application/json",
+                    },
+                    content=json.dumps({"text": "a probe during the outage"}),
+                    timeout=30.0,
+                )
+                probes.append((started, time.monotonic(), response))
+
             def down() -> dict[str, float]:
                 keys = redis_server.dbsize()
                 times["down"] = time.monotonic()
-                figures = redis_server.outage(outage)  # SIGKILL, wait, start on the same port
+                # SIGKILL, the probe, start on the same port
+                figures = redis_server.outage(outage, while_down=probe)
                 times["up"] = time.monotonic()
                 # the append-only file brought back every key written before
                 assert redis_server.dbsize() >= keys
@@ -417,13 +441,22 @@ def _redis_outage_run(
     assert all(c.code == "store_unavailable" for c in unavailable)
     outside = [c for c in unavailable if c.end < times["down"] or c.start > times["up"]]
     assert not outside, f"503s outside the outage: {outside[:3]}"
+    # the probe met the outage: sent after the kill, answered before the restart
+    assert len(probes) == 1, probes
+    probe_start, probe_end, answer = probes[0]
+    assert times["down"] <= probe_start
+    assert probe_end <= times["up"]
     if fail_open:
         # uncharged passes while down: served, no charge header, nothing recorded
-        free = [c for c in during if c.status == 200 and c.charge is None]
-        assert free, "no call was let through uncharged during the outage"
+        assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+        assert "X-Job-Charge" not in answer.headers, dict(answer.headers)
+        assert not [c for c in during if c.charge == "charged"], "charged while the store was down"
         assert not unavailable, "503s with fail-open on"
     else:
-        assert unavailable, "no 503 during the outage"
+        assert answer.status_code == 503, (answer.status_code, answer.text[:300])
+        assert answer.headers.get("Content-Type", "").startswith("application/problem+json")
+        assert answer.json().get("code") == "store_unavailable", answer.text[:300]
+        assert float(answer.headers["Retry-After"]) >= 1
         assert not [c for c in during if c.status == 200], "served while the store was down"
     # recovery: the calls started a second after the restart are served
     assert after
@@ -439,6 +472,7 @@ def _redis_outage_run(
         outage_seconds=round(times["up"] - times["down"], 2),
         keys_before_outage=faults.events[0].result["keys_before"],
         responses_503=len(unavailable),
+        probe=answer.status_code,
         retry_after=sorted({c.retry_after for c in unavailable}),
         served_uncharged=sum(1 for c in result.calls if c.status == 200 and c.charge is None),
         unconfirmed_answers=unsettled,
