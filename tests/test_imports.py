@@ -197,3 +197,39 @@ def test_no_module_imports_another_modules_private_names() -> None:
                 if private and f"{base}.{name}" not in found:
                     offenders.append(f"{module.path.name}:{node.lineno} from {base} import {name}")
     assert offenders == []
+
+
+def _shadowing(tree: ast.Module) -> Iterator[tuple[str, int, str]]:
+    """(function, line, name) where a comprehension of the function binds a
+    name that the module also binds at its top level."""
+    top: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            top.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            top.add(node.name)
+        elif isinstance(node, ast.Assign):
+            top.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for comp in ast.walk(fn):
+            if isinstance(comp, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+                for gen in comp.generators:
+                    for name in ast.walk(gen.target):
+                        if isinstance(name, ast.Name) and name.id in top:
+                            yield fn.name, comp.lineno, name.id
+
+
+def test_no_comprehension_rebinds_a_module_level_name() -> None:
+    """CPython 3.12.1 inlines comprehensions (PEP 709) and then raised
+    UnboundLocalError in RedisStore's cluster journal merge: one comprehension
+    bound ``s`` while another in the same function called the module's ``s()``
+    (passed on 3.10, 3.11 and 3.13). A comprehension variable never takes a
+    module-level name."""
+    found = [
+        (str(path.relative_to(SOURCE)), *hit)
+        for path in sorted(SOURCE.rglob("*.py"))
+        for hit in _shadowing(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert not found, found

@@ -112,11 +112,11 @@ class ClusterJournal(Clients, Wire):
             return 0, 0
         share = max(1, budget // len(streams))
         fetched = dict(zip(streams, self._read_slot_streams(streams, share, {}), strict=True))
-        full = [s for s in streams if len(fetched[s]) == share]
+        full = [stream for stream in streams if len(fetched[stream]) == share]
         left = budget - sum(len(run) for run in fetched.values())
         if full and left > 0:
             more = max(1, left // len(full))
-            read = {s: int(fetched[s][-1][1]) for s in full}
+            read = {stream: int(fetched[stream][-1][1]) for stream in full}
             for stream, run in zip(full, self._read_slot_streams(full, more, read), strict=True):
                 fetched[stream].extend(run)
         runs = [
