@@ -24,7 +24,7 @@ from wsgiref.util import setup_testing_defaults
 
 import attrs
 
-from ._decorator import header
+from ._headers import header
 from ._ledger import Ledger
 from ._report import table
 from ._warnings import InProcessStoreWarning
