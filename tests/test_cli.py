@@ -68,9 +68,116 @@ def test_demo_figures_are_exact_for_a_seed(capsys: pytest.CaptureFixture[str]) -
     assert err == ""
     rows = demo_rows(out)
     assert {k: list(v.values()) for k, v in rows.items()} == SEED1
-    assert "calls: 78 (200 ok 55, 402 insufficient_credits 12, 409 job_in_progress 3, " in out
+    assert "calls: 78 (200 ok 55, 402 insufficient_credits 12, 409 job_in_progress 3,\n" in out
     assert "second calls after the 1h window: 5 (charged 2, insufficient_credits 3)" in out
     assert len(out.splitlines()) <= 30
+
+
+def test_demo_fits_80_columns_and_says_what_live_means(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The report of the default run reads in an 80-column terminal, and its
+    legend explains the columns whose name is not self-evident."""
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    legend = " ".join(out.split())
+    assert "live: jobs still inside their 1h window at the end" in legend
+    assert "402: calls refused for want of credit" in legend
+    assert "409: calls refused while the job's first call ran" in legend
+
+
+# -- demo --trace --------------------------------------------------------------------------
+
+
+def trace_steps(out: str) -> dict[str, dict[str, str]]:
+    """The trace's steps by their first line ("[0:00:00] POST /transcribe
+    X-Job-Id: job-1 (a new job)"): each a dict of its labelled lines."""
+    steps: dict[str, dict[str, str]] = {}
+    for block in out.split("\n\n"):
+        head, *rest = block.splitlines()
+        if not head.startswith("[") or not rest:
+            continue
+        fields: dict[str, str] = {}
+        label = ""
+        for line in rest:
+            name, _, text = line.strip().partition(" ")
+            if line.startswith("  ") and not line.startswith("   "):
+                label = name
+                fields[label] = text.strip()
+            else:
+                fields[label] += " " + line.strip()
+        steps[" ".join(head.split())] = {k: " ".join(v.split()) for k, v in fields.items()}
+    return steps
+
+
+def test_demo_trace_walks_one_account_through_every_outcome(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A charge, a 409 while it runs, a free follow-up, a refund on a failed
+    backend and the retry charged anew, a 402, an expiry, a prune: each step
+    with its decision, hooks, headers and balance."""
+    code, out, err = run(capsys, "demo", "--trace")
+    assert (code, err) == (0, "")
+    steps = trace_steps(out)
+    hooks = {head: step["hooks"] for head, step in steps.items()}
+    assert list(hooks.values()) == [
+        "on_charge",
+        "none",
+        "on_reuse",
+        "on_charge, on_refund",
+        "on_charge",
+        "on_reuse",
+        "none",
+        "on_expire, on_charge",
+        "on_expire(job-2)",
+    ]
+    first = steps["[0:00:00] POST /transcribe X-Job-Id: job-1 (a new job)"]
+    assert first["headers"] == "X-Job-Charge: charged X-Credits-Remaining: 1"
+    assert first["after"] == "job-1: charged, uses 1, window ends 1:00:00; balance 1"
+    busy = steps["[0:00:00] POST /transcribe X-Job-Id: job-1 (sent again while the first runs)"]
+    assert busy["before"].startswith("job-1: pending")
+    assert "409" in busy["app"]
+    assert "job_in_progress" in busy["app"]
+    assert busy["headers"].startswith("Retry-After: ")
+    failed = steps["[0:05:00] POST /transcribe X-Job-Id: job-2 (a new job; the backend fails)"]
+    assert "refunds the charge" in failed["app"]
+    assert failed["headers"] == "X-Job-Charge: refunded X-Credits-Remaining: 1"
+    broke = steps["[0:11:00] POST /transcribe X-Job-Id: job-3 (a new job, no credit left)"]
+    assert "402" in broke["app"]
+    assert broke["ledger"] == "refused: balance 0 < cost 1; nothing is recorded"
+    late = steps["[1:05:00] POST /analyze X-Job-Id: job-1 (back after the 1h window)"]
+    assert "window had closed" in late["ledger"]
+    assert "live at the end: job-1." in out
+
+
+def test_demo_trace_is_the_same_every_run_and_fits_80_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first = run(capsys, "demo", "--trace")[1]
+    assert run(capsys, "demo", "--trace")[1] == first
+    assert max(len(line) for line in first.splitlines()) <= 80
+
+
+def test_demo_trace_reports_what_the_library_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace is read off real calls, not printed from a script: a
+    middleware that confirms nothing shows up in it."""
+    from jobcredits_plugin import Ledger as RealLedger
+
+    monkeypatch.setattr(RealLedger, "confirm", lambda self, *a, **k: None)  # confirms nothing
+    out = run(capsys, "demo", "--trace")[1]
+    first = trace_steps(out)["[0:00:00] POST /transcribe X-Job-Id: job-1 (a new job)"]
+    assert first["hooks"] == "on_charge, on_refund"
+    assert first["app"] == "answered 200: the charge could not be confirmed; refunded"
+    assert first["headers"] == "X-Job-Charge: refunded X-Credits-Remaining: 2"
+
+
+def test_demo_trace_takes_no_store(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "demo", "--trace", "--store", "sqlite:///demo.db")
+    assert (code, out) == (2, "")
+    assert "--trace runs on its own memory store" in err
 
 
 def test_demo_books_balance(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,8 +207,8 @@ def test_demo_on_sqlite_matches_memory(capsys: pytest.CaptureFixture[str], tmp_p
     code, out, err = run(capsys, "demo", "--store", url)
     assert code == 0, err
     assert (tmp_path / "demo.db").exists()
-    assert f"store {url}" in out.splitlines()[0]
-    assert out.splitlines()[1:] == memory.splitlines()[1:]
+    assert out.splitlines()[1].startswith(f"store {url}; ")
+    assert out.splitlines()[2:] == memory.splitlines()[2:]
 
 
 def test_demo_rerun_on_a_file_starts_afresh_and_leaves_live_jobs(

@@ -133,7 +133,8 @@ COMMANDS: tuple[Command, ...] = (
         "demo",
         "simulate clients against a small WSGI app and print what was charged",
         "Run simulated clients against an in-process WSGI app on a fake clock "
-        "and print what each account was charged, reused, refunded and rejected.",
+        "and print what each account was charged, reused, refunded and rejected; "
+        "with --trace, follow a few calls of one account step by step.",
         demo,
         (
             Arg(
@@ -149,6 +150,13 @@ COMMANDS: tuple[Command, ...] = (
                 default=40,
                 metavar="N",
                 help=f"jobs to run, 1 to {DEMO_JOBS_MAX} (default: 40)",
+            ),
+            Arg(
+                "--trace",
+                flag=True,
+                help="instead, follow one account's calls step by step: the request, the "
+                "ledger's decision, the hooks fired, the headers and the balance (on its own "
+                "memory store and fake clock, so the same every run)",
             ),
         ),
         uses_store=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import textwrap
 import time
 import uuid
 import warnings
@@ -226,8 +227,11 @@ DEMO_COLUMNS = (
     "job_in_progress",
     "balance",
 )
-#: The columns whose heading is not their name: the rejections, by status.
-HEADING = {"insufficient_credits": "402 no credit", "job_in_progress": "409 in progress"}
+#: The columns whose heading is not their name: the rejections, by status
+#: (the legend under the table names them; short, so the table fits 80 columns).
+HEADING = {"insufficient_credits": "402", "job_in_progress": "409"}
+#: The demo's report fits a terminal of this width (for the default options).
+WIDTH = 80
 
 
 def _simulate(
@@ -313,14 +317,26 @@ def run_demo(url: str, *, seed: int, jobs: int) -> DemoResult:
     return DemoResult(rows, list(DEMO_ACCOUNTS), calls, late_calls, span)
 
 
+def _wrap(text: str, indent: str = "  ") -> list[str]:
+    """A paragraph of the report, folded to :data:`WIDTH` columns; a pair
+    such as ``502 upstream 8`` (spaces written as no-break spaces) stays on one
+    line."""
+    lines = textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+    return [line.replace("\N{NO-BREAK SPACE}", " ") for line in lines]
+
+
+def _keep(text: str) -> str:
+    """``text`` that :func:`_wrap` never breaks."""
+    return text.replace(" ", "\N{NO-BREAK SPACE}")
+
+
 def render_demo(result: DemoResult, *, url: str, seed: int, jobs: int) -> tuple[list[str], bool]:
     """The demo's report, and whether its two bookkeeping checks hold."""
     minutes = int(result.span // 60)
     lines = [
-        f"jobcredits demo: {jobs} summarize jobs (transcribe + analyze), seed {seed}, "
-        f"store {redact_url(url)}",
-        f"simulated {minutes // 60}h {minutes % 60:02d}m on a fake clock; "
-        "window 1h; 1 credit per job",
+        f"jobcredits demo: {jobs} summarize jobs (transcribe + analyze), seed {seed}",
+        f"store {redact_url(url)}; simulated {minutes // 60}h {minutes % 60:02d}m on a fake "
+        "clock; window 1h; 1 credit a job",
         "",
     ]
     headers = ("account", *(HEADING.get(c, c) for c in DEMO_COLUMNS))
@@ -331,10 +347,18 @@ def render_demo(result: DemoResult, *, url: str, seed: int, jobs: int) -> tuple[
     rows.append(["total", *(result.total(c) for c in DEMO_COLUMNS)])
     text = table(headers, rows)
     lines += [*text[:-1], "-" * len(text[0]), text[-1], ""]
-    calls = ", ".join(f"{k} {v}" for k, v in sorted(result.calls.items()))
-    lines.append(f"calls: {sum(result.calls.values())} ({calls})")
-    late = ", ".join(f"{k} {v}" for k, v in sorted(result.late_calls.items()))
-    lines.append(
+    lines += _wrap(
+        "charged, reused, refunded, expired: the on_charge, on_reuse, on_refund and "
+        "on_expire events. live: jobs still inside their 1h window at the end (charged, "
+        "neither refunded nor expired: their follow-ups would ride free). 402: calls "
+        "refused for want of credit; 409: calls refused while the job's first call ran.",
+        indent="",
+    )
+    lines.append("")
+    calls = ", ".join(_keep(f"{k} {v}") for k, v in sorted(result.calls.items()))
+    lines += _wrap(f"calls: {sum(result.calls.values())} ({calls})")
+    late = ", ".join(_keep(f"{k} {v}") for k, v in sorted(result.late_calls.items()))
+    lines += _wrap(
         f"second calls after the 1h window: {sum(result.late_calls.values())} ({late or 'none'})"
     )
     granted, balance = result.total("granted"), result.total("balance")
@@ -342,11 +366,11 @@ def render_demo(result: DemoResult, *, url: str, seed: int, jobs: int) -> tuple[
     expired, live = result.total("expired"), result.total("live")
     spent_ok = granted - balance == charged - refunded
     settled_ok = charged == refunded + expired + live
-    lines.append(
+    lines += _wrap(
         f"check: granted {granted} - balance {balance} = charged {charged} - refunded "
         f"{refunded} = {charged - refunded} credits spent: {'ok' if spent_ok else 'MISMATCH'}"
     )
-    lines.append(
+    lines += _wrap(
         f"check: charged {charged} = refunded {refunded} + expired {expired} + live {live}: "
         f"{'ok' if settled_ok else 'MISMATCH'}"
     )

@@ -352,6 +352,17 @@ def demo(target: Target, args: argparse.Namespace) -> int:
     # which an app that only imports an adapter (and its commands) should not.
     from ._demo import render_demo, run_demo
 
+    if args.trace:
+        from ._demo_trace import render_trace
+
+        if args.store != "memory://":
+            raise CliError(
+                "--trace runs on its own memory store, so that its steps are the same "
+                "every run: leave out --store",
+                EXIT_USAGE,
+            )
+        target.say(*render_trace())
+        return 0
     result = run_demo(args.store, seed=args.seed, jobs=args.jobs)
     lines, ok = render_demo(result, url=args.store, seed=args.seed, jobs=args.jobs)
     target.say(*lines)

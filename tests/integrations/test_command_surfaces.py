@@ -45,7 +45,7 @@ Outcome = tuple[int, str, str]  # exit status, stdout, the error message (or "")
 
 #: Arguments for every command; a command added to the table needs its cases here.
 CASES: dict[str, list[list[str]]] = {
-    "demo": [["--jobs", "3"], ["--jobs", "2", "--seed", "7"]],
+    "demo": [["--jobs", "3"], ["--jobs", "2", "--seed", "7"], ["--trace"]],
     "snapshot": [[], ["--limit", "1"], ["--json"]],
     "stats": [[], ["--json"]],
     "prune": [[]],
