@@ -18,6 +18,7 @@ import itertools
 import logging
 import threading
 from collections import deque
+from typing import Any
 
 import attrs
 
@@ -55,6 +56,14 @@ _HeapEntry = tuple[float, str, str, str, str]
 _Bucket = dict[str, JobRecord]
 # A remembered grant id: (when it was first applied, its amount, the balance it answered).
 _GrantMemo = tuple[float, int, int]
+# A journal entry as held: its seq followed by the eleven fields of its JournalRow,
+# one flat tuple (a pair of seq and row would cost one more tuple per entry).
+_Entry = tuple[Any, ...]
+
+#: The default journal_limit: ten thousand entries of about 180 bytes keep
+#: the journal's share of a live job small at the job counts a memory store
+#: serves (about 18 bytes at 100,000 live jobs; see docs/stores.md).
+DEFAULT_JOURNAL_LIMIT = 10_000
 
 
 @attrs.define(slots=True, eq=False)
@@ -75,8 +84,10 @@ class MemoryStore(BaseStore):
 
     The journal (``journal=True``, the default) is a deque of entries appended
     under the same lock as the change. It lives and dies with the process, so
-    it is bounded: past ``journal_limit`` entries the oldest go even if a
-    cursor has not read them, and a reader asking for them gets an
+    it is bounded: past ``journal_limit`` entries (10,000 by default, so that
+    a live job with the default settings stays under 512 bytes, its share of
+    the journal included) the oldest go even if a cursor has not read them,
+    and a reader asking for them gets an
     :class:`~jobcredits_plugin.InvalidArgument` saying so instead of a silent
     gap. For a journal that must survive, use a durable store.
     """
@@ -90,13 +101,13 @@ class MemoryStore(BaseStore):
     journal: bool = True
     journal_reuses: bool = False
     journal_max_age: float | None = 7 * 86400.0
-    journal_limit: int = 100_000
+    journal_limit: int = DEFAULT_JOURNAL_LIMIT
     _buckets: dict[tuple[str, str], _Bucket] = attrs.field(init=False, factory=dict)
     _count: int = attrs.field(init=False, default=0)
     _balances: dict[str, int] = attrs.field(init=False, factory=dict)
     _heap: list[_HeapEntry] = attrs.field(init=False, factory=list)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
-    _entries: deque[tuple[int, JournalRow]] = attrs.field(init=False, factory=deque)
+    _entries: deque[_Entry] = attrs.field(init=False, factory=deque)
     _seq: int = attrs.field(init=False, default=0)
     #: The highest seq dropped by ``journal_limit`` (not by a trim someone asked for).
     _lost_through: int = attrs.field(init=False, default=0)
@@ -143,7 +154,7 @@ class MemoryStore(BaseStore):
         entries = self._entries
         for row in rows:
             self._seq += 1
-            entries.append((self._seq, row))
+            entries.append((self._seq, *row))
         excess = len(entries) - self.journal_limit
         if excess > 0:
             was = self._lost_through
@@ -312,7 +323,7 @@ class MemoryStore(BaseStore):
             # seqs are consecutive in the deque: index arithmetic, no scan
             start = max(0, after - entries[0][0] + 1)
             picked = list(itertools.islice(entries, start, start + limit))
-        return [entry_from_row(seq, row) for seq, row in picked]
+        return [entry_from_row(entry[0], entry[1:]) for entry in picked]
 
     def trim_journal(self, through: int | None, cutoff: float | None) -> int:
         if through is None and cutoff is None:
@@ -324,7 +335,7 @@ class MemoryStore(BaseStore):
             entries = self._entries
             removed = 0
             while entries and entries[0][0] <= cap:
-                if cutoff is not None and not entries[0][1][10] < cutoff:
+                if cutoff is not None and not entries[0][11] < cutoff:
                     break
                 entries.popleft()
                 removed += 1
