@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "REDIS_CHECK_AOF",
     "REDIS_SERVER",
     "FaultEvent",
     "FaultRunner",
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 REDIS_SERVER = shutil.which("redis-server")
+#: Redis' own tool for a damaged append-only file: ``--fix`` cuts the file
+#: before the first command it cannot read, and before the ``MULTI`` of a
+#: transaction whose ``EXEC`` is missing (see RedisServer.start).
+REDIS_CHECK_AOF = shutil.which("redis-check-aof")
 
 
 class _HasWorkers(Protocol):
@@ -509,6 +514,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _TornAppendOnlyFile(RuntimeError):
+    """The server refused to start: its append-only file ends mid-command."""
+
+
 class RedisServer:
     """A ``redis-server`` of the test's own, on a free loopback port, with its
     data in ``directory``.
@@ -518,6 +527,20 @@ class RedisServer:
     ``SIGKILL`` and a start on the same port bring every acknowledged charge,
     refund and balance back. That is the setting a billing ledger needs; with
     Redis' defaults a restart loses what was written since the last snapshot.
+
+    And ``aof-load-truncated no``, with the repair docs/redis.md gives: a
+    ``SIGKILL`` can land in the middle of Redis' write to the file, leaving
+    the tail of a script's ``MULTI`` ... ``EXEC`` block on disk without its
+    end. Redis 7.0 (``aof-load-truncated yes``, its default) then cuts only
+    the torn command and leaves the block's ``MULTI`` and first commands in
+    the file; the writes after the restart are appended behind them, and the
+    *next* load runs the stranded commands inside the following transaction:
+    half a script applied (a refund's credit without its journal entry or its
+    record's change). Valkey fixed this in valkey-io/valkey#4342. With ``no``
+    the server refuses to start on a torn tail; ``redis-check-aof --fix``
+    then cuts the file before the unfinished ``MULTI``, and the server starts
+    with whole scripts only. :meth:`start` does that repair, as an operator
+    would, and counts it in :attr:`repairs`.
     """
 
     def __init__(self, directory: Path, *extra: str, persistent: bool = True) -> None:
@@ -531,6 +554,8 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
         self.log = directory / "redis.log"
+        #: How many starts found a torn append-only file and repaired it.
+        self.repairs = 0
 
     @property
     def url(self) -> str:
@@ -539,7 +564,7 @@ class RedisServer:
     def command(self) -> list[str]:
         assert REDIS_SERVER is not None
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
+            ["--appendonly", "yes", "--appendfsync", "always", "--aof-load-truncated", "no"]
             if self.persistent
             else ["--appendonly", "no"]
         )
@@ -556,21 +581,59 @@ class RedisServer:
             *self.extra,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, *, repair: bool = True) -> None:
         """Start the server (on the same port as before) and wait until it
-        answers ``PING`` (so also until it has loaded its append-only file)."""
+        answers ``PING`` (so also until it has loaded its append-only file).
+
+        A server that refuses its append-only file because its tail is torn
+        (see the class docstring) is repaired with ``redis-check-aof --fix``
+        and started again, unless ``repair`` is false."""
         if self.proc is not None:
             raise RuntimeError("the private redis-server is already running")
+        try:
+            self._start(timeout)
+        except _TornAppendOnlyFile:
+            if not repair:
+                raise
+            self._repair()
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
+        logged = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                log = self.log.read_text() if self.log.exists() else ""
+                log = self.log.read_bytes()[logged:].decode() if self.log.exists() else ""
                 self.kill()
+                if "Unexpected end of file reading the append only file" in log:
+                    raise _TornAppendOnlyFile(log)
                 raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
             time.sleep(0.05)
+
+    def aof_path(self) -> Path:
+        """The append-only file to check: the manifest of Redis 7's multi-part
+        files, else the single file of older servers."""
+        manifest = self.directory / "appendonlydir" / "appendonly.aof.manifest"
+        return manifest if manifest.exists() else self.directory / "appendonly.aof"
+
+    def _repair(self) -> None:
+        """``redis-check-aof --fix`` (it asks before it cuts: answered yes)."""
+        if REDIS_CHECK_AOF is None:
+            raise RuntimeError("redis-check-aof is not installed: cannot repair a torn AOF")
+        done = subprocess.run(
+            [REDIS_CHECK_AOF, "--fix", str(self.aof_path())],
+            input="y\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-check-aof --fix failed:\n{done.stdout}{done.stderr}")
+        self.repairs += 1
 
     def ping(self) -> bool:
         """Whether the server answers ``+PONG`` now (a raw socket: no client

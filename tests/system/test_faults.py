@@ -13,8 +13,8 @@ ones and the 503s of an outage.
   and by the records ``prune`` settles), while other kills hit the load's
   own calls. The server starts new workers; the load goes on.
 - Redis killed and restarted mid-run (a private ``redis-server`` with
-  ``appendonly yes``/``appendfsync always``): 503 with ``Retry-After`` while
-  it is down, then the same app serves again, with nothing lost.
+  ``appendonly yes``/``appendfsync always``/``aof-load-truncated no``): 503
+  with ``Retry-After`` while it is down, then the same app serves again, with nothing lost.
 - PostgreSQL: the app's backends terminated several times mid-run.
 - SQLite: workers killed again and again while they write, and a writer killed
   in the middle of a transaction that had already spilled pages into the WAL:
