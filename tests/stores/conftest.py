@@ -137,6 +137,22 @@ def _postgres(directory: Path) -> BaseStore:
     return PostgresStore.from_url(url, schema=f"jctest_{uuid.uuid4().hex[:12]}")
 
 
+def _django_sqlite(directory: Path) -> BaseStore:
+    pytest.importorskip("django", reason="the django extra is not installed")
+    from tests.stores import _django
+
+    return _django.fresh_store(_django.SQLITE_ALIAS)  # type: ignore[no-any-return]
+
+
+def _django_postgres(directory: Path) -> BaseStore:
+    _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+    pytest.importorskip("django", reason="the django extra is not installed")
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from tests.stores import _django
+
+    return _django.fresh_store(_django.POSTGRES_ALIAS)  # type: ignore[no-any-return]
+
+
 #: Every store kind the suite runs on; one entry per kind. Server-backed kinds
 #: skip off CI when their server does not answer (see _server_url).
 STORES: dict[str, StoreMaker] = {
@@ -146,6 +162,8 @@ STORES: dict[str, StoreMaker] = {
     "redis-cluster": _redis_cluster,
     "postgres": _postgres,
     "example": _example,
+    "django-sqlite": _django_sqlite,
+    "django-postgres": _django_postgres,
 }
 
 #: Store kinds whose data lives and dies with this process.

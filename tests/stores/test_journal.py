@@ -484,6 +484,8 @@ def _url_of(store: BaseStore, store_kind: str) -> str:
         url = os.environ.get(POSTGRES_URL_ENV, POSTGRES_DEFAULT)
         schema = store.schema  # type: ignore[attr-defined]
         return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+    if store_kind.startswith("django-"):
+        return f"django://{store.using}"  # type: ignore[attr-defined]
     raise AssertionError(store_kind)
 
 
@@ -510,7 +512,13 @@ def test_a_process_killed_before_its_hooks_still_leaves_the_entry(
     if store_kind in IN_PROCESS:
         pytest.skip(f"the {store_kind} store dies with its process, journal and all")
     script = tmp_path / "child.py"
-    script.write_text(_KILLED_CHILD)
+    preamble = ""
+    if store_kind.startswith("django-"):
+        # The child configures the same Django databases first.
+        from tests.stores import _django
+
+        preamble = _django.child_preamble(_django.configure())
+    script.write_text(preamble + _KILLED_CHILD)
     done = subprocess.run(
         [sys.executable, str(script), _url_of(store, store_kind)],
         capture_output=True,

@@ -4,7 +4,7 @@
 
     # settings.py
     INSTALLED_APPS = [..., "jobcredits_plugin.django"]
-    JOBCREDITS = {"URL": "sqlite:///jobcredits.db", "BALANCES": True}
+    JOBCREDITS = {"URL": "django://default", "BALANCES": True}  # then manage.py migrate
 
     # views.py
     from jobcredits_plugin.django import charges_credit
@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._conf import aget_ledger, get_ledger
+from ._store import DjangoStore
 from ._views import charges_credit, default_account
 
-__all__ = ["aget_ledger", "charges_credit", "default_account", "get_ledger"]
+__all__ = ["DjangoStore", "aget_ledger", "charges_credit", "default_account", "get_ledger"]

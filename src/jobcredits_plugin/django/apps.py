@@ -9,12 +9,17 @@ from django.core import checks  # type: ignore[import-untyped]
 class JobCreditsConfig(AppConfig):  # type: ignore[misc]
     """Registers the system checks and makes ``manage.py jobcredits`` available.
 
-    The app has no models and opens no store at startup: the ledger is built
-    by the first request that needs it (see
+    Its models are the tables of :class:`~jobcredits_plugin.django.DjangoStore`
+    (``JOBCREDITS = {"URL": "django://default"}``); they are created by
+    ``manage.py migrate`` and unused with any other store. No store is opened
+    at startup: the ledger is built by the first request that needs it (see
     :func:`jobcredits_plugin.django.get_ledger`).
     """
 
     name = "jobcredits_plugin.django"
+    # Fixed here, not taken from the project's DEFAULT_AUTO_FIELD: the
+    # shipped migrations must match the models in every project.
+    default_auto_field = "django.db.models.BigAutoField"
     label = "jobcredits"
     verbose_name = "Job credits"
 

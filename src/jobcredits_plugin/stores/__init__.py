@@ -10,6 +10,9 @@ RedisStore         ``redis://``, ``rediss://``,               several hosts; Red
                    ``redis+unix://``                          (extra ``redis``)
 PostgresStore      ``postgresql://``                          several hosts; durable
                                                               (extra ``postgres``)
+DjangoStore        ``django://ALIAS``                         a Django project's own database
+                                                              (extra ``django``; the class is
+                                                              ``jobcredits_plugin.django.DjangoStore``)
 =================  =========================================  ==============================
 
 Store classes whose driver is an optional extra are imported lazily, so that
@@ -96,7 +99,7 @@ __all__ = [
 ACCEPTED = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "redis://host:port/db, rediss://..., redis+unix:///path.sock, "
-    "postgresql://user@host:port/dbname"
+    "postgresql://user@host:port/dbname, django://ALIAS (a Django database alias)"
 )
 
 #: Stores whose driver is an optional extra, imported on first use so that
@@ -188,6 +191,21 @@ def _postgres_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
     return store
 
 
+def _django_from_url(parts: urllib.parse.SplitResult, url: str) -> Store:
+    # Imported here: jobcredits_plugin.django imports Django, which only a
+    # django:// URL needs (its ImportError names the extra).
+    from ..django._store import DjangoStore
+
+    if parts.path not in ("", "/") or not parts.netloc:
+        raise InvalidArgument(
+            f"django:// URLs name a database alias and nothing else, e.g. django://default, "
+            f"not {redact_url(url)!r}"
+        )
+    alias = urllib.parse.unquote(parts.netloc)
+    opts = parse_options(parts.query, {"prune_batch": int, **JOURNAL_OPTIONS}, url)
+    return DjangoStore(alias, **opts)
+
+
 _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Store]] = {
     "memory": _memory_from_url,
     "sqlite": _sqlite_from_url,
@@ -196,6 +214,7 @@ _SCHEMES: dict[str, Callable[[urllib.parse.SplitResult, str], Store]] = {
     "redis+unix": _redis_from_url,
     "postgresql": _postgres_from_url,
     "postgres": _postgres_from_url,
+    "django": _django_from_url,
 }
 
 

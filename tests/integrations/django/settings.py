@@ -2,7 +2,13 @@
 with ``settings.configure``, so that no DJANGO_SETTINGS_MODULE leaks into the
 environment of other tests or of the subprocesses they start)."""
 
+import atexit
 import importlib.util
+import os
+import shutil
+import tempfile
+import urllib.parse
+import uuid
 
 HAVE_DRF = importlib.util.find_spec("rest_framework") is not None
 
@@ -23,7 +29,50 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
 ROOT_URLCONF = "tests.integrations.django.urls"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+
+
+def store_databases(sqlite_path: str, postgres_url: str, postgres_schema: str) -> dict:
+    """The databases DjangoStore's tests use (tests/stores/_django.py): a
+    SQLite file that several processes can share, and a PostgreSQL database
+    whose tables live in a schema of this run (``search_path``), so that runs
+    sharing a server never see each other's rows. A child process of a test
+    rebuilds the same aliases from the same three values."""
+    pg = urllib.parse.urlsplit(postgres_url)
+    return {
+        # A long busy timeout: four processes on two slow cores take turns.
+        "jc_sqlite": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": sqlite_path,
+            "OPTIONS": {"timeout": 120},
+        },
+        "jc_postgres": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": urllib.parse.unquote(pg.path.lstrip("/")) or "postgres",
+            "USER": urllib.parse.unquote(pg.username or ""),
+            "PASSWORD": urllib.parse.unquote(pg.password or ""),
+            "HOST": pg.hostname or "",
+            "PORT": str(pg.port or ""),
+            "OPTIONS": {"options": f"-c search_path={postgres_schema}"},
+        },
+    }
+
+
+def _store_database_values() -> tuple[str, str, str]:
+    directory = tempfile.mkdtemp(prefix="jc-django-store-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return (
+        os.path.join(directory, "store.db"),
+        os.environ.get("JOBCREDITS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        f"jcdjango_{uuid.uuid4().hex[:12]}",
+    )
+
+
+#: (SQLite path, PostgreSQL URL, schema) of this process's store databases.
+STORE_DATABASES = _store_database_values()
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    **store_databases(*STORE_DATABASES),
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tests.integrations.django.drf_auth.TokenAuthentication"],
@@ -35,13 +84,20 @@ REST_FRAMEWORK = {
 JOBCREDITS = {"ACCOUNT": "tests.integrations.django.views.account_from_header"}
 
 
-def configure_once() -> None:
+def configure_once(store_databases_from: tuple[str, str, str] | None = None) -> None:
     """Configure this process's Django with these settings, unless it is
-    already (conftest.py here and tests/adapters/conftest.py both call it;
-    whichever pytest loads first does the work)."""
+    already (conftest.py here, tests/adapters/conftest.py and
+    tests/stores/conftest.py call it; whichever pytest loads first does the
+    work). A child process passes its parent's ``STORE_DATABASES``."""
     import django
     from django.conf import settings
 
     if not settings.configured:
-        settings.configure(**{name: value for name, value in globals().items() if name.isupper()})
+        values = {name: value for name, value in globals().items() if name.isupper()}
+        if store_databases_from is not None:
+            values["DATABASES"] = {
+                **values["DATABASES"],
+                **store_databases(*store_databases_from),
+            }
+        settings.configure(**values)
     django.setup()
