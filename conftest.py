@@ -44,6 +44,11 @@ import pytest
 from sybil import Example, Sybil
 from sybil.parsers.myst import CodeBlockParser, SkipParser
 
+#: pytester: tests/test_pytest_plugin.py runs users' test files with the
+#: library's opt-in pytest plugin; and that plugin itself, whose marker the
+#: docs' examples use (docs/testing.md).
+pytest_plugins = ["pytester", "jobcredits_plugin.testing"]
+
 #: Packages the pages import that the core does not need: their absence skips
 #: the rest of a page instead of failing it (importorskip semantics).
 OPTIONAL = frozenset(

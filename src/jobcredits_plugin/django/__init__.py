@@ -14,9 +14,10 @@
         return JsonResponse({"outcome": request.job_credit.outcome})
 
 The ledger is built once per process from ``settings.JOBCREDITS`` (see
-:func:`get_ledger`); the account defaults to the authenticated
-``request.user``. Installing the app adds the system checks (``jobcredits.*``)
-and the ``manage.py jobcredits`` command; the decorator works without it.
+:func:`get_ledger`; tests swap in their own with :func:`use_ledger`); the
+account defaults to the authenticated ``request.user``. Installing the app
+adds the system checks (``jobcredits.*``) and the ``manage.py jobcredits``
+command; the decorator works without it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'jobcredits_plugin.django needs Django: pip install "jobcredits-plugin[django]"'
     ) from exc
 
-from ._conf import aget_ledger, get_ledger
+from ._conf import aget_ledger, get_ledger, use_ledger
 from ._store import DjangoStore
 from ._views import charges_credit, default_account
 
-__all__ = ["DjangoStore", "aget_ledger", "charges_credit", "default_account", "get_ledger"]
+__all__ = [
+    "DjangoStore",
+    "aget_ledger",
+    "charges_credit",
+    "default_account",
+    "get_ledger",
+    "use_ledger",
+]

@@ -14,9 +14,10 @@ not) still fails with the same message instead of charging with a typo.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,7 +30,7 @@ from .._ledger import Ledger
 from .._settings import DEFAULTS, Problem, Settings, report
 from .._settings import url_problem as _url_problem
 
-__all__ = ["DEFAULTS", "Config", "Problem", "get_config", "get_ledger", "read"]
+__all__ = ["DEFAULTS", "Config", "Problem", "get_config", "get_ledger", "read", "use_ledger"]
 
 SETTING = "JOBCREDITS"
 
@@ -113,6 +114,9 @@ class _Cache:
         self.lock = threading.RLock()
         self.config: Settings | None = None
         self.ledger: Ledger | None = None
+        #: The ledgers :func:`use_ledger` put in place, innermost last; while
+        #: there is one, it is the process's ledger.
+        self.pins: list[Ledger] = []
 
 
 _cache = _Cache()
@@ -145,10 +149,15 @@ def get_ledger() -> Ledger:
     ``django.core.exceptions.ImproperlyConfigured`` when the setting is
     invalid (``manage.py check`` reports the same problems).
     """
+    pins = _cache.pins
+    if pins:
+        return pins[-1]
     ledger = _cache.ledger
     if ledger is not None:
         return ledger
     with _cache.lock:
+        if _cache.pins:
+            return _cache.pins[-1]
         if _cache.ledger is None:
             _cache.ledger = build_ledger(get_config())
         return _cache.ledger
@@ -157,10 +166,39 @@ def get_ledger() -> Ledger:
 async def aget_ledger() -> Ledger:
     """:func:`get_ledger` for async code: the first call builds the ledger in a
     worker thread, since opening a store may block."""
+    pins = _cache.pins
+    if pins:
+        return pins[-1]
     ledger = _cache.ledger
     if ledger is not None:
         return ledger
     return await sync_to_async(get_ledger, thread_sensitive=False)()
+
+
+@contextlib.contextmanager
+def use_ledger(ledger: Ledger) -> Iterator[Ledger]:
+    """Inside the block, :func:`get_ledger` (and so every charged view) uses
+    ``ledger`` instead of the one ``settings.JOBCREDITS`` builds: for tests,
+    which want a ledger on a fake clock with a recording plugin (see
+    :mod:`jobcredits_plugin.testing`), and have no app object to hand it to.
+
+    The other settings (``ACCOUNT``, ``JOB_HEADER``...) still apply; those
+    that describe the ledger (``URL``, ``TTL``, ``BALANCES``...) are the
+    given ledger's own. The settings' ledger is neither closed nor replaced:
+    it is back after the block (blocks may nest), and ``ledger`` is the
+    caller's to close.
+    """
+    if not isinstance(ledger, Ledger):
+        raise InvalidArgument(f"ledger must be a Ledger, not {type(ledger).__name__}")
+    with _cache.lock:
+        _cache.pins.append(ledger)
+    try:
+        yield ledger
+    finally:
+        with _cache.lock:
+            pins = _cache.pins
+            # by identity, the innermost first (the same ledger may be nested)
+            del pins[max(i for i, pinned in enumerate(pins) if pinned is ledger)]
 
 
 def _reset(sender: Any, *, setting: str, **kwargs: Any) -> None:

@@ -13,10 +13,10 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from jobcredits_plugin import StoreUnavailable
-from jobcredits_plugin.django import aget_ledger, get_ledger
+from jobcredits_plugin import InvalidArgument, StoreUnavailable
+from jobcredits_plugin.django import aget_ledger, get_ledger, use_ledger
 from jobcredits_plugin.stores import MemoryStore, SQLiteStore
-from jobcredits_plugin.testing import RecordingPlugin
+from jobcredits_plugin.testing import RecordingPlugin, make_ledger
 
 from . import views
 
@@ -65,6 +65,43 @@ def test_get_ledger_is_cached(jc_settings: Any) -> None:
     """The same ledger for every call in the process."""
     jc_settings()
     assert get_ledger() is get_ledger()
+
+
+def test_use_ledger_puts_a_test_ledger_in_place_and_back(jc_settings: Any) -> None:
+    """Inside use_ledger, get_ledger() (and so every charged view) answers the
+    given ledger, nested blocks the innermost; after it, the settings' ledger
+    is back, open, and the given one is left for its owner to close."""
+    import asyncio
+
+    jc_settings()
+    settings_ledger = get_ledger()
+    with make_ledger() as outer, make_ledger() as inner:
+        with use_ledger(outer) as used:
+            assert used is outer
+            assert get_ledger() is outer
+            with use_ledger(inner):
+                assert get_ledger() is inner
+                assert asyncio.run(aget_ledger()) is inner
+            assert get_ledger() is outer
+        assert get_ledger() is settings_ledger
+        assert outer.lookup("acct", "job") is None  # not closed by the block
+    settings_ledger.lookup("acct", "job")  # still open
+
+
+def test_use_ledger_survives_a_settings_change(jc_settings: Any) -> None:
+    """override_settings inside the block rebuilds the settings' ledger, never
+    closes or replaces the test's."""
+    jc_settings()
+    with make_ledger() as mine, use_ledger(mine):
+        jc_settings(BALANCES=True)
+        assert get_ledger() is mine
+        mine.lookup("acct", "job")
+    assert get_ledger().balances
+
+
+def test_use_ledger_takes_a_ledger_only() -> None:
+    with pytest.raises(InvalidArgument, match="must be a Ledger"), use_ledger("memory://"):  # type: ignore[arg-type]
+        pass
 
 
 def test_aget_ledger_returns_the_same_ledger(jc_settings: Any) -> None:
