@@ -17,11 +17,14 @@ charged request, or worse, as silently wrong billing:
                      constructor arguments (one message per bad entry)
 ``jobcredits.W001``  ``DEBUG`` is off and the store lives in each process
 ``jobcredits.W002``  the default account needs ``AuthenticationMiddleware``
+``jobcredits.W003``  ``URL`` is ``django://ALIAS`` and that database has
+                     ``ATOMIC_REQUESTS``: a charge in such a view is refused
 =================  ========================================================
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +54,35 @@ W002_HINT = (
 )
 
 
+W003_HINT = (
+    "DjangoStore commits each ledger operation in a transaction of its own and refuses to "
+    "run inside a view's transaction on its database alias (a charge joined to it would be "
+    "rolled back with the view's error after the client was told it was charged). Give the "
+    "ledger a second alias on the same database without ATOMIC_REQUESTS, e.g. "
+    "DATABASES['ledger'] = {**DATABASES['default'], 'ATOMIC_REQUESTS': False} and "
+    "JOBCREDITS['URL'] = 'django://ledger' (not on SQLite, where the view's transaction "
+    "holds the file's one write lock), or mark each charged view "
+    "@transaction.non_atomic_requests."
+)
+
+
+def _atomic_requests_alias(url: Any) -> str | None:
+    """The alias of a ``django://`` URL whose database runs views in
+    transactions (``ATOMIC_REQUESTS``), else None."""
+    if not isinstance(url, str) or not url.lower().startswith("django://"):
+        return None
+    from django.db import connections  # type: ignore[import-untyped]
+
+    alias = urllib.parse.unquote(urllib.parse.urlsplit(url).netloc)
+    try:
+        conf = connections.settings.get(alias)
+    except Exception:  # noqa: BLE001 - a broken DATABASES is Django's own check to report
+        return None
+    if isinstance(conf, Mapping) and conf.get("ATOMIC_REQUESTS"):
+        return alias
+    return None
+
+
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """Check ``settings.JOBCREDITS`` without opening any store."""
     raw = raw_setting()
@@ -67,6 +99,16 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                 "the job ledger lives in each process's memory",
                 hint=W001_HINT,
                 id="jobcredits.W001",
+            )
+        )
+    alias = _atomic_requests_alias(url)
+    if alias is not None:
+        messages.append(
+            Warning(
+                f"JOBCREDITS['URL'] is 'django://{alias}' and DATABASES[{alias!r}] has "
+                "ATOMIC_REQUESTS: charged views that run in its transaction are refused",
+                hint=W003_HINT,
+                id="jobcredits.W003",
             )
         )
     middleware = getattr(settings, "MIDDLEWARE", None) or []

@@ -38,7 +38,7 @@ def store_databases(sqlite_path: str, postgres_url: str, postgres_schema: str) -
     sharing a server never see each other's rows. A child process of a test
     rebuilds the same aliases from the same three values."""
     pg = urllib.parse.urlsplit(postgres_url)
-    return {
+    databases: dict = {
         # A long busy timeout: four processes on two slow cores take turns.
         "jc_sqlite": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -55,6 +55,10 @@ def store_databases(sqlite_path: str, postgres_url: str, postgres_schema: str) -
             "OPTIONS": {"options": f"-c search_path={postgres_schema}"},
         },
     }
+    # The same database under a second alias, as a project whose views run
+    # in ATOMIC_REQUESTS transactions gives the ledger (docs/django.md).
+    databases["jc_postgres_ledger"] = dict(databases["jc_postgres"])
+    return databases
 
 
 def _store_database_values() -> tuple[str, str, str]:

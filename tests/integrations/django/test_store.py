@@ -163,3 +163,154 @@ def test_inside_a_django_testcase_the_store_runs_in_the_tests_transaction() -> N
     assert result.wasSuccessful(), result.errors + result.failures
     assert seen == {"balance": 1}
     assert m.Balance.objects.using(ALIAS).count() == 0  # rolled back with the test
+
+
+# -- ATOMIC_REQUESTS: a view's transaction and the ledger's ------------------------------
+
+
+def _work_table(alias: str) -> None:
+    from django.db import connections
+
+    from .views import WORK_TABLE
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {WORK_TABLE}")
+        cursor.execute(f"CREATE TABLE {WORK_TABLE} (job varchar(128))")
+
+
+def _work_rows(alias: str) -> list[str]:
+    from django.db import connections
+
+    from .views import WORK_TABLE
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f"SELECT job FROM {WORK_TABLE}")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _call(path: str, job: str) -> Any:
+    from django.test import Client
+
+    # raise_request_exception=False: the answer a client gets for a view
+    # that raised (Django's 500 page), not the exception.
+    return Client(raise_request_exception=False).post(
+        path, headers={"X-Job-Id": job, "X-Account": "acct"}
+    )
+
+
+@pytest.fixture
+def atomic_requests(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Turn ATOMIC_REQUESTS on for one database alias in this test."""
+    from django.db import connections
+
+    def on(alias: str) -> None:
+        monkeypatch.setitem(connections.settings[alias], "ATOMIC_REQUESTS", True)
+        monkeypatch.setitem(connections[alias].settings_dict, "ATOMIC_REQUESTS", True)
+
+    return on
+
+
+@pytest.fixture
+def pg_ledger_alias(jc_settings: Any, atomic_requests: Any) -> Ledger:
+    """The views' database (jc_postgres) runs views in transactions; the
+    ledger is on a second alias of the same database, as docs/django.md says."""
+    from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+    _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+    pytest.importorskip("psycopg")
+    _django.fresh_store(_django.POSTGRES_ALIAS).close()
+    _work_table(_django.POSTGRES_ALIAS)
+    atomic_requests(_django.POSTGRES_ALIAS)
+    jc_settings(URL="django://jc_postgres_ledger", BALANCES=True)
+    ledger = get_ledger()
+    ledger.grant("acct", 5)
+    return ledger
+
+
+def _url_query(db: str, **more: str) -> str:
+    return "?" + "&".join(f"{k}={v}" for k, v in {"db": db, **more}.items())
+
+
+def test_with_atomic_requests_a_served_call_commits_the_views_work_and_its_charge(
+    pg_ledger_alias: Ledger,
+) -> None:
+    response = _call("/work" + _url_query("jc_postgres"), "job-ok")
+    assert response.status_code == 200
+    assert response["X-Job-Charge"] == "charged"
+    assert _work_rows(_django.POSTGRES_ALIAS) == ["job-ok"]
+    record = pg_ledger_alias.lookup("acct", "job-ok")
+    assert record is not None
+    assert record.state == "charged"
+    assert pg_ledger_alias.balance("acct") == 4
+
+
+def test_with_atomic_requests_a_view_that_raised_is_rolled_back_and_refunded(
+    pg_ledger_alias: Ledger,
+) -> None:
+    """The view's error rolls its own work back; the charge is not rolled
+    back silently with it (the client would have been told it was charged)
+    but refunded, in the ledger's own transaction, and journaled so."""
+    response = _call("/work" + _url_query("jc_postgres", **{"raise": "boom"}), "job-boom")
+    assert response.status_code == 500
+    assert _work_rows(_django.POSTGRES_ALIAS) == []
+    assert pg_ledger_alias.lookup("acct", "job-boom") is None
+    assert pg_ledger_alias.balance("acct") == 5
+    kinds = [(e.kind, e.job_id) for e in pg_ledger_alias.journal()]
+    assert kinds == [("grant", None), ("charge", "job-boom"), ("refund", "job-boom")]
+
+
+def test_with_atomic_requests_a_5xx_answer_keeps_the_work_and_refunds(
+    pg_ledger_alias: Ledger,
+) -> None:
+    """A 5xx answer (no exception) is committed by ATOMIC_REQUESTS; the
+    charge is refunded all the same: the client was not served."""
+    response = _call("/work" + _url_query("jc_postgres", status="503"), "job-503")
+    assert response.status_code == 503
+    assert response["X-Job-Charge"] == "refunded"
+    assert _work_rows(_django.POSTGRES_ALIAS) == ["job-503"]
+    assert pg_ledger_alias.balance("acct") == 5
+
+
+@pytest.fixture
+def sqlite_ledger(jc_settings: Any) -> Ledger:
+    _django.fresh_store(ALIAS).close()
+    _work_table(ALIAS)
+    jc_settings(URL=f"django://{ALIAS}", BALANCES=True)
+    ledger = get_ledger()
+    ledger.grant("acct", 5)
+    return ledger
+
+
+def test_without_atomic_requests_the_views_work_and_the_charge_commit_apart(
+    sqlite_ledger: Ledger,
+) -> None:
+    ok = _call("/work" + _url_query(ALIAS), "job-ok")
+    assert (ok.status_code, ok["X-Job-Charge"]) == (200, "charged")
+    boom = _call("/work" + _url_query(ALIAS, **{"raise": "boom"}), "job-boom")
+    assert boom.status_code == 500
+    # Without a transaction, the work the view did before raising stays;
+    # the charge of the call that failed does not.
+    assert _work_rows(ALIAS) == ["job-ok", "job-boom"]
+    assert sqlite_ledger.lookup("acct", "job-boom") is None
+    assert sqlite_ledger.balance("acct") == 4
+
+
+def test_atomic_requests_on_the_ledgers_own_alias_refuses_the_charge(
+    sqlite_ledger: Ledger, atomic_requests: Any
+) -> None:
+    """In the view's transaction on the ledger's alias, the store refuses:
+    a 500 with nothing charged and nothing of the view's kept, never a
+    charge that the view's rollback would take back unannounced."""
+    from jobcredits_plugin.django.checks import check_settings
+
+    atomic_requests(ALIAS)
+    assert "jobcredits.W003" in [msg.id for msg in check_settings()]
+    response = _call("/work" + _url_query(ALIAS), "job-1")
+    assert response.status_code == 500
+    assert _work_rows(ALIAS) == []
+    assert sqlite_ledger.lookup("acct", "job-1") is None
+    assert sqlite_ledger.balance("acct") == 5
+    # A view marked non_atomic_requests is charged as usual.
+    response = _call("/work-outside" + _url_query(ALIAS), "job-2")
+    assert (response.status_code, response["X-Job-Charge"]) == (200, "charged")
+    assert sqlite_ledger.balance("acct") == 4

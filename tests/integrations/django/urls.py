@@ -14,6 +14,8 @@ urlpatterns = [
     path("clocked", views.clocked),
     path("query-account", views.query_account),
     path("nested", views.nested),
+    path("work", views.work),
+    path("work-outside", views.work_outside),
     path("async/charged", views.acharged),
     path("cbv/dispatch", views.DispatchView.as_view()),
     path("cbv/handler", views.HandlerView.as_view()),

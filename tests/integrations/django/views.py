@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -99,6 +100,27 @@ def clocked(request: Any) -> HttpResponse:
 @charges_credit(account=lambda request: request.GET.get("acct"))
 def query_account(request: Any) -> HttpResponse:
     return _behave(request, _describe(request))
+
+
+WORK_TABLE = "jc_view_work"
+
+
+def _work(request: Any) -> HttpResponse:
+    """The view's own write (a row of WORK_TABLE on ``?db=ALIAS``), then
+    the answer the query string asks for: what ATOMIC_REQUESTS commits or
+    rolls back."""
+    from django.db import connections
+
+    with connections[request.GET["db"]].cursor() as cursor:
+        cursor.execute(f"INSERT INTO {WORK_TABLE} (job) VALUES (%s)", [request.headers["X-Job-Id"]])
+    return _behave(request, _describe(request))
+
+
+work = charges_credit()(_work)
+#: The same, out of the ATOMIC_REQUESTS transaction of the store tests' aliases.
+work_outside = transaction.non_atomic_requests(using="jc_sqlite")(
+    transaction.non_atomic_requests(using="jc_postgres")(charges_credit()(_work))
+)
 
 
 @charges_credit()
