@@ -13,7 +13,7 @@ import hashlib
 
 from .._rules import Key
 
-__all__ = ["Keys", "lp", "slot_tag", "tag"]
+__all__ = ["Keys", "account_keys", "lp", "slot_tag", "tag"]
 
 
 def lp(part: str) -> str:
@@ -29,6 +29,17 @@ def tag(account: str) -> str:
     # would otherwise pick a different hash tag, and the digest spreads
     # accounts evenly over the cluster's slots.
     return hashlib.blake2b(account.encode(), digest_size=8).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def account_keys(prefix: str, account: str) -> tuple[str, str, str, str]:
+    """An account's key base ``P:{T}:``, its length-prefixed name, its
+    due-set and its balance key: the parts of every key a claim names that
+    do not change from call to call of one account, built once (a digest
+    and a UTF-8 encoding per call were a tenth of a follow-up's Python)."""
+    base = f"{prefix}:{{{tag(account)}}}:"
+    lp_account = lp(account)
+    return base, lp_account, f"{base}due", f"{base}b:{lp_account}"
 
 
 #: A slot stream's hash tag is this many characters, each ``@`` to ``O``
@@ -103,20 +114,21 @@ class Keys:
     cursors_key: str
 
     def _base(self, account: str) -> str:
-        return f"{self.prefix}:{{{tag(account)}}}:"
+        return account_keys(self.prefix, account)[0]
 
     def job_key(self, key: Key) -> str:
         """The Redis key of one job (public for operators and tests)."""
         account, scope, job_id = key
-        return f"{self._base(account)}j:{lp(account)}{lp(scope)}{lp(job_id)}"
+        base, lp_account = account_keys(self.prefix, account)[:2]
+        return f"{base}j:{lp_account}{lp(scope)}{lp(job_id)}"
 
     def balance_key(self, account: str) -> str:
         """The Redis key of one account's balance."""
-        return f"{self._base(account)}b:{lp(account)}"
+        return account_keys(self.prefix, account)[3]
 
     def due_key(self, account: str) -> str:
         """The sorted set of the account slot's jobs by deadline."""
-        return f"{self._base(account)}due"
+        return account_keys(self.prefix, account)[2]
 
     def _due_pattern(self) -> str:
         return f"{_escape_glob(self.prefix)}:{{{'?' * 16}}}:due"

@@ -35,8 +35,10 @@ def decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
     if isinstance(raw, dict):
         f = fields(raw)
     else:
-        items = [s(v) for v in raw]
-        f = dict(zip(items[::2], items[1::2], strict=False))
+        # A client decodes every bulk string of a reply or none of them, so
+        # the first element tells whether there is anything to decode.
+        items = iter(raw if isinstance(raw[0], str) else [s(v) for v in raw])
+        f = dict(zip(items, items, strict=False))
     scope, job_id, tier, backend, cost, charged_at = json.loads(f["x"])
     return JobRecord(
         account=f["a"],

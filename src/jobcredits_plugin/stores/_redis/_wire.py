@@ -32,7 +32,7 @@ from .._rules import (
     plan_settle,
     with_settled,
 )
-from ._keys import Keys, lp
+from ._keys import Keys, account_keys, lp
 from ._replies import decode, s
 
 __all__ = ["Call", "Failed", "Steps", "Wire", "resume"]
@@ -76,6 +76,10 @@ _GRANT_MARKER_MS = str(int(GRANT_ID_RETENTION * 1000))
 #: Journal entries one trim script deletes at most (the caller loops).
 _TRIM_BATCH = 10_000
 
+#: The x field's JSON, compact and unescaped, from one encoder made once:
+#: json.dumps with options builds a new JSONEncoder on every call.
+_pack = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 
 class Wire(Keys):
     """Each script's arguments and the meaning of its answer, by the store's
@@ -89,12 +93,11 @@ class Wire(Keys):
 
     def _claim_call(self, req: ClaimRequest) -> Call:
         account = req.account
-        base = self._base(account)
-        lp_account = lp(account)
+        base, lp_account, due, balance = account_keys(self.prefix, account)
         keys = [
             f"{base}j:{lp_account}{lp(req.scope)}{lp(req.job_id)}",
-            f"{base}due",
-            f"{base}b:{lp_account}",
+            due,
+            balance,
             # the retry marker: this call's answer, kept by the script
             f"{base}c:{lp_account}{lp(req.charge_id)}",
         ]
@@ -104,23 +107,12 @@ class Wire(Keys):
             # times as offsets, the x field without charged_at.
             times = ("T", repr(float(req.ttl)), repr(float(req.lease)))
             expiry = self._expiry_ms(max(req.ttl, req.lease)) or "0"
-            packed = (
-                json.dumps(
-                    [req.scope, req.job_id, req.tier, req.backend, req.cost],
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                )[:-1]
-                + ","
-            )
+            packed = _pack([req.scope, req.job_id, req.tier, req.backend, req.cost])[:-1] + ","
         else:
             expires_at, lease_until = now + req.ttl, now + req.lease
             times = (repr(now), repr(expires_at), repr(lease_until))
             expiry = self._expiry_ms(max(expires_at, lease_until) - now) or "0"
-            packed = json.dumps(
-                [req.scope, req.job_id, req.tier, req.backend, req.cost, now],
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
+            packed = _pack([req.scope, req.job_id, req.tier, req.backend, req.cost, now])
         control = "\x1f".join(
             (
                 times[0],
