@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,13 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            # Where and when: the docs' fault chart is drawn from a committed report.
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+            },
             "load": self.load,
             "throughput": self.throughput,
             "store_faults": self.store_faults,
