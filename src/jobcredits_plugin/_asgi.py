@@ -81,7 +81,7 @@ class Watch:
     lets the dependency :meth:`attach` the call.
     """
 
-    __slots__ = ("call", "held", "job_header", "started")
+    __slots__ = ("call", "held", "job_header", "refund_invalid", "started")
 
     def __init__(self, call: JobCall | None = None, job_header: str = DEFAULT_JOB_HEADER) -> None:
         self.call = call
@@ -89,10 +89,14 @@ class Watch:
         self.started = False
         #: The app's ``http.response.start``, held back until the first byte.
         self.held: Message | None = None
+        #: Whether the framework's request validation failing refunds the
+        #: call (the FastAPI dependency charges before that validation).
+        self.refund_invalid = False
 
-    def attach(self, call: JobCall, job_header: str) -> None:
+    def attach(self, call: JobCall, job_header: str, *, refund_invalid: bool = False) -> None:
         self.call = call
         self.job_header = job_header
+        self.refund_invalid = refund_invalid
 
 
 def _is_first_byte(message: Message) -> bool:

@@ -28,22 +28,30 @@ longer than the lease), and never learns of a 5xx the endpoint returned
 rather than raised. So the dependency (or the decorator) charges and leaves
 the call where an ASGI middleware, put in place by :meth:`JobCredits.install`,
 finds it: it holds ``http.response.start`` back until the first body byte,
-settles the call, and sends the start with the call's headers. (The
-dependency's own teardown only sees FastAPI's request validation failing
-after it charged: that 422 is refunded.)
+settles the call, and sends the start with the call's headers.
+
+A request that fails FastAPI's own validation after the dependency charged
+(FastAPI solves dependencies before it validates the other parameters) never
+reached the endpoint: the handler of FastAPI's ``RequestValidationError``,
+wrapped when the app builds its middleware (so that a handler the app
+registers itself is wrapped too), refunds it before the 422 is answered. The
+dependency is a plain one, not a ``yield`` one: FastAPI enters a ``yield``
+dependency through an exit stack and a cancel scope on every request, which
+cost more than the rest of a follow-up's charge.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 try:
     from fastapi import FastAPI, Request, Response
     from fastapi import routing as fastapi_routing
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exception_handlers import request_validation_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.routing import APIRoute
 except ImportError as exc:  # pragma: no cover - exercised by the noframework env
@@ -180,6 +188,18 @@ class JobCredits:
         app.state.jobcredits = self
         app.add_exception_handler(JobCreditsError, _problem_response)
         app.add_middleware(_ResponseStart)
+        build = app.build_middleware_stack
+
+        def build_middleware_stack() -> ASGIApp:
+            # At build time, not now: the app may register its own handler
+            # of RequestValidationError after install(); it is wrapped too.
+            handlers = app.exception_handlers
+            found = handlers.get(RequestValidationError, request_validation_exception_handler)
+            if not isinstance(found, _RefundInvalid):
+                handlers[RequestValidationError] = _RefundInvalid(found)
+            return build()
+
+        app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
         original = app.openapi
 
         def openapi() -> dict[str, Any]:
@@ -193,9 +213,13 @@ class JobCredits:
         app.openapi_schema = None
         return self
 
-    async def _start(self, request: Request, opts: Options) -> JobCall:
+    async def _start(
+        self, request: Request, opts: Options, *, refund_invalid: bool = False
+    ) -> JobCall:
         """Charge the request as ``opts`` say and leave the call for the
-        middleware to settle at the response's first body byte."""
+        middleware to settle at the response's first body byte
+        (``refund_invalid``: refunded if FastAPI's request validation fails
+        later, see :class:`_RefundInvalid`)."""
         watch = request.scope.get(_SCOPE_KEY)
         if not isinstance(watch, Watch):
             raise RuntimeError(
@@ -219,7 +243,7 @@ class JobCredits:
             await app_account(account_fn, request),
             opts.call_spec(self, request, account_fn),
         )
-        watch.attach(call, job_header)
+        watch.attach(call, job_header, refund_invalid=refund_invalid)
         return call
 
     # -- OpenAPI -----------------------------------------------------------------------
@@ -324,6 +348,40 @@ async def _problem_response(request: Request, exc: Exception) -> Response:
     )
 
 
+def _is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns an awaitable, as Starlette decides for
+    an exception handler (a partial of an ``async def``, or an object whose
+    ``__call__`` is one, counts)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # An object whose class defines ``async def __call__``.
+    return callable(fn) and inspect.iscoroutinefunction(fn.__call__)
+
+
+class _RefundInvalid:
+    """The app's handler of FastAPI's ``RequestValidationError``, refunding
+    first the charge a dependency made for the request: FastAPI validates a
+    route's other parameters only after solving its dependencies, so the
+    endpoint of a request answered here never ran. The handler then answers
+    as before (422), and the middleware adds the headers of the refunded
+    call. A charge made by the decorator (inside the endpoint) is left to
+    the status, like any 4xx the endpoint causes."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+        self._is_async = _is_async_callable(handler)
+
+    async def __call__(self, request: Request, exc: Exception) -> Response:
+        watch = request.scope.get(_SCOPE_KEY)
+        if isinstance(watch, Watch) and watch.call is not None and watch.refund_invalid:
+            await watch.call.afinish(None)
+        if self._is_async:
+            return cast(Response, await self.handler(request, exc))
+        return cast(Response, await run_in_threadpool(self.handler, request, exc))
+
+
 class _ResponseStart:
     """The ASGI middleware :meth:`JobCredits.install` adds: gives each HTTP
     request an empty watch, and settles the call a dependency attached to it
@@ -353,7 +411,7 @@ def charge_credit(
     on_missing: str | None = None,
     fail_open: bool | None = None,
     header: str | None = None,
-) -> Callable[[Request], AsyncIterator[Charge | None]]:
+) -> Callable[[Request], Awaitable[Charge | None]]:
     """A dependency that charges the request once per job: ``Depends(charge_credit())``.
 
     It returns the :class:`~jobcredits_plugin.Charge` (None when the store is
@@ -388,17 +446,13 @@ def charge_credit(
         header=header,
     )
 
-    async def charge_credit_dependency(request: Request) -> AsyncIterator[Charge | None]:
-        call = await _installed(request)._start(request, opts)
+    async def charge_credit_dependency(request: Request) -> Charge | None:
+        # A plain dependency: the middleware settles the call, and the
+        # handler of RequestValidationError refunds it if FastAPI's
+        # validation fails after it charged (see _RefundInvalid).
+        call = await _installed(request)._start(request, opts, refund_invalid=True)
         bind(call)  # for current_charge(); the middleware resets it after the request
-        try:
-            yield call.charge
-        except RequestValidationError:
-            # Raised through the dependencies' exit before FastAPI answers
-            # 422 (and before the middleware sees that answer): the endpoint
-            # never ran, so the charge goes back, and the answer says so.
-            await call.afinish(None)
-            raise
+        return call.charge
 
     cast(Any, charge_credit_dependency).__jobcredits__ = opts
     return charge_credit_dependency

@@ -308,6 +308,58 @@ def test_an_endpoints_own_422_still_confirms(ledger: Ledger) -> None:
     assert ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_an_apps_own_validation_handler_still_refunds(
+    ledger: Ledger, events: RecordingPlugin, kind: str
+) -> None:
+    """The app's own handler of RequestValidationError, registered after
+    install(), answers the failed validation, and the dependency's charge is
+    refunded all the same (the refund wraps whatever handler the app has
+    when it builds its middleware)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    app = make_app(ledger)
+
+    async def ahandle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"bad": True}, status_code=400)
+
+    def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"bad": True}, status_code=400)
+
+    app.add_exception_handler(RequestValidationError, ahandle if kind == "async" else handle)
+
+    @app.post("/run")
+    async def run(body: Text, charge: Annotated[Charge, Depends(charge_credit())]) -> Any:
+        return {}
+
+    response = call(app, json_body={"text": 7})
+    assert response.status_code == 400
+    assert response.json() == {"bad": True}
+    assert response.headers["X-Job-Charge"] == "refunded"
+    assert events.kinds() == ["charge", "refund"]
+    assert call(app, json_body={"text": "ok"}).headers["X-Job-Charge"] == "charged"
+
+
+def test_a_decorated_endpoint_raising_validation_errors_is_confirmed(ledger: Ledger) -> None:
+    """Only the dependency's charge is refunded by a failed validation: the
+    decorator charges inside the endpoint, so a RequestValidationError the
+    endpoint raises itself is a 4xx it answered, confirmed like any other."""
+    from fastapi.exceptions import RequestValidationError
+
+    app = make_app(ledger)
+
+    @app.post("/run")
+    @charges_credit()
+    async def run() -> Any:
+        raise RequestValidationError([{"loc": ("body",), "msg": "no", "type": "value_error"}])
+
+    response = call(app)
+    assert response.status_code == 422
+    assert response.headers["X-Job-Charge"] == "charged"
+    assert ledger.lookup("acct", "job-1").state == "charged"  # type: ignore[union-attr]
+
+
 def test_streaming_response_failing_before_its_first_byte_is_refunded(
     ledger: Ledger, events: RecordingPlugin
 ) -> None:
