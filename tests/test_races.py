@@ -43,16 +43,40 @@ def _sqlite(path: Path, **kw: Any) -> SQLiteStore:
     return SQLiteStore(path, timeout=60.0, **kw)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _django_alias(kind: str) -> str:
+    """The Django test database alias of a ``django-*`` kind (skipping, or
+    failing under CI, when its server or Django is missing)."""
+    pytest.importorskip("django", reason="the django extra is not installed")
+    from tests.stores import _django
+
+    if kind == "django-postgres":
+        from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+        _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+        pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+        return _django.POSTGRES_ALIAS
+    return _django.SQLITE_ALIAS
+
+
+@pytest.fixture(params=["memory", "sqlite", "django-sqlite", "django-postgres"])
 def make_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., BaseStore]]:
-    """Builds the store under test (SQLite options such as prune_batch pass through)."""
+    """Builds the store under test (options such as prune_batch pass through
+    to SQLite and Django stores)."""
     made: list[BaseStore] = []
 
     def make(**kw: Any) -> BaseStore:
         path = tmp_path / "jobs.db"
-        store = MemoryStore() if request.param == "memory" else _sqlite(path, **kw)
+        store: BaseStore
+        if request.param == "memory":
+            store = MemoryStore()
+        elif request.param == "sqlite":
+            store = _sqlite(path, **kw)
+        else:
+            from tests.stores import _django
+
+            store = _django.fresh_store(_django_alias(request.param), **kw)
         made.append(store)
         return store
 
@@ -214,11 +238,39 @@ def test_racing_prunes_settle_each_record_once(make_store: Callable[..., BaseSto
     ledger.close()
 
 
-# -- processes on one SQLite file ---------------------------------------------------------
+# -- processes on one SQLite file, or one database through Django -------------------------
 #
 # The workers are module-level functions so that the "spawn" start method can
 # import them in the child; spawn (not fork) keeps the children free of any
-# state of the test process. Each worker reports what its own hooks saw.
+# state of the test process. Each worker reports what its own hooks saw. A
+# worker opens the store its spec names: ("sqlite", path), or ("django",
+# alias, values) for a DjangoStore on a test database alias, the child first
+# configuring Django with its parent's database values.
+
+Spec = tuple[Any, ...]
+
+
+def _open(spec: Spec, **kw: Any) -> BaseStore:
+    if spec[0] == "sqlite":
+        return _sqlite(Path(spec[1]), **kw)
+    from tests.stores import _django
+
+    _django.configure(spec[2])
+    from jobcredits_plugin.django import DjangoStore
+
+    return DjangoStore(spec[1], **kw)
+
+
+@pytest.fixture(params=["sqlite", "django-sqlite", "django-postgres"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Spec:
+    """The store the processes share, emptied for this test."""
+    if request.param == "sqlite":
+        return ("sqlite", str(tmp_path / "jobs.db"))
+    from tests.stores import _django
+
+    alias = _django_alias(request.param)
+    _django.fresh_store(alias).close()
+    return ("django", alias, _django.configure())
 
 
 def _report_errors(results: Any, work: Callable[[], dict[str, Any]]) -> None:
@@ -229,12 +281,12 @@ def _report_errors(results: Any, work: Callable[[], dict[str, Any]]) -> None:
 
 
 def _charging_worker(
-    path: str, jobs: list[tuple[str, str]], seed: int, barrier: Any, results: Any
+    spec: Spec, jobs: list[tuple[str, str]], seed: int, barrier: Any, results: Any
 ) -> None:
     def work() -> dict[str, Any]:
         events = RecordingPlugin()
         ledger = Ledger(
-            _sqlite(Path(path)), clock=FakeClock(DEFAULT_START), balances=True, plugins=[events]
+            _open(spec), clock=FakeClock(DEFAULT_START), balances=True, plugins=[events]
         )
         order = list(jobs)
         random.Random(seed).shuffle(order)
@@ -268,10 +320,10 @@ def _charging_worker(
     _report_errors(results, work)
 
 
-def _pruning_worker(path: str, now: float, barrier: Any, results: Any) -> None:
+def _pruning_worker(spec: Spec, now: float, barrier: Any, results: Any) -> None:
     def work() -> dict[str, Any]:
         events = RecordingPlugin()
-        ledger = Ledger(_sqlite(Path(path), prune_batch=8), clock=FakeClock(now), plugins=[events])
+        ledger = Ledger(_open(spec, prune_batch=8), clock=FakeClock(now), plugins=[events])
         barrier.wait(JOIN_TIMEOUT)
         removed = ledger.prune()
         ledger.close()
@@ -314,16 +366,16 @@ def _run_processes(
     return reports
 
 
-def test_processes_charging_the_same_jobs_charge_each_once(tmp_path: Path) -> None:
-    """4 processes on one SQLite file charge the same 100 jobs: each once, balances exact."""
-    path = tmp_path / "jobs.db"
+def test_processes_charging_the_same_jobs_charge_each_once(spec: Spec) -> None:
+    """4 processes on one SQLite file (or one database through Django) charge
+    the same 100 jobs: each once, balances exact."""
     grants = {"rich": 1000, "poor": 20}
     jobs = [(account, f"job-{j}") for j in range(50) for account in grants]
-    with Ledger(_sqlite(path), balances=True) as setup:
+    with Ledger(_open(spec), balances=True) as setup:
         for account, credits in grants.items():
             setup.grant(account, credits)
 
-    reports = _run_processes(_charging_worker, [(str(path), jobs, seed) for seed in range(4)])
+    reports = _run_processes(_charging_worker, [(spec, jobs, seed) for seed in range(4)])
 
     per_key = Counter(key for r in reports for key in r["charges"])
     assert set(per_key.values()) == {1}
@@ -335,7 +387,7 @@ def test_processes_charging_the_same_jobs_charge_each_once(tmp_path: Path) -> No
     assert total["charged"] == len(per_key)
     assert total["reused"] == sum(r["reuses"] for r in reports)
     assert sum(total.values()) == 4 * len(jobs)
-    with Ledger(_sqlite(path), clock=FakeClock(DEFAULT_START), balances=True) as check:
+    with Ledger(_open(spec), clock=FakeClock(DEFAULT_START), balances=True) as check:
         for account, credits in grants.items():
             charged = sum(1 for key in per_key if key[0] == account)
             assert charged == min(credits, 50), account
@@ -353,11 +405,11 @@ def test_processes_charging_the_same_jobs_charge_each_once(tmp_path: Path) -> No
             assert sum(e.delta for e in journal if e.account == account) == check.balance(account)
 
 
-def test_processes_pruning_the_same_expired_set_settle_each_record_once(tmp_path: Path) -> None:
-    """2 processes prune one file's expired records at once: each record settled once in total."""
-    path = tmp_path / "jobs.db"
+def test_processes_pruning_the_same_expired_set_settle_each_record_once(spec: Spec) -> None:
+    """2 processes prune one store's expired records at once: each record
+    settled once in total."""
     clock = FakeClock()
-    with Ledger(_sqlite(path), clock=clock) as setup:
+    with Ledger(_open(spec), clock=clock) as setup:
         expected = set()
         for j in range(200):
             c = setup.charge("acct", f"done-{j}")
@@ -367,7 +419,7 @@ def test_processes_pruning_the_same_expired_set_settle_each_record_once(tmp_path
             c = setup.charge("acct", f"stale-{j}")
             expected.add((c.record.key, c.record.charge_id))
 
-    reports = _run_processes(_pruning_worker, [(str(path), clock.now + 3600)] * 2)
+    reports = _run_processes(_pruning_worker, [(spec, clock.now + 3600)] * 2)
 
     removed = [tuple(item) for r in reports for item in r["removed"]]
     fired = [tuple(item) for r in reports for item in r["events"]]
@@ -375,7 +427,7 @@ def test_processes_pruning_the_same_expired_set_settle_each_record_once(tmp_path
     assert {(tuple(k), cid) for k, cid in removed} == expected
     assert Counter(kind for kind, _, _ in fired) == {"expire": 200, "refund": 20}
     assert len({(tuple(k), cid) for _, k, cid in fired}) == len(expected)
-    with Ledger(_sqlite(path), clock=FakeClock(clock.now + 3600)) as check:
+    with Ledger(_open(spec), clock=FakeClock(clock.now + 3600)) as check:
         assert check.prune() == []
         assert check.snapshot() == []
         journal = check.journal(limit=10_000)
