@@ -246,8 +246,12 @@ def render_trace() -> list[str]:
         clock.advance(240)
         trace.send("/transcribe", "job-3", "a new job, no credit left")
         clock.set(trace.start + 3600 + 300)
-        ledger.grant(TRACE_ACCOUNT, 1)
-        trace.lines += [f"[{trace.at(clock.now)}] ledger.grant({TRACE_ACCOUNT!r}, 1)", ""]
+        balance = ledger.grant(TRACE_ACCOUNT, 1)
+        trace.lines += [
+            f"[{trace.at(clock.now)}] ledger.grant({TRACE_ACCOUNT!r}, 1)  (the account is "
+            f"topped up: balance {balance})",
+            "",
+        ]
         trace.send("/analyze", "job-1", "back after the 1h window")
         clock.advance(300)
         trace.prune("an operator's cron job")
