@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.urls import path
 
 from . import views
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("charged", views.charged),
     path("priced", views.priced),
     path("recap", views.recap),
