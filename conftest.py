@@ -45,9 +45,9 @@ from sybil import Example, Sybil
 from sybil.parsers.myst import CodeBlockParser, SkipParser
 
 #: pytester: tests/test_pytest_plugin.py runs users' test files with the
-#: library's opt-in pytest plugin; and that plugin itself, whose marker the
-#: docs' examples use (docs/testing.md).
-pytest_plugins = ["pytester", "jobcredits_plugin.testing"]
+#: library's pytest plugin (which pytest loads through its entry point).
+pytest_plugins = ["pytester"]
+
 
 #: Packages the pages import that the core does not need: their absence skips
 #: the rest of a page instead of failing it (importorskip semantics).
@@ -266,3 +266,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # sybil's items.)
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadscope"
+    # The library's pytest plugin, whose marker the docs' examples use
+    # (docs/testing.md), comes through the pytest11 entry point of the
+    # installed package. A checkout run without installing it (PYTHONPATH=src)
+    # has no entry points: load the plugin as pytest would have.
+    # tests/test_pytest_plugin.py checks the entry point itself.
+    if not config.pluginmanager.has_plugin("jobcredits"):
+        config.pluginmanager.import_plugin("_jobcredits_pytestplugin")

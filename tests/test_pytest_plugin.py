@@ -1,25 +1,51 @@
-"""The pytest plugin of jobcredits_plugin.testing: opt-in with
-``-p jobcredits_plugin.testing``, its fixtures, and the per-framework
-examples of docs/testing.md, each run as a user would run it."""
+"""The pytest plugin (``_jobcredits_pytestplugin``, loaded by pytest through
+the ``pytest11`` entry point ``jobcredits``): the entry point, what loading it
+costs, its fixtures, and the per-framework examples of docs/testing.md, each
+run as a user would run it."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "testing"
-PLUGIN = ("-p", "jobcredits_plugin.testing")
 
 
-def test_the_fixtures_are_opt_in(pytester: pytest.Pytester) -> None:
-    """Without -p the fixtures do not exist: the plugin loads only when asked."""
+def test_pytest_finds_the_plugin_through_its_entry_point(request: pytest.FixtureRequest) -> None:
+    """The installed package declares the pytest11 entry point ``jobcredits``,
+    and it names the plugin module. (A run from a checkout that was not
+    installed has no entry points: the root conftest.py then loads the module,
+    and this test fails, as it should: the package is what users get.)"""
+    found = [ep for ep in entry_points(group="pytest11") if ep.name == "jobcredits"]
+    assert [ep.value for ep in found] == ["_jobcredits_pytestplugin"]
+    assert found[0].load() is request.config.pluginmanager.get_plugin("jobcredits")
+
+
+def test_loading_the_plugin_imports_nothing_of_the_library() -> None:
+    """What pytest loads in every run of a project that has the package
+    installed: the plugin module alone, not the library (its fixtures import
+    it when a test uses one)."""
+    code = (
+        "import sys, _jobcredits_pytestplugin\n"
+        "print(sorted(m for m in sys.modules if m.startswith('jobcredits_plugin')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_plugin_can_be_turned_off(pytester: pytest.Pytester) -> None:
+    """The fixtures come without asking; ``-p no:jobcredits`` removes them."""
     pytester.makepyfile("def test_it(jobcredits_ledger):\n    pass\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:jobcredits")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'jobcredits_ledger' not found*"])
 
@@ -55,7 +81,7 @@ def test_a_fresh_ledger_on_the_fake_clock_with_the_recorder(pytester: pytest.Pyt
                 seen[0].lookup("acct", "job-1")
         """
     )
-    pytester.runpytest("-p", "no:cacheprovider", *PLUGIN).assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_the_marker_passes_ledger_options(pytester: pytest.Pytester) -> None:
@@ -85,7 +111,7 @@ def test_the_marker_passes_ledger_options(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers", *PLUGIN)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
     result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines(
         [
@@ -115,7 +141,6 @@ def test_the_framework_examples_pass(
     result = pytester.runpytest_subprocess(
         "-p",
         "no:cacheprovider",
-        *PLUGIN,
         "-W",
         "error",
         # Starlette's TestClient itself, in some versions: not the example's doing.
@@ -128,7 +153,8 @@ def test_the_framework_examples_pass(
 
 def test_the_helpers_import_without_pytest() -> None:
     """testing.py serves tests of any runner: without pytest it imports, with
-    its helpers and without the fixtures; and the package never imports pytest."""
+    its helpers (the fixtures are the plugin module's); and the package never
+    imports pytest."""
     code = (
         "import sys\n"
         "sys.modules['pytest'] = None\n"  # an import of pytest now fails

@@ -1,7 +1,7 @@
 """Tests of Django views that charge credits, with the jobcredits pytest fixtures.
 
-Run them with the plugin turned on: ``pytest -p jobcredits_plugin.testing``
-(or ``pytest_plugins = ["jobcredits_plugin.testing"]`` in the root conftest.py).
+Run them with ``pytest``: the fixtures come with the package (its pytest
+plugin loads by itself).
 To keep this file whole, it configures Django itself and holds its own views
 and URLs; in a project, pytest-django reads your settings and the tests
 import your views.

@@ -1,7 +1,7 @@
 """Tests of a Flask app's charged views, with the jobcredits pytest fixtures.
 
-Run them with the plugin turned on: ``pytest -p jobcredits_plugin.testing``
-(or ``pytest_plugins = ["jobcredits_plugin.testing"]`` in the root conftest.py).
+Run them with ``pytest``: the fixtures come with the package (its pytest
+plugin loads by itself).
 """
 
 import pytest
