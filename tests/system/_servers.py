@@ -32,6 +32,7 @@ instead of the default minute.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -52,6 +54,9 @@ DJANGO_PROJECT = ROOT / "examples" / "django_project"
 
 KINDS = ("flask", "django", "fastapi")
 STORES = ("sqlite", "redis", "postgres")
+#: DjangoStore (the ledger in the project's database, through the ORM) on
+#: SQLite and on PostgreSQL: the Django example only.
+DJANGO_STORES = ("django-sqlite", "django-postgres")
 
 #: The lease (seconds) the servers run with unless told otherwise; see the
 #: module docstring.
@@ -288,10 +293,12 @@ def start_server(
     port = free_port()
     command, cwd = _command(kind, port, workers)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    server_url, database = _server_store(kind, store_url)
     pythonpath = [str(ROOT), str(DJANGO_PROJECT) if kind == "django" else ""]
     full_env = {
         **base_env,
-        "JOBCREDITS_URL": store_url,
+        "JOBCREDITS_URL": server_url,
+        **({"EXAMPLE_DATABASE": database} if database else {}),
         "JOBCREDITS_LEASE": str(LEASE),
         "PYTHONPATH": os.pathsep.join(filter(None, [*pythonpath, base_env.get("PYTHONPATH")])),
         "PYTHONUNBUFFERED": "1",
@@ -303,6 +310,8 @@ def start_server(
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jcsys-")))
         log_path = log_dir / f"{kind}-{port}.log"
         with log_path.open("wb") as out:
+            if database:
+                _migrate(full_env, out)
             proc = subprocess.Popen(
                 command, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT
             )
@@ -319,6 +328,46 @@ def start_server(
             yield server
         finally:
             server.stop()
+
+
+def _server_store(kind: str, store_url: str) -> tuple[str, str | None]:
+    """The server's ``JOBCREDITS_URL`` and, for a DjangoStore, its
+    ``EXAMPLE_DATABASE``.
+
+    A ``django://ALIAS`` store of this process (``provision_store``) is the
+    example project's ``default`` database in the server: the same database
+    settings (file, or server and schema), as a project deploys it, with
+    ``JOBCREDITS = {"URL": "django://default"}``."""
+    if not store_url.startswith("django://"):
+        return store_url, None
+    if kind != "django":
+        raise ValueError(f"a DjangoStore needs the Django example, not {kind!r}")
+    from django.conf import settings
+
+    alias = urllib.parse.urlsplit(store_url).netloc
+    entry = settings.DATABASES[alias]
+    keys = ("ENGINE", "NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
+    database: dict[str, object] = {k: entry[k] for k in keys if k in entry}
+    # Persistent connections, as a deployment configures them: Django's
+    # default (0) opens a connection per request.
+    database["CONN_MAX_AGE"] = None
+    return "django://default", json.dumps(database)
+
+
+def _migrate(env: Mapping[str, str], out: IO[bytes]) -> None:
+    """``manage.py migrate`` with the server's settings, before it starts."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=DJANGO_PROJECT,
+        env=dict(env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode:
+        out.flush()
+        raise AssertionError(f"manage.py migrate exited with {done.returncode}")
 
 
 # -- stores ---------------------------------------------------------------------------
@@ -345,6 +394,9 @@ def provision_store(store: str, directory: Path) -> Iterator[str]:
     )
 
     token = uuid.uuid4().hex[:12]
+    if store in DJANGO_STORES:
+        yield _django_store(store)
+        return
     if store == "sqlite":
         # A generous busy timeout: four workers and a load on two cores must
         # never turn ordinary lock waits into 503s.
@@ -367,7 +419,32 @@ def provision_store(store: str, directory: Path) -> Iterator[str]:
         finally:
             _drop_postgres_schema(url)
         return
-    raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
+    raise ValueError(f"unknown store {store!r}; expected one of {STORES + DJANGO_STORES}")
+
+
+def _django_store(store: str) -> str:
+    """An emptied DjangoStore of this process, as ``django://ALIAS``.
+
+    The aliases of the store suite (``tests/stores/_django.py``): a SQLite
+    file, and a schema of this run on the PostgreSQL test server (skipped off
+    CI when absent, failed under ``CI=true``). Their tables are made by the
+    app's migrations here; the server runs ``manage.py migrate`` again on the
+    same database before it starts, as a deployment does."""
+    import pytest
+
+    pytest.importorskip("django", reason="the django extra is not installed")
+    from tests.stores import _django
+
+    if store == "django-postgres":
+        from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+        _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+        alias = _django.POSTGRES_ALIAS
+    else:
+        alias = _django.SQLITE_ALIAS
+    _django.migrate(alias)
+    _django.empty(alias)
+    return f"django://{alias}"
 
 
 def _with_query(url: str, **options: str) -> str:

@@ -7,7 +7,8 @@ books are checked exactly (``_books.py``): every job charged once at most,
 debits = charged jobs x cost, no balance below zero, no 5xx but the injected
 ones and the 503s of an outage.
 
-- ``kill -9`` of workers mid-run, on SQLite: a probe makes a charging call
+- ``kill -9`` of workers mid-run, on SQLite (and DjangoStore on PostgreSQL,
+  and on SQLite at full size): a probe makes a charging call
   and its worker is killed after the charge is committed and before it
   answers; that pending charge must be refunded exactly once (by the balance
   and by the records ``prune`` settles), while other kills hit the load's
@@ -68,7 +69,7 @@ from tests.system._faults import (
     with_query,
 )
 from tests.system._load import Call, LoadResult, Scenario, run_load_sync
-from tests.system._servers import grant, provision_store, require, start_server
+from tests.system._servers import DJANGO_STORES, grant, provision_store, require, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -241,6 +242,13 @@ def _fivexx(result: LoadResult) -> dict[str, int]:
 # -- 1. kill -9 of workers mid-run ------------------------------------------------------------
 
 KILL_KINDS = ("flask", "django", "fastapi") if FULL else ("flask", "fastapi")
+#: (server, store) of the kill -9 runs: each server on a SQLite file, and the
+#: Django example on DjangoStore (the ledger in the project's database,
+#: through the ORM): on PostgreSQL in every run, on SQLite at full size.
+KILL_RUNS = [pytest.param(kind, "sqlite", id=kind) for kind in KILL_KINDS] + [
+    pytest.param("django", store, id=f"django-{store}")
+    for store in (DJANGO_STORES if FULL else ("django-postgres",))
+]
 
 
 def _kill_jobs(kind: str) -> int:
@@ -254,11 +262,12 @@ def _kill_jobs(kind: str) -> int:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", KILL_KINDS)
+@pytest.mark.parametrize(("kind", "store"), KILL_RUNS)
 def test_kill_9_of_workers_mid_run_refunds_their_pending_charges_once(
-    kind: str, tmp_path: Path
+    kind: str, store: str, tmp_path: Path
 ) -> None:
-    """Workers are SIGKILLed mid-run on a SQLite ledger: probes whose worker
+    """Workers are SIGKILLed mid-run on a shared ledger (SQLite; DjangoStore
+    on PostgreSQL and SQLite): probes whose worker
     dies after their charge and before their answer leave ``pending``
     charges, each refunded exactly once after the lease (the probe account
     gets every credit back, and prune settles each probe's charge once);
@@ -276,7 +285,7 @@ def test_kill_9_of_workers_mid_run_refunds_their_pending_charges_once(
     rng = random.Random(5)
     killed: list[int] = []
     probe_kills: list[ProbeKill] = []
-    with _timed() as took, provision_store("sqlite", tmp_path) as url:
+    with _timed() as took, provision_store(store, tmp_path) as url:
         grant(url, {**scenario.granted(), PROBE_ACCOUNT: PROBE_CREDITS})
         # long enough for the probe to see its charge before the answer,
         # also on a loaded machine
@@ -358,7 +367,7 @@ def test_kill_9_of_workers_mid_run_refunds_their_pending_charges_once(
     last_kill = faults.started + max(e.at + e.took for e in faults.events)
     assert any(c.status == 200 for c in result.calls if c.start > last_kill)
     _report(
-        f"kill -9 ({kind}, sqlite)",
+        f"kill -9 ({kind}, {store})",
         jobs=scenario.jobs,
         clients=scenario.clients,
         calls=len(result.calls),

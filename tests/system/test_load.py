@@ -2,7 +2,10 @@
 nothing charged twice.
 
 Each example app (Flask and Django under gunicorn, FastAPI under uvicorn) on
-each shared store (SQLite, Redis, PostgreSQL), balances on. The load: jobs of
+each shared store (SQLite, Redis, PostgreSQL), balances on; and the Django
+example on DjangoStore, its ledger in the project's database through the ORM
+(``django://default``, on a SQLite file and on PostgreSQL, ``manage.py
+migrate`` first). The load: jobs of
 3 calls from concurrent clients; 10% of jobs send their charging call twice at
 once, 5% have their first call fail upstream (502, refunded) and retry it
 with the same job id; one account runs out of credits. Then the books must
@@ -21,6 +24,7 @@ from jobcredits_plugin import Ledger
 from tests.system._books import check_books
 from tests.system._load import Scenario, run_load_sync
 from tests.system._servers import (
+    DJANGO_STORES,
     KINDS,
     LEASE,
     STORES,
@@ -34,9 +38,15 @@ from tests.system.conftest import LOAD_LATENCY, Report, Sizes
 pytestmark = pytest.mark.slow
 
 
+#: (server, store): each example on each shared store, and the Django example
+#: on DjangoStore (its ledger in the project's database) on SQLite and PostgreSQL.
+RUNS = [(kind, store) for kind in KINDS for store in STORES] + [
+    ("django", store) for store in DJANGO_STORES
+]
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("store", STORES)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "store"), RUNS)
 def test_load_balances_the_books(
     kind: str, store: str, tmp_path: Path, sizes: Sizes, system_report: Report
 ) -> None:
@@ -46,7 +56,11 @@ def test_load_balances_the_books(
     balance below zero, no 5xx but the injected ones, every 402 deserved, and
     no worker lost."""
     require(kind)
-    scenario = Scenario(jobs=sizes.jobs, clients=sizes.clients, seed=7)
+    jobs = sizes.django_store_jobs if store in DJANGO_STORES else sizes.jobs
+    # The shorter load of a reduced DjangoStore run draws its jobs from
+    # another seed: the first 80 jobs of seed 7 hold no injected failure,
+    # those of seed 4 hold six (and eleven duplicates, an account run dry).
+    scenario = Scenario(jobs=jobs, clients=sizes.clients, seed=7 if jobs == sizes.jobs else 4)
     env = {**scenario.api_keys_env(), "SUMMARIZE_LATENCY": LOAD_LATENCY}
     with provision_store(store, tmp_path) as url:
         grant(url, scenario.granted())

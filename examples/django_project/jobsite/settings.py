@@ -1,7 +1,9 @@
 """Settings of the example project: a paid "summarize" API in two calls.
 
 Only what the example needs: no database (accounts come from API keys), and
-the job ledger in a SQLite file every worker process shares.
+the job ledger in a SQLite file every worker process shares; or, with
+``EXAMPLE_DATABASE``, the ledger in the project's own database, through the
+ORM (``JOBCREDITS_URL=django://default``).
 
 Environment variables:
 
@@ -20,10 +22,17 @@ Environment variables:
     both ways.
 ``SUMMARIZE_LATENCY``
     seconds each call sleeps, standing in for the upstream model (default 0).
+``EXAMPLE_DATABASE``
+    the project's ``default`` database, as the JSON of a ``DATABASES`` entry,
+    e.g. ``{"ENGINE": "django.db.backends.sqlite3", "NAME": "site.db"}``
+    (default: none). With ``JOBCREDITS_URL=django://default`` the ledger's
+    tables live there: create them with ``manage.py migrate`` before starting
+    the workers. The system tests run the load on SQLite and PostgreSQL so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from importlib.util import find_spec
 from pathlib import Path
@@ -42,7 +51,11 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "jobsite.urls"
 WSGI_APPLICATION = "jobsite.wsgi.application"
-DATABASES: dict[str, dict[str, str]] = {}
+DATABASES: dict[str, dict[str, object]] = (
+    {"default": json.loads(os.environ["EXAMPLE_DATABASE"])}
+    if os.environ.get("EXAMPLE_DATABASE")
+    else {}
+)
 USE_TZ = True
 
 #: Whether prometheus_client is installed (the "prometheus" extra).
