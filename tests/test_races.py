@@ -10,6 +10,7 @@ counts, never timings.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import random
 import threading
@@ -55,10 +56,14 @@ def _django_alias(kind: str) -> str:
         _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
         pytest.importorskip("psycopg", reason="the postgres extra is not installed")
         return _django.POSTGRES_ALIAS
+    if kind == "django-mysql":
+        if not os.environ.get(_django.MYSQL_URL_ENV):
+            pytest.skip(f"set {_django.MYSQL_URL_ENV} to run DjangoStore on MySQL/MariaDB")
+        return _django.MYSQL_ALIAS
     return _django.SQLITE_ALIAS
 
 
-@pytest.fixture(params=["memory", "sqlite", "django-sqlite", "django-postgres"])
+@pytest.fixture(params=["memory", "sqlite", "django-sqlite", "django-postgres", "django-mysql"])
 def make_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., BaseStore]]:
@@ -261,7 +266,7 @@ def _open(spec: Spec, **kw: Any) -> BaseStore:
     return DjangoStore(spec[1], **kw)
 
 
-@pytest.fixture(params=["sqlite", "django-sqlite", "django-postgres"])
+@pytest.fixture(params=["sqlite", "django-sqlite", "django-postgres", "django-mysql"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> Spec:
     """The store the processes share, emptied for this test."""
     if request.param == "sqlite":

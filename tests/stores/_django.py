@@ -17,6 +17,8 @@ from typing import Any
 
 SQLITE_ALIAS = "jc_sqlite"
 POSTGRES_ALIAS = "jc_postgres"
+MYSQL_ALIAS = "jc_mysql"
+MYSQL_URL_ENV = "JOBCREDITS_TEST_MYSQL_URL"
 
 _migrated: set[str] = set()
 
@@ -25,6 +27,14 @@ def configure(values: tuple[str, str, str] | None = None) -> tuple[str, str, str
     """Configure Django (if no one has) and return the store databases'
     values, for a child process to configure itself the same way."""
     from tests.integrations.django import settings as test_settings
+
+    if os.environ.get(MYSQL_URL_ENV):
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError:  # PyMySQL stands in for mysqlclient, if it is there
+            import pymysql
+
+            pymysql.install_as_MySQLdb()
 
     test_settings.configure_once(values)
     from django.conf import settings
@@ -58,6 +68,40 @@ def _create_schema(schema: str) -> None:
     atexit.register(drop)
 
 
+def _create_mysql_database(name: str) -> None:
+    from django.db import connections
+
+    conn = connections[MYSQL_ALIAS]
+    settings = conn.settings_dict
+    import MySQLdb
+
+    server = MySQLdb.connect(
+        host=settings["HOST"],
+        port=int(settings["PORT"] or 3306),
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+    )
+    try:
+        server.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+    finally:
+        server.close()
+
+    def drop() -> None:
+        connections.close_all()
+        again = MySQLdb.connect(
+            host=settings["HOST"],
+            port=int(settings["PORT"] or 3306),
+            user=settings["USER"],
+            password=settings["PASSWORD"],
+        )
+        try:
+            again.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            again.close()
+
+    atexit.register(drop)
+
+
 def migrate(alias: str) -> None:
     """Create the store's tables on ``alias`` with the app's migrations (once)."""
     if alias in _migrated:
@@ -67,6 +111,8 @@ def migrate(alias: str) -> None:
     values = configure()
     if alias == POSTGRES_ALIAS:
         _create_schema(values[2])
+    if alias == MYSQL_ALIAS:
+        _create_mysql_database(values[2])
     call_command("migrate", "jobcredits", database=alias, verbosity=0)
     _migrated.add(alias)
 

@@ -153,6 +153,18 @@ def _django_postgres(directory: Path) -> BaseStore:
     return _django.fresh_store(_django.POSTGRES_ALIAS)  # type: ignore[no-any-return]
 
 
+def _django_mysql(directory: Path) -> BaseStore:
+    # Only against a server someone started and named: the suite starts none
+    # (see docs/django.md on MySQL/MariaDB), so this kind skips otherwise,
+    # also under CI.
+    from tests.stores import _django
+
+    if not os.environ.get(_django.MYSQL_URL_ENV):
+        pytest.skip(f"set {_django.MYSQL_URL_ENV} to run DjangoStore on MySQL/MariaDB")
+    pytest.importorskip("django", reason="the django extra is not installed")
+    return _django.fresh_store(_django.MYSQL_ALIAS)  # type: ignore[no-any-return]
+
+
 #: Every store kind the suite runs on; one entry per kind. Server-backed kinds
 #: skip off CI when their server does not answer (see _server_url).
 STORES: dict[str, StoreMaker] = {
@@ -164,6 +176,7 @@ STORES: dict[str, StoreMaker] = {
     "example": _example,
     "django-sqlite": _django_sqlite,
     "django-postgres": _django_postgres,
+    "django-mysql": _django_mysql,
 }
 
 #: Store kinds whose data lives and dies with this process.

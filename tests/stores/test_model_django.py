@@ -1,5 +1,6 @@
 """The hypothesis model of DESIGN §2 (tests/test_model.py) run on DjangoStore,
-on SQLite and on PostgreSQL through the ORM.
+on SQLite and on PostgreSQL through the ORM (and on MySQL/MariaDB when
+JOBCREDITS_TEST_MYSQL_URL names a server).
 
 Each example empties the store's tables on its alias (the Django test
 databases of tests/stores/_django.py) and uses a prune batch of 2, so that
@@ -37,6 +38,19 @@ class DjangoPostgresLedgerMachine(DjangoSQLiteLedgerMachine):
         return super().make_store(settle_batch)
 
 
+class DjangoMySQLLedgerMachine(DjangoSQLiteLedgerMachine):
+    alias = "jc_mysql"
+
+    def make_store(self, settle_batch: int) -> BaseStore:
+        import os
+
+        from tests.stores import _django
+
+        if not os.environ.get(_django.MYSQL_URL_ENV):
+            pytest.skip(f"set {_django.MYSQL_URL_ENV} to run DjangoStore on MySQL/MariaDB")
+        return super().make_store(settle_batch)
+
+
 _common = {
     "deadline": None,
     "database": None,
@@ -49,3 +63,6 @@ TestLedgerOnDjangoSQLite.settings = settings(max_examples=25, **_common)
 
 TestLedgerOnDjangoPostgres = DjangoPostgresLedgerMachine.TestCase
 TestLedgerOnDjangoPostgres.settings = settings(max_examples=25, **_common)
+
+TestLedgerOnDjangoMySQL = DjangoMySQLLedgerMachine.TestCase
+TestLedgerOnDjangoMySQL.settings = settings(max_examples=25, **_common)

@@ -75,6 +75,20 @@ def store_databases(sqlite_path: str, postgres_url: str, postgres_schema: str) -
     # The same database under a second alias, as a project whose views run
     # in ATOMIC_REQUESTS transactions gives the ledger (docs/django.md).
     databases["jc_postgres_ledger"] = dict(databases["jc_postgres"])
+    mysql_url = os.environ.get("JOBCREDITS_TEST_MYSQL_URL")
+    if mysql_url:
+        # MySQL/MariaDB, only when a server is named (none is started for
+        # the tests): a database of this run, named after the schema.
+        my = urllib.parse.urlsplit(mysql_url)
+        databases["jc_mysql"] = {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": postgres_schema,
+            "USER": urllib.parse.unquote(my.username or ""),
+            "PASSWORD": urllib.parse.unquote(my.password or ""),
+            "HOST": my.hostname or "",
+            "PORT": str(my.port or ""),
+            "OPTIONS": {"charset": "utf8mb4", "isolation_level": "read committed"},
+        }
     return databases
 
 
