@@ -314,3 +314,65 @@ def test_atomic_requests_on_the_ledgers_own_alias_refuses_the_charge(
     response = _call("/work-outside" + _url_query(ALIAS), "job-2")
     assert (response.status_code, response["X-Job-Charge"]) == (200, "charged")
     assert sqlite_ledger.balance("acct") == 4
+
+
+# -- queries per operation ----------------------------------------------------------------
+
+#: Statements per operation on PostgreSQL (BEGIN and COMMIT not counted), with
+#: balances on; docs/django.md shows this table. SQLite runs one more in each
+#: writing operation: the write that takes the file's lock first.
+QUERIES = {
+    "charge, a new job": 5,  # lock the job, lock the balance, insert, debit, journal
+    "charge, a reuse": 3,  # lock the job, lock the balance (the answer's), update
+    "confirm": 2,  # lock the job, update
+    "refund": 5,  # lock the job, delete, lock the balance, journal, credit
+    "lookup": 1,
+    "grant": 6,  # lock the balance, the grant id, credit, journal, remember the id
+    "charge, a new job, balances off": 4,  # lock the job, the balance (journal), insert x2
+}
+
+
+@pytest.mark.parametrize("alias", [_django.SQLITE_ALIAS, _django.POSTGRES_ALIAS])
+def test_the_queries_each_operation_makes(alias: str) -> None:
+    """One transaction per operation, and the statements the semantics need:
+    a regression here is a slower charge."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from jobcredits_plugin.testing import FakeClock
+
+    if alias == _django.POSTGRES_ALIAS:
+        from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+        _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+        pytest.importorskip("psycopg")
+    store = _django.fresh_store(alias)
+    ledger = Ledger(store, balances=True, clock=FakeClock())
+    unbalanced = Ledger(store, balances=False, clock=FakeClock())
+    ledger.grant("acct", 100)
+    counted: dict[str, int] = {}
+    transactions: dict[str, int] = {}
+
+    def count(name: str, fn: Any) -> None:
+        with CaptureQueriesContext(connections[alias]) as ctx:
+            fn()
+        sql = [q["sql"].split()[0].upper() for q in ctx.captured_queries]
+        counted[name] = sum(1 for word in sql if word not in ("BEGIN", "COMMIT"))
+        transactions[name] = sql.count("COMMIT")
+
+    count("charge, a new job", lambda: ledger.charge("acct", "j1"))
+    record = ledger.lookup("acct", "j1")
+    assert record is not None
+    count("confirm", lambda: ledger.confirm("acct", "j1", charge_id=record.charge_id))
+    count("charge, a reuse", lambda: ledger.charge("acct", "j1"))
+    count("refund", lambda: ledger.refund("acct", "j1"))
+    count("lookup", lambda: ledger.lookup("acct", "j1"))
+    count("grant", lambda: ledger.grant("acct", 5))
+    count("charge, a new job, balances off", lambda: unbalanced.charge("acct", "j2"))
+    ledger.close()
+    unbalanced.close()
+    lock = 1 if alias == _django.SQLITE_ALIAS else 0
+    assert counted == {name: n + (lock if name != "lookup" else 0) for name, n in QUERIES.items()}
+    # Where Django logs COMMIT (not every version and backend does), each
+    # operation commits at most once: one transaction.
+    assert all(n in (0, 1) for n in transactions.values())
