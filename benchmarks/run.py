@@ -763,11 +763,13 @@ ADAPTER_MODULES = ("adapters", "fastapi_bench", "fastapi_peers")
 
 
 #: Modules measuring the shared stores against their server's own floor (a
-#: bare ``SET NX PX`` / ``INSERT ... ON CONFLICT DO NOTHING``) and, on Redis,
+#: bare ``SET NX PX`` / ``INSERT ... ON CONFLICT DO NOTHING``), on Redis
 #: against the peers on the same server (Powertools' idempotency, ``limits``),
-#: same interface. A module whose driver or peer library is missing, or whose
-#: server does not answer, is skipped.
-STORE_MODULES = ("redis_bench", "postgres_bench", "redis_peers")
+#: and DjangoStore against PostgresStore and SQLiteStore (the ORM's cost,
+#: with its statements and round trips per operation), same interface. A
+#: module whose driver or peer library is missing, or whose server does not
+#: answer, is skipped.
+STORE_MODULES = ("redis_bench", "postgres_bench", "redis_peers", "django_store_bench")
 
 
 def _bench_modules(
@@ -873,7 +875,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=BENCHMARKS,
         help="run only this benchmark (repeatable): time (a), bytes (b), sqlite (c), "
         "adapters (d: Flask-Limiter, slowapi beside ours), stores (e: Redis and PostgreSQL, "
-        "when their servers answer; Powertools and limits beside ours on Redis), "
+        "when their servers answer; Powertools and limits beside ours on Redis; DjangoStore "
+        "beside PostgresStore and SQLiteStore), "
         "metrics (f: the Prometheus plugin's cost per charge), journal (g: the journal's "
         "cost per charge on each store, and the memory store's retention bound)",
     )

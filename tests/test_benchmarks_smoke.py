@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,39 @@ def test_quick_redis_peers_run_produces_its_figures() -> None:
         assert rows["redis_set_nx_round_trips"]["figure"] == 1.0
         assert rows["redis_ours_new_job_round_trips"]["figure"] == 2.0
         assert rows["redis_ours_follow_up_round_trips"]["figure"] == 1.0
+
+
+def test_django_store_bench_runs_and_counts_the_pinned_statements(tmp_path: Path) -> None:
+    """benchmarks/django_store_bench.py end to end at tiny sizes, in a process
+    of its own (it configures Django). Its counts are counts, not timings:
+    the statements per operation are the ones
+    tests/integrations/django/test_store_queries.py pins, a PostgresStore
+    operation is one round trip, and a DjangoStore one is its statements
+    plus BEGIN and COMMIT."""
+    pytest.importorskip("django")
+    pytest.importorskip("psycopg")
+    from tests.integrations.django.test_store_queries import POSTGRES, SQLITE
+    from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
+
+    _server_url(POSTGRES_URL_ENV, POSTGRES_DEFAULT, "PostgreSQL")
+    out = tmp_path / "rows.json"
+    script = RUN_PY.parent / "django_store_bench.py"
+    args = ["--jobs", "2", "--repeats", "1", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = _check_rows(json.loads(out.read_text()))
+    for op, count in POSTGRES.items():
+        key = op.replace("charge ", "").replace(" ", "_").replace("-", "_")
+        assert rows[f"django_postgres_{key}_ratio"]["figure"] > 0
+        assert rows[f"django_sqlite_{key}_ratio"]["figure"] > 0
+        assert rows[f"django_postgres_{key}_queries"]["figure"] == count
+        assert rows[f"django_sqlite_{key}_queries"]["figure"] == SQLITE[op]
+        assert rows[f"django_postgres_{key}_round_trips_postgres"]["figure"] == 1
+        assert rows[f"django_postgres_{key}_round_trips_django"]["figure"] == count + 2

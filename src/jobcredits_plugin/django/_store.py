@@ -540,7 +540,12 @@ class DjangoStore(BaseStore):
             if self.journal:
                 self._journal([grant_row(account, amount, grant_id, before, after, now)])
             if grant_id:
-                grants.filter(account=account, grant_id=grant_id).delete()  # an expired one
+                if seen is not None:
+                    # An expired one: gone first. (None found: none to delete;
+                    # no other transaction can insert this id meanwhile, as it
+                    # would need the balance row, or on SQLite the write lock,
+                    # that this one holds.)
+                    grants.filter(account=account, grant_id=grant_id).delete()
                 grants.create(
                     account=account, grant_id=grant_id, amount=amount, balance=after, at=now
                 )
