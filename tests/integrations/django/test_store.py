@@ -327,7 +327,9 @@ QUERIES = {
     "confirm": 2,  # lock the job, update
     "refund": 5,  # lock the job, delete, lock the balance, journal, credit
     "lookup": 1,
-    "grant": 6,  # lock the balance, the grant id, credit, journal, remember the id
+    # lock the balance, the grant id, credit, journal, remember the id (and,
+    # only when the id was found expired, delete that one first)
+    "grant": 5,
     "charge, a new job, balances off": 4,  # lock the job, the balance (journal), insert x2
 }
 
@@ -376,3 +378,22 @@ def test_the_queries_each_operation_makes(alias: str) -> None:
     # Where Django logs COMMIT (not every version and backend does), each
     # operation commits at most once: one transaction.
     assert all(n in (0, 1) for n in transactions.values())
+
+
+def test_a_grant_id_seen_before_and_expired_is_replaced() -> None:
+    """The grant id row is deleted only when one was found (expired): the
+    grant that finds none sends no DELETE, and one that finds an expired
+    one still replaces it."""
+    from jobcredits_plugin.django import models
+    from jobcredits_plugin.stores import GRANT_ID_RETENTION
+
+    store = _django.fresh_store(_django.SQLITE_ALIAS)
+    try:
+        assert store.grant("acct", 5, now=1000.0, grant_id="g-1") == 5
+        assert store.grant("acct", 5, now=1001.0, grant_id="g-1") == 5  # a repeat
+        later = 1000.0 + GRANT_ID_RETENTION + 1
+        assert store.grant("acct", 7, now=later, grant_id="g-1") == 12  # expired: applied
+        rows = models.GrantId.objects.using(_django.SQLITE_ALIAS).filter(grant_id="g-1")
+        assert list(rows.values_list("amount", "balance")) == [(7, 12)]
+    finally:
+        store.close()
