@@ -10,7 +10,9 @@ exactly rather than times.
     python benchmarks/run.py --quick         # a smoke run with small sizes
     python benchmarks/run.py --json out.json # also write the figures as JSON
     python benchmarks/run.py --only adapters # one part: time, bytes, sqlite, adapters, stores,
-                                             # metrics
+                                             # metrics, journal, sweep
+    python benchmarks/run.py --sweep         # everything, plus (h): time per call from 1k
+                                             # to 1M live jobs (the performance picture's curve)
 
 The exit code is 0 even when a target is missed: this is a report, not a test.
 See docs/performance.md for what each figure means and how it is measured.
@@ -78,6 +80,8 @@ class Config:
     sqlite_repeats: int = 9
     # (d) web adapters (benchmarks/adapters.py and friends): their own sizes
     adapters_quick: bool = False
+    # (h) the sweep's largest store
+    sweep_jobs: int = 1_000_000
 
     @classmethod
     def full(cls) -> Config:
@@ -97,6 +101,7 @@ class Config:
             sqlite_chunk=100,
             sqlite_repeats=3,
             adapters_quick=True,
+            sweep_jobs=10_000,
         )
 
     def with_jobs(self, jobs: int) -> Config:
@@ -108,6 +113,7 @@ class Config:
             large_jobs=jobs,
             small_jobs=max(1, min(self.small_jobs, jobs // 10)),
             memory_jobs=jobs,
+            sweep_jobs=jobs,
             accounts=max(1, min(self.accounts, jobs // 10)),
         )
 
@@ -716,6 +722,59 @@ def bench_sqlite(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
 
 
 # --------------------------------------------------------------------------------------
+# (h) Time per call against the number of live jobs, 1k to 1M
+# --------------------------------------------------------------------------------------
+
+#: The store sizes of the sweep; ``--quick`` stops at 10k, ``--jobs N`` at N.
+SWEEP_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+
+
+def bench_sweep(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
+    """Section (a)'s two subjects at every size of :data:`SWEEP_SIZES`: the
+    curve of docs/performance.md's picture. One size at a time (a million
+    jobs of each kind at once would hold gigabytes); within a size the two
+    sides take turns, as in (a). The port times fewer calls the larger its
+    store, since each scans every job twice."""
+    sizes = [n for n in SWEEP_SIZES if n <= cfg.sweep_jobs] or [cfg.sweep_jobs]
+    accounts = _accounts(cfg.accounts)
+    ours: list[float] = []
+    port: list[float] = []
+    for size in sizes:
+        log(f"(h) time per call at {size:,} live jobs: memory store and the original's algorithm")
+        mem = _MemorySubject(size, accounts)
+        orig = _PortSubject(size, accounts)
+        port_ops = max(3, min(cfg.port_ops_small, 3_000_000 // size))
+        mem.time_ops(min(cfg.ops, 200))
+        orig.time_ops(min(port_ops, 3))
+        t_mem: list[float] = []
+        t_port: list[float] = []
+        for _ in range(cfg.port_repeats):
+            t_mem.append(mem.time_ops(cfg.ops))
+            t_port.append(orig.time_ops(port_ops))
+        ours.append(statistics.median(t_mem))
+        port.append(statistics.median(t_port))
+        del mem, orig
+    details = {"sizes": sizes, "memory_s_per_op": ours, "original_s_per_op": port}
+    largest = f"{sizes[-1]:,}"
+    return [
+        Figure(
+            "sweep_memory_scaling",
+            f"memory: charge+confirm time/op, {largest} vs {sizes[0]:,} live jobs (sweep)",
+            ours[-1] / ours[0],
+            "x",
+            details=details,
+        ),
+        Figure(
+            "sweep_memory_vs_original",
+            f"memory: speed-up over the original's algorithm at {largest} jobs (sweep)",
+            port[-1] / ours[-1],
+            "x",
+            details=details,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
 
@@ -731,6 +790,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "machine": machine_info(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": asdict(self.config),
             "elapsed_s": self.elapsed,
             "figures": [f.as_dict() for f in self.figures],
@@ -828,14 +888,16 @@ def bench_journal(cfg: Config, log: Callable[[str], None]) -> list[Figure]:
     return _bench_modules(JOURNAL_MODULES, "journal", "g", cfg.adapters_quick, log)
 
 
-#: The benchmarks by name, for ``--only``.
-BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores", "metrics", "journal")
+#: The benchmarks by name, for ``--only``; the sweep (h) runs only when asked
+#: (``--sweep`` or ``--only sweep``): filling a million jobs takes a while.
+BENCHMARKS = ("time", "bytes", "sqlite", "adapters", "stores", "metrics", "journal", "sweep")
+DEFAULT_BENCHMARKS = BENCHMARKS[:-1]
 
 
 def run(
     cfg: Config,
     log: Callable[[str], None] = print,
-    only: Sequence[str] = BENCHMARKS,
+    only: Sequence[str] = DEFAULT_BENCHMARKS,
 ) -> Report:
     t0 = time.perf_counter()
     figures: list[Figure] = []
@@ -856,6 +918,8 @@ def run(
         figures += bench_metrics(cfg, log)
     if "journal" in only:
         figures += bench_journal(cfg, log)
+    if "sweep" in only:
+        figures += bench_sweep(cfg, log)
     return Report(cfg, figures, breakdown, time.perf_counter() - t0, breakdown_defaults)
 
 
@@ -878,7 +942,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "when their servers answer; Powertools and limits beside ours on Redis; DjangoStore "
         "beside PostgresStore and SQLiteStore), "
         "metrics (f: the Prometheus plugin's cost per charge), journal (g: the journal's "
-        "cost per charge on each store, and the memory store's retention bound)",
+        "cost per charge on each store, and the memory store's retention bound), "
+        "sweep (h: time per call at 1k to 1M live jobs, ours and the original's algorithm)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run the sweep (h) too (it is left out of the default run: it takes minutes)",
     )
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config.full()
@@ -893,7 +963,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{info['cpus']} CPUs, {info['platform']}\n",
         flush=True,
     )
-    report = run(cfg, log=lambda msg: print(msg, flush=True), only=args.only or BENCHMARKS)
+    only = list(args.only or DEFAULT_BENCHMARKS)
+    if args.sweep and "sweep" not in only:
+        only.append("sweep")
+    report = run(cfg, log=lambda msg: print(msg, flush=True), only=only)
     print()
     print(format_table(report.figures))
     print()

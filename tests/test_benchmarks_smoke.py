@@ -114,6 +114,24 @@ def test_quick_journal_run_produces_its_figures(bench: ModuleType, tmp_path: Pat
             assert figure["value"] > 0, key
 
 
+def test_quick_sweep_produces_its_figures(bench: ModuleType, tmp_path: Path) -> None:
+    """Section (h), the sweep the performance chart is drawn from: one time
+    per size for each subject (``--jobs`` caps the sizes), and not part of the
+    default run."""
+    assert "sweep" not in bench.DEFAULT_BENCHMARKS
+    out = tmp_path / "figures.json"
+    assert bench.main(["--quick", "--jobs", "10000", "--json", str(out), "--only", "sweep"]) == 0
+    data = json.loads(out.read_text())
+    figures = {f["key"]: f for f in data["figures"]}
+    assert set(figures) == {"sweep_memory_scaling", "sweep_memory_vs_original"}
+    details = figures["sweep_memory_scaling"]["details"]
+    assert details["sizes"] == [1_000, 10_000]
+    for key in ("memory_s_per_op", "original_s_per_op"):
+        assert len(details[key]) == 2
+        assert all(math.isfinite(t) and t > 0 for t in details[key]), key
+    assert data["measured_at"].endswith("Z")
+
+
 def _load(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as the module ``<name>``, as the modules import
     each other (``benchmarks/`` on sys.path, where they put it themselves)."""

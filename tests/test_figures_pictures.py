@@ -23,6 +23,9 @@ STATIC = ROOT / "docs" / "_static"
 
 #: Each chart and the data file it is drawn from.
 CHARTS = {
+    "perf-scaling.svg": "benchmarks.json",
+    "perf-overhead.svg": "benchmarks.json",
+    "perf-stores.svg": "benchmarks.json",
     "faults.svg": "store-faults.json",
 }
 
@@ -52,6 +55,12 @@ def test_the_committed_chart_was_drawn_from_the_committed_data(chart: str) -> No
 
 
 def test_the_data_holds_what_the_charts_show() -> None:
+    bench = json.loads((DATA / "benchmarks.json").read_text(encoding="utf-8"))
+    figures = {f["key"]: f for f in bench["figures"]}
+    sweep = figures["sweep_memory_scaling"]["details"]
+    assert sweep["sizes"] == [1_000, 10_000, 100_000, 1_000_000]
+    assert "flask_limiter_overhead_new_job_us" in figures
+    assert "fastapi_slowapi_overhead_vs_bare" in figures
     faults = json.loads((DATA / "store-faults.json").read_text(encoding="utf-8"))
     assert faults["store_faults"], "no store fault scenario in the data"
     for row in faults["store_faults"]:

@@ -313,7 +313,7 @@ PERFORMANCE: list[Callable[[dict[str, Any], Path, Path], Path]] = [
 ]
 RELIABILITY: list[Callable[[dict[str, Any], Path, Path], Path]] = [draw_faults]
 #: Each data file and the charts drawn from it.
-SOURCES = [(STORE_FAULTS, RELIABILITY)]
+SOURCES = [(BENCHMARKS, PERFORMANCE), (STORE_FAULTS, RELIABILITY)]
 
 
 def draw_all(out: Path = STATIC) -> list[Path]:
