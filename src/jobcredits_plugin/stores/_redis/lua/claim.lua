@@ -29,8 +29,9 @@
 
 jc_arity(4, 3)
 local job, due, bal, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local p = {}
-for v in string.gmatch(ARGV[1], '[^\31]+') do p[#p + 1] = v end
+-- the ten control values, none empty, in one match (a gmatch loop filling
+-- the table cost three times as much)
+local p = {string.match(ARGV[1], '^' .. string.rep('([^\31]+)\31', 9) .. '([^\31]+)$')}
 if #p ~= 10 then jc_fail('claim arguments', ARGV[1]) end
 local now, nows = jc_now(p[1])
 local cid = p[2]
