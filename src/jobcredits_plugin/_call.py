@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -119,8 +119,7 @@ def bind(call: JobCall) -> None:
     _current.set(call.charge)
 
 
-@contextlib.contextmanager
-def isolated() -> Iterator[None]:
+class isolated:  # lower case, like bound: `with isolated():`
     """Undo, when the block ends, whatever the code inside it bound with
     :func:`bind`.
 
@@ -129,12 +128,16 @@ def isolated() -> Iterator[None]:
     A server gives each request a context of its own, but an in-process
     transport (httpx's ``ASGITransport``, a test client) runs the request in
     the caller's context, where the charge would otherwise outlive the request.
+    A class, like :class:`bound`: it is on the path of every request.
     """
-    token = _current.set(None)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _current.set(None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 # -- identify: what the app's callables returned --------------------------------------

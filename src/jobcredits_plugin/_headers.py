@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ._errors import InvalidArgument
 from ._validation import configuration
 
-__all__ = ["AccountSource", "account_source", "header", "reader"]
+__all__ = ["AccountSource", "account_source", "header", "raw_name", "reader", "scope_header"]
 
 #: An HTTP field name is a token (RFC 9110 §5.1, §5.6.2): anything else can
 #: never arrive as a header, and a non-latin-1 one would not even encode.
@@ -100,3 +100,30 @@ def reader(name: Any) -> Callable[..., str | None]:
     cache raise a bare TypeError ("unhashable") instead of the header check's
     own :class:`~jobcredits_plugin.ConfigurationError`."""
     return _cached_reader(name) if isinstance(name, str) else header(name)
+
+
+#: The ASGI form of each header name read so far (lower case, latin-1).
+_raw_names: dict[str, bytes] = {}
+
+
+def raw_name(name: str) -> bytes:
+    """Header ``name`` as an ASGI scope spells it, for :func:`scope_header`
+    (checked like :func:`reader` checks it, the first time it is seen)."""
+    raw = _raw_names.get(name)
+    if raw is None:
+        reader(name)  # a bad name raises here, as it would for the reader
+        raw = name.lower().encode("latin-1")
+        if len(_raw_names) < 256:
+            _raw_names[name] = raw
+    return raw
+
+
+def scope_header(headers: Any, raw: bytes) -> str | None:
+    """What :func:`header`'s reader returns for an ASGI scope whose headers
+    are ``headers``, given :func:`raw_name`'s form of the name: the first
+    such header, stripped, None when absent or blank. For the adapters that
+    have the scope at hand: no reader, no request object in between."""
+    for key, value in headers:
+        if key == raw or key.lower() == raw:
+            return value.decode("latin-1").strip() or None
+    return None

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -74,6 +74,8 @@ async def app_account(account_of: Callable[..., Any], request: Any) -> Any:
     """What the app's account callable returns for ``request``, awaited when
     the callable is async (the async adapters accept both kinds)."""
     account = account_of(request)
+    if account is None or type(account) is str:
+        return account  # the common answers, without the awaitable check
     return await account if inspect.isawaitable(account) else account
 
 
@@ -104,29 +106,54 @@ class Options:
     on_missing: str | None = None
     fail_open: bool | None = None
     header: str | None = None
+    #: The call's terms when no option is a callable, for ``fail_open``
+    #: False and True: built once rather than on every request.
+    _fixed: tuple[Terms, Terms] | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        fixed = None
+        if not (callable(self.cost) or callable(self.tier) or callable(self.backend)):
+            fixed = tuple(
+                Terms(self.scope, self.cost, self.tier, self.backend, flag)
+                for flag in (False, True)
+            )
+        object.__setattr__(self, "_fixed", fixed)
 
     def job_header(self, defaults: Defaults) -> str:
         return self.header or defaults.job_header
 
-    def call_spec(
-        self, defaults: Defaults, request: Any, account_of: Callable[..., Any]
-    ) -> CallSpec:
-        """What :func:`~jobcredits_plugin._call.start_call` needs besides the
-        ledger and the account, for ``request``; ``account_of`` is the account
-        callable in use (its kind decides whose mistake a bad account is)."""
-        job_id = reader(self.job_header(defaults))(request)
-        terms = Terms(
+    def terms(self, defaults: Defaults, request: Any) -> Terms:
+        """The call's :class:`~jobcredits_plugin._call.Terms` for ``request``."""
+        fail_open = defaults.fail_open if self.fail_open is None else self.fail_open
+        if self._fixed is not None and type(fail_open) is bool:
+            return self._fixed[fail_open]
+        return Terms(
             scope=self.scope,
             cost=resolve(self.cost, request, what="cost"),
             tier=resolve(self.tier, request, what="tier"),
             backend=resolve(self.backend, request, what="backend"),
-            fail_open=defaults.fail_open if self.fail_open is None else self.fail_open,
+            fail_open=fail_open,
         )
+
+    def call_spec(
+        self,
+        defaults: Defaults,
+        request: Any,
+        account_of: Callable[..., Any],
+        job_id: str | Literal[False] | None = False,
+    ) -> CallSpec:
+        """What :func:`~jobcredits_plugin._call.start_call` needs besides the
+        ledger and the account, for ``request``; ``account_of`` is the account
+        callable in use (its kind decides whose mistake a bad account is).
+        ``job_id``: the job header's value when the adapter read it already
+        (straight from its framework's raw headers); False: read it here."""
+        if job_id is False:
+            job_id = reader(self.job_header(defaults))(request)
         return CallSpec(
-            job_id=job_id,
-            terms=terms,
-            on_missing=self.on_missing or defaults.on_missing,
-            account_source=account_source(account_of),
+            job_id,
+            self.terms(defaults, request),
+            self.on_missing or defaults.on_missing,
+            account_source(account_of),
         )
 
 

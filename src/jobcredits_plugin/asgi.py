@@ -41,6 +41,7 @@ from ._asgi import (
 )
 from ._call import astart_call, bound
 from ._errors import JobCreditsError
+from ._headers import raw_name, scope_header
 from ._middleware import RoutedMiddleware
 from ._web import app_account
 
@@ -90,7 +91,9 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp, AccountFn]):
             call = await astart_call(
                 self.ledger,
                 await app_account(self.account, scope),
-                options.call_spec(self, scope, self.account),
+                options.call_spec(
+                    self, scope, self.account, scope_header(scope["headers"], raw_name(job_header))
+                ),
             )
         except JobCreditsError as err:
             await send_problem(send, err, scope.get("path"), self.problems)

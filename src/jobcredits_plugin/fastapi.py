@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
 from ._asgi import ASGIApp, Receive, Scope, Send, Watch, run_watched
 from ._call import DEFAULT_JOB_HEADER, JobCall, astart_call, bind, bound, isolated
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
+from ._headers import raw_name, scope_header
 from ._ledger import Ledger
 from ._openapi import PROBLEM_SCHEMA, PROBLEM_SCHEMA_NAME, document_operation
 from ._plugins import add_plugins, load_entry_points
@@ -220,7 +221,8 @@ class JobCredits:
         middleware to settle at the response's first body byte
         (``refund_invalid``: refunded if FastAPI's request validation fails
         later, see :class:`_RefundInvalid`)."""
-        watch = request.scope.get(_SCOPE_KEY)
+        scope = request.scope
+        watch = scope.get(_SCOPE_KEY)
         if not isinstance(watch, Watch):
             raise RuntimeError(
                 "jobcredits: the request did not pass through the JobCredits middleware; "
@@ -237,11 +239,13 @@ class JobCredits:
                 "jobcredits: no account callable; pass JobCredits(..., account=...) "
                 "or account= to the dependency or decorator"
             )
-        job_header = opts.job_header(self)
+        job_header = opts.header or self.job_header
+        # The job id straight from the scope's raw headers: no Headers object.
+        job_id = scope_header(scope["headers"], raw_name(job_header))
         call = await astart_call(
             opts.ledger or self.ledger,
             await app_account(account_fn, request),
-            opts.call_spec(self, request, account_fn),
+            opts.call_spec(self, request, account_fn, job_id),
         )
         watch.attach(call, job_header, refund_invalid=refund_invalid)
         return call
