@@ -18,7 +18,16 @@ from typing import Any, Literal
 from ._errors import InvalidArgument
 from ._validation import configuration
 
-__all__ = ["AccountSource", "account_source", "header", "raw_name", "reader", "scope_header"]
+__all__ = [
+    "AccountSource",
+    "account_source",
+    "environ_header",
+    "environ_key",
+    "header",
+    "raw_name",
+    "reader",
+    "scope_header",
+]
 
 #: An HTTP field name is a token (RFC 9110 §5.1, §5.6.2): anything else can
 #: never arrive as a header, and a non-latin-1 one would not even encode.
@@ -28,6 +37,14 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: :func:`header` reader: a bad value is the client's 400) or ``"app"`` (the
 #: app's own callable computed it: a bad value is the app's bug, a 500).
 AccountSource = Literal["client", "app"]
+
+
+def _meta_key(name: str) -> str:
+    """Where a WSGI environ (or Django's ``request.META``) keeps header ``name``."""
+    meta_key = "HTTP_" + name.upper().replace("-", "_")
+    if meta_key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        meta_key = meta_key[5:]
+    return meta_key
 
 
 def account_source(fn: Any) -> AccountSource:
@@ -53,9 +70,7 @@ def header(name: str) -> Callable[..., str | None]:
         raise InvalidArgument(f"header name must be a non-empty token, not {name!r}")
     lower = name.lower()
     raw = lower.encode("latin-1")
-    meta_key = "HTTP_" + name.upper().replace("-", "_")
-    if meta_key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-        meta_key = meta_key[5:]
+    meta_key = _meta_key(name)
 
     def read(*args: Any, **kwargs: Any) -> str | None:
         request = args[0] if args else kwargs.get("request")
@@ -127,3 +142,31 @@ def scope_header(headers: Any, raw: bytes) -> str | None:
         if key == raw or key.lower() == raw:
             return value.decode("latin-1").strip() or None
     return None
+
+
+#: The WSGI environ key of each header name read so far.
+_environ_keys: dict[str, str] = {}
+
+
+def environ_key(name: str) -> str:
+    """Header ``name``'s key in a WSGI environ, for :func:`environ_header`
+    (checked like :func:`reader` checks it, the first time it is seen)."""
+    key = _environ_keys.get(name)
+    if key is None:
+        reader(name)  # a bad name raises here, as it would for the reader
+        key = _meta_key(name)
+        if len(_environ_keys) < 256:
+            _environ_keys[name] = key
+    return key
+
+
+def environ_header(environ: Any, key: str) -> str | None:
+    """What :func:`header`'s reader returns for a WSGI environ, given
+    :func:`environ_key`'s key: the value stripped, None when absent or blank.
+    For the adapters that have the environ at hand (Flask reads it this way
+    rather than through the request's ``headers``, which werkzeug builds
+    per request)."""
+    value = environ.get(key)
+    if value is None:
+        return None
+    return str(value).strip() or None

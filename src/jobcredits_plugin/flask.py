@@ -57,6 +57,7 @@ from ._errors import (
     JobCreditsError,
 )
 from ._flask_cli import build_group
+from ._headers import environ_header, environ_key
 from ._ledger import Ledger
 from ._problems import DEFAULT_PROBLEMS, Problems, render_problem
 from ._records import Charge
@@ -414,9 +415,10 @@ def charges_credit(
     return decorate
 
 
-def _start(opts: Options) -> tuple[Ledger, Any, CallSpec, str]:
+def _start(opts: Options) -> tuple[Ledger, Any, CallSpec, str, dict[str, Any]]:
     """What charging the current request takes: the ledger, the account, the
-    call's spec and the job header, from the view's options over the app's."""
+    call's spec, the job header and the request's environ, from the view's
+    options over the app's."""
     state = get_state()
     req = flask.request._get_current_object()  # type: ignore[attr-defined]
     account_of = opts.account if opts.account is not None else state.account
@@ -426,17 +428,20 @@ def _start(opts: Options) -> tuple[Ledger, Any, CallSpec, str]:
             "of flask.request) or pass account= to charges_credit"
         )
     account = account_of(req)
-    spec = opts.call_spec(state, req, account_of)
+    job_header = opts.header or state.job_header
+    environ = req.environ
+    # The job id straight from the environ: no EnvironHeaders lookup.
+    spec = opts.call_spec(state, req, account_of, environ_header(environ, environ_key(job_header)))
     chosen = opts.ledger if opts.ledger is not None else state.ledger
-    return chosen, account, spec, opts.job_header(state)
+    return chosen, account, spec, job_header, environ
 
 
 def _sync_view(view: Callable[..., Any], opts: Options) -> Callable[..., flask.Response]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-        chosen, account, spec, job_header = _start(opts)
+        chosen, account, spec, job_header, environ = _start(opts)
         call = start_call(chosen, account, spec)
-        flask.request.environ[_CALL_KEY] = call
+        environ[_CALL_KEY] = call
         with bound(call):
             try:
                 response = flask.make_response(view(*args, **kwargs))
@@ -458,9 +463,9 @@ def _sync_view(view: Callable[..., Any], opts: Options) -> Callable[..., flask.R
 def _async_view(view: Callable[..., Any], opts: Options) -> Callable[..., Any]:
     @functools.wraps(view)
     async def async_wrapper(*args: Any, **kwargs: Any) -> flask.Response:
-        chosen, account, spec, job_header = _start(opts)
+        chosen, account, spec, job_header, environ = _start(opts)
         call = await astart_call(chosen, account, spec)
-        flask.request.environ[_CALL_KEY] = call
+        environ[_CALL_KEY] = call
         with bound(call):
             try:
                 response = flask.make_response(await view(*args, **kwargs))

@@ -34,6 +34,7 @@ from typing import Any
 
 from ._call import JobCall, bound, start_call
 from ._errors import JobCreditsError
+from ._headers import environ_header, environ_key
 from ._middleware import RoutedMiddleware
 from ._web import close_then_settle
 
@@ -181,7 +182,9 @@ class JobCreditsMiddleware(RoutedMiddleware[WSGIApp, AccountFn]):
             call = start_call(
                 self.ledger,
                 self.account(environ),
-                options.call_spec(self, environ, self.account),
+                options.call_spec(
+                    self, environ, self.account, environ_header(environ, environ_key(job_header))
+                ),
             )
         except JobCreditsError as err:
             status, headers, problem = self._render(err, path)
