@@ -45,7 +45,15 @@ RUNS = [(kind, store) for kind in KINDS for store in STORES] + [
 ]
 
 
-@pytest.mark.timeout(180)
+#: The load's deadline (seconds) on DjangoStore. The ORM's statements make a
+#: call several times dearer than on the native stores (docs/performance.md):
+#: the full load (2,000 jobs) served 908 (SQLite) and 1,594 (PostgreSQL) of
+#: its 5,830 calls in the stores' 60 s on the 2-core VM at a load average of
+#: 12 (2026-12-06), every other check of the books holding.
+DJANGO_STORE_DEADLINE = 240.0
+
+
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize(("kind", "store"), RUNS)
 def test_load_balances_the_books(
     kind: str, store: str, tmp_path: Path, sizes: Sizes, system_report: Report
@@ -60,7 +68,12 @@ def test_load_balances_the_books(
     # The shorter load of a reduced DjangoStore run draws its jobs from
     # another seed: the first 80 jobs of seed 7 hold no injected failure,
     # those of seed 4 hold six (and eleven duplicates, an account run dry).
-    scenario = Scenario(jobs=jobs, clients=sizes.clients, seed=7 if jobs == sizes.jobs else 4)
+    scenario = Scenario(
+        jobs=jobs,
+        clients=sizes.clients,
+        seed=7 if jobs == sizes.jobs else 4,
+        deadline=DJANGO_STORE_DEADLINE if store in DJANGO_STORES else 60.0,
+    )
     env = {**scenario.api_keys_env(), "SUMMARIZE_LATENCY": LOAD_LATENCY}
     with provision_store(store, tmp_path) as url:
         grant(url, scenario.granted())
