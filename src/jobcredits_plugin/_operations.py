@@ -339,6 +339,13 @@ def migrate(target: Target, args: argparse.Namespace) -> int:
     # Only stores with a server-side schema have anything to migrate; the
     # others create their tables themselves (SQLite) or keep none (memory).
     with target.store_to_migrate() as (store, kind):
+        if store is None and kind == "django://":
+            # Its tables are a Django app's, created by Django's migrations.
+            target.say(
+                "nothing to migrate here: django:// stores keep their tables in the Django "
+                "app jobcredits_plugin.django; run `manage.py migrate jobcredits`"
+            )
+            return 0
         if store is None:
             target.say(f"nothing to migrate: {kind} stores need no schema migration")
             return 0

@@ -397,3 +397,12 @@ def test_a_grant_id_seen_before_and_expired_is_replaced() -> None:
         assert list(rows.values_list("amount", "balance")) == [(7, 12)]
     finally:
         store.close()
+
+
+def test_the_jobcredits_migrate_command_points_at_djangos_migrate(
+    jc_settings: Any, store: DjangoStore
+) -> None:
+    jc_settings(URL=f"django://{ALIAS}")
+    out = io.StringIO()
+    call_command("jobcredits", "migrate", stdout=out)
+    assert "manage.py migrate jobcredits" in out.getvalue()
