@@ -163,17 +163,15 @@ redis.call('HSET', job, 'a', ARGV[2], 'x', nx, 'c', cid, 'st', 'pending',
 redis.call('ZADD', due, lu, job)
 if expiry_ms > 0 then
   redis.call('PEXPIRE', job, p[8])
-  -- The due-set lives as long as its longest-lived job. On Redis 7, GT moves
-  -- its expiry only later, in one command; it leaves a key without an expiry
-  -- alone (its TTL counts as infinite), so a 0 answer is checked with PTTL: a
-  -- due-set this ZADD just created has none yet (-1) and gets this one. The
-  -- same outcome as PTTL then PEXPIRE when it is later, one command fewer.
-  if (redis.REDIS_VERSION_NUM or 0) >= 0x070000 then
-    if redis.call('PEXPIRE', due, p[8], 'GT') == 0 and redis.call('PTTL', due) == -1 then
-      redis.call('PEXPIRE', due, p[8])
-    end
-  elseif redis.call('PTTL', due) < expiry_ms then
-    redis.call('PEXPIRE', due, p[8])
+  -- The due-set outlives its longest-lived job by up to a second: when its
+  -- expiry must move, it moves a second further than needed, so the charges
+  -- of the next second find it late enough and skip the PEXPIRE (a PTTL and
+  -- a PEXPIRE on nearly every charge before). PTTL answers -1 for a due-set
+  -- this ZADD just created, which then gets its expiry too.
+  if redis.call('PTTL', due) < expiry_ms then
+    -- '%d': a Lua number passed as is would be spelled by %.14g (expiry_ms is
+    -- at most JC_MS, 13 digits, but the spelling must not depend on that)
+    redis.call('PEXPIRE', due, string.format('%d', expiry_ms + 1000))
   end
 end
 if jr ~= '0' then
