@@ -202,6 +202,12 @@ def test_django_store_bench_runs_and_counts_the_pinned_statements(tmp_path: Path
     COMMIT."""
     pytest.importorskip("django")
     pytest.importorskip("psycopg")
+    # The pinned counts live beside the tests that pin them, a module that
+    # needs Django configured (as tests/integrations/django/conftest.py does
+    # when that folder is collected; not when this file runs alone).
+    from tests.integrations.django.settings import configure_once
+
+    configure_once()
     from tests.integrations.django.test_store import QUERIES
     from tests.stores.conftest import POSTGRES_DEFAULT, POSTGRES_URL_ENV, _server_url
 
