@@ -67,6 +67,14 @@ class Proxy:
             # connection, a frozen proxy) must not be cut by a read timeout.
             server.settimeout(None)
             with self.lock:
+                # Checked again under the lock that cut() takes: a connection
+                # accepted while cut() ran (a pool opening one in the
+                # background) would otherwise outlive the cut, and a retry
+                # meant to find the server unreachable would get through.
+                if not self.up:
+                    client.close()
+                    server.close()
+                    continue
                 self.sockets += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -175,8 +183,8 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        self.up = False
         with self.lock:
+            self.up = False
             sockets, self.sockets = self.sockets, []
         for s in sockets:
             with contextlib.suppress(OSError):
