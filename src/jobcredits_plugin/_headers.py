@@ -77,13 +77,9 @@ def header(name: str) -> Callable[..., str | None]:
         value: Any = None
         if isinstance(request, Mapping):
             if "type" in request and "headers" in request:  # ASGI scope
-                for k, v in request["headers"]:
-                    if k.lower() == raw:
-                        value = v.decode("latin-1")
-                        break
-            else:  # WSGI environ
-                value = request.get(meta_key)
-        elif request is not None:
+                return scope_header(request["headers"], raw)
+            return environ_header(request, meta_key)  # WSGI environ
+        if request is not None:
             headers = getattr(request, "headers", None)
             if headers is not None and hasattr(headers, "get"):
                 value = headers.get(name)
@@ -117,20 +113,22 @@ def reader(name: Any) -> Callable[..., str | None]:
     return _cached_reader(name) if isinstance(name, str) else header(name)
 
 
-#: The ASGI form of each header name read so far (lower case, latin-1).
-_raw_names: dict[str, bytes] = {}
+@functools.lru_cache(maxsize=256)
+def _forms(name: str) -> tuple[bytes, str]:
+    """Header ``name`` as an ASGI scope spells it and as a WSGI environ keys
+    it, checked like :func:`reader` checks it the first time it is seen."""
+    reader(name)  # a bad name raises here, as it would for the reader
+    return name.lower().encode("latin-1"), _meta_key(name)
 
 
 def raw_name(name: str) -> bytes:
-    """Header ``name`` as an ASGI scope spells it, for :func:`scope_header`
-    (checked like :func:`reader` checks it, the first time it is seen)."""
-    raw = _raw_names.get(name)
-    if raw is None:
-        reader(name)  # a bad name raises here, as it would for the reader
-        raw = name.lower().encode("latin-1")
-        if len(_raw_names) < 256:
-            _raw_names[name] = raw
-    return raw
+    """Header ``name`` as an ASGI scope spells it, for :func:`scope_header`."""
+    return _forms(name)[0]
+
+
+def environ_key(name: str) -> str:
+    """Header ``name``'s key in a WSGI environ, for :func:`environ_header`."""
+    return _forms(name)[1]
 
 
 def scope_header(headers: Any, raw: bytes) -> str | None:
@@ -142,22 +140,6 @@ def scope_header(headers: Any, raw: bytes) -> str | None:
         if key == raw or key.lower() == raw:
             return value.decode("latin-1").strip() or None
     return None
-
-
-#: The WSGI environ key of each header name read so far.
-_environ_keys: dict[str, str] = {}
-
-
-def environ_key(name: str) -> str:
-    """Header ``name``'s key in a WSGI environ, for :func:`environ_header`
-    (checked like :func:`reader` checks it, the first time it is seen)."""
-    key = _environ_keys.get(name)
-    if key is None:
-        reader(name)  # a bad name raises here, as it would for the reader
-        key = _meta_key(name)
-        if len(_environ_keys) < 256:
-            _environ_keys[name] = key
-    return key
 
 
 def environ_header(environ: Any, key: str) -> str | None:
