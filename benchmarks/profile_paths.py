@@ -8,6 +8,8 @@ show where the time goes. The scenarios are the paths issue 15 asks about:
 
     fastapi-bare, fastapi-dep-new, fastapi-dep-follow, fastapi-dec-new,
     fastapi-dec-follow, slowapi                     (ASGI, memory stores)
+    fastapi-free (installed, the endpoint not charged), fastapi-plain-dep
+    (a bare app's endpoint with a do-nothing dependency taking the request)
     flask-bare, flask-new, flask-follow, flask-limiter        (WSGI, memory)
     memory-new, memory-follow          (Ledger on a MemoryStore, no web)
     redis-set, redis-empty, redis-charge, redis-new, redis-follow,
@@ -38,6 +40,7 @@ import argparse
 import asyncio
 import cProfile
 import functools
+import gc
 import os
 import pstats
 import sys
@@ -86,6 +89,30 @@ def _fastapi(kind: str) -> Callable[[], tuple[Any, str]]:
         return (bare, "/run") if kind == "bare" else (ours, f"/{kind}")
 
     return build
+
+
+def _plain_dependency() -> tuple[Any, str]:
+    """FastAPI's own cost of any dependency taking the request: an endpoint
+    with ``Depends`` on ``async def dep(request: Request): return None`` (the
+    floor under ``charge_credit``'s, see docs/performance.md)."""
+    from typing import Annotated
+
+    from fastapi import Depends, FastAPI, Request
+
+    async def dep(request: Request) -> None:
+        return None
+
+    async def with_dep(value: None) -> dict[str, bool]:
+        return {"ok": True}
+
+    # This module's annotations are strings (``from __future__ import
+    # annotations``) that FastAPI would look up among its globals: give the
+    # two functions theirs as objects.
+    dep.__annotations__ = {"request": Request, "return": None}
+    with_dep.__annotations__ = {"value": Annotated[None, Depends(dep)], "return": dict[str, bool]}
+    app = FastAPI()
+    app.add_api_route("/dep", with_dep, methods=["POST"])
+    return app, "/dep"
 
 
 def _slowapi() -> tuple[Any, str]:
@@ -197,6 +224,8 @@ SCENARIOS: dict[str, Callable[[int], Prepared]] = {
     "fastapi-dep-follow": _asgi(_fastapi("dependency"), new=False),
     "fastapi-dec-new": _asgi(_fastapi("decorator"), new=True),
     "fastapi-dec-follow": _asgi(_fastapi("decorator"), new=False),
+    "fastapi-free": _asgi(_fastapi("free"), new=True),
+    "fastapi-plain-dep": _asgi(_plain_dependency, new=True),
     "slowapi": _asgi(_slowapi, new=True),
     "flask-bare": _wsgi("bare", "/bare", new=True),
     "flask-new": _wsgi("ours", "/ours", new=True),
@@ -227,10 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep redis-py on its pure-Python reply parser even when hiredis is installed",
     )
+    parser.add_argument(
+        "--no-gc",
+        action="store_true",
+        help="disable the cyclic garbage collector before the calls: its share of a count "
+        "depends on everything the process holds, so counts taken on two trees compare "
+        "only without it",
+    )
     args = parser.parse_args(argv)
     if args.no_hiredis:
         sys.modules["hiredis"] = None  # type: ignore[assignment]  # redis-py then finds none
     go = SCENARIOS[args.scenario](args.calls)
+    if args.no_gc:
+        gc.collect()
+        gc.disable()
     try:
         if args.profile == "cprofile":
             profiler = cProfile.Profile()

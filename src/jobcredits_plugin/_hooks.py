@@ -43,6 +43,10 @@ class PluginManager(pluggy.PluginManager):
         return super().unregister(plugin, name)
 
 
+#: The hook each kind of event fires (looked up, not concatenated, per event).
+_HOOK_OF = {kind: "on_" + kind for kind in ("charge", "reuse", "refund", "expire")}
+
+
 class Hooks:
     """The hook calls of one ledger, over its own plugin manager."""
 
@@ -118,7 +122,7 @@ class Hooks:
         event was reported."""
         interrupt: BaseException | None = None
         for event in events:
-            name = "on_" + event.kind
+            name = _HOOK_OF[event.kind]
             impls = self.impls(name)
             if impls:
                 try:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -72,8 +72,10 @@ log = logging.getLogger("jobcredits_plugin")
 
 def _new_charge_id() -> str:
     # 64 random bits: a charge id only has to differ from the other charges of
-    # the same job key, and short ids keep the memory store lean.
-    return secrets.token_hex(8)
+    # the same job key, and short ids keep the memory store lean. os.urandom
+    # is the source secrets.token_hex reads too, without its three calls in
+    # between (a tenth of a follow-up's charge on the memory store).
+    return os.urandom(8).hex()
 
 
 def grant_charge_id(account: str, grant_id: str) -> str:
@@ -314,20 +316,20 @@ class Ledger(LedgerJournal):
         tier: Any,
         backend: Any,
     ) -> ClaimRequest:
-        key = self._key(account, job_id, scope)
+        # Positional, in ClaimRequest's field order: this runs on every charge.
         return ClaimRequest(
-            account=key[0],
-            scope=key[1],
-            job_id=key[2],
-            charge_id=_new_charge_id(),
-            cost=check_cost(cost),
-            tier=check_label("tier", tier),
-            backend=check_label("backend", backend),
-            now=self.now(),
-            ttl=self._ttl,
-            lease=self._lease,
-            max_uses=self._max_uses,
-            balances=self._balances,
+            check_account(account),
+            check_scope(scope),
+            check_job_id(job_id, self._pattern),
+            _new_charge_id(),
+            check_cost(cost),
+            check_label("tier", tier),
+            check_label("backend", backend),
+            self.now(),
+            self._ttl,
+            self._lease,
+            self._max_uses,
+            self._balances,
         )
 
     def _settle_claim(self, req: ClaimRequest, result: ClaimResult) -> Charge:

@@ -72,7 +72,8 @@ class StoreCalls:
         (an ``on_store_call`` implementation interrupted the call after the
         commit): it fires the result's hooks and takes back a new charge.
         """
-        self._check_open()
+        if self.closed:  # _check_open, inline: every operation passes here
+            self._check_open()
         impls = self._impls("on_store_call")
         if not impls:
             try:
@@ -115,7 +116,8 @@ class StoreCalls:
         charge, whose Charge never reaches the cancelled caller, is refunded.
         Stores that never suspend (``cancel_safe``) skip the extra task.
         """
-        self._check_open()
+        if self.closed:  # _check_open, inline: every async operation passes here
+            self._check_open()
         impls = self._impls("on_store_call")
         error: BaseException | None = None
         result: T | None = None

@@ -165,6 +165,15 @@ def _check_length(
 
 
 def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN) -> str:
+    # Every charge, confirm and refund checks its key: the common case (a
+    # plain str of the default pattern's characters) in one test, no calls.
+    if (
+        type(job_id) is str
+        and pattern is DEFAULT_JOB_ID_PATTERN
+        and len(job_id) <= JOB_ID_MAX
+        and pattern.fullmatch(job_id) is not None
+    ):
+        return job_id
     if not isinstance(job_id, str):
         raise InvalidJobId(f"job id must be a string, not {type(job_id).__name__}")
     _check_length("job id", job_id, JOB_ID_MAX, InvalidJobId)
@@ -186,6 +195,8 @@ def check_job_id(job_id: Any, pattern: re.Pattern[str] = DEFAULT_JOB_ID_PATTERN)
 
 
 def check_scope(scope: Any) -> str:
+    if type(scope) is str and len(scope) <= SCOPE_MAX and _SCOPE_PATTERN.fullmatch(scope):
+        return scope  # the common case, as in check_job_id
     if not isinstance(scope, str):
         raise InvalidJobId(f"scope must be a string, not {type(scope).__name__}")
     if not scope or len(scope) > SCOPE_MAX or _SCOPE_PATTERN.fullmatch(scope) is None:
@@ -196,6 +207,12 @@ def check_scope(scope: Any) -> str:
 
 
 def check_account(account: Any) -> str:
+    if (
+        type(account) is str
+        and 0 < len(account) <= ACCOUNT_MAX
+        and _BAD_TEXT.search(account) is None
+    ):
+        return account  # the common case, as in check_job_id
     if not isinstance(account, str):
         raise InvalidAccount(f"account must be a string, not {type(account).__name__}")
     _check_length("account", account, ACCOUNT_MAX, InvalidAccount)
@@ -218,6 +235,8 @@ def check_credits(name: str, value: Any, *, low: int = 0) -> int:
     here, before a store is touched, instead of overflowing (SQLite, PostgreSQL),
     rounding (Redis's Lua doubles) or growing without bound (memory) there.
     """
+    if type(value) is int and low <= value <= MAX_CREDITS:
+        return value  # the common case: exactly an int (never a bool), in range
     # bool is an int subclass; ``cost=True`` is a bug, not a price.
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
@@ -254,6 +273,8 @@ def check_label(name: str, value: Any) -> str | None:
 def check_charge_id(charge_id: Any) -> str | None:
     if charge_id is None:
         return None
+    if type(charge_id) is str and 0 < len(charge_id) <= 64 and _BAD_TEXT.search(charge_id) is None:
+        return charge_id  # the common case (every confirm and refund), as in check_job_id
     if not isinstance(charge_id, str) or not charge_id or len(charge_id) > 64:
         raise InvalidArgument("charge_id must be None or a non-empty string of at most 64 chars")
     problem = _bad_text(charge_id)

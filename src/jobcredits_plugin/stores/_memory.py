@@ -227,7 +227,9 @@ class MemoryStore(BaseStore):
                 self._delete(key)
             if plan.balance_delta:
                 self._credit(req.account, plan.balance_delta)
-            self._journal_events(list(plan.result.events), before, req.now)
+            if self.journal_reuses or plan.result.status != "reused":
+                # (a reuse journals nothing by default: no rows to build)
+                self._journal_events(list(plan.result.events), before, req.now)
         if swept:
             return attrs.evolve(plan.result, events=(*swept, *plan.result.events))
         return plan.result
