@@ -9,9 +9,28 @@ Three figures:
   on the same server, both over one connection;
 - the same with 8 client threads, each on its own connection.
 
-The two sides take turns in chunks within each repeat, and each ratio is the
-median over the repeats (ledger charges per second / bare inserts per second,
-so higher is better; the target is >= 0.7). The server is
+And, as context (no target), the floors under a charge, against the same bare
+insert, one connection and 8 clients:
+
+- an empty PL/pgSQL function with the claim function's signature (its
+  arguments, and a row of its answer's columns, the answer of a new job),
+  called with the store's own claim statement (its text, the function's name
+  swapped) and the parameters the store sends for a new-job charge: what the
+  call itself costs, before the claim does any work. It writes nothing, so
+  its transaction commits without a WAL flush, which the bare insert's waits
+  for: it can be faster than the bare insert;
+- the same empty function doing the bare insert (the same row, from its
+  arguments): the call and the one write, the floor of any design that makes
+  a charge one function call;
+- the claim function itself, called with the same statement and parameters
+  straight from psycopg (no ledger, store or pool code in between): the
+  server-side cost of a charge without the client-side Python.
+
+Both are called over the bare insert's connections with parameters built
+before the clock starts. All sides take turns in chunks within each repeat,
+and each ratio is the median over the repeats (ledger charges, or calls, per
+second / bare inserts per second, so higher is better; the target, for the
+charge, is >= 0.7). The server is
 ``JOBCREDITS_BENCH_POSTGRES_URL`` or ``JOBCREDITS_TEST_POSTGRES_URL``, default
 ``postgresql://postgres@127.0.0.1:5432/test``; the schemas made are dropped.
 
@@ -72,8 +91,36 @@ _BARE_INSERT = (
 )
 
 
+#: An empty function of the claim function's signature (``{arguments}``, as
+#: ``pg_get_function_arguments`` gives the real one's, OUT columns included),
+#: answering what a new job's claim answers: ``charged``, the balance, and no
+#: record found (the ``o_*`` columns NULL); ``{name}`` and ``{work}``: its
+#: name and what it does first (nothing, or the bare insert).
+_EMPTY_CLAIM = """
+CREATE FUNCTION {schema}.{name}({arguments}) LANGUAGE plpgsql AS $fn$
+BEGIN
+    {work}
+    status := 'charged';
+    balance := 0;
+    o_now := p_now;
+END
+$fn$
+"""
+_EMPTY_INSERT = (
+    "INSERT INTO {schema}.bare VALUES (p_account, p_scope, p_job_id, p_charge_id, "
+    "'pending', p_cost, p_tier, p_backend, p_now, p_now + p_ttl, p_now + p_lease, 1, 1, "
+    "p_now + p_lease) ON CONFLICT DO NOTHING;"
+)
+_CLAIM_ARGUMENTS = """
+SELECT pg_get_function_arguments(p.oid) FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = %s AND p.proname = 'claim' AND p.pronargs = %s
+"""
+
+
 class Bench:
-    """One schema holding the store's tables and the bare twin table."""
+    """One schema holding the store's tables, the bare twin table and the
+    empty claim function."""
 
     def __init__(self) -> None:
         self.schema = f"jcbench_{uuid.uuid4().hex[:10]}"
@@ -84,11 +131,27 @@ class Bench:
         )
         self.store.migrate()
         s = sql.Identifier(self.schema)
+        self.ledger = Ledger(self.store, balances=True)
+        # The parameters of a new-job claim, as the store sends them.
+        arity = len(self._claim_params("acct-0", "probe"))
         with psycopg.connect(URL, autocommit=True) as conn:
             conn.execute(sql.SQL(_BARE_TABLE).format(schema=s))
             conn.execute(sql.SQL(_BARE_INDEX).format(schema=s))
+            # The store's claim statement as it sends it, and the same with
+            # the empty function in place of the claim function.
+            self.claim = self.store._sql.claim.as_string(conn)
+            called = f"{s.as_string(conn)}.claim("
+            assert self.claim.count(called) == 1, self.claim
+            row = conn.execute(_CLAIM_ARGUMENTS, (self.schema, arity)).fetchone()
+            assert row is not None, f"no claim function of {arity} arguments"
+            self.empty, self.empty_insert = (
+                self.claim.replace(called, f"{s.as_string(conn)}.{name}(")
+                for name in ("empty_claim", "empty_claim_insert")
+            )
+            for name, work in (("empty_claim", ""), ("empty_claim_insert", _EMPTY_INSERT)):
+                text = _EMPTY_CLAIM.replace("{arguments}", row[0]).replace("{work}", work)
+                conn.execute(sql.SQL(text).format(schema=s, name=sql.Identifier(name)))
         self.insert = sql.SQL(_BARE_INSERT).format(schema=s)
-        self.ledger = Ledger(self.store, balances=True)
         for t in range(THREADS):
             self.ledger.grant(f"acct-{t}", 10**12)
 
@@ -105,6 +168,24 @@ class Bench:
 
         return run
 
+    def _claim_params(self, account: str, job_id: str) -> tuple[Any, ...]:
+        req = self.ledger._claim_request(account, job_id, "default", 1, None, None)
+        return self.store._claim_params(req)
+
+    def call_run(
+        self, conn: psycopg.Connection[Any], statement: str, n: int, t: int
+    ) -> Callable[[], None]:
+        """``statement`` (the claim's or the empty function's) with the
+        parameters of ``n`` new-job charges, built now, straight from psycopg."""
+        account, tag = f"acct-{t}", uuid.uuid4().hex[:8]
+        params = [self._claim_params(account, f"{tag}-{i}") for i in range(n)]
+
+        def run() -> None:
+            for p in params:
+                conn.execute(statement, p).fetchall()
+
+        return run
+
     def bare_run(self, conn: psycopg.Connection[Any], n: int, t: int) -> Callable[[], None]:
         account, tag, insert = f"acct-{t}", uuid.uuid4().hex[:8], self.insert
 
@@ -118,17 +199,28 @@ class Bench:
         return run
 
 
-def _ratio(bench: Bench, clients: int, n: int, repeats: int) -> float:
+def _ratios(bench: Bench, clients: int, n: int, repeats: int) -> dict[str, float]:
+    """Median over ``repeats`` of each side's rate / the bare insert's rate:
+    ``charge`` (ledger.charge), ``empty`` (the empty claim function),
+    ``empty_insert`` (the same doing the bare insert) and ``claim`` (the claim
+    function from psycopg)."""
     conns = [psycopg.connect(URL, autocommit=True, prepare_threshold=None) for _ in range(clients)]
+    calls = {"empty": bench.empty, "empty_insert": bench.empty_insert, "claim": bench.claim}
     try:
-        ratios = []
+        ratios: dict[str, list[float]] = {side: [] for side in ("charge", *calls)}
         for _ in range(repeats):
-            ledger_s = bare_s = 0.0
+            seconds = dict.fromkeys(("bare", *ratios), 0.0)
             for _chunk in range(4):  # the sides take turns
-                ledger_s += at_once([bench.charge_run(n, t) for t in range(clients)])
-                bare_s += at_once([bench.bare_run(conns[t], n, t) for t in range(clients)])
-            ratios.append(bare_s / ledger_s)  # = ledger rate / bare rate
-        return statistics.median(ratios)
+                seconds["charge"] += at_once([bench.charge_run(n, t) for t in range(clients)])
+                seconds["bare"] += at_once([bench.bare_run(conns[t], n, t) for t in range(clients)])
+                for side, statement in calls.items():
+                    seconds[side] += at_once(
+                        [bench.call_run(conns[t], statement, n, t) for t in range(clients)]
+                    )
+            for side, r in ratios.items():
+                # time of the bare inserts / the side's = its rate / the bare rate
+                r.append(seconds["bare"] / seconds[side])
+        return {side: statistics.median(r) for side, r in ratios.items()}
     finally:
         for c in conns:
             c.close()
@@ -179,10 +271,35 @@ def run(quick: bool) -> list[dict[str, Any]]:
     bench = Bench()
     try:
         for clients, label in ((1, "1 connection"), (THREADS, f"{THREADS} clients")):
+            ratios = _ratios(bench, clients, n // clients if clients > 1 else n, repeats)
+            rows.append(
+                {
+                    "name": "postgres: empty function given a claim's arguments, answering "
+                    f"its row, vs bare INSERT, {label} (context)",
+                    "figure": ratios["empty"],
+                    "unit": "x",
+                }
+            )
+            rows.append(
+                {
+                    "name": "postgres: the same empty function doing the bare INSERT "
+                    f"vs bare INSERT, {label} (context)",
+                    "figure": ratios["empty_insert"],
+                    "unit": "x",
+                }
+            )
+            rows.append(
+                {
+                    "name": "postgres: claim function called from psycopg (no ledger Python) "
+                    f"vs bare INSERT, {label} (context)",
+                    "figure": ratios["claim"],
+                    "unit": "x",
+                }
+            )
             rows.append(
                 {
                     "name": f"postgres: ledger.charge vs bare INSERT, {label}",
-                    "figure": _ratio(bench, clients, n // clients if clients > 1 else n, repeats),
+                    "figure": ratios["charge"],
                     "unit": "x",
                     "op": ">=",
                     "target": TARGET,
