@@ -8,10 +8,12 @@ show where the time goes. The scenarios are the paths issue 15 asks about:
 
     fastapi-bare, fastapi-dep-new, fastapi-dep-follow, fastapi-dec-new,
     fastapi-dec-follow, slowapi                     (ASGI, memory stores)
-    fastapi-free (installed, the endpoint not charged), fastapi-plain-dep
-    (a bare app's endpoint with a do-nothing dependency taking the request)
+    fastapi-free (an uncharged endpoint of the charged app), fastapi-installed
+    (the bare app with JobCredits installed), fastapi-plain-dep (a bare
+    app's endpoint with a do-nothing dependency taking the request)
     flask-bare, flask-new, flask-follow, flask-limiter        (WSGI, memory)
     memory-new, memory-follow          (Ledger on a MemoryStore, no web)
+    memory-anew, memory-afollow        (the same through acharge/aconfirm)
     redis-set, redis-empty, redis-charge, redis-new, redis-follow,
     powertools-new, powertools-replay, limits-hit      (Redis: a server needed)
 
@@ -115,6 +117,20 @@ def _plain_dependency() -> tuple[Any, str]:
     return app, "/dep"
 
 
+def _installed() -> tuple[Any, str]:
+    """The bare app's endpoint, uncharged, in an app with ``JobCredits``
+    installed: what the middleware alone costs a request (its watch, its
+    context and the response start it passes through)."""
+    import fastapi_bench
+
+    from jobcredits_plugin.fastapi import JobCredits
+    from jobcredits_plugin.testing import make_ledger
+
+    bare, _ours = fastapi_bench.build_apps(make_ledger())
+    JobCredits(make_ledger(), account=lambda request: "acct").install(bare)
+    return bare, "/run"
+
+
 def _slowapi() -> tuple[Any, str]:
     import fastapi_peers
 
@@ -134,6 +150,35 @@ def _wsgi(name: str, path: str, new: bool) -> Callable[[int], Prepared]:
 
         def go() -> None:
             adapters._drive(app, environs)
+
+        return go
+
+    return prepare
+
+
+def _amemory(new: bool) -> Callable[[int], Prepared]:
+    """As :func:`_memory`, through the ledger's async twins in one event loop
+    (the path of the ASGI adapters)."""
+
+    def prepare(n: int) -> Prepared:
+        from jobcredits_plugin.testing import make_ledger
+
+        ledger = make_ledger()
+        follow = str(uuid.uuid4())
+        ledger.confirm("acct", follow, charge_id=ledger.charge("acct", follow).record.charge_id)
+        jobs = [str(uuid.uuid4()) for _ in range(n)]
+
+        async def new_jobs() -> None:
+            for job in jobs:
+                charge = await ledger.acharge("acct", job)
+                await ledger.aconfirm("acct", job, charge_id=charge.record.charge_id)
+
+        async def follow_ups() -> None:
+            for _ in range(n):
+                await ledger.acharge("acct", follow)
+
+        def go() -> None:
+            asyncio.run(new_jobs() if new else follow_ups())
 
         return go
 
@@ -226,6 +271,7 @@ SCENARIOS: dict[str, Callable[[int], Prepared]] = {
     "fastapi-dec-follow": _asgi(_fastapi("decorator"), new=False),
     "fastapi-free": _asgi(_fastapi("free"), new=True),
     "fastapi-plain-dep": _asgi(_plain_dependency, new=True),
+    "fastapi-installed": _asgi(_installed, new=True),
     "slowapi": _asgi(_slowapi, new=True),
     "flask-bare": _wsgi("bare", "/bare", new=True),
     "flask-new": _wsgi("ours", "/ours", new=True),
@@ -233,6 +279,8 @@ SCENARIOS: dict[str, Callable[[int], Prepared]] = {
     "flask-limiter": _wsgi("theirs", "/theirs", new=True),
     "memory-new": _memory(new=True),
     "memory-follow": _memory(new=False),
+    "memory-anew": _amemory(new=True),
+    "memory-afollow": _amemory(new=False),
     "redis-set": _redis_peer("set_nx"),
     "redis-empty": _redis_claims(empty=True),
     "redis-charge": _redis_claims(empty=False),

@@ -9,6 +9,11 @@ Three figures, all measured in this run on the same server:
   bare ``SET key val NX PX 3600000`` loop, one connection: the ratio of
   charges per second to SETs per second (target >= 0.8);
 - the same with 8 concurrent clients (threads, each with its own connection);
+- as context, two floors under a charge against the same ``SET``: an empty
+  script called with a charge's keys and arguments (the round trip of one
+  script call), and the store's claim script called straight from redis-py
+  with arguments built beforehand (the server's work of a charge, without
+  the ledger's and the store's Python);
 - ``server_clock=True`` (the scripts read ``TIME``) against the default (the
   ledger's clock), one connection: the ratio of charges per second.
 
@@ -148,6 +153,31 @@ def _empty_script_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     return work
 
 
+def _claim_script_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
+    """The store's own claim script, called straight from redis-py with the
+    keys and arguments of ``n`` new-job charges built beforehand: the
+    server's work of a charge and redis-py's call, without the ledger's or
+    the store's Python (the request, the keys, the record read back)."""
+    store = RedisStore.from_url(url, prefix=prefix, journal=False)
+    ledger = Ledger(store, balances=True)
+    ledger.grant("bench", 10**12)
+    ledger.charge("bench", "warm-" + uuid.uuid4().hex)  # connect, load the script
+    script = store._scripts["claim"]
+    calls = [
+        store._claim_call(
+            ledger._claim_request("bench", uuid.uuid4().hex, "default", 1, None, None)
+        )
+        for _ in range(n)
+    ]
+
+    def work() -> None:
+        for keys, args in calls:
+            script(keys=keys, args=args)
+        store.close()
+
+    return work
+
+
 def _set_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     client = redis.Redis.from_url(url, socket_timeout=2, decode_responses=True)
     client.ping()
@@ -206,16 +236,18 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             }
         )
         for k in (1, THREADS):
-            ratios, charges, sets, empties = [], [], [], []
+            ratios, charges, sets, empties, scripts = [], [], [], [], []
             for _ in range(repeats):
                 # Sides take turns, so drift in the machine's speed hits both.
                 s = _rate(_set_worker, url, n // k if k > 1 else n, k)
                 c = _rate(_charge_worker, url, n // k if k > 1 else n, k)
                 e = _rate(_empty_script_worker, url, n // k if k > 1 else n, k)
+                w = _rate(_claim_script_worker, url, n // k if k > 1 else n, k)
                 sets.append(s)
                 charges.append(c)
                 ratios.append(c / s)
                 empties.append(e / s)
+                scripts.append(w / s)
             label = "one connection" if k == 1 else f"{k} concurrent clients"
             rows.append(
                 {
@@ -235,6 +267,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 {
                     "name": f"redis: empty script (charge's keys+args) vs SET NX, {label}",
                     "figure": statistics.median(empties),
+                    "unit": "x",
+                }
+            )
+            rows.append(
+                {
+                    "name": f"redis: claim script alone (no ledger Python) vs SET NX, {label}",
+                    "figure": statistics.median(scripts),
                     "unit": "x",
                 }
             )

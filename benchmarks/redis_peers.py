@@ -22,7 +22,13 @@ cheapest write that claims a key) timed beside it:
   Flask-Limiter and slowapi use by default: the one-round-trip floor of a
   library that keeps state on Redis;
 - **limits, moving window**: ``MovingWindowRateLimiter.hit`` (one script
-  call), for context.
+  call), for context;
+- **the floors**, our calls without any Python of ours: an empty script given
+  a charge's keys and arguments (one script call that does nothing), the
+  claim script on a confirmed job (a follow-up's server work and redis-py's
+  call), and the claim then the confirm script on new jobs, each called
+  straight from redis-py with keys and arguments built beforehand. Against the
+  same peers they give the ratio no Python of ours could go below.
 
 The headline figures are ours / theirs: a new job / a Powertools new call, a
 follow-up / a Powertools replay, a follow-up / a fixed-window ``hit``; each on
@@ -167,6 +173,63 @@ class Ours(Client):
         self.ledger.close()
 
 
+class Floor(Client):
+    """Our calls with none of our Python: the store's scripts called straight
+    from redis-py with keys and arguments built before the clock starts
+    (private store API, as ``redis_bench.py`` builds them). ``kind``:
+    ``"empty"``, a script that does nothing, given a charge's keys and
+    arguments (what one script call costs before any work); ``"follow_up"``,
+    the claim script on a confirmed job (a reuse: the server's work of a
+    follow-up); ``"new_job"``, the claim script then the confirm script on
+    new jobs (the server's work of a new job)."""
+
+    def __init__(self, url: str, prefix: str, *, kind: str) -> None:
+        self.store = RedisStore.from_url(url, prefix=prefix)
+        self.ledger = Ledger(self.store)
+        self.kind = kind
+        self.job = uuid.uuid4().hex
+        charge = self.ledger.charge(ACCOUNT, self.job)  # connects, loads the scripts
+        self.ledger.confirm(ACCOUNT, self.job, charge_id=charge.record.charge_id)
+        self.empty = self.store._client.register_script("return {'charged', {}, '0'}")
+
+    def batch(self, n: int) -> Batch:
+        store, ledger = self.store, self.ledger
+        claim, confirm = store._scripts["claim"], store._scripts["confirm"]
+        jobs = [self.job] * n if self.kind == "follow_up" else [uuid.uuid4().hex for _ in range(n)]
+        requests = [ledger._claim_request(ACCOUNT, j, "default", 1, None, None) for j in jobs]
+        calls = [store._claim_call(req) for req in requests]
+        if self.kind == "empty":
+            empty = self.empty
+
+            def empties() -> None:
+                for keys, args in calls:
+                    empty(keys=keys, args=args)
+
+            return empties
+        if self.kind == "follow_up":
+
+            def reuses() -> None:
+                for keys, args in calls:
+                    claim(keys=keys, args=args)
+
+            return reuses
+        confirms = []
+        for req in requests:
+            key = (req.account, req.scope, req.job_id)
+            keys = [store.job_key(key), store.due_key(req.account)]
+            confirms.append((keys, store._confirm_args(key, req.charge_id)))
+
+        def new_jobs() -> None:
+            for (keys, args), (ckeys, cargs) in zip(calls, confirms, strict=True):
+                claim(keys=keys, args=args)
+                confirm(keys=ckeys, args=cargs)
+
+        return new_jobs
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
 class Powertools(Client):
     """``idempotent_function`` on Powertools' Redis persistence layer, set up
     as its documentation shows (a ``redis.Redis`` with ``decode_responses``)."""
@@ -268,6 +331,17 @@ SIDES = (
         "ours, journal off: follow-up",
         partial(Ours, follow_up=True, journal=False),
         concurrent=False,
+    ),
+    Side("floor_empty", "floor: an empty script call", partial(Floor, kind="empty")),
+    Side(
+        "floor_new_job",
+        "floor: new job's two scripts, no Python of ours",
+        partial(Floor, kind="new_job"),
+    ),
+    Side(
+        "floor_follow_up",
+        "floor: follow-up's script, no Python of ours",
+        partial(Floor, kind="follow_up"),
     ),
     Side("powertools_new", "Powertools: new call", partial(Powertools, replay=False)),
     Side("powertools_replay", "Powertools: replay", partial(Powertools, replay=True)),
@@ -414,6 +488,20 @@ COMPARISONS = (
 )  # fmt: skip
 
 
+#: The floors under the headline comparisons (context, no target): the same
+#: peer against our calls without our Python (see :class:`Floor`).
+FLOORS = (
+    ("new_job_floor_vs_powertools_new", "floor_new_job", "powertools_new",
+     "floor: new job's two scripts, no Python of ours / Powertools new call"),
+    ("follow_up_floor_vs_powertools_replay", "floor_follow_up", "powertools_replay",
+     "floor: follow-up's script, no Python of ours / Powertools replay"),
+    ("follow_up_floor_vs_limits_hit", "floor_follow_up", "limits_fixed_hit",
+     "floor: follow-up's script, no Python of ours / limits fixed-window hit"),
+    ("empty_script_vs_limits_hit", "floor_empty", "limits_fixed_hit",
+     "floor: an empty script call / limits fixed-window hit"),
+)  # fmt: skip
+
+
 def _time_rows(
     clients: int, wall: dict[str, list[float]], cpu: dict[str, list[float]], labels: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -437,6 +525,16 @@ def _time_rows(
                 "unit": "x",
                 "op": op,
                 "target": target,
+                "details": {"clients": clients, "cpu_ratio": ratio(cpu, ours, theirs)},
+            }
+        )
+    for key, ours, theirs, name in FLOORS:
+        rows.append(
+            {
+                "key": f"redis_{key}_{slug}",
+                "name": f"redis: {name}, time per call, {where}",
+                "figure": ratio(wall, ours, theirs),
+                "unit": "x",
                 "details": {"clients": clients, "cpu_ratio": ratio(cpu, ours, theirs)},
             }
         )

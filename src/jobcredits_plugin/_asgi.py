@@ -60,7 +60,10 @@ def route_path(scope: Scope) -> str:
 
 def encode_headers(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Header pairs as ASGI wants them: lower-case names, latin-1 bytes."""
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+    out = []  # a loop, not a comprehension: on every charged response
+    for k, v in pairs:
+        out.append((k.lower().encode("latin-1"), v.encode("latin-1")))
+    return out
 
 
 async def send_problem(
@@ -97,15 +100,6 @@ class Watch:
         self.call = call
         self.job_header = job_header
         self.refund_invalid = refund_invalid
-
-
-def _is_first_byte(message: Message) -> bool:
-    """Whether a message held behind ``http.response.start`` releases it: a
-    body chunk with data, the body's end, or anything other than a body chunk
-    (a ``pathsend``, trailers: the response is under way)."""
-    if message["type"] != "http.response.body":
-        return True
-    return bool(message.get("body")) or not message.get("more_body", False)
 
 
 async def run_watched(
@@ -147,7 +141,14 @@ async def run_watched(
                 watch.held = message
                 return
         elif watch.held is not None:
-            if not _is_first_byte(message):
+            # Released by a body chunk with data, the body's end, or anything
+            # other than a body chunk (a pathsend, trailers: the response is
+            # under way); tested inline, as every held message passes here.
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("body")
+                and message.get("more_body", False)
+            ):
                 return  # an empty chunk: nothing produced yet
             await release()
         await send(message)
@@ -165,5 +166,5 @@ async def run_watched(
         # StreamingResponse stops a stream whose client disconnected before
         # its first byte. Nothing was served: refunded.
         await release(completed=False)
-    elif watch.call is not None:
+    elif watch.call is not None and not watch.call.finished:
         await watch.call.afinish(None)  # returned without answering: nothing was served

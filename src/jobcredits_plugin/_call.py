@@ -17,8 +17,8 @@ adapter (Flask, Django, FastAPI, the WSGI and ASGI middleware).
    (:meth:`JobCall.finish`, see :func:`is_failure`), and it sends
    :meth:`JobCall.headers` to tell the client what the call cost.
 
-The confirm-or-refund decision is written once (:func:`settle_steps`) and
-driven by a blocking and an awaiting runner, so the sync and async paths
+The confirm-or-refund decision is written once (:func:`settle_outcome`) and
+asked by a blocking and an awaiting runner, so the sync and async paths
 can never disagree about what a call is charged.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -54,7 +54,6 @@ __all__ = [
     "CallSpec",
     "JobCall",
     "Settled",
-    "Steps",
     "Terms",
     "abegin",
     "app_value",
@@ -70,7 +69,7 @@ __all__ = [
     "isolated",
     "new_job_id",
     "resolve_option",
-    "settle_steps",
+    "settle_outcome",
     "start_call",
 ]
 
@@ -249,7 +248,10 @@ def identify(
     error: JobCreditsError
     if account is not None and account_source == "app":
         try:
-            app_value("account callable", check_account, account)
+            try:
+                check_account(account)
+            except InvalidArgument:  # the app's bug: app_value says so
+                app_value("account callable", check_account, account)
         except ConfigurationError as exc:
             ledger.report_rejection(exc, scope=scope)
             raise
@@ -280,27 +282,21 @@ class Terms:
     backend: str | None = None
     fail_open: bool = False
 
-    def charge_args(self) -> dict[str, Any]:
-        """The keyword arguments of :meth:`Ledger.charge` these terms set."""
-        return {"scope": self.scope, "cost": self.cost, "tier": self.tier, "backend": self.backend}
 
-
-@attrs.frozen
+@attrs.define(slots=True)
 class CallSpec:
     """One web call as its adapter read it, before :func:`identify`: the job
     id as sent (None: none), the charge's :class:`Terms`, what to do without
     a job id, and whose mistake a bad account is (see
-    :func:`~jobcredits_plugin._headers.account_source`)."""
+    :func:`~jobcredits_plugin._headers.account_source`).
+
+    Read-only by contract, not frozen by attrs: one is built for every web
+    call (see :class:`~jobcredits_plugin.stores.ClaimRequest` for the cost)."""
 
     job_id: str | None
     terms: Terms = Terms()
     on_missing: str = "charge"
     account_source: AccountSource = "client"
-
-    def identify(self, ledger: Ledger, account: str | None) -> tuple[str, str, bool]:
-        """:func:`identify` for this call."""
-        scope = self.terms.scope
-        return identify(account, self.job_id, self.on_missing, ledger, scope, self.account_source)
 
 
 def _fail_open(exc: StoreUnavailable, terms: Terms, account: str, job_id: str) -> None:
@@ -323,7 +319,10 @@ def begin(
     and ``terms.fail_open`` lets the call through uncharged."""
     charge: Charge | None = None
     try:
-        charge = ledger.charge(account, job_id, **terms.charge_args())
+        t = terms  # each keyword spelled out: no dict built per call
+        charge = ledger.charge(
+            account, job_id, scope=t.scope, cost=t.cost, tier=t.tier, backend=t.backend
+        )
     except StoreUnavailable as exc:
         _fail_open(exc, terms, account, job_id)
     return JobCall(ledger, charge, job_id, minted)
@@ -335,7 +334,10 @@ async def abegin(
     """Async twin of :func:`begin`."""
     charge: Charge | None = None
     try:
-        charge = await ledger.acharge(account, job_id, **terms.charge_args())
+        t = terms  # as in begin
+        charge = await ledger.acharge(
+            account, job_id, scope=t.scope, cost=t.cost, tier=t.tier, backend=t.backend
+        )
     except StoreUnavailable as exc:
         _fail_open(exc, terms, account, job_id)
     return JobCall(ledger, charge, job_id, minted)
@@ -344,14 +346,28 @@ async def abegin(
 def start_call(ledger: Ledger, account: str | None, spec: CallSpec) -> JobCall:
     """Identify and charge one web call. Raises the :class:`JobCreditsError`
     to answer with."""
-    acct, jid, minted = spec.identify(ledger, account)
-    return begin(ledger, acct, jid, spec.terms, minted=minted)
+    terms = spec.terms  # identify's arguments spelled out: on every web call
+    acct, jid, minted = identify(
+        account, spec.job_id, spec.on_missing, ledger, terms.scope, spec.account_source
+    )
+    return begin(ledger, acct, jid, terms, minted=minted)
 
 
 async def astart_call(ledger: Ledger, account: str | None, spec: CallSpec) -> JobCall:
     """Async twin of :func:`start_call`."""
-    acct, jid, minted = spec.identify(ledger, account)
-    return await abegin(ledger, acct, jid, spec.terms, minted=minted)
+    t = spec.terms  # as in start_call
+    acct, jid, minted = identify(
+        account, spec.job_id, spec.on_missing, ledger, t.scope, spec.account_source
+    )
+    # abegin's body, inline: one coroutine less on every async web call
+    charge: Charge | None = None
+    try:
+        charge = await ledger.acharge(
+            acct, jid, scope=t.scope, cost=t.cost, tier=t.tier, backend=t.backend
+        )
+    except StoreUnavailable as exc:
+        _fail_open(exc, t, acct, jid)
+    return JobCall(ledger, charge, jid, minted)
 
 
 # -- finish: confirm or refund ------------------------------------------------------
@@ -362,16 +378,13 @@ async def astart_call(ledger: Ledger, account: str | None, spec: CallSpec) -> Jo
 #: free); None when there was nothing to do or the store failed.
 Settled = Literal["confirmed", "refunded", "missed"] | None
 
-#: Settling as steps: each step is the name of the ledger operation to run on
-#: the charge by its charge id (``"confirm"`` or ``"refund"``), and what it
-#: answered is sent back; the generator's return value is the outcome.
-Steps = Generator[str, object, Settled]
 
-
-def settle_steps(record: JobRecord, ok: bool) -> Steps:
-    """Confirm (``ok``) or refund the charging call ``record``, as steps for
-    :meth:`JobCall.settle` and its async twin to run, so that both decide
-    alike.
+def settle_outcome(record: JobRecord, ok: bool, answer: object) -> tuple[Settled, bool]:
+    """Decide what settling the charging call ``record`` did, given what its
+    first step answered: the confirm (``ok``) or the refund (not ``ok``).
+    Returns the outcome and whether the charge must also be refunded.
+    :meth:`JobCall.settle` and its async twin both run the first step, ask
+    this, and refund when told to, so that they decide alike.
 
     A confirm that matches nothing means the charge is gone: the call outlived
     its lease and was refunded meanwhile (a prune, or the job's next call
@@ -379,20 +392,23 @@ def settle_steps(record: JobRecord, ok: bool) -> Steps:
     says what really happened (refunded). The refund is repeated by charge id
     (a no-op when the charge was refunded already), so that whatever made
     the confirm miss, nothing stays debited for a call answered as refunded.
+
+    (A function of the first answer rather than a generator of steps: it runs
+    on every charged call, and driving a generator to its return costs more
+    than the decision.)
     """
-    if ok:
-        if (yield "confirm"):
-            return "confirmed"
-        log.warning(
-            "jobcredits: job %r's charge %s was refunded before its call finished (the call "
-            "outlived its lease, and a prune or the job's next call settled it): the call "
-            "was served free",
-            record.job_id,
-            record.charge_id,
-        )
-        yield "refund"
-        return "missed"
-    return "refunded" if (yield "refund") else None
+    if not ok:
+        return ("refunded" if answer else None), False
+    if answer:
+        return "confirmed", False
+    log.warning(
+        "jobcredits: job %r's charge %s was refunded before its call finished (the call "
+        "outlived its lease, and a prune or the job's next call settled it): the call "
+        "was served free",
+        record.job_id,
+        record.charge_id,
+    )
+    return "missed", True
 
 
 def is_failure(status: int | None) -> bool:
@@ -448,36 +464,33 @@ class JobCall:
 
     def headers(self, job_header: str = DEFAULT_JOB_HEADER) -> list[tuple[str, str]]:
         """The headers that tell the client what this call cost."""
-        out = [(job_header, self.job_id)]
-        outcome = self.outcome
-        if outcome is not None:
-            out.append((JOB_CHARGE_HEADER, outcome))
-        balance = self.balance
-        if balance is not None:
-            out.append((CREDITS_HEADER, str(balance)))
+        charge = self.charge
+        if charge is None:  # failed open: nothing was charged
+            return [(job_header, self.job_id)]
+        # outcome and balance, read without their properties: every charged
+        # response asks for these
+        outcome = "refunded" if self.refunded else charge.outcome
+        out = [(job_header, self.job_id), (JOB_CHARGE_HEADER, outcome)]
+        if charge.balance is not None:
+            out.append((CREDITS_HEADER, str(self.balance)))
         return out
 
     # -- settling: by exception (the decorator) or by status (the web) -------------
 
-    def _steps(self, ok: bool) -> Steps | None:
-        """The steps that settle this call; None when there is nothing to
+    def _to_settle(self) -> JobRecord | None:
+        """The record of the charge to settle; None when there is nothing to
         settle: it was settled already (settling is idempotent, so an adapter
         may settle from both its response path and its error path without a
         double refund), it failed open, or it is a follow-up (which needs
         neither confirm nor refund)."""
         done, self.finished = self.finished, True
-        if done or self.charge is None or not self.charge.charged:
+        charge = self.charge
+        if done or charge is None or not charge.charged:
             return None
-        return settle_steps(self.charge.record, ok)
-
-    def _by_charge(self, operation: Callable[..., Any]) -> Any:
-        """Run ``operation`` (a ledger confirm or refund) on this charge only."""
-        assert self.charge is not None
-        r = self.charge.record
-        return operation(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+        return charge.record
 
     def _settled(self, settled: Settled) -> Settled:
-        if settled in ("refunded", "missed"):
+        if settled == "refunded" or settled == "missed":
             self.refunded = True
         return settled
 
@@ -495,28 +508,37 @@ class JobCall:
 
     def settle(self, ok: bool) -> Settled:
         """Confirm (``ok``) or refund the charging call (see
-        :func:`settle_steps`). Never raises: the call's answer is decided."""
-        steps, answer = self._steps(ok), None
+        :func:`settle_outcome`), by its charge id only. Never raises: the
+        call's answer is decided."""
+        r = self._to_settle()
+        if r is None:
+            return None
+        ledger = self.ledger
         try:
-            while steps is not None:
-                answer = self._by_charge(getattr(self.ledger, steps.send(answer)))
-        except StopIteration as done:
-            return self._settled(done.value)
+            first = ledger.confirm if ok else ledger.refund
+            answer = first(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            settled, refund = settle_outcome(r, ok, answer)
+            if refund:
+                ledger.refund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
         except StoreUnavailable as exc:
             return self._failed(ok, exc)
-        return None
+        return self._settled(settled)
 
     async def asettle(self, ok: bool) -> Settled:
-        """Async twin of :meth:`settle` (the ledger's twins are ``a`` + name)."""
-        steps, answer = self._steps(ok), None
+        """Async twin of :meth:`settle`."""
+        r = self._to_settle()
+        if r is None:
+            return None
+        ledger = self.ledger
         try:
-            while steps is not None:
-                answer = await self._by_charge(getattr(self.ledger, "a" + steps.send(answer)))
-        except StopIteration as done:
-            return self._settled(done.value)
+            first = ledger.aconfirm if ok else ledger.arefund
+            answer = await first(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
+            settled, refund = settle_outcome(r, ok, answer)
+            if refund:
+                await ledger.arefund(r.account, r.job_id, scope=r.scope, charge_id=r.charge_id)
         except StoreUnavailable as exc:
             return self._failed(ok, exc)
-        return None
+        return self._settled(settled)
 
     @property
     def _balance_account(self) -> str | None:
@@ -531,17 +553,25 @@ class JobCall:
         confirm that missed, the balance is read again for the headers: the
         charge was refunded by another caller, and a takeover may have
         charged anew since."""
-        account = self._balance_account
-        if self.settle(not is_failure(status)) == "missed" and account is not None:
-            with contextlib.suppress(StoreUnavailable):
-                self.fresh_balance = self.ledger.balance(account)
+        if self.settle(not is_failure(status)) == "missed":
+            account = self._balance_account  # (only asked when needed: rarely)
+            if account is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    self.fresh_balance = self.ledger.balance(account)
 
     async def afinish(self, status: int | None) -> None:
         """Async twin of :meth:`finish`."""
-        account = self._balance_account
-        if await self.asettle(not is_failure(status)) == "missed" and account is not None:
-            with contextlib.suppress(StoreUnavailable):
-                self.fresh_balance = await self.ledger.abalance(account)
+        charge = self.charge
+        if charge is None or charge.outcome != "charged":
+            # Failed open, or a follow-up: nothing to settle (what asettle
+            # would find, without its await; every follow-up passes here).
+            self.finished = True
+            return
+        if await self.asettle(not is_failure(status)) == "missed":
+            account = self._balance_account
+            if account is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    self.fresh_balance = await self.ledger.abalance(account)
 
     async def afinish_raised(self, exc: BaseException) -> None:
         """Settle a call whose handler raised before its response's first

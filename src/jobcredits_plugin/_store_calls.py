@@ -119,6 +119,13 @@ class StoreCalls:
         if self.closed:  # _check_open, inline: every async operation passes here
             self._check_open()
         impls = self._impls("on_store_call")
+        if not impls and self._store.cancel_safe:
+            # Nothing to time and nothing to shield (the call never suspends,
+            # so no cancellation can land between its commit and its return).
+            try:
+                return await fn(*args)
+            except _UNREACHABLE as exc:
+                raise self._unreachable(exc) from exc
         error: BaseException | None = None
         result: T | None = None
         start = time.perf_counter()

@@ -28,6 +28,7 @@ settled; the framework adapters wrap a streamed body in :class:`WatchedBody`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Literal, Protocol
@@ -36,7 +37,7 @@ import attrs
 
 from ._call import CallSpec, JobCall, Terms, check_options, is_failure, resolve_option
 from ._errors import InvalidArgument
-from ._headers import account_source, reader
+from ._headers import AccountSource, account_source, reader
 from ._ledger import Ledger
 from ._validation import configuration
 
@@ -109,6 +110,11 @@ class Options:
     #: The call's terms when no option is a callable, for ``fail_open``
     #: False and True: built once rather than on every request.
     _fixed: tuple[Terms, Terms] | None = attrs.field(init=False, eq=False, repr=False)
+    #: What a call spec holds besides the job id, by the app's settings and
+    #: the account callable in use, when the terms are fixed (see call_spec).
+    _specs: dict[tuple[Any, ...], tuple[Terms, str, AccountSource]] = attrs.field(
+        init=False, eq=False, repr=False, factory=dict
+    )
 
     def __attrs_post_init__(self) -> None:
         fixed = None
@@ -149,8 +155,27 @@ class Options:
         (straight from its framework's raw headers); False: read it here."""
         if job_id is False:
             job_id = reader(self.job_header(defaults))(request)
-        return CallSpec(
-            job_id,
+        if self._fixed is not None:
+            # The same for every request until the app's settings change:
+            # looked up rather than worked out again (a few entries: one per
+            # combination of settings and account callable seen).
+            key = (defaults.fail_open, defaults.on_missing, account_of)
+            try:
+                known = self._specs.get(key)
+            except TypeError:  # an unhashable setting or callable: no cache
+                known = None
+            if known is None:
+                known = self._spec_parts(defaults, request, account_of)
+                if len(self._specs) < 64:
+                    with contextlib.suppress(TypeError):
+                        self._specs[key] = known
+            return CallSpec(job_id, *known)
+        return CallSpec(job_id, *self._spec_parts(defaults, request, account_of))
+
+    def _spec_parts(
+        self, defaults: Defaults, request: Any, account_of: Callable[..., Any]
+    ) -> tuple[Terms, str, AccountSource]:
+        return (
             self.terms(defaults, request),
             self.on_missing or defaults.on_missing,
             account_source(account_of),

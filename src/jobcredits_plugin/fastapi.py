@@ -72,7 +72,7 @@ from ._records import Charge
 from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
-from ._web import Options, app_account, route_options
+from ._web import Options, route_options
 
 __all__ = ["JobCredits", "charge_credit", "charges_credit"]
 
@@ -188,7 +188,7 @@ class JobCredits:
             )
         app.state.jobcredits = self
         app.add_exception_handler(JobCreditsError, _problem_response)
-        app.add_middleware(_ResponseStart)
+        app.add_middleware(_ResponseStart, ext=self)
         build = app.build_middleware_stack
 
         def build_middleware_stack() -> ASGIApp:
@@ -215,19 +215,12 @@ class JobCredits:
         return self
 
     async def _start(
-        self, request: Request, opts: Options, *, refund_invalid: bool = False
+        self, request: Request, watch: _Watch, opts: Options, *, refund_invalid: bool = False
     ) -> JobCall:
-        """Charge the request as ``opts`` say and leave the call for the
-        middleware to settle at the response's first body byte
+        """Charge the request as ``opts`` say and leave the call on ``watch``
+        for the middleware to settle at the response's first body byte
         (``refund_invalid``: refunded if FastAPI's request validation fails
         later, see :class:`_RefundInvalid`)."""
-        scope = request.scope
-        watch = scope.get(_SCOPE_KEY)
-        if not isinstance(watch, Watch):
-            raise RuntimeError(
-                "jobcredits: the request did not pass through the JobCredits middleware; "
-                "call JobCredits(...).install(app) on the app that serves this route"
-            )
         if watch.call is not None:
             raise RuntimeError(
                 "jobcredits: this request is already charged; give an endpoint one "
@@ -241,11 +234,14 @@ class JobCredits:
             )
         job_header = opts.header or self.job_header
         # The job id straight from the scope's raw headers: no Headers object.
-        job_id = scope_header(scope["headers"], raw_name(job_header))
+        job_id = scope_header(request.scope["headers"], raw_name(job_header))
+        # app_account(account_fn, request), inline: the common answer (a str)
+        # without a coroutine of its own
+        account = account_fn(request)
+        if account is not None and type(account) is not str and inspect.isawaitable(account):
+            account = await account
         call = await astart_call(
-            opts.ledger or self.ledger,
-            await app_account(account_fn, request),
-            opts.call_spec(self, request, account_fn, job_id),
+            opts.ledger or self.ledger, account, opts.call_spec(self, request, account_fn, job_id)
         )
         watch.attach(call, job_header, refund_invalid=refund_invalid)
         return call
@@ -327,13 +323,17 @@ def _charging_options(route: Any) -> Options | None:
     return None
 
 
-def _installed(request: Request) -> JobCredits:
-    ext = getattr(request.app.state, "jobcredits", None)
-    if not isinstance(ext, JobCredits):
+def _watch_of(request: Request) -> _Watch:
+    """The request's watch, which the middleware :meth:`JobCredits.install`
+    adds put in its scope, with the :class:`JobCredits` of that install
+    (rather than a lookup in ``request.app.state`` on every charged call)."""
+    watch = request.scope.get(_SCOPE_KEY)
+    if not isinstance(watch, _Watch):
         raise RuntimeError(
-            "jobcredits: no JobCredits on this app; call JobCredits(ledger).install(app)"
+            "jobcredits: the request did not pass through the JobCredits middleware; "
+            "call JobCredits(ledger, ...).install(app) on the app that serves this route"
         )
-    return ext
+    return watch
 
 
 async def _problem_response(request: Request, exc: Exception) -> Response:
@@ -386,20 +386,30 @@ class _RefundInvalid:
         return cast(Response, await run_in_threadpool(self.handler, request, exc))
 
 
+class _Watch(Watch):
+    """A request's :class:`~jobcredits_plugin._asgi.Watch`, with the
+    :class:`JobCredits` whose middleware made it (set by the middleware)."""
+
+    __slots__ = ("ext",)
+    ext: JobCredits
+
+
 class _ResponseStart:
     """The ASGI middleware :meth:`JobCredits.install` adds: gives each HTTP
     request an empty watch, and settles the call a dependency attached to it
     at the response's first body byte (or refunds it when the app raises
     first)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, ext: JobCredits) -> None:
         self.app = app
+        self.ext = ext
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        watch = Watch()
+        watch = _Watch()
+        watch.ext = self.ext
         scope[_SCOPE_KEY] = watch
         with isolated():
             await run_watched(self.app, scope, receive, send, watch)
@@ -454,7 +464,8 @@ def charge_credit(
         # A plain dependency: the middleware settles the call, and the
         # handler of RequestValidationError refunds it if FastAPI's
         # validation fails after it charged (see _RefundInvalid).
-        call = await _installed(request)._start(request, opts, refund_invalid=True)
+        watch = _watch_of(request)
+        call = await watch.ext._start(request, watch, opts, refund_invalid=True)
         bind(call)  # for current_charge(); the middleware resets it after the request
         return call.charge
 
@@ -552,7 +563,8 @@ def _charged_endpoint(endpoint: Callable[..., Any], opts: Options) -> Callable[.
             request = kwargs[request_name]
         else:  # called positionally, not by FastAPI
             request = signature.bind_partial(*args, **kwargs).arguments[request_name]
-        call = await _installed(request)._start(request, opts)
+        watch = _watch_of(request)
+        call = await watch.ext._start(request, watch, opts)
         with bound(call):
             if is_async:
                 return await endpoint(*args, **kwargs)

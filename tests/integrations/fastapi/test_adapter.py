@@ -617,8 +617,15 @@ def test_without_install_the_request_fails_loudly(ledger: Ledger) -> None:
     async def run(charge: Annotated[Charge, Depends(charge_credit())]) -> None:
         return None
 
-    with pytest.raises(RuntimeError, match="install"):
-        call(app)
+    @app.post("/decorated")
+    @charges_credit()
+    async def decorated() -> None:
+        return None
+
+    for path in ("/run", "/decorated"):
+        with pytest.raises(RuntimeError, match=r"did not pass through .*install\(app\)"):
+            call(app, path)
+    assert ledger.snapshot() == []
 
 
 def test_two_charges_in_one_request_are_refused(ledger: Ledger, events: RecordingPlugin) -> None:
