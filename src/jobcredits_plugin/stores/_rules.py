@@ -66,7 +66,8 @@ class Event:
     """One committed change, reported by the store to the one caller that made it.
 
     Read-only by contract, not frozen by attrs, for the reason
-    :class:`ClaimRequest` gives (its record is a frozen :class:`JobRecord`)."""
+    :class:`ClaimRequest` gives (its record is a frozen
+    :class:`~jobcredits_plugin.JobRecord`)."""
 
     kind: EventKind
     record: JobRecord
