@@ -355,19 +355,11 @@ def start_call(ledger: Ledger, account: str | None, spec: CallSpec) -> JobCall:
 
 async def astart_call(ledger: Ledger, account: str | None, spec: CallSpec) -> JobCall:
     """Async twin of :func:`start_call`."""
-    t = spec.terms  # as in start_call
+    terms = spec.terms  # as in start_call
     acct, jid, minted = identify(
-        account, spec.job_id, spec.on_missing, ledger, t.scope, spec.account_source
+        account, spec.job_id, spec.on_missing, ledger, terms.scope, spec.account_source
     )
-    # abegin's body, inline: one coroutine less on every async web call
-    charge: Charge | None = None
-    try:
-        charge = await ledger.acharge(
-            acct, jid, scope=t.scope, cost=t.cost, tier=t.tier, backend=t.backend
-        )
-    except StoreUnavailable as exc:
-        _fail_open(exc, t, acct, jid)
-    return JobCall(ledger, charge, jid, minted)
+    return await abegin(ledger, acct, jid, terms, minted=minted)
 
 
 # -- finish: confirm or refund ------------------------------------------------------
@@ -561,12 +553,6 @@ class JobCall:
 
     async def afinish(self, status: int | None) -> None:
         """Async twin of :meth:`finish`."""
-        charge = self.charge
-        if charge is None or charge.outcome != "charged":
-            # Failed open, or a follow-up: nothing to settle (what asettle
-            # would find, without its await; every follow-up passes here).
-            self.finished = True
-            return
         if await self.asettle(not is_failure(status)) == "missed":
             account = self._balance_account
             if account is not None:

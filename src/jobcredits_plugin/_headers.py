@@ -50,16 +50,6 @@ def _meta_key(name: str) -> str:
 def account_source(fn: Any) -> AccountSource:
     """Where the values of an ``account`` callable come from: ``"client"``
     for a :func:`header` reader, ``"app"`` for any other callable."""
-    try:
-        return _account_source(fn)
-    except TypeError:  # an unhashable callable (an object with __eq__ and no __hash__)
-        return "client" if getattr(fn, "jobcredits_header", None) is not None else "app"
-
-
-@functools.lru_cache(maxsize=256)
-def _account_source(fn: Any) -> AccountSource:
-    # Asked on every request of the same few callables: a missing attribute
-    # costs an AttributeError raised and caught inside getattr each time.
     return "client" if getattr(fn, "jobcredits_header", None) is not None else "app"
 
 

@@ -72,7 +72,7 @@ from ._records import Charge
 from ._settings import Settings
 from ._validation import configuration
 from ._warnings import is_in_process_default, warn_in_process
-from ._web import Options, route_options
+from ._web import Options, app_account, route_options
 
 __all__ = ["JobCredits", "charge_credit", "charges_credit"]
 
@@ -235,13 +235,10 @@ class JobCredits:
         job_header = opts.header or self.job_header
         # The job id straight from the scope's raw headers: no Headers object.
         job_id = scope_header(request.scope["headers"], raw_name(job_header))
-        # app_account(account_fn, request), inline: the common answer (a str)
-        # without a coroutine of its own
-        account = account_fn(request)
-        if account is not None and type(account) is not str and inspect.isawaitable(account):
-            account = await account
         call = await astart_call(
-            opts.ledger or self.ledger, account, opts.call_spec(self, request, account_fn, job_id)
+            opts.ledger or self.ledger,
+            await app_account(account_fn, request),
+            opts.call_spec(self, request, account_fn, job_id),
         )
         watch.attach(call, job_header, refund_invalid=refund_invalid)
         return call
