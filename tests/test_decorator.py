@@ -790,3 +790,41 @@ def test_header_plugs_into_charges_credit(ledger: Ledger) -> None:
     assert again.outcome == "reused"
     with pytest.raises(NotAuthenticated):
         view({"HTTP_X_JOB_ID": "job-9"})
+
+
+@pytest.mark.parametrize("balances", [True, False])
+def test_asgi_headers_are_the_encoded_headers_in_every_state(balances: bool) -> None:
+    """JobCall.asgi_headers, which every charged ASGI response carries, is
+    built straight as bytes; it must always say what headers() says."""
+    from jobcredits_plugin._asgi import encode_headers
+    from jobcredits_plugin._call import JobCall, Terms, begin
+    from jobcredits_plugin._headers import raw_name
+
+    ledger = make_ledger(balances=balances)
+    if balances:
+        ledger.grant(A, 10)
+    seen = []
+
+    def check(call: JobCall, name: str = "X-Job-Id") -> None:
+        expected = encode_headers(call.headers(name))
+        assert call.asgi_headers(raw_name(name)) == expected
+        seen.append([v.decode() for _, v in expected])
+
+    new = begin(ledger, A, "job-h", Terms(cost=3))
+    check(new, "X-Request-Job")  # charged, before settling
+    assert new.settle(True) == "confirmed"
+    check(begin(ledger, A, "job-h", Terms(cost=3)))  # reused
+    failed = begin(ledger, A, "job-f", Terms(cost=2))
+    assert failed.settle(False) == "refunded"
+    check(failed)
+    check(JobCall(ledger, None, "job-open", False))  # failed open: the job header alone
+    assert [s[:2] for s in seen] == [
+        ["job-h", "charged"],
+        ["job-h", "reused"],
+        ["job-f", "refunded"],
+        ["job-open"],
+    ]
+    if balances:
+        assert [s[2] for s in seen[:3]] == ["7", "7", "7"]
+    else:
+        assert all(len(s) == 2 for s in seen[:3])

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._call import DEFAULT_JOB_HEADER, JobCall
 from ._errors import JobCreditsError
+from ._headers import raw_name
 from ._problems import Problems, render_problem
 
 __all__ = [
@@ -42,6 +43,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: The account callable: receives the scope, returns the account (or None),
 #: or an awaitable of it (an account looked up in a database).
 AccountFn = Callable[[Scope], "str | Awaitable[str | None] | None"]
+
+_RAW_JOB_HEADER = raw_name(DEFAULT_JOB_HEADER)
 
 
 def route_path(scope: Scope) -> str:
@@ -84,11 +87,14 @@ class Watch:
     lets the dependency :meth:`attach` the call.
     """
 
-    __slots__ = ("call", "held", "job_header", "refund_invalid", "started")
+    __slots__ = ("call", "held", "raw_job_header", "refund_invalid", "started")
 
-    def __init__(self, call: JobCall | None = None, job_header: str = DEFAULT_JOB_HEADER) -> None:
+    def __init__(
+        self, call: JobCall | None = None, raw_job_header: bytes = _RAW_JOB_HEADER
+    ) -> None:
         self.call = call
-        self.job_header = job_header
+        #: The job header's name as the response carries it (``raw_name``).
+        self.raw_job_header = raw_job_header
         self.started = False
         #: The app's ``http.response.start``, held back until the first byte.
         self.held: Message | None = None
@@ -96,9 +102,9 @@ class Watch:
         #: call (the FastAPI dependency charges before that validation).
         self.refund_invalid = False
 
-    def attach(self, call: JobCall, job_header: str, *, refund_invalid: bool = False) -> None:
+    def attach(self, call: JobCall, raw_job_header: bytes, *, refund_invalid: bool = False) -> None:
         self.call = call
-        self.job_header = job_header
+        self.raw_job_header = raw_job_header
         self.refund_invalid = refund_invalid
 
 
@@ -130,7 +136,7 @@ async def run_watched(
         start = dict(start)
         start["headers"] = [
             *start.get("headers", ()),
-            *encode_headers(watch.call.headers(watch.job_header)),
+            *watch.call.asgi_headers(watch.raw_job_header),
         ]
         await send(start)
 

@@ -25,10 +25,11 @@ can never disagree about what a call is charged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 import attrs
@@ -59,16 +60,17 @@ __all__ = [
     "app_value",
     "astart_call",
     "begin",
-    "bind",
+    "bind_charge",
     "bound",
     "check_on_missing",
     "check_options",
     "current_charge",
     "identify",
     "is_failure",
-    "isolated",
+    "isolate",
     "new_job_id",
     "resolve_option",
+    "restore",
     "settle_outcome",
     "start_call",
 ]
@@ -78,6 +80,8 @@ log = logging.getLogger("jobcredits_plugin")
 DEFAULT_JOB_HEADER = "X-Job-Id"
 JOB_CHARGE_HEADER = "X-Job-Charge"
 CREDITS_HEADER = "X-Credits-Remaining"
+_RAW_CHARGE_HEADER = JOB_CHARGE_HEADER.lower().encode("latin-1")
+_RAW_CREDITS_HEADER = CREDITS_HEADER.lower().encode("latin-1")
 
 # -- the current charge ------------------------------------------------------------
 
@@ -111,32 +115,22 @@ class bound:  # lower case: it reads as a function, `with bound(call):`
         _current.reset(self._token)
 
 
-def bind(call: JobCall) -> None:
-    """Set the current charge for the rest of this context, for adapters whose
-    handler runs in a context of its own (a copied one) where nothing must be
-    reset afterwards."""
-    _current.set(call.charge)
+# For an adapter whose charge is made deep inside the app, in a context it
+# cannot reset afterwards: a FastAPI dependency binds the charge where the
+# endpoint will run, and the middleware around the request undoes it. A
+# server gives each request a context of its own, but an in-process transport
+# (httpx's ``ASGITransport``, a test client) runs the request in the caller's
+# context, where the charge would otherwise outlive the request. The
+# ContextVar's own methods, without a Python frame in between: they are on
+# the path of every request.
 
-
-class isolated:  # lower case, like bound: `with isolated():`
-    """Undo, when the block ends, whatever the code inside it bound with
-    :func:`bind`.
-
-    For adapters whose charge is made deep inside the app (a FastAPI
-    dependency binds it in the request's context and cannot reset it there).
-    A server gives each request a context of its own, but an in-process
-    transport (httpx's ``ASGITransport``, a test client) runs the request in
-    the caller's context, where the charge would otherwise outlive the request.
-    A class, like :class:`bound`: it is on the path of every request.
-    """
-
-    __slots__ = ("_token",)
-
-    def __enter__(self) -> None:
-        self._token = _current.set(None)
-
-    def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self._token)
+#: ``bind_charge(call.charge)``: make it what :func:`current_charge` returns
+#: for the rest of this context.
+bind_charge: Callable[[Charge | None], Token[Charge | None]] = _current.set
+#: ``token = isolate()``: no current charge from here on; ``restore(token)``
+#: undoes that and whatever :data:`bind_charge` did since, in the same context.
+isolate: Callable[[], Token[Charge | None]] = functools.partial(_current.set, None)
+restore: Callable[[Token[Charge | None]], None] = _current.reset
 
 
 # -- identify: what the app's callables returned --------------------------------------
@@ -467,6 +461,22 @@ class JobCall:
             out.append((CREDITS_HEADER, str(self.balance)))
         return out
 
+    def asgi_headers(self, raw_job_header: bytes) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as an ASGI response start carries them: lower-case
+        names, latin-1 bytes; ``raw_job_header`` is the job header's name so
+        (:func:`~jobcredits_plugin._headers.raw_name`). Built directly rather
+        than by encoding :meth:`headers`: every charged ASGI response asks for
+        them (a test in tests/test_decorator.py checks that the two always agree)."""
+        charge = self.charge
+        job = self.job_id.encode("latin-1")
+        if charge is None:
+            return [(raw_job_header, job)]
+        outcome = "refunded" if self.refunded else charge.outcome
+        out = [(raw_job_header, job), (_RAW_CHARGE_HEADER, outcome.encode("latin-1"))]
+        if charge.balance is not None:
+            out.append((_RAW_CREDITS_HEADER, str(self.balance).encode("latin-1")))
+        return out
+
     # -- settling: by exception (the decorator) or by status (the web) -------------
 
     def _to_settle(self) -> JobRecord | None:
@@ -503,8 +513,9 @@ class JobCall:
         :func:`settle_outcome`), by its charge id only. Never raises: the
         call's answer is decided."""
         r = self._to_settle()
-        if r is None:
-            return None
+        return None if r is None else self._settle(r, ok)
+
+    def _settle(self, r: JobRecord, ok: bool) -> Settled:
         ledger = self.ledger
         try:
             first = ledger.confirm if ok else ledger.refund
@@ -519,8 +530,9 @@ class JobCall:
     async def asettle(self, ok: bool) -> Settled:
         """Async twin of :meth:`settle`."""
         r = self._to_settle()
-        if r is None:
-            return None
+        return None if r is None else await self._asettle(r, ok)
+
+    async def _asettle(self, r: JobRecord, ok: bool) -> Settled:
         ledger = self.ledger
         try:
             first = ledger.aconfirm if ok else ledger.arefund
@@ -545,7 +557,8 @@ class JobCall:
         confirm that missed, the balance is read again for the headers: the
         charge was refunded by another caller, and a takeover may have
         charged anew since."""
-        if self.settle(not is_failure(status)) == "missed":
+        r = self._to_settle()  # None for a follow-up: settled without asking its status
+        if r is not None and self._settle(r, not is_failure(status)) == "missed":
             account = self._balance_account  # (only asked when needed: rarely)
             if account is not None:
                 with contextlib.suppress(StoreUnavailable):
@@ -553,7 +566,8 @@ class JobCall:
 
     async def afinish(self, status: int | None) -> None:
         """Async twin of :meth:`finish`."""
-        if await self.asettle(not is_failure(status)) == "missed":
+        r = self._to_settle()  # as in finish
+        if r is not None and await self._asettle(r, not is_failure(status)) == "missed":
             account = self._balance_account
             if account is not None:
                 with contextlib.suppress(StoreUnavailable):

@@ -134,10 +134,17 @@ def environ_key(name: str) -> str:
 def scope_header(headers: Any, raw: bytes) -> str | None:
     """What :func:`header`'s reader returns for an ASGI scope whose headers
     are ``headers``, given :func:`raw_name`'s form of the name: the first
-    such header, stripped, None when absent or blank. For the adapters that
-    have the scope at hand: no reader, no request object in between."""
+    such header (spelled lower-case, as ASGI has it; failing that, in any
+    case), stripped, None when absent or blank. For the adapters that have
+    the scope at hand: no reader, no request object in between."""
     for key, value in headers:
-        if key == raw or key.lower() == raw:
+        if key == raw:
+            return value.decode("latin-1").strip() or None
+    # ASGI servers send lower-case names (the spec says they must), so the
+    # pass above finds the header without a lower() per header; this one is
+    # for a server or test client that did not.
+    for key, value in headers:
+        if key.lower() == raw:
             return value.decode("latin-1").strip() or None
     return None
 

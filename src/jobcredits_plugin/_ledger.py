@@ -37,6 +37,7 @@ from ._records import Charge, JobRecord
 from ._store_calls import StoreCalls
 from ._validation import (
     CLOCK_MAX,
+    MAX_CREDITS,
     check_account,
     check_amount,
     check_charge_id,
@@ -317,14 +318,15 @@ class Ledger(LedgerJournal):
         backend: Any,
     ) -> ClaimRequest:
         # Positional, in ClaimRequest's field order: this runs on every charge.
+        # The common cost (an int in range) and labels (None) pass without a call.
         return ClaimRequest(
             check_account(account),
             check_scope(scope),
             check_job_id(job_id, self._pattern),
             _new_charge_id(),
-            check_cost(cost),
-            check_label("tier", tier),
-            check_label("backend", backend),
+            cost if type(cost) is int and 0 <= cost <= MAX_CREDITS else check_cost(cost),
+            None if tier is None else check_label("tier", tier),
+            None if backend is None else check_label("backend", backend),
             self.now(),
             self._ttl,
             self._lease,

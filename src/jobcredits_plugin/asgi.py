@@ -86,17 +86,17 @@ class JobCreditsMiddleware(RoutedMiddleware[ASGIApp, AccountFn]):
         if options is None:
             await self.app(scope, receive, send)
             return
-        job_header = options.job_header(self)
+        raw_job_header = raw_name(options.job_header(self))
         try:
             call = await astart_call(
                 self.ledger,
                 await app_account(self.account, scope),
                 options.call_spec(
-                    self, scope, self.account, scope_header(scope["headers"], raw_name(job_header))
+                    self, scope, self.account, scope_header(scope["headers"], raw_job_header)
                 ),
             )
         except JobCreditsError as err:
             await send_problem(send, err, scope.get("path"), self.problems)
             return
         with bound(call):
-            await run_watched(self.app, scope, receive, send, Watch(call, job_header))
+            await run_watched(self.app, scope, receive, send, Watch(call, raw_job_header))

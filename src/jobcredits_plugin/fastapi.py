@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the noframework en
 
 
 from ._asgi import ASGIApp, Receive, Scope, Send, Watch, run_watched
-from ._call import DEFAULT_JOB_HEADER, JobCall, astart_call, bind, bound, isolated
+from ._call import DEFAULT_JOB_HEADER, JobCall, astart_call, bind_charge, bound, isolate, restore
 from ._errors import DEFAULT_RETRY_AFTER_MAX, ConfigurationError, InvalidArgument, JobCreditsError
 from ._headers import raw_name, scope_header
 from ._ledger import Ledger
@@ -232,15 +232,15 @@ class JobCredits:
                 "jobcredits: no account callable; pass JobCredits(..., account=...) "
                 "or account= to the dependency or decorator"
             )
-        job_header = opts.header or self.job_header
+        raw_job_header = raw_name(opts.header or self.job_header)
         # The job id straight from the scope's raw headers: no Headers object.
-        job_id = scope_header(request.scope["headers"], raw_name(job_header))
+        job_id = scope_header(request.scope["headers"], raw_job_header)
         call = await astart_call(
             opts.ledger or self.ledger,
             await app_account(account_fn, request),
             opts.call_spec(self, request, account_fn, job_id),
         )
-        watch.attach(call, job_header, refund_invalid=refund_invalid)
+        watch.attach(call, raw_job_header, refund_invalid=refund_invalid)
         return call
 
     # -- OpenAPI -----------------------------------------------------------------------
@@ -408,8 +408,11 @@ class _ResponseStart:
         watch = _Watch()
         watch.ext = self.ext
         scope[_SCOPE_KEY] = watch
-        with isolated():
+        token = isolate()  # a dependency's bind_charge is undone with it (see _call)
+        try:
             await run_watched(self.app, scope, receive, send, watch)
+        finally:
+            restore(token)
 
 
 def charge_credit(
@@ -461,9 +464,11 @@ def charge_credit(
         # A plain dependency: the middleware settles the call, and the
         # handler of RequestValidationError refunds it if FastAPI's
         # validation fails after it charged (see _RefundInvalid).
-        watch = _watch_of(request)
+        watch = request.scope.get(_SCOPE_KEY)
+        if type(watch) is not _Watch:  # (tested inline: on every charged request)
+            watch = _watch_of(request)  # raises the error that says what is missing
         call = await watch.ext._start(request, watch, opts, refund_invalid=True)
-        bind(call)  # for current_charge(); the middleware resets it after the request
+        bind_charge(call.charge)  # for current_charge(); the middleware undoes it
         return call.charge
 
     cast(Any, charge_credit_dependency).__jobcredits__ = opts
