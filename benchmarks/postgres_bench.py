@@ -139,7 +139,7 @@ class Bench:
             conn.execute(sql.SQL(_BARE_INDEX).format(schema=s))
             # The store's claim statement as it sends it, and the same with
             # the empty function in place of the claim function.
-            self.claim = self.store._sql.claim.as_string(conn)
+            self.claim = self.store._sql.claim.decode()
             called = f"{s.as_string(conn)}.claim("
             assert self.claim.count(called) == 1, self.claim
             row = conn.execute(_CLAIM_ARGUMENTS, (self.schema, arity)).fetchone()

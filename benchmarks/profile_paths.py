@@ -16,6 +16,7 @@ show where the time goes. The scenarios are the paths issue 15 asks about:
     memory-anew, memory-afollow        (the same through acharge/aconfirm)
     redis-set, redis-empty, redis-charge, redis-new, redis-follow,
     powertools-new, powertools-replay, limits-hit      (Redis: a server needed)
+    postgres-charge, postgres-new, postgres-follow    (PostgreSQL: a server needed)
 
 Examples (docs/performance.md and /work/plan/perf-notes.md use these):
 
@@ -33,7 +34,10 @@ scenarios run with the same number of calls (an extension's overhead is its
 scenario minus the bare one), or take the difference of two sizes.
 
 Redis scenarios use ``JOBCREDITS_BENCH_REDIS_URL`` (default
-``redis://127.0.0.1:6379/5``) under a fresh prefix, and delete their keys.
+``redis://127.0.0.1:6379/5``) under a fresh prefix, and delete their keys;
+PostgreSQL scenarios use ``JOBCREDITS_BENCH_POSTGRES_URL`` (else
+``JOBCREDITS_TEST_POSTGRES_URL``, as benchmarks/postgres_bench.py) under a
+fresh schema, and drop it.
 """
 
 from __future__ import annotations
@@ -263,6 +267,53 @@ def _redis_claims(empty: bool) -> Callable[[int], Prepared]:
     return prepare
 
 
+_POSTGRES_URL = os.environ.get(
+    "JOBCREDITS_BENCH_POSTGRES_URL",
+    os.environ.get("JOBCREDITS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+)
+#: The PostgreSQL stores a run made, whose schemas main() drops at the end.
+_POSTGRES_STORES: list[Any] = []
+
+
+def _postgres(kind: str) -> Callable[[int], Prepared]:
+    """``ledger.charge`` on a PostgreSQL store set up as postgres_bench.py's
+    (balances on, journal off, a schema of its own): of new jobs
+    (``"charge"``, what postgres_bench.py sets against a bare INSERT), of new
+    jobs each confirmed (``"new"``), or follow-ups of one confirmed job
+    (``"follow"``)."""
+
+    def prepare(n: int) -> Prepared:
+        from jobcredits_plugin import Ledger
+        from jobcredits_plugin.stores._postgres import PostgresStore
+
+        schema = f"jcprof_{uuid.uuid4().hex[:10]}"
+        store = PostgresStore.from_url(_POSTGRES_URL, schema=schema, max_size=1, journal=False)
+        _POSTGRES_STORES.append(store)
+        store.migrate()
+        ledger = Ledger(store, balances=True)
+        ledger.grant("acct", 10**12)
+        charge, confirm = ledger.charge, ledger.confirm
+        follow = uuid.uuid4().hex
+        confirm("acct", follow, charge_id=charge("acct", follow).record.charge_id)
+        jobs = [uuid.uuid4().hex for _ in range(n)]
+
+        def charges() -> None:
+            for job in jobs:
+                charge("acct", job)
+
+        def new_jobs() -> None:
+            for job in jobs:
+                confirm("acct", job, charge_id=charge("acct", job).record.charge_id)
+
+        def follow_ups() -> None:
+            for _ in range(n):
+                charge("acct", follow)
+
+        return {"charge": charges, "new": new_jobs, "follow": follow_ups}[kind]
+
+    return prepare
+
+
 SCENARIOS: dict[str, Callable[[int], Prepared]] = {
     "fastapi-bare": _asgi(_fastapi("bare"), new=True),
     "fastapi-dep-new": _asgi(_fastapi("dependency"), new=True),
@@ -289,6 +340,9 @@ SCENARIOS: dict[str, Callable[[int], Prepared]] = {
     "powertools-new": _redis_peer("powertools_new"),
     "powertools-replay": _redis_peer("powertools_replay"),
     "limits-hit": _redis_peer("limits_fixed_hit"),
+    "postgres-charge": _postgres("charge"),
+    "postgres-new": _postgres("new"),
+    "postgres-follow": _postgres("follow"),
 }
 
 
@@ -342,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             admin = redis.Redis.from_url(_REDIS_URL)
             _cleanup(admin, _PREFIX)
             admin.close()
+        for store in _POSTGRES_STORES:
+            store.drop()
     return 0
 
 

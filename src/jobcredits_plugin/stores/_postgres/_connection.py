@@ -404,7 +404,7 @@ class Connections:
     def execute(
         self,
         conn: psycopg.Connection[Any],
-        query: sql.Composed,
+        query: sql.Composed | bytes,
         params: Sequence[Any],
         deadline: float,
     ) -> list[Row]:
@@ -429,7 +429,7 @@ class Connections:
         return rows
 
     def run(
-        self, query: sql.Composed, params: Sequence[Any], *, retry: bool, attempts: int = 2
+        self, query: sql.Composed | bytes, params: Sequence[Any], *, retry: bool, attempts: int = 2
     ) -> list[Row]:
         """Run one statement (one round trip) within the store's deadline.
         ``retry`` allows up to ``attempts`` tries in all, every one within the

@@ -36,6 +36,15 @@ _SERVER_CLOCK = "extract(epoch FROM clock_timestamp())::float8"
 _SERVER_NOW = f"WITH clock AS (SELECT {_SERVER_CLOCK} AS now) "
 
 
+def _render(statement: sql.Composed) -> bytes:
+    """A statement as the bytes psycopg sends: rendered once per store,
+    where psycopg would render a Composed again on every call (a walk of its
+    parts, and the schema's identifier escaped each time). The schema is a
+    plain identifier (see _store._check_schema), which needs no connection
+    to be quoted, so no connection's context is needed either."""
+    return statement.as_bytes(None)
+
+
 class Statements:
     """Every statement of one store: for its schema, and with ``now`` a
     parameter (the ledger's clock) or read by the statement itself
@@ -54,19 +63,23 @@ class Statements:
         else:
             with_, now, col, frm = "", "%s::float8", "", ""
 
-        def forget(function: str) -> sql.Composed:
+        def forget(function: str) -> bytes:
             # forget_replies and forget_grants: (now, retention, batch)
-            return sql.SQL(
-                f"{with_}SELECT {{}}.{function}({now}, %s::float8, %s::integer)"
-                + (" FROM clock" if server_clock else "")
-            ).format(s)
+            return _render(
+                sql.SQL(
+                    f"{with_}SELECT {{}}.{function}({now}, %s::float8, %s::integer)"
+                    + (" FROM clock" if server_clock else "")
+                ).format(s)
+            )
 
-        def call(columns: str, function: str, arguments: str) -> sql.Composed:
+        def call(columns: str, function: str, arguments: str) -> bytes:
             # confirm, refund and prune: SELECT <columns>[, clock.now]
             # FROM [clock, ]<schema>.<function>(<arguments>)
-            return sql.SQL(
-                f"{with_}SELECT {columns}{col} FROM {frm}{{}}.{function}({arguments})"
-            ).format(s)
+            return _render(
+                sql.SQL(
+                    f"{with_}SELECT {columns}{col} FROM {frm}{{}}.{function}({arguments})"
+                ).format(s)
+            )
 
         # A claim answers the now it was decided on (o_now: a retry answered
         # from its kept reply gets the original's, not the retry's clock),
@@ -75,11 +88,13 @@ class Statements:
         # argument of the one function call, evaluated once (and a simpler
         # plan than the CTE's join).
         claim_col, claim_now = (", o_now", _SERVER_CLOCK) if server_clock else ("", now)
-        self.claim = sql.SQL(
-            f"SELECT status, balance, {_OUT}{claim_col} FROM {{}}.claim("
-            f"%s, %s, %s, %s, %s::bigint, %s, %s, {claim_now}, %s::float8, %s::float8, "
-            "%s::bigint, %s::boolean, %s::boolean, %s::boolean, %s::text, %s::float8)"
-        ).format(s)
+        self.claim = _render(
+            sql.SQL(
+                f"SELECT status, balance, {_OUT}{claim_col} FROM {{}}.claim("
+                f"%s, %s, %s, %s, %s::bigint, %s, %s, {claim_now}, %s::float8, %s::float8, "
+                "%s::bigint, %s::boolean, %s::boolean, %s::boolean, %s::text, %s::float8)"
+            ).format(s)
+        )
         self.confirm = call(f"hit, {_OUT}", "confirm", "%s, %s, %s, %s::text")
         self.refund = call(
             f"hit, {_OUT}",
@@ -91,43 +106,55 @@ class Statements:
         )
         self.forget_replies = forget("forget_replies")
         # A lookup reads one row: the clock in its select list is read once.
-        self.lookup = sql.SQL(
-            f"SELECT {COLUMNS}{f', {_SERVER_CLOCK}' if server_clock else ''} FROM {{}}.jobs "
-            "WHERE account = %s AND scope = %s AND job_id = %s"
-        ).format(s)
-        self.snapshot = sql.SQL(
-            f"{with_}SELECT {COLUMNS}{col} FROM {frm}{{}}.jobs "
-            f"WHERE expires_at > {now} ORDER BY charged_at, account, scope, job_id"
-        ).format(s)
-        self.grant = sql.SQL(
-            f"{with_}SELECT status, balance FROM {frm}{{}}.grant_credits("
-            f"%s, %s::bigint, {now}, %s, %s::boolean, %s::float8)"
-        ).format(s)
+        self.lookup = _render(
+            sql.SQL(
+                f"SELECT {COLUMNS}{f', {_SERVER_CLOCK}' if server_clock else ''} FROM {{}}.jobs "
+                "WHERE account = %s AND scope = %s AND job_id = %s"
+            ).format(s)
+        )
+        self.snapshot = _render(
+            sql.SQL(
+                f"{with_}SELECT {COLUMNS}{col} FROM {frm}{{}}.jobs "
+                f"WHERE expires_at > {now} ORDER BY charged_at, account, scope, job_id"
+            ).format(s)
+        )
+        self.grant = _render(
+            sql.SQL(
+                f"{with_}SELECT status, balance FROM {frm}{{}}.grant_credits("
+                f"%s, %s::bigint, {now}, %s, %s::boolean, %s::float8)"
+            ).format(s)
+        )
         self.forget_grants = forget("forget_grants")
-        self.balance = sql.SQL("SELECT credits FROM {}.balances WHERE account = %s").format(s)
+        self.balance = _render(
+            sql.SQL("SELECT credits FROM {}.balances WHERE account = %s").format(s)
+        )
 
     def _journal(self, s: sql.Identifier) -> None:
-        self.read_journal = sql.SQL(
-            "SELECT " + _JOURNAL_COLUMNS + " FROM {}.read_journal(%s::bigint, %s::integer, "
-            "%s::integer)"
-        ).format(s)
-        self.trim_journal = sql.SQL(
-            "SELECT {}.trim_journal(%s::bigint, %s::float8, %s::integer)"
-        ).format(s)
-        self.get_cursor = sql.SQL("SELECT position FROM {}.journal_cursors WHERE name = %s").format(
-            s
+        self.read_journal = _render(
+            sql.SQL(
+                "SELECT " + _JOURNAL_COLUMNS + " FROM {}.read_journal(%s::bigint, %s::integer, "
+                "%s::integer)"
+            ).format(s)
+        )
+        self.trim_journal = _render(
+            sql.SQL("SELECT {}.trim_journal(%s::bigint, %s::float8, %s::integer)").format(s)
+        )
+        self.get_cursor = _render(
+            sql.SQL("SELECT position FROM {}.journal_cursors WHERE name = %s").format(s)
         )
         # Monotonic unless forced: two exporters racing on one cursor can
         # never move it back over entries one of them already sent.
-        self.set_cursor = sql.SQL(
-            "INSERT INTO {}.journal_cursors AS c (name, position) VALUES (%s, %s::bigint) "
-            "ON CONFLICT (name) DO UPDATE SET position = CASE WHEN %s::boolean "
-            "THEN excluded.position ELSE greatest(c.position, excluded.position) END, "
-            "updated_at = now() RETURNING position"
-        ).format(s)
-        self.delete_cursor = sql.SQL(
-            "DELETE FROM {}.journal_cursors WHERE name = %s RETURNING 1"
-        ).format(s)
-        self.cursors = sql.SQL(
-            "SELECT name, position FROM {}.journal_cursors ORDER BY name"
-        ).format(s)
+        self.set_cursor = _render(
+            sql.SQL(
+                "INSERT INTO {}.journal_cursors AS c (name, position) VALUES (%s, %s::bigint) "
+                "ON CONFLICT (name) DO UPDATE SET position = CASE WHEN %s::boolean "
+                "THEN excluded.position ELSE greatest(c.position, excluded.position) END, "
+                "updated_at = now() RETURNING position"
+            ).format(s)
+        )
+        self.delete_cursor = _render(
+            sql.SQL("DELETE FROM {}.journal_cursors WHERE name = %s RETURNING 1").format(s)
+        )
+        self.cursors = _render(
+            sql.SQL("SELECT name, position FROM {}.journal_cursors ORDER BY name").format(s)
+        )

@@ -4,13 +4,24 @@ entries and numbers (the reply shapes are documented in each ``lua/*.lua``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import json.scanner
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from ..._records import JobRecord, JobState, JournalEntry, JournalKind
 from .._rules import balance_cap_error, grant_conflict_error
 
-__all__ = ["cursor_map", "decode", "entries", "entry_seq", "fields", "grant_result", "s"]
+__all__ = [
+    "cursor_map",
+    "decode",
+    "entries",
+    "entry_seq",
+    "field_map",
+    "fields",
+    "grant_result",
+    "record",
+    "s",
+]
 
 
 def s(value: Any) -> str:
@@ -28,33 +39,62 @@ def entry_seq(entry_id: Any) -> str:
     return s(entry_id).rpartition("-")[2]
 
 
+def field_map(raw: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
+    """A record's fields from a script's flat HGETALL list (not empty) or the
+    client's dict."""
+    if isinstance(raw, dict):
+        return fields(raw)
+    # A client decodes every bulk string of a reply or none of them, so
+    # the first element tells whether there is anything to decode.
+    items = iter(raw if isinstance(raw[0], str) else [s(v) for v in raw])
+    return dict(zip(items, items, strict=False))
+
+
+#: The C scanner json.loads runs underneath its two Python frames (see _x).
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]  # typeshed's stub names the wrong type
+)
+
+
+def _x(text: str) -> Any:
+    """The x field's JSON: parsed by json.loads's own C scanner when it is
+    the one value the field holds (it is, as the scripts store what Python
+    packed), else by json.loads itself, which then raises as it always did."""
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else json.loads(text)
+
+
+def record(f: dict[str, Any], state: JobState | None = None, more_uses: int = 0) -> JobRecord:
+    """The record of the fields ``f``: in its stored state, or in ``state``
+    with ``more_uses`` calls more served, for the Python side's decision of
+    a reply (a confirm's or a reuse's record without building the stored one
+    first). Positional, in JobRecord's field order: this runs on every call."""
+    scope, job_id, tier, backend, cost, charged_at = _x(f["x"])
+    return JobRecord(
+        f["a"],
+        scope,
+        job_id,
+        f["c"],
+        f["st"] if state is None else state,
+        cost,
+        tier,
+        backend,
+        charged_at,
+        float(f["ea"]),
+        int(f["u"]) + more_uses,
+        float(f["lu"]),
+        int(f["d"]),
+    )
+
+
 def decode(raw: Sequence[Any] | dict[Any, Any] | None) -> JobRecord | None:
     """A record from a script's flat HGETALL list or the client's dict."""
     if not raw:
         return None
-    if isinstance(raw, dict):
-        f = fields(raw)
-    else:
-        # A client decodes every bulk string of a reply or none of them, so
-        # the first element tells whether there is anything to decode.
-        items = iter(raw if isinstance(raw[0], str) else [s(v) for v in raw])
-        f = dict(zip(items, items, strict=False))
-    scope, job_id, tier, backend, cost, charged_at = json.loads(f["x"])
-    return JobRecord(
-        account=f["a"],
-        scope=scope,
-        job_id=job_id,
-        charge_id=f["c"],
-        state=cast(JobState, f["st"]),
-        cost=cost,
-        tier=tier,
-        backend=backend,
-        charged_at=charged_at,
-        expires_at=float(f["ea"]),
-        uses=int(f["u"]),
-        lease_until=float(f["lu"]),
-        debited=int(f["d"]),
-    )
+    return record(field_map(raw))
 
 
 def entries(reply: Iterable[Any]) -> list[JournalEntry]:
