@@ -139,7 +139,8 @@ class Bench:
             conn.execute(sql.SQL(_BARE_INDEX).format(schema=s))
             # The store's claim statement as it sends it, and the same with
             # the empty function in place of the claim function.
-            self.claim = self.store._sql.claim.decode()
+            claim = self.store._sql.claim  # bytes, or composed on psycopg 3.1
+            self.claim = claim.decode() if isinstance(claim, bytes) else claim.as_string(conn)
             called = f"{s.as_string(conn)}.claim("
             assert self.claim.count(called) == 1, self.claim
             row = conn.execute(_CLAIM_ARGUMENTS, (self.schema, arity)).fetchone()

@@ -626,3 +626,31 @@ def test_event_loops_come_and_go_without_hanging(
     for n in range(20):
         assert asyncio.run(ledger.acharge("acct", f"job-{n}")).charged
     assert len(ledger.snapshot()) == 20
+
+
+def test_statements_work_where_psycopg_quotes_identifiers_only_with_a_connection(
+    make_store: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store renders its statements to bytes once, without a connection,
+    which psycopg 3.2 and later can do; psycopg 3.1 (still supported) raises
+    ValueError for an identifier without one. There the statements stay
+    composed and the store works as before."""
+    from psycopg import sql
+
+    from jobcredits_plugin import Ledger
+
+    real = sql.Identifier.as_bytes
+
+    def like_psycopg_3_1(self: sql.Identifier, context: Any) -> bytes:
+        if context is None or getattr(context, "connection", None) is None:
+            raise ValueError("a connection is necessary for Identifier")
+        return real(self, context)
+
+    monkeypatch.setattr(sql.Identifier, "as_bytes", like_psycopg_3_1)
+    store = make_store()
+    assert isinstance(store._sql.claim, sql.Composed)
+    ledger = Ledger(store, clock=FakeClock())
+    first = ledger.charge("acct", "job-31")
+    assert first.outcome == "charged"
+    assert ledger.confirm("acct", "job-31", charge_id=first.record.charge_id) is not None
+    assert ledger.charge("acct", "job-31").outcome == "reused"

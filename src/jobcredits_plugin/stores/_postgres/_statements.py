@@ -36,13 +36,23 @@ _SERVER_CLOCK = "extract(epoch FROM clock_timestamp())::float8"
 _SERVER_NOW = f"WITH clock AS (SELECT {_SERVER_CLOCK} AS now) "
 
 
-def _render(statement: sql.Composed) -> bytes:
+#: A statement as the store runs it: the bytes psycopg sends, rendered once
+#: (see :func:`_render`), or on psycopg 3.1 the composed statement itself.
+Query = bytes | sql.Composed
+
+
+def _render(statement: sql.Composed) -> Query:
     """A statement as the bytes psycopg sends: rendered once per store,
     where psycopg would render a Composed again on every call (a walk of its
     parts, and the schema's identifier escaped each time). The schema is a
-    plain identifier (see _store._check_schema), which needs no connection
-    to be quoted, so no connection's context is needed either."""
-    return statement.as_bytes(None)
+    plain identifier (see _store._check_schema), which psycopg 3.2 and later
+    quote without a connection. psycopg 3.1 quotes an identifier only with a
+    connection at hand (ValueError): there the statement stays composed and
+    psycopg renders it per call, as it always did."""
+    try:
+        return statement.as_bytes(None)
+    except ValueError:
+        return statement
 
 
 class Statements:
@@ -63,7 +73,7 @@ class Statements:
         else:
             with_, now, col, frm = "", "%s::float8", "", ""
 
-        def forget(function: str) -> bytes:
+        def forget(function: str) -> Query:
             # forget_replies and forget_grants: (now, retention, batch)
             return _render(
                 sql.SQL(
@@ -72,7 +82,7 @@ class Statements:
                 ).format(s)
             )
 
-        def call(columns: str, function: str, arguments: str) -> bytes:
+        def call(columns: str, function: str, arguments: str) -> Query:
             # confirm, refund and prune: SELECT <columns>[, clock.now]
             # FROM [clock, ]<schema>.<function>(<arguments>)
             return _render(
