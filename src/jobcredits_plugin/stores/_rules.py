@@ -37,6 +37,7 @@ __all__ = [
     "EventKind",
     "Key",
     "balance_cap_error",
+    "charge_from_server",
     "claim_from_server",
     "deadline",
     "grant_conflict_error",
@@ -46,6 +47,7 @@ __all__ = [
     "plan_confirm",
     "plan_refund",
     "plan_settle",
+    "reuse_from_server",
     "settled_so_far",
     "with_settled",
 ]
@@ -229,6 +231,41 @@ def plan_claim(existing: JobRecord | None, balance: int, req: ClaimRequest) -> C
         )
     record, result = _charge_anew(req, settled, available)
     return ClaimPlan(result, write=record, delete=False, balance_delta=refunded - record.debited)
+
+
+# -- a server's usual answers, without the replay --------------------------------------
+#
+# A store whose server decides the claim (a Lua script, a SQL function) gets,
+# on nearly every call, one of two answers: a follow-up's reuse or a new job's
+# charge where nothing was found. These build their results straight from the
+# answer when plan_claim's row for it holds, the same tests it makes, rather
+# than rebuilding the record as found and replaying the plan around it. Any
+# other answer, or one the rules would not give (None here), goes through
+# claim_from_server's replay and its logged disagreement.
+
+
+def reuse_from_server(reused: JobRecord, balance: int, req: ClaimRequest) -> ClaimResult | None:
+    """The server reused the job: ``reused`` is its record with this use
+    counted. The result, when plan_claim's reuse row holds (a charged,
+    live job, this use within ``max_uses``); None when it does not."""
+    max_uses = req.max_uses
+    if (
+        reused.state == CHARGED
+        and req.now < reused.expires_at
+        and (max_uses is None or reused.uses <= max_uses)
+    ):
+        shown = balance if req.balances else None
+        return ClaimResult("reused", reused, shown, (Event("reuse", reused),))
+    return None
+
+
+def charge_from_server(balance: int, req: ClaimRequest) -> ClaimResult | None:
+    """The server charged a job under which it found nothing. The result,
+    when plan_claim's new-charge row holds (with balances on, ``balance``
+    covers the cost); None when it does not."""
+    if req.balances and balance < req.cost:
+        return None
+    return _charge_anew(req, (), balance)[1]
 
 
 def claim_from_server(

@@ -22,11 +22,12 @@ from .._rules import (
     ClaimResult,
     Event,
     Key,
-    _charge_anew,
+    charge_from_server,
     claim_from_server,
     plan_confirm,
     plan_refund,
     plan_settle,
+    reuse_from_server,
 )
 
 Row = tuple[Any, ...]
@@ -85,25 +86,15 @@ class Answers:
         row = rows[0]
         status, balance = row[0], int(row[1] or 0)
         if not self.server_clock:
-            # The two answers nearly every call gets, a follow-up's reuse and
-            # a new job's charge, are built straight from the row when their
-            # row of the rules holds (what plan_claim would test), without
-            # the record as found and the plan around it; any other answer,
-            # or one the rules would not give, is replayed below.
+            # The usual answers without the replay (see _rules.reuse_from_server).
+            usual = None
             if status == "reused" and row[2] is not None:
                 reused = record((req.account, req.scope, req.job_id), row[2:12], 1)
-                max_uses = req.max_uses
-                if (
-                    reused.state == CHARGED
-                    and req.now < reused.expires_at
-                    and (max_uses is None or reused.uses <= max_uses)
-                ):
-                    shown = balance if req.balances else None
-                    return ClaimResult("reused", reused, shown, (Event("reuse", reused),))
-            elif (
-                status == "charged" and row[2] is None and not (req.balances and balance < req.cost)
-            ):
-                return _charge_anew(req, (), balance)[1]
+                usual = reuse_from_server(reused, balance, req)
+            elif status == "charged" and row[2] is None:
+                usual = charge_from_server(balance, req)
+            if usual is not None:
+                return usual
         found = row[2:]
         existing = None if found[0] is None else record(req.key, found)
         # The server's committed decision is the truth, should the rules

@@ -28,11 +28,12 @@ from .._rules import (
     ClaimResult,
     Event,
     Key,
-    _charge_anew,
+    charge_from_server,
     claim_from_server,
     plan_confirm,
     plan_refund,
     plan_settle,
+    reuse_from_server,
     with_settled,
 )
 from ._keys import Keys, account_keys, lp
@@ -168,17 +169,13 @@ class Wire(Keys):
         # record as found and the plan around it. Any other answer, or one
         # the rules would not give, is replayed by claim_from_server below.
         elif status == "reused" and raw:
-            reused = record(field_map(raw), None, 1)
-            max_uses = req.max_uses
-            if (
-                reused.state == CHARGED
-                and req.now < reused.expires_at
-                and (max_uses is None or reused.uses <= max_uses)
-            ):
-                shown = balance if req.balances else None
-                return ClaimResult("reused", reused, shown, (Event("reuse", reused),))
-        elif status == "charged" and not raw and not (req.balances and balance < req.cost):
-            return _charge_anew(req, (), balance)[1]
+            usual = reuse_from_server(record(field_map(raw), None, 1), balance, req)
+            if usual is not None:
+                return usual
+        elif status == "charged" and not raw:
+            usual = charge_from_server(balance, req)
+            if usual is not None:
+                return usual
         existing = decode(raw)
         if status == "replay" and existing is not None:
             return ClaimResult(
