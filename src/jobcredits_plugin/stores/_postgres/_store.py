@@ -426,42 +426,21 @@ class PostgresStore(BaseStore):
         return () if self.server_clock else (now,)
 
     def _claim_params(self, req: ClaimRequest) -> tuple[Any, ...]:
-        if self.server_clock:  # _now, inline: the statement reads the clock
-            return (
-                req.account,
-                req.scope,
-                req.job_id,
-                req.charge_id,
-                req.cost,
-                req.tier,
-                req.backend,
-                req.ttl,
-                req.lease,
-                req.max_uses,
-                req.balances,
-                self.journal,
-                self.journal_reuses,
-                _op_id(),
-                self.reply_retention,
-            )
-        return (
-            req.account,
-            req.scope,
-            req.job_id,
-            req.charge_id,
-            req.cost,
-            req.tier,
-            req.backend,
-            req.now,
-            req.ttl,
-            req.lease,
-            req.max_uses,
-            req.balances,
+        r = req
+        # The claim function's arguments in its order; ``now`` only on the
+        # ledger's clock (_now's test, inline: the statement reads the server's).
+        head = (r.account, r.scope, r.job_id, r.charge_id, r.cost, r.tier, r.backend)
+        tail = (
+            r.ttl,
+            r.lease,
+            r.max_uses,
+            r.balances,
             self.journal,
             self.journal_reuses,
             _op_id(),
             self.reply_retention,
         )
+        return (*head, *tail) if self.server_clock else (*head, r.now, *tail)
 
     def _claim_result(self, req: ClaimRequest, rows: list[Row]) -> ClaimResult:
         return self._answers.claim(req, rows)
