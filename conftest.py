@@ -38,11 +38,15 @@ import tempfile
 import unittest
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sybil import Example, Sybil
+from sybil.integration.pytest import SybilItem
 from sybil.parsers.myst import CodeBlockParser, SkipParser
+
+if TYPE_CHECKING:
+    from _pytest._code.code import Traceback
 
 #: pytester: tests/test_pytest_plugin.py runs users' test files with the
 #: library's pytest plugin (which pytest loads through its entry point).
@@ -135,7 +139,15 @@ class _PageEvaluator:
         try:
             # exec: running the pages' own code is this module's whole purpose.
             code = compile(source, example.path, "exec", dont_inherit=True)
-            exec(code, example.namespace)  # noqa: S102
+            with warnings.catch_warnings():
+                # What the block dropped unclosed (a page rebinds `ledger` to
+                # show another setup; a reader's process would simply exit) is
+                # collected here, in the block. Left to the collector's own
+                # time, Python 3.13's warning about its SQLite connection
+                # would fail whichever test runs then, on any worker.
+                warnings.simplefilter("ignore", ResourceWarning)
+                exec(code, example.namespace)  # noqa: S102
+                gc.collect()
         except ImportError as error:
             top = _missing_optional(error)
             if top is None:
@@ -218,9 +230,15 @@ def _close_ledgers(namespace: dict[str, Any]) -> None:
     that warning surfaces in whichever later test happens to collect it."""
     from jobcredits_plugin import Ledger
 
+    # A page's OpenTelemetry metric reader (docs/opentelemetry.md) exports from a
+    # thread of its own every minute, to the page's captured output long closed.
+    otel = sys.modules.get("opentelemetry.sdk.metrics.export")
+    readers = otel.MetricReader if otel is not None else ()
     for value in list(namespace.values()):
         if isinstance(value, Ledger):
             value.close()
+        elif isinstance(value, readers):
+            value.shutdown()
     with warnings.catch_warnings():
         # what is unreachable now but held a connection (a ledger built inside
         # an app factory the page called): collected here, not in a later test
@@ -256,6 +274,26 @@ DOCS = Sybil(
     teardown=_teardown,
 )
 pytest_collect_file = DOCS.pytest()
+
+_sybil_traceback_filter = SybilItem._traceback_filter
+
+
+def _traceback_filter(self: SybilItem, excinfo: pytest.ExceptionInfo[BaseException]) -> Traceback:
+    """sybil (10.1) trims a failure's traceback to the frames below the block's
+    evaluation, and assumes there are some. A failure pytest raises around the
+    block has none: its report of an unraisable exception, which is how Python
+    3.13's ResourceWarning for a SQLite connection collected unclosed reaches
+    whichever test is running when the collector runs. sybil's IndexError then
+    made pytest stop the whole run with INTERNALERROR, hiding which page failed
+    and why (a CI run on py313 ended so). Such a traceback is shown whole: the
+    page fails like any test, with its report. tests/test_docs.py checks it."""
+    try:
+        return _sybil_traceback_filter(self, excinfo)
+    except IndexError:
+        return excinfo.traceback
+
+
+SybilItem._traceback_filter = _traceback_filter  # type: ignore[method-assign]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,7 +13,9 @@ too, their output compared with the page unless ``<!-- output: varies
 from __future__ import annotations
 
 import ast
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,47 @@ def test_markers_stand_above_their_blocks() -> None:
             if not fits:
                 stray.append(f"{page.name}:{number}")
     assert not stray, f"markers not right above a block they apply to: {stray}"
+
+
+_FAILS_AROUND_THE_BLOCK = '''\
+# A page
+
+```python
+import gc
+
+
+class Closes:
+    """Like a SQLite connection that Python 3.13 warns about when it is collected
+    unclosed: its complaint is raised from the collector, outside the block's code."""
+
+    def __del__(self):
+        raise ResourceWarning("unclosed resource")
+
+
+held = Closes()
+held.cycle = held
+del held
+gc.collect()
+```
+'''
+
+
+def test_a_failure_raised_around_a_block_is_reported_not_an_internal_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sybil's report of a failure assumes that its traceback passes through the
+    block's code. An exception pytest raises around the block (its report of an
+    unraisable exception, such as Python 3.13's warning about a SQLite connection
+    collected unclosed) made sybil's report itself fail: pytest then stopped the
+    whole run with INTERNALERROR and hid which page and which warning it was. The
+    page must fail like any test, with its report."""
+    pytester.makeconftest((ROOT / "conftest.py").read_text(encoding="utf-8"))
+    pytester.mkdir("docs")
+    (pytester.path / "docs" / "leaky.md").write_text(_FAILS_AROUND_THE_BLOCK, encoding="utf-8")
+    # the conftest imports the test servers' settings from tests.stores.conftest
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), *sys.path])))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", "docs")
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["FAILED docs/leaky.md::line:3,column:1 - *Unraisable*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
