@@ -273,6 +273,119 @@ def test_an_existing_client_can_be_given(shared_url: str) -> None:
         _redis_cleanup(store)
 
 
+def test_a_given_client_sees_every_call_through_its_execute_command(shared_url: str) -> None:
+    """A client you pass is driven only through its public ``execute_command``, so
+    what you wrapped around it (instrumentation, say) sees every script call. The
+    store's own client sends its scripts over its pooled connections instead
+    (docs/performance.md): its ``execute_command`` is not called for them."""
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    seen: list[str] = []
+    execute = client.execute_command
+
+    def wrapped(*args: Any, **options: Any) -> Any:
+        seen.append(str(args[0]))
+        return execute(*args, **options)
+
+    client.execute_command = wrapped  # type: ignore[method-assign]
+    prefix = f"jctest:{uuid.uuid4().hex[:12]}"
+    given = RedisStore(client, prefix=prefix)
+    own = RedisStore.from_url(shared_url, prefix=prefix)
+    own_calls: list[str] = []
+    own_execute = own._client.execute_command
+    own._client.execute_command = lambda *a, **o: (
+        own_calls.append(str(a[0])) or own_execute(*a, **o)
+    )
+    try:
+        ledger = Ledger(given, balances=True)
+        ledger.grant("acct", 3)
+        charge = ledger.charge("acct", "job-1")
+        ledger.confirm("acct", "job-1", charge_id=charge.record.charge_id)
+        ledger.charge("acct", "job-1")
+        assert seen.count("EVALSHA") == 4  # grant, charge, confirm, the follow-up
+        theirs = Ledger(own, balances=True)
+        assert theirs.charge("acct", "job-1").outcome == "reused"  # the given store's job
+        assert theirs.charge("acct", "job-2").charged
+        assert theirs.balance("acct") == 1
+        assert "EVALSHA" not in own_calls
+    finally:
+        given.close()
+        own.close()
+        given.url = shared_url
+        _redis_cleanup(given)
+
+
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "python-packer"])
+def test_the_store_s_own_client_works_with_either_packer(
+    shared_url: str, monkeypatch: pytest.MonkeyPatch, hiredis: bool
+) -> None:
+    """The store's own client packs its script calls with hiredis when redis-py
+    uses it, else with the connection's own packer (text outside ASCII
+    included); a connection that asks to reconnect (redis-py 7's maintenance
+    notices) is disconnected after its call."""
+    import redis.utils
+
+    if not hiredis:
+        monkeypatch.setattr(redis.utils, "HIREDIS_AVAILABLE", False)
+    store = RedisStore.from_url(shared_url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+    try:
+        assert (store._scripts["claim"]._pack is not None) is hiredis
+        ledger = Ledger(store, balances=True)
+        ledger.grant("用户", 1)
+        ledger.grant("acct", 1)
+        first = ledger.charge("用户", "job-1")
+        assert first.outcome == "charged"
+        ledger.confirm("用户", "job-1", charge_id=first.record.charge_id)
+        assert ledger.charge("用户", "job-1").outcome == "reused"
+        assert [r.account for r in ledger.snapshot()] == ["用户"]
+        pool = store._client.connection_pool
+        conn = pool.get_connection()
+        pool.release(conn)
+        if hasattr(conn, "should_reconnect"):
+            disconnected: list[bool] = []
+            disconnect = conn.disconnect
+            monkeypatch.setattr(conn, "should_reconnect", lambda: True)
+            monkeypatch.setattr(
+                conn, "disconnect", lambda *a, **k: disconnected.append(True) or disconnect()
+            )
+            assert ledger.charge("acct", "job-2").outcome == "charged"
+            assert disconnected
+        assert ledger.balance("用户") == 0
+    finally:
+        store.close()
+        store.url = shared_url
+        _redis_cleanup(store)
+
+
+def test_a_pool_that_wants_the_command_name_is_given_it(shared_url: str) -> None:
+    """redis-py 5's ``ConnectionPool.get_connection`` requires the command's name
+    (later releases deprecate it): the store's scripts give it one there only."""
+    from jobcredits_plugin.stores._redis._clients import _PooledScript
+
+    names: list[str] = []
+
+    class OldPool(redis.ConnectionPool):  # type: ignore[misc]
+        def get_connection(self, command_name: str, *keys: Any, **options: Any) -> Any:
+            names.append(command_name)
+            return super().get_connection()
+
+    source = "return ARGV[1] .. KEYS[1]"
+    admin = redis.Redis.from_url(shared_url)
+    admin.script_load(source)  # the old pool's client only runs it (no SCRIPT LOAD)
+    old = redis.Redis(connection_pool=OldPool.from_url(shared_url, decode_responses=True))
+    new = redis.Redis.from_url(shared_url, decode_responses=True)
+    try:
+        script = _PooledScript(old.register_script(source))
+        assert script(keys=["b"], args=["ä"]) == "äb"
+        assert names == ["EVALSHA"]
+        again = _PooledScript(new.register_script(source))
+        assert again(keys=["b"], args=["ä"]) == "äb"
+        assert again._pool_args == ()
+    finally:
+        admin.close()
+        old.close()
+        new.close()
+
+
 # -- key layout ----------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.cluster
+import redis.utils
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
@@ -65,12 +67,18 @@ class Clients:
             "decode_responses": True,
             "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), int(retries)),
         }
+        # A client the store builds itself is its own to drive: its scripts
+        # go over its pooled connections straight (see _PooledScript). A
+        # client you pass is used only through its public execute_command,
+        # so that what you wrapped around it (instrumentation, a single
+        # connection) sees every call.
+        own = client is None and not self.cluster
         if client is None:
             assert self.url is not None
             client = self._sync_from_url(self.url)
         self._client = client
         self._scripts = {
-            name: _direct(client.register_script(src)) for name, src in SCRIPTS.items()
+            name: _direct(client.register_script(src), pooled=own) for name, src in SCRIPTS.items()
         }
         self._given_async = async_client
         # One redis.asyncio client per event loop: its connections belong to
@@ -230,10 +238,106 @@ class _DirectScript:
             return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-def _direct(script: Any) -> Any:
-    """``script`` as a :class:`_DirectScript` when it is redis-py's own (a
-    test's stand-in client may hand out anything else, kept as it is)."""
-    return _DirectScript(script) if isinstance(script, Script) else script
+class _PooledScript(_DirectScript):
+    """A script of the store's own standalone client, sent over the client's
+    pooled connection under the client's retry policy, without the generic
+    command layer of ``execute_command``.
+
+    Why: in redis-py 8 that layer is most of the client-side work of a call
+    (callgrind, a follow-up: 345k instructions per call through it, 231k
+    this way; docs/performance.md): every argument is type-tested and
+    encoded in Python, and each call also passes the checks for HIMPORT's
+    per-connection state, the deprecated-argument wrappers of the pool and
+    the observability hooks. What a call needs of it is kept, with
+    redis-py's own pieces: a connection from the pool (fork-safe), the
+    client's ``Retry`` with a connection error disconnecting the connection
+    before the same packed command is sent again (which is how a retried
+    claim finds its own marker), the reply parser and its errors
+    (``NoScriptError`` reloads the script as before), the connection's
+    reconnect request honoured, and the connection handed back.
+
+    What is not kept: redis-py's per-command instrumentation (its own
+    metrics, its debug log of failures, and wrappers patched onto
+    ``execute_command`` such as OpenTelemetry's redis instrumentation) does
+    not see these calls. The store reports each call itself (the
+    ``on_store_call`` hook; the Prometheus and OpenTelemetry plugins time
+    it). A client passed to the store keeps the public path.
+    """
+
+    __slots__ = ("_pack", "_pool", "_pool_args")
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        client: Any = script.registered_client
+        self._pool = client.connection_pool
+        # redis-py 5 requires a command name here; later releases deprecate it.
+        parameter = inspect.signature(self._pool.get_connection).parameters.get("command_name")
+        needs_name = parameter is not None and parameter.default is inspect.Parameter.empty
+        self._pool_args: tuple[str, ...] = ("EVALSHA",) if needs_name else ()
+        self._pack: Callable[[tuple[Any, ...]], Any] | None = _hiredis_pack()
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if client is not None:
+            return self._script(keys=keys, args=args, client=client)
+        keys = keys or ()
+        args = args or ()
+        script = self._script
+        try:
+            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            owner: Any = script.registered_client
+            script.sha = owner.script_load(script.script)
+            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        pack = self._pack
+        pool = self._pool
+        conn = pool.get_connection(*self._pool_args)
+        if pack is None:  # no hiredis: the connection's own packer
+
+            def exchange() -> Any:
+                conn.send_command(*command)
+                return conn.read_response()
+
+        else:
+            packed = [pack(command)]
+
+            def exchange() -> Any:
+                conn.send_packed_command(packed)
+                return conn.read_response()
+
+        try:
+            return conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+        finally:
+            try:
+                reconnect = getattr(conn, "should_reconnect", None)  # redis-py 7+
+                if reconnect is not None and reconnect():
+                    conn.disconnect()
+            finally:
+                pool.release(conn)
+
+
+def _hiredis_pack() -> Callable[[tuple[Any, ...]], Any] | None:
+    """hiredis' C packer of a command's arguments, when redis-py uses
+    hiredis (installed, in a version redis-py accepts). It encodes a str as
+    UTF-8, as the store's clients do (their default encoding, strict)."""
+    if not getattr(redis.utils, "HIREDIS_AVAILABLE", False):
+        return None
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    pack: Callable[[tuple[Any, ...]], Any] | None = getattr(hiredis, "pack_command", None)
+    return pack
+
+
+def _direct(script: Any, *, pooled: bool = False) -> Any:
+    """``script`` as a :class:`_PooledScript` (the store's own standalone
+    client) or a :class:`_DirectScript` when it is redis-py's own (a test's
+    stand-in client may hand out anything else, kept as it is)."""
+    if not isinstance(script, Script):
+        return script
+    return _PooledScript(script) if pooled else _DirectScript(script)
 
 
 async def _closer(client: Any) -> AsyncIterator[None]:
