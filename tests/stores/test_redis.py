@@ -301,7 +301,8 @@ def test_a_given_client_sees_every_call_through_its_execute_command(shared_url: 
         charge = ledger.charge("acct", "job-1")
         ledger.confirm("acct", "job-1", charge_id=charge.record.charge_id)
         ledger.charge("acct", "job-1")
-        assert seen.count("EVALSHA") == 4  # grant, charge, confirm, the follow-up
+        # grant, charge, confirm, the follow-up (and one more per script not yet loaded)
+        assert seen.count("EVALSHA") >= 4
         theirs = Ledger(own, balances=True)
         assert theirs.charge("acct", "job-1").outcome == "reused"  # the given store's job
         assert theirs.charge("acct", "job-2").charged
@@ -312,6 +313,59 @@ def test_a_given_client_sees_every_call_through_its_execute_command(shared_url: 
         own.close()
         given.url = shared_url
         _redis_cleanup(given)
+
+
+def test_a_given_async_client_sees_every_call_too(shared_url: str) -> None:
+    """The same for the async twins: an async client you pass is driven through
+    its ``execute_command``; the async client the store builds for an event
+    loop sends its scripts over its pooled connections."""
+    import redis.asyncio
+
+    prefix = f"jctest:{uuid.uuid4().hex[:12]}"
+    seen: list[str] = []
+
+    async def run() -> None:
+        given = redis.asyncio.Redis.from_url(shared_url, decode_responses=True)
+        execute = given.execute_command
+
+        async def wrapped(*args: Any, **options: Any) -> Any:
+            seen.append(str(args[0]))
+            return await execute(*args, **options)
+
+        given.execute_command = wrapped  # type: ignore[method-assign]
+        theirs = RedisStore(url=shared_url, prefix=prefix, async_client=given)
+        own = RedisStore.from_url(shared_url, prefix=prefix)
+        try:
+            ledger = Ledger(theirs, balances=True)
+            await ledger.agrant("acct", 3)
+            first = await ledger.acharge("acct", "job-1")
+            await ledger.aconfirm("acct", "job-1", charge_id=first.record.charge_id)
+            assert (await ledger.acharge("acct", "job-1")).outcome == "reused"
+            assert seen.count("EVALSHA") >= 4  # and one more per script not yet loaded
+            client, _scripts = await own._aclient()  # type: ignore[misc]
+            own_calls: list[str] = []
+            own_execute = client.execute_command
+
+            async def own_wrapped(*args: Any, **options: Any) -> Any:
+                own_calls.append(str(args[0]))
+                return await own_execute(*args, **options)
+
+            client.execute_command = own_wrapped
+            mine = Ledger(own, balances=True)
+            assert (await mine.acharge("acct", "job-1")).outcome == "reused"
+            assert (await mine.acharge("acct", "job-2")).outcome == "charged"
+            assert "EVALSHA" not in own_calls
+            await given.aclose()
+        finally:
+            await own.aclose()
+            theirs.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        cleanup = RedisStore.from_url(shared_url, prefix=prefix)
+        cleanup.close()
+        _redis_cleanup(cleanup)
 
 
 @pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "python-packer"])
@@ -337,6 +391,14 @@ def test_the_store_s_own_client_works_with_either_packer(
         ledger.confirm("用户", "job-1", charge_id=first.record.charge_id)
         assert ledger.charge("用户", "job-1").outcome == "reused"
         assert [r.account for r in ledger.snapshot()] == ["用户"]
+
+        async def async_calls() -> None:
+            assert (await ledger.acharge("用户", "job-1")).outcome == "reused"
+            got = await store._aclient()
+            assert got is not None
+            assert (got[1]["claim"]._pack is not None) is hiredis
+
+        asyncio.run(async_calls())  # its client closes with its event loop
         pool = store._client.connection_pool
         conn = pool.get_connection()
         pool.release(conn)

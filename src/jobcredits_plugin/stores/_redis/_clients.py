@@ -17,7 +17,7 @@ import redis.asyncio.retry
 import redis.cluster
 import redis.utils
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
@@ -168,7 +168,12 @@ class Clients:
             # suite's concurrent acharge test hit; a reply lost that way is a
             # charge whose caller never learns it won.
             return None
-        scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        # The store's own async client sends its scripts as the sync one does
+        # (see _PooledScript); a client you gave keeps the public path.
+        own = client is not self._given_async
+        scripts = {
+            name: _adirect(client.register_script(src), pooled=own) for name, src in SCRIPTS.items()
+        }
         # An async generator started on this loop is closed by the loop's
         # shutdown_asyncgens() (asyncio.run does that), which lets us close the
         # client's connections while their loop still runs.
@@ -270,10 +275,7 @@ class _PooledScript(_DirectScript):
         super().__init__(script)
         client: Any = script.registered_client
         self._pool = client.connection_pool
-        # redis-py 5 requires a command name here; later releases deprecate it.
-        parameter = inspect.signature(self._pool.get_connection).parameters.get("command_name")
-        needs_name = parameter is not None and parameter.default is inspect.Parameter.empty
-        self._pool_args: tuple[str, ...] = ("EVALSHA",) if needs_name else ()
+        self._pool_args = _pool_args(self._pool)
         self._pack: Callable[[tuple[Any, ...]], Any] | None = _hiredis_pack()
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
@@ -317,6 +319,79 @@ class _PooledScript(_DirectScript):
                 pool.release(conn)
 
 
+class _APooledScript:
+    """The async twin of :class:`_PooledScript`, for the store's own
+    ``redis.asyncio`` client (one per event loop): a connection from the
+    client's pool, the command packed once, the client's async ``Retry``
+    with a connection error disconnecting before the same command is sent
+    again, the connection's parser, the connection handed back. redis-py's
+    connection disconnects when a send or a read is interrupted (a
+    cancellation included), and its pool checks a connection for unread
+    data before lending it again, so no answer is left for a later call to
+    read as its own; the ledger also shields a store call from its caller's
+    cancellation."""
+
+    __slots__ = ("_pack", "_pool", "_pool_args", "_script")
+
+    def __init__(self, script: Any) -> None:
+        self._script = script
+        client: Any = script.registered_client
+        self._pool = client.connection_pool
+        self._pool_args = _pool_args(self._pool)
+        self._pack = _hiredis_pack()
+
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if client is not None:
+            return self._script(keys=keys, args=args, client=client)
+        return self._evalsha(tuple(keys or ()), tuple(args or ()))
+
+    async def _evalsha(self, keys: tuple[Any, ...], args: tuple[Any, ...]) -> Any:
+        script = self._script
+        try:
+            return await self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            owner: Any = script.registered_client
+            script.sha = await owner.script_load(script.script)
+            return await self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    async def _send(self, command: tuple[Any, ...]) -> Any:
+        pack = self._pack
+        pool = self._pool
+        conn = await pool.get_connection(*self._pool_args)
+        if pack is None:  # no hiredis: the connection's own packer
+
+            async def exchange() -> Any:
+                await conn.send_command(*command)
+                return await conn.read_response()
+
+        else:
+            packed = [pack(command)]
+
+            async def exchange() -> Any:
+                await conn.send_packed_command(packed)
+                return await conn.read_response()
+
+        async def fail(_error: BaseException) -> None:
+            await conn.disconnect()
+
+        try:
+            return await conn.retry.call_with_retry(exchange, fail)
+        finally:
+            await pool.release(conn)
+
+
+def _pool_args(pool: Any) -> tuple[str, ...]:
+    """What ``pool.get_connection`` is given: redis-py 5 requires a command
+    name there, later releases deprecate it."""
+    parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    needs_name = parameter is not None and parameter.default is inspect.Parameter.empty
+    return ("EVALSHA",) if needs_name else ()
+
+
 def _hiredis_pack() -> Callable[[tuple[Any, ...]], Any] | None:
     """hiredis' C packer of a command's arguments, when redis-py uses
     hiredis (installed, in a version redis-py accepts). It encodes a str as
@@ -329,6 +404,14 @@ def _hiredis_pack() -> Callable[[tuple[Any, ...]], Any] | None:
         return None
     pack: Callable[[tuple[Any, ...]], Any] | None = getattr(hiredis, "pack_command", None)
     return pack
+
+
+def _adirect(script: Any, *, pooled: bool) -> Any:
+    """An async client's ``script``: an :class:`_APooledScript` for the
+    store's own client, else redis-py's own."""
+    if pooled and isinstance(script, AsyncScript):
+        return _APooledScript(script)
+    return script
 
 
 def _direct(script: Any, *, pooled: bool = False) -> Any:
