@@ -234,13 +234,17 @@ class _DirectScript:
         args = args or ()
         script = self._script
         try:
-            return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:
             # The server lost its scripts (a restart, SCRIPT FLUSH): load it
             # and run it again, as Script.__call__ does.
             owner: Any = script.registered_client
             script.sha = owner.script_load(script.script)
-            return self._execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        """One EVALSHA, through the client's public ``execute_command``."""
+        return self._execute(*command)
 
 
 class _PooledScript(_DirectScript):
@@ -249,7 +253,7 @@ class _PooledScript(_DirectScript):
     command layer of ``execute_command``.
 
     Why: in redis-py 8 that layer is most of the client-side work of a call
-    (callgrind, a follow-up: 345k instructions per call through it, 231k
+    (callgrind, a follow-up: 345k instructions per call through it, 234k
     this way; docs/performance.md): every argument is type-tested and
     encoded in Python, and each call also passes the checks for HIMPORT's
     per-connection state, the deprecated-argument wrappers of the pool and
@@ -278,20 +282,8 @@ class _PooledScript(_DirectScript):
         self._pool_args = _pool_args(self._pool)
         self._pack: Callable[[tuple[Any, ...]], Any] | None = _hiredis_pack()
 
-    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if client is not None:
-            return self._script(keys=keys, args=args, client=client)
-        keys = keys or ()
-        args = args or ()
-        script = self._script
-        try:
-            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
-        except NoScriptError:
-            owner: Any = script.registered_client
-            script.sha = owner.script_load(script.script)
-            return self._send(("EVALSHA", script.sha, len(keys), *keys, *args))
-
     def _send(self, command: tuple[Any, ...]) -> Any:
+        """One EVALSHA, over a pooled connection (see the class docstring)."""
         pack = self._pack
         pool = self._pool
         conn = pool.get_connection(*self._pool_args)
