@@ -418,6 +418,67 @@ def test_the_store_s_own_client_works_with_either_packer(
         _redis_cleanup(store)
 
 
+@pytest.mark.parametrize("hiredis", [True, False], ids=["hiredis", "python-packer"])
+def test_a_call_that_cannot_be_sent_hands_back_every_connection_it_took(
+    shared_url: str, monkeypatch: pytest.MonkeyPatch, hiredis: bool
+) -> None:
+    """An argument that cannot be packed fails the call, sync and async, and
+    leaves no connection taken from the pool and never handed back."""
+    import redis.utils
+
+    if not hiredis:
+        monkeypatch.setattr(redis.utils, "HIREDIS_AVAILABLE", False)
+    store = RedisStore.from_url(shared_url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
+    taken: list[int] = []
+
+    def counting(pool: Any) -> None:
+        get, release = pool.get_connection, pool.release
+
+        def get_connection(*args: Any, **kwargs: Any) -> Any:
+            taken.append(1)
+            return get(*args, **kwargs)
+
+        def release_connection(conn: Any) -> Any:
+            taken.append(-1)
+            return release(conn)
+
+        monkeypatch.setattr(pool, "get_connection", get_connection)
+        monkeypatch.setattr(pool, "release", release_connection)
+
+    counting(store._client.connection_pool)
+    try:
+        with pytest.raises((TypeError, redis.exceptions.DataError)):
+            store._scripts["lookup"](keys=[object()])
+        assert sum(taken) == 0
+
+        async def async_call() -> None:
+            got = await store._aclient()
+            assert got is not None
+            pool = got[0].connection_pool
+            get, release = pool.get_connection, pool.release
+
+            async def aget(*args: Any, **kwargs: Any) -> Any:
+                taken.append(1)
+                return await get(*args, **kwargs)
+
+            async def arelease(conn: Any) -> Any:
+                taken.append(-1)
+                return await release(conn)
+
+            monkeypatch.setattr(pool, "get_connection", aget)
+            monkeypatch.setattr(pool, "release", arelease)
+            with pytest.raises((TypeError, redis.exceptions.DataError)):
+                await got[1]["lookup"](keys=[object()])
+
+        asyncio.run(async_call())
+        assert sum(taken) == 0
+        assert Ledger(store).charge("acct", "job-1").charged  # and the store still works
+    finally:
+        store.close()
+        store.url = shared_url
+        _redis_cleanup(store)
+
+
 def test_a_pool_that_wants_the_command_name_is_given_it(shared_url: str) -> None:
     """redis-py 5's ``ConnectionPool.get_connection`` requires the command's name
     (later releases deprecate it): the store's scripts give it one there only."""

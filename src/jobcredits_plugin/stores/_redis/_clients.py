@@ -285,16 +285,17 @@ class _PooledScript(_DirectScript):
     def _send(self, command: tuple[Any, ...]) -> Any:
         """One EVALSHA, over a pooled connection (see the class docstring)."""
         pack = self._pack
+        # Packed before a connection is taken: a packing error leaks none.
+        packed = None if pack is None else [pack(command)]
         pool = self._pool
         conn = pool.get_connection(*self._pool_args)
-        if pack is None:  # no hiredis: the connection's own packer
+        if packed is None:  # no hiredis: the connection's own packer
 
             def exchange() -> Any:
                 conn.send_command(*command)
                 return conn.read_response()
 
         else:
-            packed = [pack(command)]
 
             def exchange() -> Any:
                 conn.send_packed_command(packed)
@@ -352,16 +353,16 @@ class _APooledScript:
 
     async def _send(self, command: tuple[Any, ...]) -> Any:
         pack = self._pack
+        packed = None if pack is None else [pack(command)]  # before a connection is taken
         pool = self._pool
         conn = await pool.get_connection(*self._pool_args)
-        if pack is None:  # no hiredis: the connection's own packer
+        if packed is None:  # no hiredis: the connection's own packer
 
             async def exchange() -> Any:
                 await conn.send_command(*command)
                 return await conn.read_response()
 
         else:
-            packed = [pack(command)]
 
             async def exchange() -> Any:
                 await conn.send_packed_command(packed)
