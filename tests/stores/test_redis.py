@@ -399,9 +399,7 @@ def test_the_store_s_own_client_works_with_either_packer(
             assert (got[1]["claim"]._pack is not None) is hiredis
 
         asyncio.run(async_calls())  # its client closes with its event loop
-        pool = store._client.connection_pool
-        conn = pool.get_connection()
-        pool.release(conn)
+        conn = _lent(store)
         if hasattr(conn, "should_reconnect"):
             disconnected: list[bool] = []
             disconnect = conn.disconnect
@@ -423,7 +421,8 @@ def test_a_call_that_cannot_be_sent_hands_back_every_connection_it_took(
     shared_url: str, monkeypatch: pytest.MonkeyPatch, hiredis: bool
 ) -> None:
     """An argument that cannot be packed fails the call, sync and async, and
-    leaves no connection taken from the pool and never handed back."""
+    leaves no connection taken from the pool and never handed back (or kept
+    by the store's lender for its next call)."""
     import redis.utils
 
     if not hiredis:
@@ -449,7 +448,10 @@ def test_a_call_that_cannot_be_sent_hands_back_every_connection_it_took(
     try:
         with pytest.raises((TypeError, redis.exceptions.DataError)):
             store._scripts["lookup"](keys=[object()])
-        assert sum(taken) == 0
+        # every connection taken from the pool is back there, or waits in the
+        # store's lender for the next call
+        assert store._lender is not None
+        assert sum(taken) == len(store._lender._idle)
 
         async def async_call() -> None:
             got = await store._aclient()
@@ -471,12 +473,203 @@ def test_a_call_that_cannot_be_sent_hands_back_every_connection_it_took(
                 await got[1]["lookup"](keys=[object()])
 
         asyncio.run(async_call())
-        assert sum(taken) == 0
+        assert sum(taken) == len(store._lender._idle)
         assert Ledger(store).charge("acct", "job-1").charged  # and the store still works
     finally:
         store.close()
         store.url = shared_url
         _redis_cleanup(store)
+
+
+def _lent(store: RedisStore) -> Any:
+    """The connection the store's scripts will use next (it waits in the lender)."""
+    lender = store._lender
+    assert lender is not None
+    conn, _since = lender._idle[-1]
+    return conn
+
+
+def _counting_pool(pool: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every checkout ("get") and return ("release") of ``pool``."""
+    seen: list[str] = []
+    get, release = pool.get_connection, pool.release
+
+    def get_connection(*args: Any, **kwargs: Any) -> Any:
+        seen.append("get")
+        return get(*args, **kwargs)
+
+    def release_connection(conn: Any) -> Any:
+        seen.append("release")
+        return release(conn)
+
+    monkeypatch.setattr(pool, "get_connection", get_connection)
+    monkeypatch.setattr(pool, "release", release_connection)
+    return seen
+
+
+def test_script_calls_reuse_a_lent_connection_without_the_pool(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's own client lends one connection to call after call: the
+    pool's checkout and return (a lock, a poll, its metrics) are not paid per
+    call. Its other commands still use the pool, which the lent connection
+    is not taken from twice."""
+    ledger = Ledger(redis_store, balances=True)
+    ledger.grant("acct", 100)  # connects
+    seen = _counting_pool(redis_store._client.connection_pool, monkeypatch)
+    conn = _lent(redis_store)
+    for i in range(20):
+        charge = ledger.charge("acct", f"job-{i}")
+        ledger.confirm("acct", f"job-{i}", charge_id=charge.record.charge_id)
+        assert ledger.charge("acct", f"job-{i}").outcome == "reused"
+    assert seen == []
+    assert _lent(redis_store) is conn
+    assert ledger.balance("acct") == 80  # a plain command: through the pool
+    assert seen == ["get", "release"]
+
+
+def test_an_answer_left_unread_is_never_read_by_the_next_call(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call interrupted between its send and its read (a KeyboardInterrupt,
+    a timeout) leaves its answer on the connection. Were the connection lent
+    again as it is, the next call would read that answer as its own: a
+    follow-up's "reused" taken for a new job's charge, a job served that was
+    never charged. The lender disconnects such a connection first."""
+    ledger = Ledger(redis_store, balances=True)
+    ledger.grant("acct", 5)
+    first = ledger.charge("acct", "job-a")
+    ledger.confirm("acct", "job-a", charge_id=first.record.charge_id)
+    conn = _lent(redis_store)
+    read = conn.read_response
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(conn, "read_response", read)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.charge("acct", "job-a")  # sent (a reuse), its answer never read
+    second = ledger.charge("acct", "job-b")
+    assert second.outcome == "charged"
+    assert second.record.job_id == "job-b"
+    record = ledger.lookup("acct", "job-b")
+    assert record is not None
+    assert record.charge_id == second.record.charge_id
+    assert ledger.balance("acct") == 3
+
+
+def test_a_connection_that_waited_goes_through_the_pool_s_checks(
+    shared_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle for longer than the lender trusts is checked out
+    through the pool again, whose check finds one the server closed (Redis's
+    ``timeout``, a ``CLIENT KILL``) and reconnects it: with no driver retry
+    at all, the call still succeeds."""
+    from jobcredits_plugin.stores._redis import _clients
+
+    store = RedisStore.from_url(shared_url, prefix=f"jctest:{uuid.uuid4().hex[:12]}", retries=0)
+    admin = redis.Redis.from_url(shared_url)
+    try:
+        ledger = Ledger(store)
+        assert ledger.charge("acct", "job-1").charged
+        conn = _lent(store)
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        assert admin.client_kill_filter(_id=client_id) == 1
+        monkeypatch.setattr(_clients, "_FRESH", 0.0)  # as if it had waited long
+        assert ledger.charge("acct", "job-2").charged
+        assert ledger.lookup("acct", "job-2") is not None
+    finally:
+        admin.close()
+        store.close()
+        store.url = shared_url
+        _redis_cleanup(store)
+
+
+def _take_in_child(store: RedisStore, parent_conn_id: int, out: Any) -> None:
+    conn = store._lender.take()  # type: ignore[union-attr]
+    store._lender.give(conn, clean=True)  # type: ignore[union-attr]
+    outcome = Ledger(store).charge("acct", "child-job").outcome
+    out.send((id(conn) != parent_conn_id, outcome))
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
+)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_never_uses_its_parent_s_lent_connection(redis_store: RedisStore) -> None:
+    """The parent's waiting connection is a socket the parent still reads
+    from: a child that used it would read the parent's answers. A forked
+    child takes a connection of its own."""
+    ledger = Ledger(redis_store)
+    assert ledger.charge("acct", "parent-job").charged
+    conn = _lent(redis_store)
+    ctx = multiprocessing.get_context("fork")
+    theirs, ours = ctx.Pipe()
+    child = ctx.Process(target=_take_in_child, args=(redis_store, id(conn), ours))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert theirs.recv() == (True, "charged")
+    assert _lent(redis_store) is conn
+    assert ledger.charge("acct", "parent-job-2").charged
+
+
+class _FakeConn:
+    def __init__(self) -> None:
+        self.disconnected = 0
+
+    def disconnect(self) -> None:
+        self.disconnected += 1
+
+    def should_reconnect(self) -> bool:
+        return False
+
+
+class _FakePool:
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.out: list[_FakeConn] = []
+        self.released: list[_FakeConn] = []
+
+    def get_connection(self) -> _FakeConn:
+        conn = _FakeConn()
+        self.out.append(conn)
+        return conn
+
+    def release(self, conn: _FakeConn) -> None:
+        self.released.append(conn)
+
+
+@pytest.mark.parametrize(("max_connections", "kept"), [(100, 16), (20, 5), (3, 0)])
+def test_the_lender_keeps_few_connections_and_hands_the_rest_back(
+    max_connections: int, kept: int
+) -> None:
+    """At most 16 connections, and a quarter of the pool's limit, wait in the
+    lender: the rest go back to the pool for the client's other commands. A
+    connection whose call failed is disconnected; closing hands every
+    waiting connection back."""
+    from jobcredits_plugin.stores._redis._clients import _Lender
+
+    pool = _FakePool(max_connections)
+    lender = _Lender(pool)
+    taken = [lender.take() for _ in range(30)]
+    assert len(pool.out) == 30
+    for conn in taken:
+        lender.give(conn, clean=True)
+    assert len(lender._idle) == kept
+    assert pool.released == taken[kept:]
+    failed = lender.take()  # the last one handed back, if any was kept
+    assert (failed is taken[kept - 1]) if kept else (failed is pool.out[-1])
+    lender.give(failed, clean=False)
+    assert failed.disconnected == 1
+    lender.close()
+    assert lender._idle == []
+    assert sorted(map(id, pool.released)) == sorted(map(id, pool.out))
+    late = _FakeConn()
+    lender.give(late, clean=True)  # a call that ends after the close
+    assert pool.released[-1] is late
 
 
 def test_a_pool_that_wants_the_command_name_is_given_it(shared_url: str) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -43,6 +45,9 @@ class Clients:
     _client: Any
     #: The sync client's scripts, by name.
     _scripts: dict[str, Any]
+    #: What lends the store's own sync client's connections to its scripts
+    #: (None for a client you gave, or a cluster).
+    _lender: _Lender | None
     #: The async client given to the constructor, if any.
     _given_async: Any
     #: id(loop) -> (loop, the closer of its client, its client, its scripts).
@@ -77,8 +82,12 @@ class Clients:
             assert self.url is not None
             client = self._sync_from_url(self.url)
         self._client = client
+        # One lender for all the scripts: a connection one script used is
+        # the next one's, whichever it is.
+        self._lender = _Lender(client.connection_pool) if own else None
         self._scripts = {
-            name: _direct(client.register_script(src), pooled=own) for name, src in SCRIPTS.items()
+            name: _direct(client.register_script(src), lender=self._lender)
+            for name, src in SCRIPTS.items()
         }
         self._given_async = async_client
         # One redis.asyncio client per event loop: its connections belong to
@@ -189,6 +198,8 @@ class Clients:
         if self._closed:
             return
         self._closed = True
+        if self._lender is not None:
+            self._lender.close()
         with contextlib.suppress(RedisError, OSError):
             self._client.close()
         self._aclients.clear()
@@ -247,10 +258,102 @@ class _DirectScript:
         return self._execute(*command)
 
 
+#: How long a connection may wait in a :class:`_Lender` and still be lent
+#: without the pool's checks. Below a second, the granularity of Redis's
+#: own ``timeout``: a connection the server closed for idling never
+#: qualifies.
+_FRESH = 0.5
+
+#: The most connections a :class:`_Lender` keeps waiting (and at most a
+#: quarter of its pool's ``max_connections``): the rest go back to the pool,
+#: where the client's other commands can use them.
+_KEEP = 16
+
+
+class _Lender:
+    """Lends the connections of the store's own sync client's pool to its
+    script calls, keeping the idle ones in a list of its own.
+
+    Why: redis-py's pool takes a lock, tests the socket for unread data
+    (a ``poll``), and reports to its observability hooks on every checkout
+    and every return: 5.7 µs per call in a hot loop, about 12 µs per
+    follow-up in a benchmark's loop (docs/performance.md), where the
+    whole of the ledger's and the store's own Python is about 12 µs. What
+    the pool's checkout guarantees is kept, each its own way:
+
+    - **one caller per connection**: the list's ``pop`` and ``append`` are
+      atomic, so two threads never get the same connection;
+    - **no answer left unread**: a call that raised anything (a timeout, an
+      interrupt between the send and the read) disconnects its connection
+      before it is lent again; the next call reconnects. A call that
+      returned read its one reply whole;
+    - **not closed by the server**: a connection that waited longer than
+      ``_FRESH`` goes back through the pool's own checkout and its checks.
+      One closed sooner (a restart, a failover) fails its send or its read,
+      which the client's ``Retry`` disconnects and sends again, as redis-py
+      does for a call whose connection dies under it;
+    - **fork-safe**: a child process drops its parent's list (those sockets
+      are the parent's) and starts from the pool, which resets itself;
+    - **bounded**: at most ``_KEEP`` connections (and a quarter of the
+      pool's ``max_connections``) wait here, the rest are handed back.
+    """
+
+    __slots__ = ("_closed", "_idle", "_keep", "_pid", "_pool", "_pool_args")
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._pool_args = _pool_args(pool)
+        #: (connection, when it was handed back): the last one first.
+        self._idle: list[tuple[Any, float]] = []
+        self._pid = os.getpid()
+        limit = getattr(pool, "max_connections", None)
+        self._keep = _KEEP if not isinstance(limit, int) else max(0, min(_KEEP, limit // 4))
+        self._closed = False
+
+    def take(self) -> Any:
+        """A connection for one call: the one last handed back, if it is
+        fresh, else one from the pool (which checks it)."""
+        if self._pid == os.getpid():
+            try:
+                conn, since = self._idle.pop()
+            except IndexError:
+                pass
+            else:
+                if time.monotonic() - since < _FRESH:
+                    return conn
+                self._pool.release(conn)  # and taken again below, checked
+        else:
+            self._idle = []  # the parent's sockets: never this process's to use
+            self._pid = os.getpid()
+        return self._pool.get_connection(*self._pool_args)
+
+    def give(self, conn: Any, *, clean: bool) -> None:
+        """Take back ``conn`` after a call; ``clean``: the call returned
+        (its reply was read whole)."""
+        try:
+            reconnect = getattr(conn, "should_reconnect", None)  # redis-py 7+
+            if not clean or (reconnect is not None and reconnect()):
+                conn.disconnect()
+        finally:
+            if not self._closed and self._pid == os.getpid() and len(self._idle) < self._keep:
+                self._idle.append((conn, time.monotonic()))
+            else:
+                self._pool.release(conn)
+
+    def close(self) -> None:
+        """Hand every waiting connection back to the pool (the client's
+        ``close`` then disconnects them with the rest)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        if self._pid == os.getpid():
+            for conn, _since in idle:
+                self._pool.release(conn)
+
+
 class _PooledScript(_DirectScript):
-    """A script of the store's own standalone client, sent over the client's
-    pooled connection under the client's retry policy, without the generic
-    command layer of ``execute_command``.
+    """A script of the store's own standalone client, sent over a connection
+    of the client's pool (lent by a :class:`_Lender`) under the client's
+    retry policy, without the generic command layer of ``execute_command``.
 
     Why: in redis-py 8 that layer is most of the client-side work of a call
     (callgrind, a follow-up: 345k instructions per call through it, 234k
@@ -258,12 +361,12 @@ class _PooledScript(_DirectScript):
     encoded in Python, and each call also passes the checks for HIMPORT's
     per-connection state, the deprecated-argument wrappers of the pool and
     the observability hooks. What a call needs of it is kept, with
-    redis-py's own pieces: a connection from the pool (fork-safe), the
-    client's ``Retry`` with a connection error disconnecting the connection
-    before the same packed command is sent again (which is how a retried
-    claim finds its own marker), the reply parser and its errors
-    (``NoScriptError`` reloads the script as before), the connection's
-    reconnect request honoured, and the connection handed back.
+    redis-py's own pieces: a connection of the pool, the client's ``Retry``
+    with a connection error disconnecting the connection before the same
+    packed command is sent again (which is how a retried claim finds its
+    own marker), the reply parser and its errors (``NoScriptError`` reloads
+    the script as before), the connection's reconnect request honoured, and
+    the connection handed back.
 
     What is not kept: redis-py's per-command instrumentation (its own
     metrics, its debug log of failures, and wrappers patched onto
@@ -273,22 +376,25 @@ class _PooledScript(_DirectScript):
     it). A client passed to the store keeps the public path.
     """
 
-    __slots__ = ("_pack", "_pool", "_pool_args")
+    __slots__ = ("_lender", "_pack")
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, lender: _Lender | None = None) -> None:
         super().__init__(script)
         client: Any = script.registered_client
-        self._pool = client.connection_pool
-        self._pool_args = _pool_args(self._pool)
+        self._lender = _Lender(client.connection_pool) if lender is None else lender
         self._pack: Callable[[tuple[Any, ...]], Any] | None = _hiredis_pack()
 
+    @property
+    def _pool_args(self) -> tuple[str, ...]:
+        return self._lender._pool_args
+
     def _send(self, command: tuple[Any, ...]) -> Any:
-        """One EVALSHA, over a pooled connection (see the class docstring)."""
+        """One EVALSHA, over a lent connection (see the class docstring)."""
         pack = self._pack
         # Packed before a connection is taken: a packing error leaks none.
         packed = None if pack is None else [pack(command)]
-        pool = self._pool
-        conn = pool.get_connection(*self._pool_args)
+        lender = self._lender
+        conn = lender.take()
         if packed is None:  # no hiredis: the connection's own packer
 
             def exchange() -> Any:
@@ -301,15 +407,13 @@ class _PooledScript(_DirectScript):
                 conn.send_packed_command(packed)
                 return conn.read_response()
 
+        clean = False
         try:
-            return conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+            reply = conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect())
+            clean = True
+            return reply
         finally:
-            try:
-                reconnect = getattr(conn, "should_reconnect", None)  # redis-py 7+
-                if reconnect is not None and reconnect():
-                    conn.disconnect()
-            finally:
-                pool.release(conn)
+            lender.give(conn, clean=clean)
 
 
 class _APooledScript:
@@ -407,13 +511,14 @@ def _adirect(script: Any, *, pooled: bool) -> Any:
     return script
 
 
-def _direct(script: Any, *, pooled: bool = False) -> Any:
-    """``script`` as a :class:`_PooledScript` (the store's own standalone
-    client) or a :class:`_DirectScript` when it is redis-py's own (a test's
-    stand-in client may hand out anything else, kept as it is)."""
+def _direct(script: Any, *, lender: _Lender | None = None) -> Any:
+    """``script`` as a :class:`_PooledScript` lent connections by ``lender``
+    (the store's own standalone client) or, without one, a
+    :class:`_DirectScript` when it is redis-py's own (a test's stand-in
+    client may hand out anything else, kept as it is)."""
     if not isinstance(script, Script):
         return script
-    return _PooledScript(script) if pooled else _DirectScript(script)
+    return _DirectScript(script) if lender is None else _PooledScript(script, lender)
 
 
 async def _closer(client: Any) -> AsyncIterator[None]:
