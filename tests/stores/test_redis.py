@@ -587,6 +587,66 @@ def test_a_connection_that_waited_goes_through_the_pool_s_checks(
         _redis_cleanup(store)
 
 
+def test_async_script_calls_reuse_a_lent_connection_too(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async client the store builds for an event loop lends its script
+    calls one connection the same way: no pool checkout per call, and a call
+    cancelled between its send and its read never leaves its answer for the
+    next call to read as its own."""
+    ledger = Ledger(redis_store, balances=True)
+
+    async def run() -> None:
+        await ledger.agrant("acct", 5)  # connects
+        got = await redis_store._aclient()
+        assert got is not None
+        client, scripts = got
+        lender = scripts["claim"]._lender
+        seen = _counting_apool(client.connection_pool, monkeypatch)
+        first = await ledger.acharge("acct", "job-a")
+        await ledger.aconfirm("acct", "job-a", charge_id=first.record.charge_id)
+        for _ in range(10):
+            assert (await ledger.acharge("acct", "job-a")).outcome == "reused"
+        assert seen == []
+        conn, _since = lender._idle[-1]
+        read = conn.read_response
+
+        async def cancelled(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(conn, "read_response", read)
+            raise asyncio.CancelledError
+
+        monkeypatch.setattr(conn, "read_response", cancelled)
+        with pytest.raises(asyncio.CancelledError):
+            await ledger.acharge("acct", "job-a")  # sent (a reuse), its answer never read
+        second = await ledger.acharge("acct", "job-b")
+        assert second.outcome == "charged"
+        assert second.record.job_id == "job-b"
+        record = await ledger.alookup("acct", "job-b")
+        assert record is not None
+        assert record.charge_id == second.record.charge_id
+        assert await ledger.abalance("acct") == 3
+
+    asyncio.run(run())
+
+
+def _counting_apool(pool: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every checkout and return of an asyncio ``pool``."""
+    seen: list[str] = []
+    get, release = pool.get_connection, pool.release
+
+    async def get_connection(*args: Any, **kwargs: Any) -> Any:
+        seen.append("get")
+        return await get(*args, **kwargs)
+
+    async def release_connection(conn: Any) -> Any:
+        seen.append("release")
+        return await release(conn)
+
+    monkeypatch.setattr(pool, "get_connection", get_connection)
+    monkeypatch.setattr(pool, "release", release_connection)
+    return seen
+
+
 def _take_in_child(store: RedisStore, parent_conn_id: int, out: Any) -> None:
     conn = store._lender.take()  # type: ignore[union-attr]
     store._lender.give(conn, clean=True)  # type: ignore[union-attr]

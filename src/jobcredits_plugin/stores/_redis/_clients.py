@@ -180,13 +180,15 @@ class Clients:
         # The store's own async client sends its scripts as the sync one does
         # (see _PooledScript); a client you gave keeps the public path.
         own = client is not self._given_async
+        lender = _ALender(client.connection_pool) if own else None
         scripts = {
-            name: _adirect(client.register_script(src), pooled=own) for name, src in SCRIPTS.items()
+            name: _adirect(client.register_script(src), lender=lender)
+            for name, src in SCRIPTS.items()
         }
         # An async generator started on this loop is closed by the loop's
         # shutdown_asyncgens() (asyncio.run does that), which lets us close the
         # client's connections while their loop still runs.
-        closer = _closer(client) if client is not self._given_async else None
+        closer = _closer(client, lender) if client is not self._given_async else None
         if closer is not None:
             await closer.__anext__()
         self._aclients[id(loop)] = (loop, closer, client, scripts)
@@ -270,9 +272,11 @@ _FRESH = 0.5
 _KEEP = 16
 
 
-class _Lender:
-    """Lends the connections of the store's own sync client's pool to its
-    script calls, keeping the idle ones in a list of its own.
+class _Lending:
+    """Lends the connections of the pool of one of the store's own clients
+    to its script calls, keeping the idle ones in a list of its own: what
+    :class:`_Lender` (the sync client's) and :class:`_ALender` (a
+    ``redis.asyncio`` client's, one per event loop) share.
 
     Why: redis-py's pool takes a lock, tests the socket for unread data
     (a ``poll``), and reports to its observability hooks on every checkout
@@ -284,9 +288,9 @@ class _Lender:
     - **one caller per connection**: the list's ``pop`` and ``append`` are
       atomic, so two threads never get the same connection;
     - **no answer left unread**: a call that raised anything (a timeout, an
-      interrupt between the send and the read) disconnects its connection
-      before it is lent again; the next call reconnects. A call that
-      returned read its one reply whole;
+      interrupt or a cancellation between the send and the read)
+      disconnects its connection before it is lent again; the next call
+      reconnects. A call that returned read its one reply whole;
     - **not closed by the server**: a connection that waited longer than
       ``_FRESH`` goes back through the pool's own checkout and its checks.
       One closed sooner (a restart, a failover) fails its send or its read,
@@ -310,44 +314,98 @@ class _Lender:
         self._keep = _KEEP if not isinstance(limit, int) else max(0, min(_KEEP, limit // 4))
         self._closed = False
 
+    def _waiting(self) -> tuple[Any, Any]:
+        """(a fresh waiting connection or None, a stale one for the pool or None)."""
+        if self._pid != os.getpid():
+            self._idle = []  # the parent's sockets: never this process's to use
+            self._pid = os.getpid()
+            return None, None
+        try:
+            conn, since = self._idle.pop()
+        except IndexError:
+            return None, None
+        if time.monotonic() - since < _FRESH:
+            return conn, None
+        return None, conn
+
+    def _must_disconnect(self, conn: Any, clean: bool) -> bool:
+        """Whether ``conn`` is disconnected before anyone uses it again: its
+        call failed, or the server asked it to reconnect (redis-py 7+)."""
+        reconnect = getattr(conn, "should_reconnect", None)
+        return not clean or (reconnect is not None and bool(reconnect()))
+
+    def _kept(self, conn: Any) -> bool:
+        """Keep ``conn`` waiting for the next call, if there is room."""
+        if not self._closed and self._pid == os.getpid() and len(self._idle) < self._keep:
+            self._idle.append((conn, time.monotonic()))
+            return True
+        return False
+
+    def _drained(self) -> list[Any]:
+        """Close: the waiting connections, to hand back to the pool (the
+        client's ``close`` then disconnects them with the rest)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        return [conn for conn, _since in idle] if self._pid == os.getpid() else []
+
+
+class _Lender(_Lending):
+    """:class:`_Lending` for the sync client."""
+
+    __slots__ = ()
+
     def take(self) -> Any:
         """A connection for one call: the one last handed back, if it is
         fresh, else one from the pool (which checks it)."""
-        if self._pid == os.getpid():
-            try:
-                conn, since = self._idle.pop()
-            except IndexError:
-                pass
-            else:
-                if time.monotonic() - since < _FRESH:
-                    return conn
-                self._pool.release(conn)  # and taken again below, checked
-        else:
-            self._idle = []  # the parent's sockets: never this process's to use
-            self._pid = os.getpid()
+        conn, stale = self._waiting()
+        if conn is not None:
+            return conn
+        if stale is not None:
+            self._pool.release(stale)  # and taken again below, checked
         return self._pool.get_connection(*self._pool_args)
 
     def give(self, conn: Any, *, clean: bool) -> None:
         """Take back ``conn`` after a call; ``clean``: the call returned
         (its reply was read whole)."""
         try:
-            reconnect = getattr(conn, "should_reconnect", None)  # redis-py 7+
-            if not clean or (reconnect is not None and reconnect()):
+            if self._must_disconnect(conn, clean):
                 conn.disconnect()
         finally:
-            if not self._closed and self._pid == os.getpid() and len(self._idle) < self._keep:
-                self._idle.append((conn, time.monotonic()))
-            else:
+            if not self._kept(conn):
                 self._pool.release(conn)
 
     def close(self) -> None:
-        """Hand every waiting connection back to the pool (the client's
-        ``close`` then disconnects them with the rest)."""
-        self._closed = True
-        idle, self._idle = self._idle, []
-        if self._pid == os.getpid():
-            for conn, _since in idle:
-                self._pool.release(conn)
+        """Hand every waiting connection back to the pool."""
+        for conn in self._drained():
+            self._pool.release(conn)
+
+
+class _ALender(_Lending):
+    """:class:`_Lending` for a ``redis.asyncio`` client, whose pool and
+    connections are awaited (one event loop uses it: no two tasks take the
+    same connection, as the list changes only between awaits)."""
+
+    __slots__ = ()
+
+    async def take(self) -> Any:
+        conn, stale = self._waiting()
+        if conn is not None:
+            return conn
+        if stale is not None:
+            await self._pool.release(stale)
+        return await self._pool.get_connection(*self._pool_args)
+
+    async def give(self, conn: Any, *, clean: bool) -> None:
+        try:
+            if self._must_disconnect(conn, clean):
+                await conn.disconnect()
+        finally:
+            if not self._kept(conn):
+                await self._pool.release(conn)
+
+    async def close(self) -> None:
+        for conn in self._drained():
+            await self._pool.release(conn)
 
 
 class _PooledScript(_DirectScript):
@@ -418,28 +476,30 @@ class _PooledScript(_DirectScript):
 
 class _APooledScript:
     """The async twin of :class:`_PooledScript`, for the store's own
-    ``redis.asyncio`` client (one per event loop): a connection from the
-    client's pool, the command packed once, the client's async ``Retry``
-    with a connection error disconnecting before the same command is sent
-    again, the connection's parser, the connection handed back. redis-py's
-    connection disconnects when a send or a read is interrupted (a
-    cancellation included), and its pool checks a connection for unread
-    data before lending it again, so no answer is left for a later call to
-    read as its own; the ledger also shields a store call from its caller's
+    ``redis.asyncio`` client (one per event loop): a connection lent by the
+    client's :class:`_ALender`, the command packed once, the client's async
+    ``Retry`` with a connection error disconnecting before the same command
+    is sent again, the connection's parser, the connection handed back. A
+    call that raised, a cancellation included, disconnects its connection
+    before it is lent again, so no answer is left for a later call to read
+    as its own; the ledger also shields a store call from its caller's
     cancellation."""
 
-    __slots__ = ("_pack", "_pool", "_pool_args", "_script")
+    __slots__ = ("_lender", "_pack", "_script")
 
-    def __init__(self, script: Any) -> None:
+    def __init__(self, script: Any, lender: _ALender | None = None) -> None:
         self._script = script
         client: Any = script.registered_client
-        self._pool = client.connection_pool
-        self._pool_args = _pool_args(self._pool)
+        self._lender = _ALender(client.connection_pool) if lender is None else lender
         self._pack = _hiredis_pack()
 
     @property
     def sha(self) -> str:
         return str(self._script.sha)
+
+    @property
+    def _pool_args(self) -> tuple[str, ...]:
+        return self._lender._pool_args
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
         if client is not None:
@@ -458,8 +518,8 @@ class _APooledScript:
     async def _send(self, command: tuple[Any, ...]) -> Any:
         pack = self._pack
         packed = None if pack is None else [pack(command)]  # before a connection is taken
-        pool = self._pool
-        conn = await pool.get_connection(*self._pool_args)
+        lender = self._lender
+        conn = await lender.take()
         if packed is None:  # no hiredis: the connection's own packer
 
             async def exchange() -> Any:
@@ -475,10 +535,13 @@ class _APooledScript:
         async def fail(_error: BaseException) -> None:
             await conn.disconnect()
 
+        clean = False
         try:
-            return await conn.retry.call_with_retry(exchange, fail)
+            reply = await conn.retry.call_with_retry(exchange, fail)
+            clean = True
+            return reply
         finally:
-            await pool.release(conn)
+            await lender.give(conn, clean=clean)
 
 
 def _pool_args(pool: Any) -> tuple[str, ...]:
@@ -503,11 +566,11 @@ def _hiredis_pack() -> Callable[[tuple[Any, ...]], Any] | None:
     return pack
 
 
-def _adirect(script: Any, *, pooled: bool) -> Any:
-    """An async client's ``script``: an :class:`_APooledScript` for the
-    store's own client, else redis-py's own."""
-    if pooled and isinstance(script, AsyncScript):
-        return _APooledScript(script)
+def _adirect(script: Any, *, lender: _ALender | None) -> Any:
+    """An async client's ``script``: an :class:`_APooledScript` lent
+    connections by ``lender`` (the store's own client), else redis-py's own."""
+    if lender is not None and isinstance(script, AsyncScript):
+        return _APooledScript(script, lender)
     return script
 
 
@@ -521,12 +584,15 @@ def _direct(script: Any, *, lender: _Lender | None = None) -> Any:
     return _DirectScript(script) if lender is None else _PooledScript(script, lender)
 
 
-async def _closer(client: Any) -> AsyncIterator[None]:
-    """Closes ``client`` when its event loop shuts its async generators down."""
+async def _closer(client: Any, lender: _ALender | None) -> AsyncIterator[None]:
+    """Closes ``client`` (its lender's waiting connections handed back to
+    its pool first) when its event loop shuts its async generators down."""
     try:
         yield
     finally:
         with contextlib.suppress(RedisError, OSError):
+            if lender is not None:
+                await lender.close()
             await client.aclose()
 
 
