@@ -9,11 +9,13 @@ Three figures, all measured in this run on the same server:
   bare ``SET key val NX PX 3600000`` loop, one connection: the ratio of
   charges per second to SETs per second (target >= 0.8);
 - the same with 8 concurrent clients (threads, each with its own connection);
-- as context, two floors under a charge against the same ``SET``: an empty
+- as context, three floors under a charge against the same ``SET``: an empty
   script called with a charge's keys and arguments (the round trip of one
-  script call), and the store's claim script called straight from redis-py
-  with arguments built beforehand (the server's work of a charge, without
-  the ledger's and the store's Python);
+  script call), the store's claim script called with arguments built
+  beforehand (the server's work of a charge, without the ledger's and the
+  store's Python), and the store's ``claim`` given the request the ledger
+  would draw (what a charge must do around its script: the checked request,
+  the keys and arguments, the reply read into a record; no ledger layer);
 - ``server_clock=True`` (the scripts read ``TIME``) against the default (the
   ledger's clock), one connection: the ratio of charges per second.
 
@@ -178,6 +180,29 @@ def _claim_script_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     return work
 
 
+def _store_claim_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
+    """What a charge must do around its script, without the ledger around
+    it: the request checked and drawn as the ledger draws it (account, job
+    id, charge id, clock), the script's keys and arguments built, the script
+    called, its reply read into the result and record (``store.claim``).
+    Against the claim script alone, what the store's own Python costs; against
+    the charge, what the ledger's layer adds (the store-call wrapper, hooks,
+    the ``Charge``)."""
+    store = RedisStore.from_url(url, prefix=prefix, journal=False)
+    ledger = Ledger(store, balances=True)
+    ledger.grant("bench", 10**12)
+    ledger.charge("bench", "warm-" + uuid.uuid4().hex)  # connect, load the script
+    jobs = [uuid.uuid4().hex for _ in range(n)]
+
+    def work() -> None:
+        request, claim = ledger._claim_request, store.claim
+        for job in jobs:
+            claim(request("bench", job, "default", 1, None, None))
+        store.close()
+
+    return work
+
+
 def _set_worker(url: str, prefix: str, n: int) -> Callable[[], None]:
     client = redis.Redis.from_url(url, socket_timeout=2, decode_responses=True)
     client.ping()
@@ -236,18 +261,20 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             }
         )
         for k in (1, THREADS):
-            ratios, charges, sets, empties, scripts = [], [], [], [], []
+            ratios, charges, sets, empties, scripts, claims = [], [], [], [], [], []
             for _ in range(repeats):
                 # Sides take turns, so drift in the machine's speed hits both.
                 s = _rate(_set_worker, url, n // k if k > 1 else n, k)
                 c = _rate(_charge_worker, url, n // k if k > 1 else n, k)
                 e = _rate(_empty_script_worker, url, n // k if k > 1 else n, k)
                 w = _rate(_claim_script_worker, url, n // k if k > 1 else n, k)
+                m = _rate(_store_claim_worker, url, n // k if k > 1 else n, k)
                 sets.append(s)
                 charges.append(c)
                 ratios.append(c / s)
                 empties.append(e / s)
                 scripts.append(w / s)
+                claims.append(m / s)
             label = "one connection" if k == 1 else f"{k} concurrent clients"
             rows.append(
                 {
@@ -274,6 +301,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 {
                     "name": f"redis: claim script alone (no ledger Python) vs SET NX, {label}",
                     "figure": statistics.median(scripts),
+                    "unit": "x",
+                }
+            )
+            rows.append(
+                {
+                    "name": f"redis: store claim + its request (no ledger) vs SET NX, {label}",
+                    "figure": statistics.median(claims),
                     "unit": "x",
                 }
             )
