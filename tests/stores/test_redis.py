@@ -931,6 +931,44 @@ def test_a_retried_claim_is_answered_as_its_own_charge(redis_store: RedisStore) 
     assert redis_store.balance("acct") == 3
 
 
+def test_only_a_claim_over_a_record_keeps_a_retry_marker(redis_store: RedisStore) -> None:
+    """A charge of a job with no record keeps no retry marker: its record
+    carries its charge id, which is how a re-sent claim finds it (answered as
+    that charge, once debited, once journaled). A reuse, which changes a
+    record that is not its own, keeps one, and is counted once when re-sent."""
+
+    def req(job_id: str, charge_id: str, now: float) -> ClaimRequest:
+        return ClaimRequest(
+            account="acct", scope="default", job_id=job_id, charge_id=charge_id, cost=2,
+            tier=None, backend=None, now=now, ttl=3600.0, lease=60.0, max_uses=None,
+            balances=True,
+        )  # fmt: skip
+
+    def marker(r: ClaimRequest) -> int:
+        keys, _args = redis_store._claim_call(r)
+        return int(redis_store._client.exists(keys[3]))
+
+    redis_store.grant("acct", 5)
+    new = req("job-1", "c1", 1000.0)
+    first = redis_store.claim(new)
+    assert first.status == "charged"
+    assert marker(new) == 0
+    again = redis_store.claim(new)  # the retry of a call whose answer was lost
+    assert (again.status, again.record, again.balance) == ("charged", first.record, 3)
+    assert [e.kind for e in again.events] == ["charge"]
+    assert redis_store.balance("acct") == 3
+    assert [e.kind for e in redis_store.read_journal(0, 10)] == ["grant", "charge"]
+    redis_store.confirm(("acct", "default", "job-1"), "c1", 1001.0)
+    follow = req("job-1", "c2", 1002.0)
+    reused = redis_store.claim(follow)
+    assert reused.status == "reused"
+    assert marker(follow) == 1
+    assert redis_store.claim(follow).record == reused.record  # re-sent: counted once
+    record = redis_store.lookup(("acct", "default", "job-1"), 1003.0)
+    assert record is not None
+    assert record.uses == 2
+
+
 # -- faults --------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 
 from jobcredits_plugin import ConfigurationError, Ledger
@@ -301,7 +302,9 @@ def test_the_ledger_clock_still_rules_by_default(host_store: HostStore) -> None:
 def test_redis_retried_claim_answers_the_first_now() -> None:
     """redis-py re-sends a claim (or a prune batch) whose answer was lost; on
     the server's clock the retry must rebuild the very records the first run
-    stored and settled, so the retry marker keeps the first run's now."""
+    stored and settled, so the retry marker keeps the first run's now (and a
+    charge under an empty key, which keeps no marker, is rebuilt from the
+    record it stored)."""
     url = _redis_url("redis")
     from jobcredits_plugin.stores import ClaimRequest, RedisStore
 
@@ -325,8 +328,19 @@ def test_redis_retried_claim_answers_the_first_now() -> None:
         first = store._scripts["claim"](keys=keys, args=args)
         time.sleep(0.01)
         retry = store._scripts["claim"](keys=keys, args=args)
-        assert retry == first
+        assert (first[0], retry[0]) == ("charged", "replay")  # found by its record
         assert store._claim_result(req, retry) == store._claim_result(req, first)
+
+        # A reuse keeps a marker: its retry answers the first run's reply.
+        store.confirm(("acct", "default", "job"), "c1", 1.0)
+        follow = attrs.evolve(req, charge_id="c2")
+        keys, args = store._claim_call(follow)
+        first = store._scripts["claim"](keys=keys, args=args)
+        time.sleep(0.01)
+        retry = store._scripts["claim"](keys=keys, args=args)
+        assert first[0] == "reused"
+        assert retry == first
+        assert store._claim_result(follow, retry) == store._claim_result(follow, first)
 
         # A prune batch's retry answers the first run's now and records too.
         ledger = Ledger(store, lease=SHORT)

@@ -15,13 +15,17 @@
 -- script used, which the Python side decides and builds the records with.
 --
 -- The retry marker holds what the claim answered, [status, balance, the record
--- as it was], written by every claim that writes (a charge, a reuse, a
--- settlement before a 402) before its other writes; a retry of the same call
--- (redis-py re-sends it when the answer was lost) finds it and answers it
--- again, so the Python side rebuilds the very result and events of the
--- original: the settlement of a stale or expired record is reported (and its
--- hook fires) once, a reuse is counted and journaled once. Claims that write
--- nothing (409, a plain 402) keep no marker: their retry decides afresh.
+-- as it was], written by every claim that writes over a record it found (a
+-- charge that settled or replaced it, a reuse, a settlement before a 402)
+-- before its other writes; a retry of the same call (redis-py re-sends it
+-- when the answer was lost) finds it and answers it again, so the Python side
+-- rebuilds the very result and events of the original: the settlement of a
+-- stale or expired record is reported (and its hook fires) once, a reuse is
+-- counted and journaled once. Claims that write nothing (409, a plain 402)
+-- keep no marker: their retry decides afresh. Nor does a charge under an
+-- empty key: the record it wrote carries its charge id, so its retry finds
+-- that record and answers 'replay', the same charge and its one event (a
+-- marker there was a SET of a new key on every new job: 6 us of its script).
 --
 -- Answers {status, the record as it was (a flat HGETALL list), the stored
 -- balance as it was ('0' when balances are off), now}, status one of
@@ -95,8 +99,9 @@ local expired = false
 local settled = false
 if #raw > 0 then
   if rec['c'] == cid then
-    -- our own charge, whose marker is gone (it outlives any driver retry):
-    -- answered as that charge, journaled by that attempt, so not again
+    -- our own charge, made under an empty key (which keeps no marker) or
+    -- whose marker is gone: answered as that charge, journaled by that
+    -- attempt, so not again
     return {'replay', raw, balance, nows}
   end
   if st == 'pending' then
@@ -130,9 +135,10 @@ local enough = true
 if balances == '1' then
   if available < ncost then enough = false else debit = cost end
 end
--- What a retry of this call answers: every outcome that writes keeps it.
+-- What a retry of this call answers: every outcome that writes over a
+-- record keeps it (a charge under an empty key is found by its record).
 local m = nil
-if enough then
+if enough and #raw > 0 then
   m = cjson.encode({'charged', balance, raw, nows})
 elseif settled then
   m = cjson.encode({'insufficient', balance, raw, nows})
