@@ -262,13 +262,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         )
         for k in (1, THREADS):
             ratios, charges, sets, empties, scripts, claims = [], [], [], [], [], []
+            each = n // k if k > 1 else n  # calls per client
             for _ in range(repeats):
                 # Sides take turns, so drift in the machine's speed hits both.
-                s = _rate(_set_worker, url, n // k if k > 1 else n, k)
-                c = _rate(_charge_worker, url, n // k if k > 1 else n, k)
-                e = _rate(_empty_script_worker, url, n // k if k > 1 else n, k)
-                w = _rate(_claim_script_worker, url, n // k if k > 1 else n, k)
-                m = _rate(_store_claim_worker, url, n // k if k > 1 else n, k)
+                s = _rate(_set_worker, url, each, k)
+                c = _rate(_charge_worker, url, each, k)
+                e = _rate(_empty_script_worker, url, each, k)
+                w = _rate(_claim_script_worker, url, each, k)
+                m = _rate(_store_claim_worker, url, each, k)
                 sets.append(s)
                 charges.append(c)
                 ratios.append(c / s)

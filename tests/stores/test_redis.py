@@ -428,52 +428,30 @@ def test_a_call_that_cannot_be_sent_hands_back_every_connection_it_took(
     if not hiredis:
         monkeypatch.setattr(redis.utils, "HIREDIS_AVAILABLE", False)
     store = RedisStore.from_url(shared_url, prefix=f"jctest:{uuid.uuid4().hex[:12]}")
-    taken: list[int] = []
 
-    def counting(pool: Any) -> None:
-        get, release = pool.get_connection, pool.release
+    def taken(seen: list[str]) -> int:
+        return seen.count("get") - seen.count("release")
 
-        def get_connection(*args: Any, **kwargs: Any) -> Any:
-            taken.append(1)
-            return get(*args, **kwargs)
-
-        def release_connection(conn: Any) -> Any:
-            taken.append(-1)
-            return release(conn)
-
-        monkeypatch.setattr(pool, "get_connection", get_connection)
-        monkeypatch.setattr(pool, "release", release_connection)
-
-    counting(store._client.connection_pool)
+    seen = _counting_pool(store._client.connection_pool, monkeypatch)
+    aseen: list[list[str]] = []  # the async client's pool's, once it exists
     try:
         with pytest.raises((TypeError, redis.exceptions.DataError)):
             store._scripts["lookup"](keys=[object()])
         # every connection taken from the pool is back there, or waits in the
         # store's lender for the next call
         assert store._lender is not None
-        assert sum(taken) == len(store._lender._idle)
+        assert taken(seen) == len(store._lender._idle)
 
         async def async_call() -> None:
             got = await store._aclient()
             assert got is not None
-            pool = got[0].connection_pool
-            get, release = pool.get_connection, pool.release
-
-            async def aget(*args: Any, **kwargs: Any) -> Any:
-                taken.append(1)
-                return await get(*args, **kwargs)
-
-            async def arelease(conn: Any) -> Any:
-                taken.append(-1)
-                return await release(conn)
-
-            monkeypatch.setattr(pool, "get_connection", aget)
-            monkeypatch.setattr(pool, "release", arelease)
+            aseen.append(_counting_apool(got[0].connection_pool, monkeypatch))
             with pytest.raises((TypeError, redis.exceptions.DataError)):
                 await got[1]["lookup"](keys=[object()])
 
-        asyncio.run(async_call())
-        assert sum(taken) == len(store._lender._idle)
+        asyncio.run(async_call())  # its client closes with its loop
+        assert taken(seen) == len(store._lender._idle)
+        assert taken(aseen[0]) == 0
         assert Ledger(store).charge("acct", "job-1").charged  # and the store still works
     finally:
         store.close()
@@ -755,7 +733,7 @@ def test_a_pool_that_wants_the_command_name_is_given_it(shared_url: str) -> None
         assert names == ["EVALSHA"]
         again = _PooledScript(new.register_script(source))
         assert again(keys=["b"], args=["ä"]) == "äb"
-        assert again._pool_args == ()
+        assert again._lender._pool_args == ()
     finally:
         admin.close()
         old.close()

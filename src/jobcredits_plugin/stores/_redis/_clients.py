@@ -442,10 +442,6 @@ class _PooledScript(_DirectScript):
         self._lender = _Lender(client.connection_pool) if lender is None else lender
         self._pack: Callable[[tuple[Any, ...]], Any] | None = _hiredis_pack()
 
-    @property
-    def _pool_args(self) -> tuple[str, ...]:
-        return self._lender._pool_args
-
     def _send(self, command: tuple[Any, ...]) -> Any:
         """One EVALSHA, over a lent connection (see the class docstring)."""
         pack = self._pack
@@ -496,10 +492,6 @@ class _APooledScript:
     @property
     def sha(self) -> str:
         return str(self._script.sha)
-
-    @property
-    def _pool_args(self) -> tuple[str, ...]:
-        return self._lender._pool_args
 
     def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
         if client is not None:
